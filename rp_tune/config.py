@@ -1,0 +1,381 @@
+"""The trial config: one frozen dataclass tree, its flat dict, validation and run key.
+
+Sections: model, data, sparsity, train, evaluation, resources, plus the trial seed. The flat
+dict (`{"sparsity.scheme": "erk", ...}`) is what a search space sweeps, what MLflow logs and
+what `run_key` hashes. Every value is validated on construction; an error names the key, the
+value and the valid choices.
+
+Training hyperparameters left as None take the recipe's value (PAPERS.md section 6), so a
+resolved config always holds concrete numbers and the flat dict round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import check_model_name
+from .sparsity import SCHEMES
+from .sparsity.schemes import check_density
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key, the value and the valid choices."""
+
+
+DATASETS: dict[str, int] = {
+    # name -> number of classes (0: read from the image folder)
+    "cifar10": 10,
+    "cifar100": 100,
+    "svhn": 10,
+    "imagenet": 0,
+    "synthetic": 10,
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar": dict(
+        epochs=160,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        bn_weight_decay=True,
+        milestones=(80, 120),
+        gamma=0.1,
+        warmup_epochs=0,
+        label_smoothing=0.0,
+    ),
+    "imagenet": dict(
+        epochs=100,
+        batch_size=192,
+        lr=0.4,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        bn_weight_decay=False,
+        milestones=(30, 60, 90),
+        gamma=0.1,
+        warmup_epochs=5,
+        label_smoothing=0.1,
+    ),
+}
+PRECISIONS = ("auto", "fp32", "bf16")
+SAMPLINGS = ("exact", "bernoulli")
+# Keys that change where or how fast a trial runs, never its result: left out of run_key so
+# the same experiment keeps its name on another machine or cluster.
+NOT_HASHED = ("data.root", "data.download", "data.num_workers", "train.checkpoint_every")
+
+
+def _fail(key: str, value: Any, valid: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}={value!r} is invalid; valid: {valid}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cifar_resnet_20"
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.name)
+        except ValueError as e:
+            raise ConfigError(f"model.name: {e}") from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "data"
+    download: bool = True
+    val_fraction: float = 0.1
+    num_classes: int = 0  # 0: the dataset's own (CIFAR-10: 10, ...; image folder: its classes)
+    num_workers: int = 8  # DataLoader workers for image folders; small sets live on the device
+    image_size: int = 224  # train/eval crop for image folders
+    synthetic_train: int = 1024
+    synthetic_test: int = 256
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            _fail("data.name", self.name, str(list(DATASETS)))
+        if not 0.0 <= self.val_fraction < 1.0:
+            _fail("data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
+        if self.num_classes < 0:
+            _fail("data.num_classes", self.num_classes, "0 (the dataset's own) or a count >= 1")
+        for key in ("num_workers",):
+            if getattr(self, key) < 0:
+                _fail(f"data.{key}", getattr(self, key), "an integer >= 0")
+        for key in ("image_size", "synthetic_train", "synthetic_test"):
+            if getattr(self, key) < 1:
+                _fail(f"data.{key}", getattr(self, key), "an integer >= 1")
+
+    @property
+    def classes(self) -> int:
+        """Number of classes (0 for an image folder until it is read)."""
+        return self.num_classes or DATASETS[self.name]
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    scheme: str = "erk"
+    density: float = 0.1  # kept fraction of all conv/linear weights; 1.0 = dense
+    sampling: str = "exact"
+    fc_density: float = 1.0  # erk_plus: classifier density
+    score_batch: int = 128  # snip/grasp: images in the scoring batch (grasp: per class / 10)
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            _fail("sparsity.scheme", self.scheme, str(list(SCHEMES)))
+        try:
+            check_density(self.density)
+        except ValueError:
+            _fail("sparsity.density", self.density, "a number in (0, 1]; 1.0 means dense")
+        if self.sampling not in SAMPLINGS:
+            _fail("sparsity.sampling", self.sampling, str(list(SAMPLINGS)))
+        if not 0.0 < self.fc_density <= 1.0:
+            _fail("sparsity.fc_density", self.fc_density, "a number in (0, 1]")
+        if self.score_batch < 1:
+            _fail("sparsity.score_batch", self.score_batch, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "cifar"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    bn_weight_decay: bool | None = None
+    milestones: tuple[int, ...] | None = None
+    gamma: float | None = None
+    warmup_epochs: int | None = None
+    label_smoothing: float | None = None
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = True  # CUDA only
+    checkpoint_every: int = 1
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            _fail("train.recipe", self.recipe, str(list(RECIPES)))
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        positive_int = ("epochs", "batch_size", "checkpoint_every")
+        for key in positive_int:
+            if getattr(self, key) < 1:
+                _fail(f"train.{key}", getattr(self, key), "an integer >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            _fail("train.lr", self.lr, "a finite number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            _fail("train.momentum", self.momentum, "a number in [0, 1)")
+        if self.weight_decay < 0:
+            _fail("train.weight_decay", self.weight_decay, "a number >= 0")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(
+            m < 1 for m in self.milestones
+        ):
+            _fail("train.milestones", self.milestones, "strictly increasing epochs >= 1")
+        if not 0.0 < self.gamma <= 1.0:
+            _fail("train.gamma", self.gamma, "a number in (0, 1]")
+        if self.warmup_epochs < 0:
+            _fail("train.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            _fail("train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        if self.precision not in PRECISIONS:
+            _fail("train.precision", self.precision, str(list(PRECISIONS)))
+        if self.nesterov and self.momentum == 0:
+            _fail("train.nesterov", self.nesterov, "False when train.momentum is 0")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            _fail("evaluation.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    workers: int = 1  # DDP workers per trial
+    gpus_per_worker: float = 0.0  # 0: CPU; a fraction packs several trials on one GPU
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            _fail("resources.workers", self.workers, "an integer >= 1")
+        if self.gpus_per_worker < 0:
+            _fail("resources.gpus_per_worker", self.gpus_per_worker, "0 (CPU) or a number > 0")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            _fail(
+                "resources.gpus_per_worker",
+                self.gpus_per_worker,
+                "a fraction <= 1 or a whole number of GPUs",
+            )
+        if self.cpus_per_worker <= 0:
+            _fail("resources.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ConfigError(
+                f"resources.gpus_per_worker={self.gpus_per_worker!r} with resources.workers="
+                f"{self.workers}: NCCL cannot run several DDP workers on one GPU; use a whole "
+                "GPU per worker, or one worker per trial for fractional GPUs"
+            )
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "sparsity": SparsityConfig,
+    "train": TrainConfig,
+    "evaluation": EvaluationConfig,
+    "resources": ResourcesConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            _fail("seed", self.seed, "an integer >= 0")
+        if self.data.name == "imagenet" and self.model.name.startswith(("cifar_", "vgg")):
+            raise ConfigError(
+                f"model.name={self.model.name!r} is a 32x32 CIFAR net; with data.name="
+                "'imagenet' use one of resnet18, resnet34, resnet50, resnet101, wide_resnet50_2"
+            )
+
+    def to_flat(self) -> dict[str, Any]:
+        return to_flat(self)
+
+    def replace(self, **flat: Any) -> TrialConfig:
+        """A copy with flat keys overridden, e.g. cfg.replace(**{"train.epochs": 2})."""
+        base = to_flat(self)
+        if flat.get("train.recipe", self.train.recipe) != self.train.recipe:
+            for key in RECIPES[self.train.recipe]:  # let the new recipe fill its own values
+                base.pop(f"train.{key}")
+        return from_flat({**base, **flat})
+
+
+def to_flat(cfg: TrialConfig) -> dict[str, Any]:
+    """{"section.key": value} for every field, plus "seed"; tuples stay tuples."""
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            flat[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
+    flat["seed"] = cfg.seed
+    return flat
+
+
+def flat_keys() -> list[str]:
+    return list(to_flat_defaults())
+
+
+def to_flat_defaults() -> dict[str, Any]:
+    return to_flat(TrialConfig())
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a value (possibly a CLI string) to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return coerce(key, value, inner[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            text = value.strip().strip("()[]")
+            value = [v for v in (t.strip() for t in text.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, value, "a list of integers, e.g. 80,120")
+        return tuple(coerce(key, v, args[0]) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        _fail(key, value, "true or false")
+    if annotation is int:
+        if isinstance(value, bool):
+            _fail(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        _fail(key, value, "an integer")
+    if annotation is float:
+        if isinstance(value, bool):
+            _fail(key, value, "a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _fail(key, value, "a number")
+    if annotation is str:
+        if not isinstance(value, str):
+            _fail(key, value, "a string")
+        return value
+    raise TypeError(f"unsupported config field type {annotation!r} for {key}")
+
+
+def from_flat(flat: Mapping[str, Any]) -> TrialConfig:
+    """Build (and validate) a TrialConfig from flat keys; missing keys take defaults."""
+    valid = set(flat_keys())
+    unknown = sorted(set(flat) - valid)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+    parts: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in flat.items():
+        if key == "seed":
+            continue
+        section, name = key.split(".", 1)
+        parts[section][name] = coerce(key, value, _field_types(SECTIONS[section])[name])
+    seed = coerce("seed", flat.get("seed", 0), int)
+    built = {s: SECTIONS[s](**kw) for s, kw in parts.items()}
+    return TrialConfig(**built, seed=seed)
+
+
+def config_hash(cfg: TrialConfig, length: int = 10) -> str:
+    """sha256 of the flat config (minus NOT_HASHED keys), hex, first `length` chars."""
+    flat = {k: v for k, v in to_flat(cfg).items() if k not in NOT_HASHED}
+    text = json.dumps(flat, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def run_key(cfg: TrialConfig) -> str:
+    """Readable + hashed name, e.g. `cifar_resnet_20-erk-d0.1-s0-3f9a1c2e7b`; no timestamps."""
+    s = cfg.sparsity
+    scheme = "dense" if s.density == 1.0 else s.scheme
+    return f"{cfg.model.name}-{scheme}-d{s.density:g}-s{cfg.seed}-{config_hash(cfg)}"

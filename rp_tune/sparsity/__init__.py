@@ -1,0 +1,132 @@
+"""Scheme registry: name -> per-layer densities meeting the global budget exactly.
+
+    plan = layer_densities("erk", layer_specs(model), 0.1)
+    plan.densities, plan.kept, plan.achieved_density
+
+Data-free schemes need only the layer shapes. `snip` and `grasp` also need the model and a
+training batch, `synflow` the model and the input shape; they still return a `DensityPlan`, so
+masks are drawn the same way for every scheme.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .schemes import (
+    DATA_FREE,
+    DensityPlan,
+    LayerSpec,
+    allocate,
+    check_density,
+    target_count,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SCHEMES",
+    "DensityPlan",
+    "LayerSpec",
+    "Scheme",
+    "layer_densities",
+    "scheme_names",
+]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    needs_model: bool
+    needs_batch: bool
+    description: str
+
+
+SCHEMES: dict[str, Scheme] = {
+    "uniform": Scheme("uniform", False, False, "p_l = d"),
+    "uniform_plus": Scheme(
+        "uniform_plus", False, False, "first conv dense, classifier >= 0.2, rest uniform"
+    ),
+    "er": Scheme("er", False, False, "Erdos-Renyi: (c_out + c_in) / (c_out c_in)"),
+    "erk": Scheme("erk", False, False, "Erdos-Renyi-Kernel with iterative dense cap"),
+    "erk_plus": Scheme("erk_plus", False, False, "ERK with a dense classifier"),
+    "snip": Scheme("snip", True, True, "SNIP ratio on one batch, random positions"),
+    "grasp": Scheme("grasp", True, True, "GraSP ratio, class-balanced batch, T = 200"),
+    "synflow": Scheme("synflow", True, False, "SynFlow ratio, 100 rounds, data-free"),
+    "balanced": Scheme("balanced", False, False, "same kept count in every layer"),
+    "pyramidal": Scheme("pyramidal", False, False, "p_l = r^l in layer order"),
+}
+
+
+def scheme_names() -> list[str]:
+    return list(SCHEMES)
+
+
+def _saliency(scheme: str) -> Callable[..., list[int]]:
+    from . import saliency  # torch is imported only when a model-based scheme is asked for
+
+    return {
+        "snip": saliency.snip_counts,
+        "grasp": saliency.grasp_counts,
+        "synflow": saliency.synflow_counts,
+    }[scheme]
+
+
+def layer_densities(
+    scheme: str,
+    layers: Sequence[LayerSpec],
+    density: float,
+    *,
+    model: Any = None,
+    batch: tuple | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    **options: Any,
+) -> DensityPlan:
+    """Per-layer kept counts of `scheme` at global `density` (sum == round(d N) exactly).
+
+    options: `fc_density` (erk_plus), `min_fc_density` (uniform_plus), `rounds` (synflow),
+    `temperature` (grasp).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown sparsity scheme {scheme!r}; valid choices: {scheme_names()}")
+    check_density(density)
+    if not layers:
+        raise ValueError("no prunable layers given")
+    layers = tuple(layers)
+    info = SCHEMES[scheme]
+    if density == 1.0:
+        plan = DensityPlan(scheme, 1.0, layers, tuple(s.numel for s in layers))
+    elif scheme in DATA_FREE:
+        plan = DATA_FREE[scheme](layers, density, **options)
+    else:
+        if model is None:
+            raise ValueError(f"scheme {scheme!r} needs the model")
+        if info.needs_batch and batch is None:
+            raise ValueError(f"scheme {scheme!r} needs a training batch (images, labels)")
+        keep = target_count(layers, density)
+        if scheme == "synflow":
+            if input_shape is None:
+                if batch is None:
+                    raise ValueError("scheme 'synflow' needs input_shape (C, H, W) or a batch")
+                input_shape = tuple(batch[0].shape[1:])
+            counts = _saliency(scheme)(model, layers, keep, input_shape, **options)
+        else:
+            counts = _saliency(scheme)(model, layers, keep, batch, **options)
+        # the global top-k already meets the budget; allocate() only re-checks it
+        plan = DensityPlan(
+            scheme,
+            density,
+            layers,
+            allocate(layers, [c / s.numel for c, s in zip(counts, layers)], keep),
+        )
+    log.info(
+        "scheme %s: target density %.6g, achieved %.6g (%d of %d weights)",
+        scheme,
+        density,
+        plan.achieved_density,
+        plan.total_kept,
+        plan.total,
+    )
+    return plan

@@ -1,0 +1,100 @@
+import pytest
+
+from rp_tune.config import (
+    ConfigError,
+    TrialConfig,
+    flat_keys,
+    from_flat,
+    run_key,
+    to_flat,
+)
+
+
+def test_flat_round_trip_default_and_custom():
+    cfg = TrialConfig()
+    assert from_flat(to_flat(cfg)) == cfg
+    custom = from_flat(
+        {
+            "model.name": "cifar_resnet_56_32",
+            "sparsity.scheme": "snip",
+            "sparsity.density": 0.05,
+            "train.epochs": 3,
+            "seed": 2,
+            "train.milestones": [1, 2],
+        }
+    )
+    assert from_flat(to_flat(custom)) == custom
+    assert custom.train.milestones == (1, 2)
+
+
+def test_recipe_fills_defaults():
+    cfg = from_flat({"train.recipe": "imagenet", "data.name": "imagenet", "model.name": "resnet50"})
+    assert cfg.train.lr == 0.4 and cfg.train.warmup_epochs == 5
+    assert cfg.train.label_smoothing == 0.1 and cfg.train.bn_weight_decay is False
+    assert TrialConfig().train.epochs == 160
+    switched = TrialConfig().replace(**{"train.recipe": "imagenet"})
+    assert switched.train.milestones == (30, 60, 90)
+
+
+def test_cli_strings_coerce():
+    cfg = from_flat(
+        {
+            "train.epochs": "2",
+            "sparsity.density": "0.5",
+            "train.nesterov": "false",
+            "train.milestones": "5,8",
+            "seed": "3",
+        }
+    )
+    assert cfg.train.epochs == 2 and cfg.sparsity.density == 0.5
+    assert cfg.train.nesterov is False and cfg.train.milestones == (5, 8) and cfg.seed == 3
+
+
+def test_run_key_readable_stable_and_sensitive():
+    cfg = from_flat({"sparsity.density": 0.1})
+    key = run_key(cfg)
+    assert key.startswith("cifar_resnet_20-erk-d0.1-s0-")
+    assert key == run_key(from_flat(to_flat(cfg)))
+    assert run_key(cfg.replace(**{"train.lr": 0.05})) != key
+    # where the data lives is not part of the experiment
+    assert run_key(cfg.replace(**{"data.root": "/mnt/other"})) == key
+    assert run_key(cfg.replace(**{"sparsity.density": 1.0})).startswith(
+        "cifar_resnet_20-dense-d1-s0-"
+    )
+
+
+@pytest.mark.parametrize(
+    "flat,words",
+    [
+        ({"sparsity.scheme": "magic"}, ["sparsity.scheme", "'magic'", "erk", "uniform_plus"]),
+        ({"sparsity.density": 0.0}, ["sparsity.density", "0.0", "(0, 1]"]),
+        ({"sparsity.density": 1.2}, ["sparsity.density", "1.2"]),
+        ({"model.name": "cifar_resnet_21"}, ["model.name", "6n+2"]),
+        ({"model.name": "cifar_resnet_20_0"}, ["model.name", "width 0"]),
+        ({"model.name": "alexnet"}, ["model.name", "'alexnet'", "vgg16_bn"]),
+        ({"data.name": "mnist"}, ["data.name", "'mnist'", "cifar100"]),
+        ({"train.epochs": 0}, ["train.epochs", "0", ">= 1"]),
+        ({"train.epochs": "two"}, ["train.epochs", "'two'", "integer"]),
+        ({"train.precision": "fp8"}, ["train.precision", "bf16"]),
+        ({"train.milestones": "120,80"}, ["train.milestones", "increasing"]),
+        (
+            {"resources.workers": 2, "resources.gpus_per_worker": 0.5},
+            ["resources.gpus_per_worker", "NCCL"],
+        ),
+        ({"seed": -1}, ["seed", "-1"]),
+        ({"train.epoch": 3}, ["unknown config key", "train.epoch", "train.epochs"]),
+        ({"data.name": "imagenet"}, ["cifar_resnet_20", "wide_resnet50_2"]),
+    ],
+)
+def test_bad_values_name_key_value_and_choices(flat, words):
+    with pytest.raises(ConfigError) as e:
+        from_flat(flat)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_frozen():
+    cfg = TrialConfig()
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]
+    assert "sparsity.density" in flat_keys()

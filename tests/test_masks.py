@@ -1,0 +1,118 @@
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rp_tune.masks import Masks, density_report, format_report, random_mask, report_table
+from rp_tune.models import build_model, layer_specs, prunable_layers
+from rp_tune.sparsity import LayerSpec, layer_densities
+
+
+def _masks(model_name="cifar_resnet_20", density=0.1, seed=0, scheme="erk"):
+    model = build_model(model_name)
+    plan = layer_densities(scheme, layer_specs(model), density)
+    return model, plan, Masks.random(plan, seed)
+
+
+def test_exact_counts():
+    _, plan, masks = _masks()
+    kept = masks.kept()
+    for layer, k in zip(plan.layers, plan.kept):
+        assert kept[layer.name] == k
+        assert masks.masks[layer.name].shape == layer.shape
+    assert sum(kept.values()) == round(0.1 * 270_896)
+
+
+def test_same_seed_same_masks_other_seed_differs():
+    _, _, a = _masks(seed=3)
+    _, _, b = _masks(seed=3)
+    _, _, c = _masks(seed=4)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_other_layers_unchanged_when_layer_set_changes():
+    specs = [LayerSpec("a", (8, 4, 3, 3)), LayerSpec("b", (16, 8, 3, 3)), LayerSpec("c", (10, 16))]
+    plan = layer_densities("uniform", specs, 0.25)
+    fewer = layer_densities("uniform", specs[1:], 0.25)
+    full, part = Masks.random(plan, 7), Masks.random(fewer, 7)
+    assert torch.equal(full.masks["b"], part.masks["b"])
+    assert torch.equal(full.masks["c"], part.masks["c"])
+    # and the mask of a layer depends on its name, not its position
+    assert not torch.equal(
+        random_mask((16, 8, 3, 3), 288, 7, "b"), random_mask((16, 8, 3, 3), 288, 7, "x")
+    )
+
+
+def test_apply_zeroes_exactly_the_pruned_weights():
+    model, _, masks = _masks()
+    masks.apply_(model)
+    for name, module in prunable_layers(model):
+        m = masks.masks[name]
+        assert torch.all(module.weight[~m] == 0)
+        assert torch.all(module.weight[m] != 0)  # kaiming normal: zero has probability 0
+
+
+def test_parquet_round_trip_exact(tmp_path):
+    model, _, masks = _masks(density=0.05, scheme="pyramidal")
+    path = masks.save(tmp_path / "masks.parquet")
+    back = Masks.load(path, model)
+    assert back.equals(masks)
+    assert back.meta["scheme"] == "pyramidal"
+    table = pq.read_table(path)
+    assert table.num_rows == len(masks)
+    assert set(table.column_names) >= {"name", "shape", "density", "kept", "bits", "sha256"}
+    # packed bits: about one bit per weight
+    assert sum(len(b) for b in table.column("bits").to_pylist()) == sum(
+        (m.numel() + 7) // 8 for m in masks.masks.values()
+    )
+
+
+def test_load_into_wrong_model_fails_clearly(tmp_path):
+    _, _, masks = _masks()
+    path = masks.save(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match="masks do not fit this model"):
+        Masks.load(path, build_model("cifar_resnet_32"))
+    with pytest.raises(
+        ValueError,
+        match=r"layer .conv1.: mask shape \(16, 3, 3, 3\) != weight shape \(32, 3, 3, 3\)",
+    ):
+        Masks.load(path, build_model("cifar_resnet_20_32"))
+
+
+def test_corrupt_file_is_refused(tmp_path):
+    _, _, masks = _masks()
+    path = masks.save(tmp_path / "m.parquet")
+    table = pq.read_table(path)
+    bits = table.column("bits").to_pylist()
+    bits[0] = bytes([bits[0][0] ^ 0xFF]) + bits[0][1:]
+    import pyarrow as pa
+
+    bad = table.set_column(table.column_names.index("bits"), "bits", pa.array(bits, pa.binary()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Masks.load(tmp_path / "bad.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="not a readable masks Parquet file"):
+        Masks.load(tmp_path / "junk.parquet")
+    with pytest.raises(FileNotFoundError):
+        Masks.load(tmp_path / "missing.parquet")
+
+
+def test_density_report_rows():
+    model, plan, masks = _masks()
+    rows = density_report(masks, model)
+    assert rows[-1]["layer"] == "total"
+    assert rows[-1]["kept"] == plan.total_kept
+    assert rows[0]["kind"] == "Conv2d" and rows[-2]["kind"] == "Linear"
+    text = format_report(rows)
+    assert "layer3.0.shortcut.0" in text
+    assert report_table(rows).num_rows == len(plan.layers) + 1
+
+
+def test_bernoulli_sampling_is_optional_and_approximate():
+    model = build_model("cifar_resnet_20")
+    plan = layer_densities("uniform", layer_specs(model), 0.5)
+    m = Masks.random(plan, 0, sampling="bernoulli")
+    assert m.density() == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="valid choices"):
+        Masks.random(plan, 0, sampling="poisson")

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from rp_tune.models import IMAGENET_MODELS, build_model, layer_specs
+from rp_tune.models.vgg import VGG_CONFIGS
+
+CIFAR = [
+    "cifar_resnet_8",
+    "cifar_resnet_20",
+    "cifar_resnet_20_8",
+    "cifar_resnet_32_40",
+    "cifar_resnet_56",
+    "cifar_resnet_110",
+] + [f"{k}_bn" for k in VGG_CONFIGS]
+
+
+def test_resnet20_prunable_count():
+    assert sum(s.numel for s in layer_specs(build_model("cifar_resnet_20"))) == 270_896
+
+
+@pytest.mark.parametrize("name", CIFAR)
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_models_forward(name, classes):
+    model = build_model(name, num_classes=classes).eval()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, classes)
+    specs = layer_specs(model)
+    assert specs[0].kind == "conv" and specs[-1].kind == "linear"
+    assert specs[-1].shape[0] == classes
+
+
+def test_width_scales_channels():
+    specs = layer_specs(build_model("cifar_resnet_20_32"))
+    assert specs[0].shape == (32, 3, 3, 3)
+    assert specs[-1].shape == (10, 128)
+
+
+@pytest.mark.parametrize("name", IMAGENET_MODELS)
+def test_imagenet_models_forward_small_input(name):
+    model = build_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 7)
+    specs = layer_specs(model)
+    assert specs[0].name == "conv1" and specs[-1].name == "fc"
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("cifar_resnet_21", "not 6n\\+2"),
+        ("cifar_resnet_2", "not 6n\\+2"),
+        ("cifar_resnet_20_0", "width 0 must be >= 1"),
+        ("cifar_resnet_x", "does not match cifar_resnet_<depth>"),
+        ("resnet1000", "unknown model 'resnet1000'; valid choices"),
+        ("vgg16", "unknown model 'vgg16'"),
+    ],
+)
+def test_bad_model_names(name, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(name)
+
+
+def test_bad_num_classes():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("cifar_resnet_20", num_classes=0)

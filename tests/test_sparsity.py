@@ -1,0 +1,180 @@
+"""Every registered scheme meets the budget exactly and keeps its documented special cases."""
+
+import math
+
+import pytest
+import torch
+
+from rp_tune.models import build_model, layer_specs
+from rp_tune.sparsity import SCHEMES, LayerSpec, layer_densities
+from rp_tune.sparsity.schemes import allocate
+
+DENSITIES = [0.01, 0.05, 0.1, 0.5, 1.0]
+MODELS = ["cifar_resnet_20", "vgg16_bn"]
+_cache: dict = {}
+
+
+def plan_for(model_name: str, scheme: str, density: float):
+    key = (model_name, scheme, density)
+    if key not in _cache:
+        model = build_model(model_name)
+        g = torch.Generator().manual_seed(0)
+        n = 100 if scheme == "grasp" else 128  # grasp: 10 images per class
+        x = torch.randn(n, 3, 32, 32, generator=g)
+        y = torch.arange(n) % 10
+        _cache[key] = layer_densities(
+            scheme, layer_specs(model), density, model=model, batch=(x, y)
+        )
+    return _cache[key]
+
+
+def _params():
+    for model in MODELS:
+        for scheme in SCHEMES:
+            slow = model == "vgg16_bn" and SCHEMES[scheme].needs_model
+            marks = [pytest.mark.slow] if slow else []
+            yield pytest.param(model, scheme, marks=marks, id=f"{model}-{scheme}")
+
+
+@pytest.mark.parametrize("model_name,scheme", list(_params()))
+def test_scheme_meets_budget_and_bounds(model_name, scheme):
+    for d in DENSITIES:
+        plan = plan_for(model_name, scheme, d)
+        assert all(0.0 <= p <= 1.0 for p in plan.densities)
+        assert all(0 <= k <= s.numel for k, s in zip(plan.kept, plan.layers))
+        assert abs(plan.total_kept - round(d * plan.total)) <= len(plan.layers)
+        # stronger than asked: we redistribute, so the count is exact
+        assert plan.total_kept == round(d * plan.total), (scheme, d)
+        assert plan.achieved_density == pytest.approx(d, abs=1.0 / plan.total)
+        if d == 1.0:
+            assert all(p == 1.0 for p in plan.densities)
+        layers, p = plan.layers, plan.densities
+        if scheme == "uniform_plus" and d < 1.0:
+            assert p[0] == 1.0, "first conv must be dense"
+            assert p[-1] >= 0.2, "classifier keeps at least 20%"
+        if scheme == "erk_plus":
+            assert p[-1] == 1.0, "erk_plus classifier is dense"
+        if scheme == "erk" and d < 1.0:
+            raw = [sum(s.shape) / s.numel for s in layers]
+            free = [i for i in range(len(p)) if p[i] < 1.0]
+            dense = [i for i in range(len(p)) if p[i] == 1.0]
+            # every capped layer has a larger raw ERK value than every free one
+            if dense and free:
+                assert min(raw[i] for i in dense) >= max(raw[i] for i in free)
+            # free layers follow eps * raw (up to rounding of one weight)
+            eps = sum(plan.kept[i] for i in free) / sum(raw[i] * layers[i].numel for i in free)
+            for i in free:
+                assert abs(plan.kept[i] - eps * raw[i] * layers[i].numel) < 1.0 + 1e-6
+        if scheme == "uniform" and d < 1.0:
+            for s, k in zip(layers, plan.kept):
+                assert abs(k - d * s.numel) < 1.0 + 1e-9
+
+
+def _erk_reference(shapes, d):
+    """ERK by bisection on the clipped form sum min(1, eps raw_l) n_l = d N: an independent
+    route to the iterative-cap solution."""
+    n = [math.prod(s) for s in shapes]
+    raw = [sum(s) / math.prod(s) for s in shapes]
+    target = d * sum(n)
+    lo, hi = 0.0, 1e6
+    for _ in range(300):
+        eps = (lo + hi) / 2
+        if sum(min(1.0, eps * r) * m for r, m in zip(raw, n)) < target:
+            lo = eps
+        else:
+            hi = eps
+    return [min(1.0, hi * r) for r in raw]
+
+
+def _resnet20_shapes():
+    shapes = [(16, 3, 3, 3)]
+    c_in = 16
+    for stage, c in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shapes.append((c, c_in, 3, 3))
+            shapes.append((c, c, 3, 3))
+            if stride != 1 or c_in != c:
+                shapes.append((c, c_in, 1, 1))
+            c_in = c
+    shapes.append((10, 64))
+    return shapes
+
+
+@pytest.mark.parametrize("d", [0.05, 0.1])
+def test_erk_resnet20_pinned(d):
+    model = build_model("cifar_resnet_20")
+    specs = layer_specs(model)
+    shapes = _resnet20_shapes()
+    assert [s.shape for s in specs] == shapes
+    assert sum(math.prod(s) for s in shapes) == 270_896
+    expected = _erk_reference(shapes, d)
+    plan = layer_densities("erk", specs, d)
+    for s, p, q in zip(specs, plan.densities, expected):
+        assert abs(p * s.numel - q * s.numel) <= 1.0, (s.name, p, q)
+    names = {s.name: p for s, p in zip(specs, plan.densities)}
+    if d == 0.1:  # PAPERS.md: classifier and stage-2 1x1 shortcut come out dense
+        assert names["fc"] == 1.0
+        assert names["layer2.0.shortcut.0"] == 1.0
+        assert names["layer3.0.shortcut.0"] < 1.0
+
+
+def test_erk_reference_stage_sizes():
+    specs = layer_specs(build_model("cifar_resnet_20"))
+    by_stage = {"conv1": 0, "layer1": 0, "layer2": 0, "layer3": 0, "fc": 0}
+    for s in specs:
+        by_stage[s.name.split(".")[0]] += s.numel
+    assert by_stage == {
+        "conv1": 432,
+        "layer1": 13_824,
+        "layer2": 51_200,
+        "layer3": 204_800,
+        "fc": 640,
+    }
+
+
+def test_balanced_equal_counts_and_pyramidal_geometric():
+    specs = layer_specs(build_model("cifar_resnet_20"))
+    plan = layer_densities("balanced", specs, 0.05)
+    free = [k for k, p in zip(plan.kept, plan.densities) if p < 1.0]
+    assert max(free) - min(free) <= 1
+    pyr = layer_densities("pyramidal", specs, 0.3)
+    p = pyr.densities
+    ratios = [p[i + 1] / p[i] for i in range(len(p) - 1)]
+    r = p[0]
+    for q in ratios:
+        assert q == pytest.approx(r, rel=0.05)
+
+
+def test_allocate_never_moves_fixed_layers():
+    layers = [LayerSpec("a", (10,)), LayerSpec("b", (7,)), LayerSpec("c", (3,))]
+    kept = allocate(layers, [1.0, 0.33, 0.5], target=14, fixed=[0])
+    assert kept[0] == 10 and sum(kept) == 14
+
+
+def test_saliency_ratios_differ_from_uniform():
+    plan = plan_for("cifar_resnet_20", "snip", 0.1)
+    assert len(set(round(p, 3) for p in plan.densities)) > 3
+
+
+@pytest.mark.parametrize(
+    "scheme,density,message",
+    [
+        ("magnitude", 0.1, "unknown sparsity scheme 'magnitude'"),
+        ("erk", 0.0, "density must be in (0, 1]"),
+        ("erk", -0.5, "density must be in (0, 1]"),
+        ("erk", 1.5, "density must be in (0, 1]"),
+        ("snip", 0.1, "needs the model"),
+    ],
+)
+def test_bad_scheme_input(scheme, density, message):
+    specs = layer_specs(build_model("cifar_resnet_20"))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        layer_densities(scheme, specs, density)
+
+
+def test_unknown_scheme_lists_choices():
+    with pytest.raises(ValueError) as e:
+        layer_densities("nope", [LayerSpec("a", (4, 4))], 0.5)
+    for name in SCHEMES:
+        assert name in str(e.value)
