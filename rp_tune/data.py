@@ -1,0 +1,412 @@
+"""Datasets: CIFAR-10/100 and SVHN through torchvision, image folders, and synthetic data.
+
+Small datasets (32x32) are read once through torchvision (download under a file lock, so the
+trials sharing a node fetch once) and kept as uint8 tensors on the trial's device for the whole
+trial; random crop (zero pad 4), horizontal flip and the conversion to [0, 1] pixels run on
+that device, batch by batch, with no DataLoader and no host sync. Normalisation is applied by
+`Normalize` right before the model, so attacks (FGSM) can perturb pixels.
+
+Image folders (ImageNet, ImageNet-O) go through torchvision `ImageFolder` + DataLoader workers.
+
+Validation: the last `val_fraction` of the training set (CIFAR: 45k/5k), no augmentation.
+Batches of an epoch are a pure function of (seed, epoch, rank), so a resumed trial sees exactly
+the batches an unbroken one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from .config import DataConfig
+
+log = logging.getLogger(__name__)
+
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+MANIFEST = "rp_tune_checksums.json"
+
+
+class DataError(RuntimeError):
+    """A dataset is missing, corrupt or cannot be downloaded; raised before training starts."""
+
+
+def derived_seed(*parts: object) -> int:
+    """63-bit seed from any parts, e.g. (trial seed, 'data', epoch)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# On-disk formats
+# --------------------------------------------------------------------------------------------
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_cifar_batches(
+    root: str | os.PathLike,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: list[str],
+    kind: str = "cifar10",
+) -> Path:
+    """Write uint8 NHWC arrays in CIFAR's pickled-batch format under `root`.
+
+    CIFAR-10: `cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta`; CIFAR-100:
+    `cifar-100-python/train, test, meta`. Also writes a checksum manifest, so files that are
+    not torchvision's originals (converted JPEGs, test fixtures) are still checked for damage.
+    """
+    root = Path(root)
+    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        return x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+
+    def dump(name: str, obj: dict) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f)
+
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
+    if kind == "cifar10":
+        parts = np.array_split(np.arange(len(train[0])), 5)
+        for i, idx in enumerate(parts, 1):
+            dump(
+                f"data_batch_{i}",
+                {"data": rows(train[0][idx]), label_key: [int(v) for v in train[1][idx]]},
+            )
+        dump("test_batch", {"data": rows(test[0]), label_key: [int(v) for v in test[1]]})
+        dump("batches.meta", {"label_names": list(classes)})
+    else:
+        dump("train", {"data": rows(train[0]), label_key: [int(v) for v in train[1]]})
+        dump("test", {"data": rows(test[0]), label_key: [int(v) for v in test[1]]})
+        dump("meta", {"fine_label_names": list(classes)})
+    sums = {p.name: _md5(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(sums, indent=1))
+    return folder
+
+
+def _torchvision_cifar(kind: str):
+    import torchvision
+
+    base = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
+
+    class Cifar(base):  # type: ignore[misc, valid-type]
+        """torchvision's loader; integrity also accepts rp_tune's own checksum manifest."""
+
+        def _check_integrity(self) -> bool:
+            if super()._check_integrity():
+                return True
+            manifest = Path(self.root) / self.base_folder / MANIFEST
+            if not manifest.is_file():
+                return False
+            sums = json.loads(manifest.read_text())
+            names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+            folder = Path(self.root) / self.base_folder
+            return all((folder / n).is_file() and sums.get(n) == _md5(folder / n) for n in names)
+
+        def _load_meta(self) -> None:
+            folder = Path(self.root) / self.base_folder
+            with open(folder / self.meta["filename"], "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+            self.classes = data[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return Cifar
+
+
+def _locked_fetch(cfg: DataConfig, fetch):
+    """Run fetch() holding a lock in the data root, turning failures into DataError."""
+    root = Path(cfg.root).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"data.root={cfg.root!r} cannot be created: {e}") from e
+    with FileLock(str(root / f".{cfg.name}.lock")):
+        try:
+            return fetch(str(root))
+        except DataError:
+            raise
+        except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ...
+            hint = (
+                "set data.download=true to fetch it"
+                if not cfg.download
+                else "the download failed; check the network or place the files there yourself"
+            )
+            raise DataError(
+                f"{cfg.name} at data.root={str(root)!r} is missing or corrupt ({e}); {hint}"
+            ) from e
+
+
+def _split_train(n: int, val_fraction: float) -> tuple[slice, slice]:
+    """Last val_fraction of the training set is validation (CIFAR: 45k / 5k)."""
+    n_val = int(round(n * val_fraction))
+    return slice(0, n - n_val), slice(n - n_val, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Small datasets resident on the device
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArraySplits:
+    """uint8 NCHW images and int64 labels per split, plus the class count."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    name: str
+
+    def to(self, device: torch.device) -> ArraySplits:
+        def mv(t):
+            return (t[0].to(device, non_blocking=True), t[1].to(device, non_blocking=True))
+
+        return ArraySplits(mv(self.train), mv(self.val), mv(self.test), self.num_classes, self.name)
+
+
+def synthetic_arrays(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake images: a fixed random template per class plus noise, uint8 NHWC."""
+    rng = np.random.default_rng(derived_seed(seed, "synthetic-templates"))
+    templates = rng.uniform(40, 215, size=(num_classes, 32, 32, 3))
+    rng = np.random.default_rng(derived_seed(seed, "synthetic", n))
+    labels = rng.integers(0, num_classes, size=n)
+    images = templates[labels] + rng.normal(0, 40, size=(n, 32, 32, 3))
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_arrays(cfg: DataConfig, seed: int = 0) -> ArraySplits:
+    """Read a small dataset into uint8 tensors (CPU); raises DataError before any training."""
+    if cfg.name == "synthetic":
+        classes = cfg.classes
+        x, y = synthetic_arrays(cfg.synthetic_train, classes, seed)
+        tx, ty = synthetic_arrays(cfg.synthetic_test, classes, seed + 1)
+        train_x, train_y, test_x, test_y = x, y, tx, ty
+    elif cfg.name in ("cifar10", "cifar100"):
+        cls = _torchvision_cifar(cfg.name)
+
+        def fetch(root: str):
+            return (
+                cls(root, train=True, download=cfg.download),
+                cls(root, train=False, download=cfg.download),
+            )
+
+        tr, te = _locked_fetch(cfg, fetch)
+        train_x, train_y = tr.data, np.asarray(tr.targets)
+        test_x, test_y = te.data, np.asarray(te.targets)
+        classes = len(tr.classes)
+    elif cfg.name == "svhn":
+        import torchvision
+
+        def fetch(root: str):
+            return (
+                torchvision.datasets.SVHN(root, split="train", download=cfg.download),
+                torchvision.datasets.SVHN(root, split="test", download=cfg.download),
+            )
+
+        tr, te = _locked_fetch(cfg, fetch)
+        train_x, train_y = tr.data.transpose(0, 2, 3, 1), np.asarray(tr.labels)
+        test_x, test_y = te.data.transpose(0, 2, 3, 1), np.asarray(te.labels)
+        classes = 10
+    else:
+        raise DataError(f"data.name={cfg.name!r} is not a small in-memory dataset")
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return x, torch.as_tensor(y, dtype=torch.long)
+
+    if len(train_x) < 2:
+        raise DataError(f"{cfg.name}: training set has {len(train_x)} images")
+    tr_s, va_s = _split_train(len(train_x), cfg.val_fraction)
+    out = ArraySplits(
+        train=tensors(train_x[tr_s], train_y[tr_s]),
+        val=tensors(train_x[va_s], train_y[va_s]),
+        test=tensors(test_x, test_y),
+        num_classes=cfg.num_classes or classes,
+        name=cfg.name,
+    )
+    log.info(
+        "%s: %d train / %d val / %d test images, %d classes",
+        cfg.name,
+        len(out.train[1]),
+        len(out.val[1]),
+        len(out.test[1]),
+        out.num_classes,
+    )
+    return out
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and horizontal flip of a uint8 NCHW batch, on its device.
+
+    One gather: out[b, c, i, j] = padded[b, c, i + dy_b, j + dx_b].
+    """
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows, cols[:, None, None, :]]
+
+
+class DeviceLoader:
+    """Batches from tensors already on the device; order and augmentation from (seed, epoch).
+
+    With `world > 1`, rank r takes every world-th index of the epoch's permutation (its DDP
+    shard); every rank runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world = rank, world
+        self.channels_last = channels_last
+        n = len(labels)
+        per_rank = n // world if train else len(range(rank, n, world))
+        if train and per_rank < batch_size:
+            raise DataError(
+                f"training set shard of {per_rank} images is smaller than one batch "
+                f"({batch_size}); lower train.batch_size"
+            )
+        self.steps = per_rank // batch_size if train else -(-per_rank // batch_size)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dev = self.images.device
+        n = len(self.labels)
+        if self.train:
+            g = torch.Generator(device=dev).manual_seed(derived_seed(self.seed, "order", epoch))
+            order = torch.randperm(n, generator=g, device=dev)[self.rank :: self.world]
+            aug = torch.Generator(device=dev).manual_seed(
+                derived_seed(self.seed, "augment", epoch, self.rank)
+            )
+        else:
+            order = torch.arange(self.rank, n, self.world, device=dev)
+        for i in range(self.steps):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = augment(x, aug)
+            x = x.float().div_(255)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+
+
+class Normalize(torch.nn.Module):
+    """(x - mean) / std per channel on [0, 1] pixels: the model's input path."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        mean, std = STATS[name]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders (ImageNet, ImageNet-O)
+# --------------------------------------------------------------------------------------------
+
+
+def image_folder(path: str | os.PathLike, image_size: int, train: bool):
+    """torchvision ImageFolder giving [0, 1] pixels (normalisation is `Normalize`)."""
+    import torchvision
+    from torchvision import transforms as T
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"no image folder at {str(path)!r} (expected <class>/<image> files)")
+    if train:
+        tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor()])
+    else:
+        tf = T.Compose(
+            [T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size), T.ToTensor()]
+        )
+    try:
+        return torchvision.datasets.ImageFolder(str(path), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"image folder {str(path)!r} is unusable: {e}") from e
+
+
+def imagenet_loaders(
+    cfg: DataConfig, batch_size: int, eval_batch: int, seed: int, rank: int = 0, world: int = 1
+):
+    """(train, val, test, num_classes) DataLoaders for `<root>/imagenet/{train,val}`.
+
+    Validation is the last val_fraction of a seeded permutation of the training folder; test is
+    the official validation folder. Training batches come from a DistributedSampler-style shard
+    reseeded per epoch by `set_epoch`.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data.distributed import DistributedSampler
+
+    root = Path(cfg.root).expanduser() / "imagenet"
+    train_full = image_folder(root / "train", cfg.image_size, train=True)
+    train_eval = image_folder(root / "train", cfg.image_size, train=False)
+    test = image_folder(root / "val", cfg.image_size, train=False)
+    perm = np.random.default_rng(derived_seed(seed, "imagenet-split")).permutation(len(train_full))
+    tr_s, va_s = _split_train(len(perm), cfg.val_fraction)
+    train_set, val_set = Subset(train_full, perm[tr_s]), Subset(train_eval, perm[va_s])
+    sampler = DistributedSampler(
+        train_set,
+        num_replicas=world,
+        rank=rank,
+        shuffle=True,
+        seed=derived_seed(seed, "order") % (2**31),
+        drop_last=True,
+    )
+    kw = dict(
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+    )
+    train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **kw)
+    val = DataLoader(val_set, eval_batch, shuffle=False, **kw)
+    tst = DataLoader(test, eval_batch, shuffle=False, **kw)
+    return train, val, tst, cfg.num_classes or len(train_full.classes)

@@ -1,0 +1,536 @@
+"""One sparse-training trial, start to finish, from a TrialConfig. Knows nothing of Ray or MLflow.
+
+    result = run_trial(cfg, out_dir="runs/x", on_epoch=callback)
+
+Order of work: data (fails fast on a missing or corrupt root), model (seeded init), layer-wise
+densities (scheme), exact random masks applied at init, then per epoch: train with masks
+re-applied after every optimizer step (one fused multiply), validate, checkpoint, report.
+At the end: test accuracy of the final model and of the best-validation epoch.
+
+A checkpoint holds model, optimizer, scheduler, masks, all RNG states, epoch and the best-
+validation state; batches of an epoch are a pure function of (seed, epoch), so a run resumed
+from epoch k continues exactly as an unbroken one (bit-for-bit on CPU in deterministic mode).
+
+DDP: with torch.distributed initialised, each rank trains its shard of every epoch; pass
+`wrap_model` (e.g. Ray Train's `prepare_model`) to wrap the model after the masks are bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError, TrialConfig, from_flat, run_key
+from .data import (
+    DataError,
+    DeviceLoader,
+    Normalize,
+    derived_seed,
+    imagenet_loaders,
+    load_arrays,
+)
+from .masks import Masks, density_report, format_report
+from .models import build_model, input_kind, layer_specs
+from .sparsity import SCHEMES, layer_densities
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+MASKS_FILE = "masks.parquet"
+EpochCallback = Callable[[dict[str, Any], Path | None], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+
+def pick_device(cfg: TrialConfig, device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.SGD:
+    """SGD; without bn_weight_decay, BatchNorm and bias parameters get no weight decay."""
+    t = cfg.train
+    if t.bn_weight_decay:
+        groups = [{"params": list(model.parameters()), "weight_decay": t.weight_decay}]
+    else:
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrialConfig) -> float:
+    """Linear warmup over warmup_epochs, then x gamma at each milestone epoch (per step)."""
+    t = cfg.train
+    warm = t.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    epoch = step // steps_per_epoch
+    return t.gamma ** sum(epoch >= m for m in t.milestones)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete `checkpoints/epoch_NNNN` folder under out_dir, or None."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("epoch_*") if (p / CHECKPOINT_FILE).is_file())
+    return done[-1] if done else None
+
+
+@dataclass
+class _Data:
+    train: Any
+    val: Any
+    test: Any
+    num_classes: int
+    steps: int
+    resident: bool  # tensors on the device (DeviceLoader) vs DataLoader
+
+
+def _load_data(cfg: TrialConfig, device: torch.device, rank: int, world: int) -> _Data:
+    t, e = cfg.train, cfg.evaluation
+    if cfg.data.name == "imagenet":
+        tr, va, te, classes = imagenet_loaders(
+            cfg.data, t.batch_size, e.batch_size, cfg.seed, rank, world
+        )
+        return _Data(tr, va, te, classes, len(tr), resident=False)
+    arrays = load_arrays(cfg.data, cfg.seed).to(device)
+    cl = device.type == "cuda" and t.channels_last
+    kw = dict(seed=cfg.seed, rank=rank, world=world, channels_last=cl)
+    train = DeviceLoader(*arrays.train, t.batch_size, train=True, **kw)
+    val = DeviceLoader(*arrays.val, e.batch_size, train=False, **kw)
+    test = DeviceLoader(*arrays.test, e.batch_size, train=False, **kw)
+    return _Data(train, val, test, arrays.num_classes, len(train), resident=True)
+
+
+def _batches(loader: Any, epoch: int, device: torch.device, resident: bool):
+    if resident:
+        yield from loader.epoch(epoch)
+        return
+    if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device):
+    """Batch for snip (score_batch images) or grasp (score_batch // 10 per class), seeded."""
+    if not data.resident:
+        x, y = next(iter(data.train))
+        return x.to(device), y.to(device)
+    images, labels = data.train.images, data.train.labels
+    g = torch.Generator().manual_seed(derived_seed(cfg.seed, "score-batch"))
+    order = torch.randperm(len(labels), generator=g).to(labels.device)
+    if cfg.sparsity.scheme == "grasp":
+        per_class = max(1, cfg.sparsity.score_batch // 10)
+        picks = []
+        for c in range(data.num_classes):
+            idx = order[labels[order] == c][:per_class]
+            picks.append(idx)
+        idx = torch.cat(picks)
+    else:
+        idx = order[: cfg.sparsity.score_batch]
+    return images[idx].float().div(255), labels[idx]
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    normalize: nn.Module,
+    loader: Any,
+    device: torch.device,
+    resident: bool,
+    autocast,
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over a split (summed across DDP ranks)."""
+    model.eval()
+    stats = torch.zeros(3, device=device, dtype=torch.float64)
+    for x, y in _batches(loader, 0, device, resident):
+        with autocast():
+            logits = model(normalize(x))
+        logits = logits.float()
+        stats[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        stats[1] += (logits.argmax(1) == y).sum()
+        stats[2] += len(y)
+    loss, correct, n = all_sum(stats).tolist()
+    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "n": int(n)}
+
+
+# --------------------------------------------------------------------------------------------
+# The trial
+# --------------------------------------------------------------------------------------------
+
+
+def run_trial(
+    cfg: TrialConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: str | os.PathLike | None = None,
+    on_epoch: EpochCallback | None = None,
+    device: str | torch.device | None = None,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    keep_checkpoints: int = 2,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train one trial; returns the final metrics.
+
+    out_dir: where checkpoints (`checkpoints/epoch_NNNN/`) and `masks.parquet` go.
+    resume: a checkpoint folder to continue from (see `latest_checkpoint`).
+    on_epoch(metrics, checkpoint_dir): called on every rank after every epoch; checkpoint_dir
+      is the folder written this epoch (None on epochs without a checkpoint, and on ranks > 0).
+    stop_after: stop (as if interrupted) after this many epochs; for tests and debugging.
+    """
+    out_dir = Path(out_dir)
+    device = pick_device(cfg, device)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    t = cfg.train
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        if not use_bf16:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    data = _load_data(cfg, device, rank, world)  # DataError here: nothing trained yet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(cfg.seed, "init"))
+        model = build_model(cfg.model.name, data.num_classes)
+    model.to(device)
+    if device.type == "cuda" and t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(cfg.data.name).to(device)
+
+    ckpt = None
+    if resume is not None:
+        path = Path(resume) / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["run_key"] != run_key(cfg):
+            raise ValueError(
+                f"checkpoint {resume} belongs to run {ckpt['run_key']!r}, not {run_key(cfg)!r}"
+            )
+        masks = Masks.load(Path(resume) / MASKS_FILE, model)
+    else:
+        masks = _draw_masks(cfg, model, data, device)
+    masks.bind(model)
+    masks.apply_()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        masks.save(out_dir / MASKS_FILE)
+        log.info(
+            "masks (%s, density %.4f):\n%s",
+            cfg.sparsity.scheme,
+            masks.density(),
+            format_report(density_report(masks, model)),
+        )
+
+    train_model = wrap_model(model) if wrap_model is not None else model
+    if t.compile:
+        train_model = torch.compile(train_model)
+    optimizer = make_optimizer(model, cfg)
+    steps = data.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    start_epoch, best = 0, {"val_acc": -1.0, "epoch": -1, "state": None}
+    history: list[dict[str, Any]] = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best, history = ckpt["epoch"], ckpt["best"], ckpt["history"]
+        log.info("resumed %s at epoch %d from %s", run_key(cfg), start_epoch, resume)
+
+    label_smoothing = t.label_smoothing
+    end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        train_model.train()
+        t0 = time.perf_counter()
+        stats = torch.zeros(3, device=device, dtype=torch.float64)
+        for x, y in _batches(data.train, epoch, device, data.resident):
+            with autocast():
+                logits = train_model(normalize(x))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            masks.apply_()
+            stats[0] += loss.detach().double() * len(y)
+            stats[1] += (logits.detach().argmax(1) == y).sum()
+            stats[2] += len(y)
+        loss_sum, correct, n = all_sum(stats).tolist()  # the one host sync of the epoch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        val = evaluate(model, normalize, data.val, device, data.resident, autocast)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / n,
+            "train_acc": correct / n,
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_second": n / seconds,
+        }
+        if val["n"] > 0 and val["acc"] > best["val_acc"]:
+            best = {
+                "val_acc": val["acc"],
+                "epoch": epoch + 1,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
+        last = epoch + 1 == t.epochs
+        if last:
+            metrics.update(_final(cfg, model, normalize, data, device, autocast, best, masks))
+        history.append(dict(metrics))
+        ckpt_dir = None
+        if (epoch + 1) % t.checkpoint_every == 0 or last or epoch + 1 == end_epoch:
+            if rank == 0:
+                ckpt_dir = _save_checkpoint(
+                    out_dir,
+                    cfg,
+                    epoch + 1,
+                    model,
+                    optimizer,
+                    scheduler,
+                    masks,
+                    best,
+                    history,
+                    keep_checkpoints,
+                )
+        log.info(
+            "%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  "
+            "%.1fs  %.0f img/s%s",
+            run_key(cfg),
+            epoch + 1,
+            t.epochs,
+            metrics["train_loss"],
+            metrics["train_acc"],
+            metrics["val_loss"],
+            metrics["val_acc"],
+            metrics["lr"],
+            seconds,
+            metrics["images_per_second"],
+            f"  test acc {metrics['test_acc']:.4f}" if last else "",
+        )
+        if on_epoch is not None:
+            on_epoch(metrics, ckpt_dir)
+    if end_epoch < t.epochs:
+        return {"epoch": end_epoch, "stopped": True, "history": history}
+    return {**history[-1], "history": history, "run_key": run_key(cfg)}
+
+
+def _draw_masks(cfg: TrialConfig, model: nn.Module, data: _Data, device: torch.device) -> Masks:
+    s = cfg.sparsity
+    kwargs: dict[str, Any] = {}
+    if s.scheme == "erk_plus":
+        kwargs["fc_density"] = s.fc_density
+    if SCHEMES[s.scheme].needs_model and s.density < 1.0:
+        kwargs["model"] = model
+        if SCHEMES[s.scheme].needs_batch:
+            kwargs["batch"] = _score_batch(cfg, data, device)
+        else:
+            size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+            kwargs["input_shape"] = (3, size, size)
+    plan = layer_densities(s.scheme, layer_specs(model), s.density, **kwargs)
+    return Masks.random(plan, cfg.seed, sampling=s.sampling)
+
+
+def _final(cfg, model, normalize, data, device, autocast, best, masks) -> dict[str, Any]:
+    test = evaluate(model, normalize, data.test, device, data.resident, autocast)
+    out = {
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "achieved_density": masks.density(),
+    }
+    if best["state"] is not None:
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(best["state"])
+        bt = evaluate(best_model, normalize, data.test, device, data.resident, autocast)
+        out.update({"test_acc_best_val": bt["acc"], "test_loss_best_val": bt["loss"]})
+    return out
+
+
+def _save_checkpoint(
+    out_dir: Path,
+    cfg: TrialConfig,
+    epoch: int,
+    model,
+    optimizer,
+    scheduler,
+    masks: Masks,
+    best,
+    history,
+    keep: int,
+) -> Path:
+    """Write checkpoints/epoch_NNNN atomically (temp folder, then rename); keep the last `keep`."""
+    root = out_dir / "checkpoints"
+    final = root / f"epoch_{epoch:04d}"
+    tmp = root / f".tmp_epoch_{epoch:04d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(
+        {
+            "run_key": run_key(cfg),
+            "config": cfg.to_flat(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "best": best,
+            "history": history,
+        },
+        tmp / CHECKPOINT_FILE,
+    )
+    masks.save(tmp / MASKS_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.glob("epoch_*") if p != final)[: -max(keep - 1, 0) or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m rp_tune.train",
+        description="Run one sparse-training trial without Ray (for debugging).",
+    )
+    p.add_argument("--model", default="cifar_resnet_20")
+    p.add_argument("--scheme", default="erk")
+    p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--data", default="cifar10", help="cifar10, cifar100, svhn, imagenet, synthetic")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any flat config key, e.g. --set train.batch_size=256 (repeatable)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<run_key>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    flat: dict[str, Any] = {
+        "model.name": args.model,
+        "sparsity.scheme": args.scheme,
+        "sparsity.density": args.density,
+        "data.name": args.data,
+        "seed": args.seed,
+    }
+    if args.epochs is not None:
+        flat["train.epochs"] = args.epochs
+    if args.data_root is not None:
+        flat["data.root"] = args.data_root
+    if args.data == "imagenet":
+        flat["train.recipe"] = "imagenet"
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        flat[key.strip()] = value.strip()
+    return from_flat(flat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    args = _parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.device is None and torch.cuda.is_available():
+        cfg = cfg.replace(**{"resources.gpus_per_worker": 1.0})
+    out = Path(args.out or Path("runs") / run_key(cfg))
+    resume = latest_checkpoint(out) if args.resume else None
+    if args.resume and resume is None:
+        log.info("no checkpoint under %s: starting from scratch", out)
+    try:
+        result = run_trial(cfg, out, resume=resume, device=args.device)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    keys = ("test_acc", "test_acc_best_val", "best_val_acc", "best_epoch", "achieved_density")
+    print("  ".join(f"{k}={result[k]:.4g}" for k in keys if k in result))
+    print(f"output: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+import pytest
+import torch
+
+from rp_tune.config import from_flat
+from rp_tune.data import DataError
+from rp_tune.masks import Masks
+from rp_tune.models import prunable_layers
+from rp_tune.train import latest_checkpoint, lr_factor, main, run_trial
+from tests.helpers import write_tiny_cifar10
+
+
+def _cfg(root, **over):
+    flat = {
+        "model.name": "cifar_resnet_20",
+        "sparsity.scheme": "erk",
+        "sparsity.density": 0.1,
+        "data.name": "cifar10",
+        "data.root": str(root),
+        "data.download": False,
+        "train.epochs": 2,
+        "train.batch_size": 20,
+        "evaluation.batch_size": 50,
+        "train.lr": 0.05,
+        "train.deterministic": True,
+    }
+    flat.update(over)
+    return from_flat(flat)
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_tiny_cifar10(root, n_train=200, n_test=60)
+    return root
+
+
+def test_trial_trains_loss_falls_masks_hold(cifar_root, tmp_path):
+    cfg = _cfg(cifar_root)
+    seen = []
+    result = run_trial(cfg, tmp_path / "run", on_epoch=lambda m, c: seen.append((m, c)))
+    hist = result["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert hist[1]["train_loss"] < hist[0]["train_loss"]
+    for key in (
+        "test_acc",
+        "test_acc_best_val",
+        "best_val_acc",
+        "val_loss",
+        "lr",
+        "images_per_second",
+        "epoch_seconds",
+        "achieved_density",
+    ):
+        assert key in result
+    assert result["achieved_density"] == pytest.approx(0.1, abs=1e-5)
+    assert all(c is not None and (c / "state.pt").is_file() for _, c in seen)
+    # masked weights are exactly zero after training, kept ones trained
+    ckpt = latest_checkpoint(tmp_path / "run")
+    state = torch.load(ckpt / "state.pt", weights_only=False)["model"]
+    masks = Masks.load(ckpt / "masks.parquet")
+    for name, m in masks.masks.items():
+        w = state[f"{name}.weight"]
+        assert torch.all(w[~m] == 0), name
+        assert torch.count_nonzero(w[m]) == m.sum()
+    assert Masks.load(tmp_path / "run" / "masks.parquet").equals(masks)
+
+
+def test_resume_is_exact(cifar_root, tmp_path):
+    cfg = _cfg(cifar_root, **{"train.epochs": 3})
+    full = run_trial(cfg, tmp_path / "full")
+    part = run_trial(cfg, tmp_path / "part", stop_after=2)
+    assert part["stopped"] and part["epoch"] == 2
+    ckpt = latest_checkpoint(tmp_path / "part")
+    assert ckpt.name == "epoch_0002"
+    resumed = run_trial(cfg, tmp_path / "part", resume=ckpt)
+    assert resumed["history"][2]["train_loss"] == full["history"][2]["train_loss"]
+    assert resumed["test_acc"] == full["test_acc"]
+    a = torch.load(latest_checkpoint(tmp_path / "full") / "state.pt", weights_only=False)
+    b = torch.load(latest_checkpoint(tmp_path / "part") / "state.pt", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert Masks.load(tmp_path / "full" / "masks.parquet").equals(
+        Masks.load(tmp_path / "part" / "masks.parquet")
+    )
+
+
+def test_resume_refuses_another_runs_checkpoint(cifar_root, tmp_path):
+    run_trial(_cfg(cifar_root, **{"train.epochs": 1}), tmp_path / "a")
+    other = _cfg(cifar_root, **{"train.epochs": 1, "seed": 5})
+    with pytest.raises(ValueError, match="belongs to run"):
+        run_trial(other, tmp_path / "a", resume=latest_checkpoint(tmp_path / "a"))
+
+
+def test_missing_data_fails_before_anything_is_written(tmp_path):
+    cfg = _cfg(tmp_path / "no-data")
+    with pytest.raises(DataError, match="missing or corrupt"):
+        run_trial(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scheme", ["snip", "grasp", "synflow", "uniform_plus"])
+def test_model_based_schemes_in_a_trial(scheme, tmp_path):
+    cfg = from_flat(
+        {
+            "data.name": "synthetic",
+            "data.synthetic_train": 120,
+            "data.synthetic_test": 20,
+            "model.name": "cifar_resnet_8",
+            "sparsity.scheme": scheme,
+            "sparsity.density": 0.2,
+            "train.epochs": 1,
+            "train.batch_size": 50,
+            "sparsity.score_batch": 30,
+        }
+    )
+    result = run_trial(cfg, tmp_path)
+    assert result["achieved_density"] == pytest.approx(0.2, abs=1e-4)
+
+
+def test_lr_schedule_warmup_and_milestones():
+    cfg = from_flat({"train.recipe": "imagenet", "data.name": "imagenet", "model.name": "resnet18"})
+    assert lr_factor(0, 10, cfg) == pytest.approx(1 / 50)
+    assert lr_factor(49, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(300, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(950, 10, cfg) == pytest.approx(0.001)
+
+
+def test_weight_decay_groups():
+    from rp_tune.models import build_model
+    from rp_tune.train import make_optimizer
+
+    cfg = from_flat({"train.bn_weight_decay": False})
+    opt = make_optimizer(build_model("cifar_resnet_8"), cfg)
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in opt.param_groups[1]["params"])
+    assert len(prunable_layers(build_model("cifar_resnet_8"))) == len(opt.param_groups[0]["params"])
+
+
+def test_cli_runs_and_resumes(tmp_path, capsys):
+    argv = [
+        "--model",
+        "cifar_resnet_8",
+        "--scheme",
+        "erk",
+        "--density",
+        "0.1",
+        "--epochs",
+        "2",
+        "--data",
+        "synthetic",
+        "--out",
+        str(tmp_path / "cli"),
+        "--set",
+        "data.synthetic_train=200",
+        "--set",
+        "train.batch_size=50",
+    ]
+    assert main(argv) == 0
+    assert "test_acc=" in capsys.readouterr().out
+    assert latest_checkpoint(tmp_path / "cli").name == "epoch_0002"
+    assert main([*argv, "--resume"]) == 0  # finished: nothing left to train
+    assert main(["--scheme", "nope"]) == 2
+    assert "sparsity.scheme='nope'" in capsys.readouterr().err
