@@ -196,13 +196,39 @@ class TrainConfig:
             _fail("train.nesterov", self.nesterov, "False when train.momentum is 0")
 
 
+OOD_SETS = ("cifar10", "cifar100", "svhn", "gaussian", "imagenet_o")
+DEFAULT_OOD = {
+    "cifar10": ("cifar100", "svhn", "gaussian"),
+    "cifar100": ("cifar10", "svhn", "gaussian"),
+    "svhn": ("cifar10", "cifar100", "gaussian"),
+    "synthetic": ("cifar100", "svhn", "gaussian"),
+    "imagenet": ("imagenet_o",),
+}
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     batch_size: int = 1000
+    ece: bool = True  # 15-bin ECE on validation (every epoch) and test
+    fgsm: bool = True  # FGSM robust test accuracy at the end
+    fgsm_eps: float = 8 / 255  # in [0, 1] pixel space
+    ood: bool = True  # OoD ROC-AUC (max softmax probability) at the end
+    ood_sets: tuple[str, ...] = ()  # empty: the dataset's defaults (DEFAULT_OOD)
+    ood_download: bool = False  # fetch absent OoD sets; otherwise they are skipped, logged
+    grad_flow_every: int = 100  # effective gradient flow every k steps; 0 disables
+    grad_flow_steps: int = 20_000  # ... for the first N steps (paper: 20k iterations)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             _fail("evaluation.batch_size", self.batch_size, "an integer >= 1")
+        if not 0.0 <= self.fgsm_eps <= 1.0:
+            _fail("evaluation.fgsm_eps", self.fgsm_eps, "a number in [0, 1] (pixel scale)")
+        bad = [s for s in self.ood_sets if s not in OOD_SETS]
+        if bad:
+            _fail("evaluation.ood_sets", self.ood_sets, f"names from {list(OOD_SETS)}")
+        for key in ("grad_flow_every", "grad_flow_steps"):
+            if getattr(self, key) < 0:
+                _fail(f"evaluation.{key}", getattr(self, key), "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -255,6 +281,11 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             _fail("seed", self.seed, "an integer >= 0")
+        if self.data.name in self.evaluation.ood_sets:
+            raise ConfigError(
+                f"evaluation.ood_sets={self.evaluation.ood_sets!r} holds the training dataset "
+                f"data.name={self.data.name!r}; an OoD set must be another dataset"
+            )
         if self.data.name == "imagenet" and self.model.name.startswith(("cifar_", "vgg")):
             raise ConfigError(
                 f"model.name={self.model.name!r} is a 32x32 CIFAR net; with data.name="
@@ -309,7 +340,7 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
             text = value.strip().strip("()[]")
             value = [v for v in (t.strip() for t in text.split(",")) if v]
         if not isinstance(value, (list, tuple)):
-            _fail(key, value, "a list of integers, e.g. 80,120")
+            _fail(key, value, "a comma-separated list, e.g. 80,120")
         return tuple(coerce(key, v, args[0]) for v in value)
     if annotation is bool:
         if isinstance(value, bool):

@@ -142,6 +142,11 @@ def _torchvision_cifar(kind: str):
 def _locked_fetch(cfg: DataConfig, fetch):
     """Run fetch() holding a lock in the data root, turning failures into DataError."""
     root = Path(cfg.root).expanduser()
+    if not cfg.download and not root.is_dir():
+        raise DataError(
+            f"{cfg.name} at data.root={str(root)!r} is missing or corrupt (no such folder); "
+            "set data.download=true to fetch it, or point data.root at the dataset"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -200,41 +205,31 @@ def synthetic_arrays(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, n
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def load_arrays(cfg: DataConfig, seed: int = 0) -> ArraySplits:
-    """Read a small dataset into uint8 tensors (CPU); raises DataError before any training."""
+def read_split(cfg: DataConfig, train: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 NHWC images, int labels, number of classes) of one split of a small dataset."""
     if cfg.name == "synthetic":
-        classes = cfg.classes
-        x, y = synthetic_arrays(cfg.synthetic_train, classes, seed)
-        tx, ty = synthetic_arrays(cfg.synthetic_test, classes, seed + 1)
-        train_x, train_y, test_x, test_y = x, y, tx, ty
-    elif cfg.name in ("cifar10", "cifar100"):
+        n = cfg.synthetic_train if train else cfg.synthetic_test
+        x, y = synthetic_arrays(n, cfg.classes, seed if train else seed + 1)
+        return x, y, cfg.classes
+    if cfg.name in ("cifar10", "cifar100"):
         cls = _torchvision_cifar(cfg.name)
-
-        def fetch(root: str):
-            return (
-                cls(root, train=True, download=cfg.download),
-                cls(root, train=False, download=cfg.download),
-            )
-
-        tr, te = _locked_fetch(cfg, fetch)
-        train_x, train_y = tr.data, np.asarray(tr.targets)
-        test_x, test_y = te.data, np.asarray(te.targets)
-        classes = len(tr.classes)
-    elif cfg.name == "svhn":
+        ds = _locked_fetch(cfg, lambda root: cls(root, train=train, download=cfg.download))
+        return ds.data, np.asarray(ds.targets), len(ds.classes)
+    if cfg.name == "svhn":
         import torchvision
 
-        def fetch(root: str):
-            return (
-                torchvision.datasets.SVHN(root, split="train", download=cfg.download),
-                torchvision.datasets.SVHN(root, split="test", download=cfg.download),
-            )
+        split = "train" if train else "test"
+        ds = _locked_fetch(
+            cfg, lambda root: torchvision.datasets.SVHN(root, split=split, download=cfg.download)
+        )
+        return ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels), 10
+    raise DataError(f"data.name={cfg.name!r} is not a small in-memory dataset")
 
-        tr, te = _locked_fetch(cfg, fetch)
-        train_x, train_y = tr.data.transpose(0, 2, 3, 1), np.asarray(tr.labels)
-        test_x, test_y = te.data.transpose(0, 2, 3, 1), np.asarray(te.labels)
-        classes = 10
-    else:
-        raise DataError(f"data.name={cfg.name!r} is not a small in-memory dataset")
+
+def load_arrays(cfg: DataConfig, seed: int = 0) -> ArraySplits:
+    """Read a small dataset into uint8 tensors (CPU); raises DataError before any training."""
+    train_x, train_y, classes = read_split(cfg, train=True, seed=seed)
+    test_x, test_y, _ = read_split(cfg, train=False, seed=seed)
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))

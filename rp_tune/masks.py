@@ -141,6 +141,12 @@ class Masks:
             floats.append(torch.empty_like(w).copy_(mask))
         self._bound = (weights, floats)
 
+    def bound(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(weights, float masks) paired by `bind`, in the same order."""
+        if self._bound is None:
+            raise RuntimeError("Masks.bind(model) first")
+        return self._bound
+
     @torch.no_grad()
     def apply_(self, model: nn.Module | None = None) -> None:
         """w <- w * m for every masked weight, in place, with one `torch._foreach_mul_`."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -37,14 +38,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, TrialConfig, from_flat, run_key
+from . import metrics
+from .config import DEFAULT_OOD, ConfigError, TrialConfig, from_flat, run_key
 from .data import (
+    STATS,
     DataError,
     DeviceLoader,
     Normalize,
     derived_seed,
+    image_folder,
     imagenet_loaders,
     load_arrays,
+    read_split,
 )
 from .masks import Masks, density_report, format_report
 from .models import build_model, input_kind, layer_specs
@@ -131,6 +136,7 @@ class _Data:
     num_classes: int
     steps: int
     resident: bool  # tensors on the device (DeviceLoader) vs DataLoader
+    test_full: Any = None  # the whole test set on every rank (final metrics)
 
 
 def _load_data(cfg: TrialConfig, device: torch.device, rank: int, world: int) -> _Data:
@@ -139,14 +145,15 @@ def _load_data(cfg: TrialConfig, device: torch.device, rank: int, world: int) ->
         tr, va, te, classes = imagenet_loaders(
             cfg.data, t.batch_size, e.batch_size, cfg.seed, rank, world
         )
-        return _Data(tr, va, te, classes, len(tr), resident=False)
+        return _Data(tr, va, te, classes, len(tr), resident=False, test_full=te)
     arrays = load_arrays(cfg.data, cfg.seed).to(device)
     cl = device.type == "cuda" and t.channels_last
     kw = dict(seed=cfg.seed, rank=rank, world=world, channels_last=cl)
     train = DeviceLoader(*arrays.train, t.batch_size, train=True, **kw)
     val = DeviceLoader(*arrays.val, e.batch_size, train=False, **kw)
     test = DeviceLoader(*arrays.test, e.batch_size, train=False, **kw)
-    return _Data(train, val, test, arrays.num_classes, len(train), resident=True)
+    full = DeviceLoader(*arrays.test, e.batch_size, train=False, seed=cfg.seed, channels_last=cl)
+    return _Data(train, val, test, arrays.num_classes, len(train), resident=True, test_full=full)
 
 
 def _batches(loader: Any, epoch: int, device: torch.device, resident: bool):
@@ -193,10 +200,12 @@ def evaluate(
     device: torch.device,
     resident: bool,
     autocast,
+    with_ece: bool = False,
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a split (summed across DDP ranks)."""
+    """Mean cross-entropy, accuracy (summed across DDP ranks) and, if asked, this rank's ECE."""
     model.eval()
     stats = torch.zeros(3, device=device, dtype=torch.float64)
+    outs = []
     for x, y in _batches(loader, 0, device, resident):
         with autocast():
             logits = model(normalize(x))
@@ -204,8 +213,13 @@ def evaluate(
         stats[0] += F.cross_entropy(logits, y, reduction="sum").double()
         stats[1] += (logits.argmax(1) == y).sum()
         stats[2] += len(y)
+        if with_ece:
+            outs.append((logits, y))
     loss, correct, n = all_sum(stats).tolist()
-    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "n": int(n)}
+    out = {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "n": int(n)}
+    if with_ece and outs:
+        out["ece"] = metrics.ece(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,17 +315,25 @@ def run_trial(
         log.info("resumed %s at epoch %d from %s", run_key(cfg), start_epoch, resume)
 
     label_smoothing = t.label_smoothing
+    ev = cfg.evaluation
+    grad_flow: list[list[float]] = ckpt.get("grad_flow", []) if ckpt is not None else []
+    masked_weights, float_masks = masks.bound()
     end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
         train_model.train()
         t0 = time.perf_counter()
         stats = torch.zeros(3, device=device, dtype=torch.float64)
-        for x, y in _batches(data.train, epoch, device, data.resident):
+        flow: list[tuple[int, torch.Tensor]] = []
+        for i, (x, y) in enumerate(_batches(data.train, epoch, device, data.resident)):
             with autocast():
                 logits = train_model(normalize(x))
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            step = epoch * steps + i
+            if ev.grad_flow_every and step < ev.grad_flow_steps and step % ev.grad_flow_every == 0:
+                grads = [w.grad for w in masked_weights]
+                flow.append((step, metrics.kept_grad_norm(grads, float_masks)))
             optimizer.step()
             scheduler.step()
             masks.apply_()
@@ -319,11 +341,12 @@ def run_trial(
             stats[1] += (logits.detach().argmax(1) == y).sum()
             stats[2] += len(y)
         loss_sum, correct, n = all_sum(stats).tolist()  # the one host sync of the epoch
+        grad_flow.extend([step, float(v)] for step, v in flow)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        val = evaluate(model, normalize, data.val, device, data.resident, autocast)
-        metrics = {
+        val = evaluate(model, normalize, data.val, device, data.resident, autocast, with_ece=ev.ece)
+        row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / n,
             "train_acc": correct / n,
@@ -333,6 +356,8 @@ def run_trial(
             "epoch_seconds": seconds,
             "images_per_second": n / seconds,
         }
+        if ev.ece and "ece" in val:
+            row["val_ece"] = val["ece"]
         if val["n"] > 0 and val["acc"] > best["val_acc"]:
             best = {
                 "val_acc": val["acc"],
@@ -341,8 +366,20 @@ def run_trial(
             }
         last = epoch + 1 == t.epochs
         if last:
-            metrics.update(_final(cfg, model, normalize, data, device, autocast, best, masks))
-        history.append(dict(metrics))
+            row.update(
+                _final(
+                    cfg,
+                    model,
+                    normalize,
+                    data,
+                    device,
+                    autocast,
+                    best,
+                    masks,
+                    images_seen=t.epochs * steps * t.batch_size * world,
+                )
+            )
+        history.append(dict(row))
         ckpt_dir = None
         if (epoch + 1) % t.checkpoint_every == 0 or last or epoch + 1 == end_epoch:
             if rank == 0:
@@ -356,6 +393,7 @@ def run_trial(
                     masks,
                     best,
                     history,
+                    grad_flow,
                     keep_checkpoints,
                 )
         log.info(
@@ -364,20 +402,20 @@ def run_trial(
             run_key(cfg),
             epoch + 1,
             t.epochs,
-            metrics["train_loss"],
-            metrics["train_acc"],
-            metrics["val_loss"],
-            metrics["val_acc"],
-            metrics["lr"],
+            row["train_loss"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_acc"],
+            row["lr"],
             seconds,
-            metrics["images_per_second"],
-            f"  test acc {metrics['test_acc']:.4f}" if last else "",
+            row["images_per_second"],
+            f"  test acc {row['test_acc']:.4f}" if last else "",
         )
         if on_epoch is not None:
-            on_epoch(metrics, ckpt_dir)
+            on_epoch(row, ckpt_dir)
     if end_epoch < t.epochs:
         return {"epoch": end_epoch, "stopped": True, "history": history}
-    return {**history[-1], "history": history, "run_key": run_key(cfg)}
+    return {**history[-1], "history": history, "grad_flow": grad_flow, "run_key": run_key(cfg)}
 
 
 def _draw_masks(cfg: TrialConfig, model: nn.Module, data: _Data, device: torch.device) -> Masks:
@@ -396,20 +434,95 @@ def _draw_masks(cfg: TrialConfig, model: nn.Module, data: _Data, device: torch.d
     return Masks.random(plan, cfg.seed, sampling=s.sampling)
 
 
-def _final(cfg, model, normalize, data, device, autocast, best, masks) -> dict[str, Any]:
-    test = evaluate(model, normalize, data.test, device, data.resident, autocast)
-    out = {
-        "test_loss": test["loss"],
-        "test_acc": test["acc"],
+def _logits(model, normalize, loader, device, resident, autocast):
+    """Logits and labels over a whole loader (eval mode, no grad), on the device."""
+    model.eval()
+    outs, labels = [], []
+    with torch.no_grad():
+        for x, y in _batches(loader, 0, device, resident):
+            with autocast():
+                outs.append(model(normalize(x)).float())
+            labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def _ood_loader(name: str, cfg: TrialConfig, n_in: int, device: torch.device):
+    """(loader, resident) of an OoD set's test images as [0, 1] pixels; DataError if absent."""
+    ev, e_bs = cfg.evaluation, cfg.evaluation.batch_size
+    if name == "gaussian":
+        mean, std = STATS["cifar10"]
+        g = torch.Generator().manual_seed(derived_seed(cfg.seed, "gaussian-ood"))
+        x = (metrics.gaussian_noise_images(n_in, mean, std, g) * 255).round().to(torch.uint8)
+        labels = torch.zeros(n_in, dtype=torch.long, device=device)
+        return DeviceLoader(x.to(device), labels, e_bs, train=False), True
+    if name == "imagenet_o":
+        from torch.utils.data import DataLoader
+
+        folder = image_folder(
+            Path(cfg.data.root).expanduser() / "imagenet-o", cfg.data.image_size, train=False
+        )
+        return DataLoader(folder, e_bs, num_workers=cfg.data.num_workers), False
+    dcfg = dataclasses.replace(cfg.data, name=name, download=ev.ood_download, num_classes=0)
+    x, _, _ = read_split(dcfg, train=False)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+    labels = torch.zeros(len(x), dtype=torch.long, device=device)
+    return DeviceLoader(x, labels, e_bs, train=False), True
+
+
+def _final(
+    cfg, model, normalize, data, device, autocast, best, masks, images_seen: int
+) -> dict[str, Any]:
+    """End-of-trial metrics on the full test set (every rank computes the same numbers)."""
+    ev = cfg.evaluation
+    test = data.test_full
+    logits, labels = _logits(model, normalize, test, device, data.resident, autocast)
+    out: dict[str, Any] = {
+        "test_acc": metrics.accuracy(logits, labels),
+        "test_loss": metrics.nll(logits, labels),
         "best_val_acc": best["val_acc"],
         "best_epoch": best["epoch"],
         "achieved_density": masks.density(),
     }
+    if ev.ece:
+        out["test_ece"] = metrics.ece(logits, labels)
     if best["state"] is not None:
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(best["state"])
-        bt = evaluate(best_model, normalize, data.test, device, data.resident, autocast)
-        out.update({"test_acc_best_val": bt["acc"], "test_loss_best_val": bt["loss"]})
+        bl, by = _logits(best_model, normalize, test, device, data.resident, autocast)
+        out["test_acc_best_val"] = metrics.accuracy(bl, by)
+        out["test_loss_best_val"] = metrics.nll(bl, by)
+    if ev.fgsm:
+        model.eval()
+
+        def forward(px: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return model(normalize(px))
+
+        correct, n = torch.zeros((), device=device), 0
+        for x, y in _batches(test, 0, device, data.resident):
+            adv = metrics.fgsm(forward, x, y, ev.fgsm_eps)
+            with torch.no_grad():
+                correct += (forward(adv).argmax(1) == y).sum()
+            n += len(y)
+        out["fgsm_acc"] = correct.item() / max(n, 1)
+    if ev.ood:
+        in_scores = metrics.max_softmax(logits)
+        used, skipped = [], {}
+        for name in ev.ood_sets or DEFAULT_OOD.get(cfg.data.name, ()):
+            try:
+                loader, resident = _ood_loader(name, cfg, len(labels), device)
+                ood_logits, _ = _logits(model, normalize, loader, device, resident, autocast)
+            except DataError as e:
+                skipped[name] = str(e)
+                log.warning("OoD set %s skipped: %s", name, e)
+                continue
+            out[f"ood_auroc_{name}"] = metrics.ood_auroc(in_scores, metrics.max_softmax(ood_logits))
+            used.append(name)
+        out["ood_used"] = ",".join(used)
+        out["ood_skipped"] = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+    densities = {n: int(m.sum()) / m.numel() for n, m in masks.masks.items()}
+    out.update(metrics.cost(model, densities, (3, size, size), images_seen))
     return out
 
 
@@ -423,6 +536,7 @@ def _save_checkpoint(
     masks: Masks,
     best,
     history,
+    grad_flow,
     keep: int,
 ) -> Path:
     """Write checkpoints/epoch_NNNN atomically (temp folder, then rename); keep the last `keep`."""
@@ -442,6 +556,7 @@ def _save_checkpoint(
             "rng": rng_state(),
             "best": best,
             "history": history,
+            "grad_flow": grad_flow,
         },
         tmp / CHECKPOINT_FILE,
     )

@@ -84,6 +84,9 @@ def test_run_key_readable_stable_and_sensitive():
         ({"seed": -1}, ["seed", "-1"]),
         ({"train.epoch": 3}, ["unknown config key", "train.epoch", "train.epochs"]),
         ({"data.name": "imagenet"}, ["cifar_resnet_20", "wide_resnet50_2"]),
+        ({"evaluation.ood_sets": "mnist"}, ["evaluation.ood_sets", "mnist", "gaussian"]),
+        ({"evaluation.ood_sets": "cifar10,svhn"}, ["ood_sets", "training dataset"]),
+        ({"evaluation.fgsm_eps": 8}, ["evaluation.fgsm_eps", "pixel scale"]),
     ],
 )
 def test_bad_values_name_key_value_and_choices(flat, words):
