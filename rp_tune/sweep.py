@@ -1,0 +1,443 @@
+"""Sweeps on Ray: the only module that imports ray.
+
+Ray 2.60 runs Train V2, so a Tune function trainable builds and fits one `TorchTrainer` per
+trial (DDP over `resources.workers` workers, or a fraction of a GPU for one worker); the
+workers run `rp_tune.train.run_trial` and report every epoch with `ray.train.report`, and
+`TuneReportCallback` carries those reports to Tune. The Train run is named after the trial's
+run key and stored beside the Tune experiment, so a trial that Tune restarts (after a driver
+crash and `--resume`) finds its own checkpoints. Worker crashes are retried by Train
+(`FailureConfig(max_failures)`) from the last checkpoint; trial crashes by Tune.
+
+Every config is expanded and validated before Ray starts (`expand_space`), so a bad value
+stops the sweep with one message and nothing started or written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .config import ConfigError, TrialConfig, from_flat, run_key
+from .models import build_model, input_kind
+
+log = logging.getLogger(__name__)
+
+
+class SweepError(ValueError):
+    """A sweep cannot start: bad space, override or storage; nothing was started or written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion and validation (no Ray)
+# --------------------------------------------------------------------------------------------
+
+
+def expand_space(
+    space: str | ModuleType, overrides: Mapping[str, Any] | None = None, smoke: bool = False
+) -> list[TrialConfig]:
+    """Every trial config of a search space, validated; dense trials deduplicated.
+
+    Precedence: the space's GRID and FIXED, then SMOKE (with smoke=True), then overrides. A list
+    value is a grid axis; anything else is fixed. Density 1.0 is dense whatever the scheme, so
+    it is run once per remaining point (scheme set to `uniform`).
+    """
+    from search_spaces import load_space
+
+    if isinstance(space, ModuleType):
+        module, space = space, space.__name__.rsplit(".", 1)[-1]
+    else:
+        try:
+            module = load_space(space)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
+    values: dict[str, Any] = {**module.FIXED, **module.GRID}
+    if smoke:
+        values.update(module.SMOKE)
+    values.update(overrides or {})
+    axes = {k: v for k, v in values.items() if isinstance(v, list) and not _tuple_key(k)}
+    fixed = {k: v for k, v in values.items() if k not in axes}
+    configs: dict[str, TrialConfig] = {}
+    for point in itertools.product(*axes.values()):
+        flat = {**fixed, **dict(zip(axes, point))}
+        if float(flat.get("sparsity.density", 0.1)) == 1.0:
+            flat["sparsity.scheme"] = "uniform"
+        try:
+            cfg = from_flat(flat)
+        except ConfigError as e:
+            raise SweepError(f"search space {space!r}: {e}") from None
+        configs.setdefault(run_key(cfg), cfg)
+    if not configs:
+        raise SweepError(f"search space {space!r} expands to no trials")
+    return list(configs.values())
+
+
+def _tuple_key(key: str) -> bool:
+    """Keys whose single value is itself a list (e.g. train.milestones)."""
+    return key in ("train.milestones", "evaluation.ood_sets")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings from --set; values stay strings (the config coerces them)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SweepError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.epochs=2)")
+        key, value = (s.strip() for s in item.split("=", 1))
+        out[key] = value
+    return out
+
+
+def check_data_roots(configs: Sequence[TrialConfig]) -> None:
+    """Datasets that may not be downloaded must already be under their data.root."""
+    for cfg in configs:
+        d = cfg.data
+        if d.name == "synthetic":
+            continue
+        root = Path(d.root).expanduser()
+        if d.name == "imagenet":
+            missing = [
+                p
+                for p in (root / "imagenet" / "train", root / "imagenet" / "val")
+                if not p.is_dir()
+            ]
+            if missing:
+                raise SweepError(
+                    f"data.root={d.root!r}: ImageNet folders missing: {[str(p) for p in missing]}"
+                )
+        elif not d.download and not root.is_dir():
+            raise SweepError(
+                f"data.root={d.root!r} does not exist and data.download=false; "
+                "point data.root at the data or allow the download"
+            )
+
+
+def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
+    """Training FLOPs of the dense net (3 x forward) / an assumed sustained rate.
+
+    A rough planning number: sparse masks do not speed up dense kernels, so the dense count
+    is the relevant one; `tflops` is the sustained rate per GPU the user expects.
+    """
+    from .metrics import layer_flops
+
+    images = {
+        "cifar10": 45_000,
+        "cifar100": 45_000,
+        "svhn": 65_932,
+        "imagenet": 1_153_000,
+        "synthetic": int(cfg.data.synthetic_train * (1 - cfg.data.val_fraction)),
+    }
+    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+    key = (cfg.model.name, size)
+    if key not in _FLOPS:
+        _FLOPS[key] = layer_flops(build_model(cfg.model.name, 10), (3, size, size))[0]
+    flops = 3.0 * _FLOPS[key] * images[cfg.data.name] * cfg.train.epochs
+    return flops / (tflops * 1e12) / 3600
+
+
+_FLOPS: dict[tuple[str, int], int] = {}
+
+
+def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[str, float]:
+    """Text table of the trials and the total estimated GPU-hours."""
+    lines = [f"{'#':>4}  {'run_key':<52} {'epochs':>6} {'workers':>7} {'gpu/w':>5} {'gpu-h':>7}"]
+    total = 0.0
+    for i, cfg in enumerate(configs):
+        hours = estimate_gpu_hours(cfg, tflops)
+        total += hours
+        r = cfg.resources
+        lines.append(
+            f"{i:>4}  {run_key(cfg):<52} {cfg.train.epochs:>6} {r.workers:>7} "
+            f"{r.gpus_per_worker:>5g} {hours:>7.3f}"
+        )
+    return "\n".join(lines), total
+
+
+def storage_uri(storage: str) -> str:
+    """Absolute local path or a URI (s3://, gs://, ...): Ray refuses relative paths."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+# --------------------------------------------------------------------------------------------
+# Ray: the trainable, the worker loop, the sweep
+# --------------------------------------------------------------------------------------------
+
+FAULT_MARKER = "injected-fault-{key}"
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker: one trial, resuming from Train's latest checkpoint."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from .train import CHECKPOINT_FILE, run_trial
+
+    cfg = from_flat(loop_config["flat"])
+    key = run_key(cfg)
+    ctx = ray.train.get_context()
+    world = ctx.get_world_size()
+    fault = loop_config.get("fault")
+    checkpoint = ray.train.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
+        resume, resumed_from = None, 0
+        if checkpoint is not None:
+            resume = Path(checkpoint.to_directory(os.path.join(tmp, "restored")))
+            state = torch.load(resume / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            resumed_from = int(state["epoch"])
+
+        def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+            if fault is not None and metrics["epoch"] == fault["epoch"]:
+                marker = Path(fault["dir"]) / FAULT_MARKER.format(key=key)
+                if ctx.get_world_rank() == 0 and not marker.exists():
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(str(os.getpid()))
+                    # Crash mid-epoch, as a real fault would: Train collects reports on its
+                    # health-check poll (2 s), so give it time to register the last one.
+                    time.sleep(fault.get("delay_s", 6.0))
+                    log.warning(
+                        "injected fault: SIGKILL to training worker %d at epoch %d",
+                        os.getpid(),
+                        metrics["epoch"],
+                    )
+                    os.kill(os.getpid(), signal.SIGKILL)
+            report = {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            }
+            report["resumed_from_epoch"] = resumed_from
+            report["run_key"] = key
+            ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+            ray.train.report(report, checkpoint=ckpt)
+
+        wrap = None
+        if world > 1:
+
+            def wrap(m):
+                return ray.train.torch.prepare_model(m, move_to_device=False)
+
+        run_trial(
+            cfg,
+            Path(tmp) / "run",
+            resume=resume,
+            on_epoch=on_epoch,
+            device=ray.train.torch.get_device(),
+            wrap_model=wrap,
+        )
+
+
+def _tune_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: builds and fits the trial's TorchTrainer (Train V2)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = config["trial"]
+    cfg = from_flat(trial["flat"])
+    r = cfg.resources
+    per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker > 0:
+        per_worker["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"flat": trial["flat"], "fault": config.get("fault")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial['run_key']}",
+            storage_path=config["train_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=config["train_max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+@dataclass
+class TrialOutcome:
+    run_key: str
+    status: str  # finished | failed | unfinished
+    epoch: int
+    epochs: int
+    resumed_from_epoch: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class SweepSummary:
+    name: str
+    path: str
+    trials: list[TrialOutcome]
+
+    @property
+    def finished(self) -> int:
+        return sum(t.status == "finished" for t in self.trials)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.status == "failed" for t in self.trials)
+
+    @property
+    def resumed(self) -> int:
+        return sum(t.resumed_from_epoch > 0 for t in self.trials)
+
+    def table(self) -> str:
+        head = (
+            f"{'run_key':<52} {'status':<10} {'epoch':>7} {'test_acc':>8} {'fgsm':>6} "
+            f"{'ece':>6} {'density':>7} {'resumed@':>8}"
+        )
+        rows = [head, "-" * len(head)]
+        for t in sorted(self.trials, key=lambda t: t.run_key):
+            m = t.metrics
+
+            def num(k: str, fmt: str, m: dict = m) -> str:
+                return format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "-"
+
+            rows.append(
+                f"{t.run_key:<52} {t.status:<10} {f'{t.epoch}/{t.epochs}':>7} "
+                f"{num('test_acc', '.4f'):>8} {num('fgsm_acc', '.3f'):>6} "
+                f"{num('test_ece', '.3f'):>6} {num('achieved_density', '.4f'):>7} "
+                f"{t.resumed_from_epoch or '-':>8}"
+            )
+        rows.append(
+            f"trials: {len(self.trials)}  finished: {self.finished}  failed: "
+            f"{self.failed}  resumed from a checkpoint: {self.resumed}"
+        )
+        return "\n".join(rows)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"name": self.name, "path": self.path, "trials": [t.__dict__ for t in self.trials]},
+            indent=1,
+            default=str,
+        )
+
+
+def run_sweep(
+    configs: Sequence[TrialConfig],
+    *,
+    name: str,
+    storage: str,
+    resume: bool = False,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    train_max_failures: int = 3,
+    tune_max_failures: int = 2,
+    num_cpus: int | None = None,
+    inject_fault_epoch: int | None = None,
+) -> SweepSummary:
+    """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome."""
+    import ray
+    from ray import tune
+
+    root = storage_uri(storage)
+    path = f"{root}/{name}"
+    train_storage = f"{root}/{name}-train"
+    if resume and not tune.Tuner.can_restore(path):
+        raise SweepError(f"--resume: no sweep to resume at {path}")
+    if not resume and tune.Tuner.can_restore(path):
+        raise SweepError(
+            f"a sweep already exists at {path}: pass --resume to continue it, or "
+            "--name to start another"
+        )
+    if address is None and not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+    elif not ray.is_initialized():
+        ray.init(address=address)
+    trainable = tune.with_resources(_tune_trial, {"CPU": 0.01})
+    if resume:
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+        concurrent = max_concurrent or _default_concurrency(configs)
+        param_space = {
+            "trial": tune.grid_search(entries),
+            "train_storage": train_storage,
+            "train_max_failures": train_max_failures,
+            "fault": (
+                {"epoch": inject_fault_epoch, "dir": f"{train_storage}/_faults"}
+                if inject_fault_epoch
+                else None
+            ),
+        }
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=concurrent,
+                trial_name_creator=lambda t: t.config["trial"]["run_key"],
+                trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=root,
+                failure_config=tune.FailureConfig(max_failures=tune_max_failures),
+                verbose=1,
+            ),
+        )
+        log.info(
+            "sweep %s: %d trials, at most %d at a time, results in %s",
+            name,
+            len(entries),
+            concurrent,
+            path,
+        )
+    grid = tuner.fit()
+    outcomes = []
+    for result in grid:
+        trial = result.config["trial"]
+        epochs = int(trial["flat"]["train.epochs"])
+        m = dict(result.metrics or {})
+        epoch = int(m.get("epoch", 0) or 0)
+        if result.error is not None:
+            status = "failed"
+        elif epoch >= epochs and "test_acc" in m:
+            status = "finished"
+        else:
+            status = "unfinished"
+        outcomes.append(
+            TrialOutcome(
+                run_key=trial["run_key"],
+                status=status,
+                epoch=epoch,
+                epochs=epochs,
+                resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
+                metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
+                error="" if result.error is None else str(result.error).splitlines()[0][:300],
+            )
+        )
+    return SweepSummary(name=name, path=path, trials=outcomes)
+
+
+def _default_concurrency(configs: Sequence[TrialConfig]) -> int:
+    """Trials that fit at once: Tune does not count Train workers' resources, so we do."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = []
+    for c in configs:
+        r = c.resources
+        if r.gpus_per_worker > 0:
+            fits.append(res.get("GPU", 0) / (r.workers * r.gpus_per_worker))
+        else:
+            # + 0.01 CPU for the Tune trainable that drives the trial
+            fits.append(res.get("CPU", 1) / (r.workers * r.cpus_per_worker + 0.01))
+    return max(1, math.floor(min(fits)))

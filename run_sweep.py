@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Run a search space as a Ray Tune sweep: `python run_sweep.py --space width_scan`.
+
+Thin CLI over rp_tune.sweep: every config is expanded and validated before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rp_tune.config import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", required=True, help="a module of search_spaces/, e.g. width_scan")
+    p.add_argument("--smoke", action="store_true", help="the space's tiny SMOKE version")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a flat config key for every trial (repeatable)",
+    )
+    p.add_argument(
+        "--storage",
+        default="results",
+        help="results folder (shared path on a cluster) or s3://bucket/prefix",
+    )
+    p.add_argument("--name", default=None, help="sweep name (default: the space's name)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (tracking lands with the MLflow issue)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per DDP worker; fractions pack several trials on one GPU",
+    )
+    p.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
+    p.add_argument("--cpus-per-worker", type=float, default=None)
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: what the cluster's GPUs/CPUs fit)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="worker-crash retries per trial (Train), from the last checkpoint",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trial table and estimated GPU-hours; start nothing",
+    )
+    p.add_argument(
+        "--assumed-tflops",
+        type=float,
+        default=25.0,
+        help="sustained TFLOP/s per GPU for the --dry-run estimate",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto' on a cluster node); default: local Ray",
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    p.add_argument(
+        "--inject-fault",
+        type=int,
+        default=None,
+        metavar="EPOCH",
+        help="testing: SIGKILL each trial's training worker once at EPOCH",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    from rp_tune.sweep import (
+        SweepError,
+        check_data_roots,
+        expand_space,
+        parse_overrides,
+        trial_table,
+    )
+
+    try:
+        overrides = parse_overrides(args.set)
+        for key, value in (
+            ("resources.gpus_per_worker", args.gpus_per_trial),
+            ("resources.workers", args.workers_per_trial),
+            ("resources.cpus_per_worker", args.cpus_per_worker),
+        ):
+            if value is not None:
+                overrides[key] = value
+        for flag, value in (
+            ("--max-concurrent", args.max_concurrent),
+            ("--max-failures", args.max_failures),
+            ("--inject-fault", args.inject_fault),
+        ):
+            if value is not None and value < (0 if flag == "--max-failures" else 1):
+                raise SweepError(
+                    f"{flag}={value} is invalid; valid: an integer >= "
+                    f"{0 if flag == '--max-failures' else 1}"
+                )
+        configs = expand_space(args.space, overrides, smoke=args.smoke)
+        if not args.dry_run:
+            check_data_roots(configs)
+    except (SweepError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+    if args.dry_run:
+        table, hours = trial_table(configs, args.assumed_tflops)
+        print(table)
+        print(
+            f"{len(configs)} trials; estimated {hours:.1f} GPU-hours at "
+            f"{args.assumed_tflops:g} sustained TFLOP/s per GPU (dense training FLOPs)"
+        )
+        return 0
+    from rp_tune.sweep import run_sweep
+
+    try:
+        summary = run_sweep(
+            configs,
+            name=name,
+            storage=args.storage,
+            resume=args.resume,
+            address=args.address,
+            max_concurrent=args.max_concurrent,
+            train_max_failures=args.max_failures,
+            num_cpus=args.num_cpus,
+            inject_fault_epoch=args.inject_fault,
+        )
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    out = Path(summary.path) if "://" not in summary.path else None
+    if out is not None and out.is_dir():
+        (out / "summary.json").write_text(summary.to_json())
+    return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Search spaces: one module per sweep.
+
+Each module defines
+- DESCRIPTION: one line, what the sweep reproduces;
+- GRID: flat config key -> list of values; the sweep is their Cartesian product;
+- FIXED: flat config key -> value, the same for every trial;
+- SMOKE: flat key -> value or list, replacing GRID/FIXED entries under `--smoke`.
+
+Trials at density 1.0 are dense whatever the scheme, so they are run once per model and seed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+
+def space_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def load_space(name: str) -> ModuleType:
+    if name not in space_names():
+        raise ValueError(f"unknown search space {name!r}; valid choices: {space_names()}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    for attr in ("DESCRIPTION", "GRID", "FIXED", "SMOKE"):
+        if not hasattr(module, attr):
+            raise ValueError(f"search space {name!r} lacks {attr}")
+    return module

@@ -1,0 +1,225 @@
+"""The sweep CLI: expansion and validation without Ray; real local Ray runs marked slow."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from rp_tune.config import run_key
+from rp_tune.masks import Masks
+from rp_tune.models import build_model, layer_specs
+from rp_tune.sparsity import layer_densities
+from rp_tune.sweep import SweepError, expand_space
+from search_spaces import space_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=600, **kw):
+    return subprocess.run(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def test_every_space_expands_and_validates_full_and_smoke():
+    for name in space_names():
+        assert expand_space(name), name
+        assert expand_space(name, smoke=True), name
+
+
+def test_width_scan_count_and_dense_dedup():
+    cfgs = expand_space("width_scan")
+    # 6 widths x 3 seeds x (5 schemes x 9 sparse densities + 1 dense)
+    assert len(cfgs) == 6 * 3 * (5 * 9 + 1) == 828
+    dense = [c for c in cfgs if c.sparsity.density == 1.0]
+    assert len(dense) == 18 and all(run_key(c).split("-")[1] == "dense" for c in dense)
+    assert len({run_key(c) for c in cfgs}) == len(cfgs)
+
+
+def test_overrides_apply_to_every_trial():
+    cfgs = expand_space("depth_scan", {"data.name": "cifar100", "train.epochs": "3"})
+    assert {c.data.name for c in cfgs} == {"cifar100"} and {c.train.epochs for c in cfgs} == {3}
+
+
+def test_dry_run_lists_the_trials(tmp_path):
+    r = cli("--space", "width_scan", "--dry-run", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    assert "828 trials; estimated" in r.stdout and "GPU-hours" in r.stdout
+    assert (
+        len([ln for ln in r.stdout.splitlines() if "-s0-" in ln or "-s1-" in ln or "-s2-" in ln])
+        == 828
+    )
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--space", "nope"], "unknown search space 'nope'; valid choices: ["),
+        (["--space", "smoke", "--set", "train.epoch=2"], "unknown config key(s) ['train.epoch']"),
+        (["--space", "smoke", "--set", "train.epochs=two"], "train.epochs='two' is invalid"),
+        (
+            ["--space", "smoke", "--set", "sparsity.density=1.5"],
+            "search space 'smoke': sparsity.density=1.5 is invalid; valid: a number in (0, 1]",
+        ),
+        (["--space", "smoke", "--set", "sparsity.scheme=magic"], "sparsity.scheme='magic'"),
+        (
+            ["--space", "smoke", "--gpus-per-trial", "0.5", "--workers-per-trial", "2"],
+            "NCCL cannot run several DDP workers on one GPU",
+        ),
+        (["--space", "smoke", "--set", "nonsense"], "is not KEY=VALUE"),
+        (
+            [
+                "--space",
+                "smoke",
+                "--set",
+                "data.name=cifar10",
+                "--set",
+                "data.download=false",
+                "--set",
+                "data.root=/nonexistent/rp",
+            ],
+            "data.root='/nonexistent/rp' does not exist",
+        ),
+        (["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent=0 is invalid"),
+    ],
+)
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, args, message):
+    r = cli(*args, "--storage", str(tmp_path / "res"), timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def test_density_out_of_range_inside_a_space():
+    space = types.ModuleType("bad_space")
+    space.DESCRIPTION, space.FIXED, space.SMOKE = "x", {}, {}
+    space.GRID = {"sparsity.density": [0.5, 0.0]}
+    with pytest.raises(SweepError, match=r"search space 'bad_space': sparsity.density=0.0 is inv"):
+        expand_space(space)
+
+
+def _results(path: Path) -> dict[str, list[dict]]:
+    out = {}
+    for trial in path.iterdir():
+        f = trial / "result.json"
+        if f.is_file():
+            out[trial.name] = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_with_defaults(tmp_path):
+    r = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "trials: 4  finished: 4  failed: 0" in r.stdout
+    summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
+    assert {t["status"] for t in summary["trials"]} == {"finished"}
+    for t in summary["trials"]:
+        assert t["metrics"]["epoch"] == 2 and 0 <= t["metrics"]["test_acc"] <= 1
+        assert "ood_auroc_gaussian" in t["metrics"]
+    # a second run without --resume refuses to touch the finished sweep
+    again = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint_with_same_masks(tmp_path):
+    args = [
+        "--space",
+        "smoke",
+        "--storage",
+        str(tmp_path / "res"),
+        "--num-cpus",
+        "2",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "sparsity.scheme=erk",
+        "--set",
+        "sparsity.density=0.1",
+        "--inject-fault",
+        "2",
+    ]
+    r = cli(*args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "trials: 1  finished: 1  failed: 0  resumed from a checkpoint: 1" in r.stdout
+    summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
+    (trial,) = summary["trials"]
+    assert trial["resumed_from_epoch"] == 1 and trial["epoch"] == 3
+    faults = list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())
+    assert len(faults) == 1  # the worker really was killed, once
+    cfg = expand_space(
+        "smoke", {"train.epochs": "3", "sparsity.scheme": "erk", "sparsity.density": "0.1"}
+    )[0]
+    model = build_model(cfg.model.name)
+    expected = Masks.random(layer_densities("erk", layer_specs(model), 0.1), cfg.seed)
+    ckpts = sorted(
+        (tmp_path / "res" / "smoke-train" / f"train-{run_key(cfg)}").glob("checkpoint_*")
+    )
+    assert ckpts
+    for c in ckpts:
+        assert Masks.load(c / "masks.parquet", model).equals(expected)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_retraining(tmp_path):
+    res = tmp_path / "res"
+    args = [
+        "--space",
+        "smoke",
+        "--storage",
+        str(res),
+        "--num-cpus",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--set",
+        "train.epochs=2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    exp = res / "smoke"
+    deadline = time.time() + 300
+    finished: dict[str, bytes] = {}
+    try:
+        while time.time() < deadline:
+            time.sleep(1)
+            if exp.is_dir():
+                done = {
+                    k: v for k, v in _results(exp).items() if any("test_acc" in row for row in v)
+                }
+                if len(done) >= 1:
+                    finished = {k: (exp / k / "result.json").read_bytes() for k in done}
+                    break
+        assert finished, "no trial finished before the deadline"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+        proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "trials: 4  finished: 4  failed: 0" in r.stdout
+    results = _results(exp)
+    assert len(results) == 4
+    for key, rows in results.items():
+        assert sum("test_acc" in row for row in rows) == 1, key  # finished exactly once
+    for key, before in finished.items():
+        assert (exp / key / "result.json").read_bytes() == before, f"{key} was retrained"
