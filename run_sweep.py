@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from rp_tune.config import ConfigError
 
@@ -147,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.table())
-    out = Path(summary.path) if "://" not in summary.path else None
-    if out is not None and out.is_dir():
-        (out / "summary.json").write_text(summary.to_json())
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
 
 

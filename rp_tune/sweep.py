@@ -28,6 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ray.tune import Callback
+
 from .config import ConfigError, TrialConfig, from_flat, run_key
 from .models import build_model, input_kind
 
@@ -329,11 +331,60 @@ class SweepSummary:
         )
 
 
+def _status(result: Mapping[str, Any] | None, epochs: int, errored: bool) -> str:
+    m = result or {}
+    if errored:
+        return "failed"
+    if int(m.get("epoch", 0) or 0) >= epochs and "test_acc" in m:
+        return "finished"
+    return "unfinished"
+
+
+class TrackingCallback(Callback):
+    """A Tune callback on the driver that hands every trial event to the MLflow tracker.
+
+    Tune pickles its run config into the experiment (tuner.pkl); the tracker (a thread and a
+    queue) is left out, and `run_sweep` attaches a live one again on --resume.
+    """
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracker": None}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.tracker is not None:
+            t = trial.config["trial"]
+            self.tracker.trial_result(t["run_key"], t["flat"], dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.tracker is not None:
+            t = trial.config["trial"]
+            last = dict(trial.last_result or {})
+            status = _status(last, int(t["flat"]["train.epochs"]), errored=False)
+            self.tracker.trial_end(t["run_key"], t["flat"], last, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self.tracker is not None:
+            t = trial.config["trial"]
+            error = ""
+            if trial.error_file and os.path.isfile(trial.error_file):
+                error = Path(trial.error_file).read_text()[-2000:]
+            self.tracker.trial_end(t["run_key"], t["flat"], dict(trial.last_result or {}),
+                                   "failed", error)
+
+
 def run_sweep(
     configs: Sequence[TrialConfig],
     *,
     name: str,
     storage: str,
+    space: str = "",
+    tracking_uri: str | None = None,
+    tracking: bool = True,
+    experiment: str | None = None,
+    log_weights: bool = False,
     resume: bool = False,
     address: str | None = None,
     max_concurrent: int | None = None,
@@ -360,6 +411,21 @@ def run_sweep(
         ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
     elif not ray.is_initialized():
         ray.init(address=address)
+    tracker = None
+    callbacks = []
+    if tracking:
+        from .tracking import SweepTracker, default_tracking_uri
+
+        local_dir = None if "://" in path else path
+        uri = tracking_uri or default_tracking_uri(path)
+        embedded = uri.startswith("sqlite:")
+        tracker = SweepTracker(
+            uri, experiment or space or name, sweep_path=path, space=space or name,
+            sweep_dir=local_dir, log_weights=log_weights,
+            artifact_location=(Path(path, "mlartifacts").resolve().as_uri() if embedded
+                               else None))
+        callbacks.append(TrackingCallback(tracker))
+        log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
     trainable = tune.with_resources(_tune_trial, {"CPU": 0.01})
     if resume:
         tuner = tune.Tuner.restore(
@@ -390,6 +456,7 @@ def run_sweep(
                 name=name,
                 storage_path=root,
                 failure_config=tune.FailureConfig(max_failures=tune_max_failures),
+                callbacks=callbacks,
                 verbose=1,
             ),
         )
@@ -407,12 +474,7 @@ def run_sweep(
         epochs = int(trial["flat"]["train.epochs"])
         m = dict(result.metrics or {})
         epoch = int(m.get("epoch", 0) or 0)
-        if result.error is not None:
-            status = "failed"
-        elif epoch >= epochs and "test_acc" in m:
-            status = "finished"
-        else:
-            status = "unfinished"
+        status = _status(m, epochs, errored=result.error is not None)
         outcomes.append(
             TrialOutcome(
                 run_key=trial["run_key"],
@@ -424,7 +486,15 @@ def run_sweep(
                 error="" if result.error is None else str(result.error).splitlines()[0][:300],
             )
         )
-    return SweepSummary(name=name, path=path, trials=outcomes)
+    summary = SweepSummary(name=name, path=path, trials=outcomes)
+    if "://" not in path:
+        Path(path, "summary.json").write_text(summary.to_json())
+    if tracker is not None:
+        tracker.sweep_end({"trials": len(outcomes), "finished": summary.finished,
+                           "failed": summary.failed, "resumed": summary.resumed},
+                          artifacts=[str(Path(path, "summary.json"))])
+        tracker.close()
+    return summary
 
 
 def _default_concurrency(configs: Sequence[TrialConfig]) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
 MASKS_FILE = "masks.parquet"
+HISTORY_FILE = "history.json"
+GRAD_FLOW_FILE = "grad_flow.csv"
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
 
 
@@ -561,6 +564,10 @@ def _save_checkpoint(
         tmp / CHECKPOINT_FILE,
     )
     masks.save(tmp / MASKS_FILE)
+    # readable copies for trackers and reports, which should not need to unpickle state.pt
+    (tmp / HISTORY_FILE).write_text(json.dumps(history, default=float))
+    (tmp / GRAD_FLOW_FILE).write_text(
+        "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in grad_flow))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob("epoch_*") if p != final)[: -max(keep - 1, 0) or None]:
