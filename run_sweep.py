@@ -33,7 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow tracking URI (tracking lands with the MLflow issue)",
+        help="MLflow server, e.g. http://head:5000 (default: MLFLOW_TRACKING_URI, else SQLite "
+        "in the sweep's results folder)",
+    )
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the space)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--log-weights",
+        action="store_true",
+        help="also log each trial's final weights as an MLflow artifact",
     )
     p.add_argument(
         "--gpus-per-trial",
@@ -56,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="worker-crash retries per trial (Train), from the last checkpoint",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="write the results table and figures of an existing sweep; no training",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -120,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+    if args.report:
+        return report(args, name)
     if args.dry_run:
         table, hours = trial_table(configs, args.assumed_tflops)
         print(table)
@@ -135,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             configs,
             name=name,
             storage=args.storage,
+            space=args.space,
+            tracking_uri=args.tracking_uri,
+            tracking=not args.no_tracking,
+            experiment=args.experiment,
+            log_weights=args.log_weights,
             resume=args.resume,
             address=args.address,
             max_concurrent=args.max_concurrent,
@@ -147,6 +167,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary.table())
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
+
+
+def report(args: argparse.Namespace, name: str) -> int:
+    """--report: results table and figures of the sweep at <storage>/<name>."""
+    from pathlib import Path
+
+    from rp_tune.report import build_report
+
+    sweep_dir = Path(args.storage).expanduser().resolve() / name
+    uri = args.tracking_uri
+    if uri is None and not args.no_tracking and (sweep_dir / "mlflow.db").is_file():
+        uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
+    try:
+        rep = build_report(sweep_dir, tracking_uri=uri)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{rep['trials']} trials -> {rep['table']}")
+    for f in rep["figures"]:
+        print(f"figure: {f}")
+    for m in rep["matching"]:
+        print(
+            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
+            f"{m['smallest_matching_density']}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

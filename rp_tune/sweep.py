@@ -371,8 +371,9 @@ class TrackingCallback(Callback):
             error = ""
             if trial.error_file and os.path.isfile(trial.error_file):
                 error = Path(trial.error_file).read_text()[-2000:]
-            self.tracker.trial_end(t["run_key"], t["flat"], dict(trial.last_result or {}),
-                                   "failed", error)
+            self.tracker.trial_end(
+                t["run_key"], t["flat"], dict(trial.last_result or {}), "failed", error
+            )
 
 
 def run_sweep(
@@ -420,10 +421,14 @@ def run_sweep(
         uri = tracking_uri or default_tracking_uri(path)
         embedded = uri.startswith("sqlite:")
         tracker = SweepTracker(
-            uri, experiment or space or name, sweep_path=path, space=space or name,
-            sweep_dir=local_dir, log_weights=log_weights,
-            artifact_location=(Path(path, "mlartifacts").resolve().as_uri() if embedded
-                               else None))
+            uri,
+            experiment or space or name,
+            sweep_path=path,
+            space=space or name,
+            sweep_dir=local_dir,
+            log_weights=log_weights,
+            artifact_location=(Path(path, "mlartifacts").resolve().as_uri() if embedded else None),
+        )
         callbacks.append(TrackingCallback(tracker))
         log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
     trainable = tune.with_resources(_tune_trial, {"CPU": 0.01})
@@ -431,6 +436,11 @@ def run_sweep(
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
+        # Callbacks come back unpickled without their tracker: attach the live ones again.
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks = [
+            c for c in run_config.callbacks or [] if not isinstance(c, TrackingCallback)
+        ] + callbacks
     else:
         entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
         concurrent = max_concurrent or _default_concurrency(configs)
@@ -490,9 +500,15 @@ def run_sweep(
     if "://" not in path:
         Path(path, "summary.json").write_text(summary.to_json())
     if tracker is not None:
-        tracker.sweep_end({"trials": len(outcomes), "finished": summary.finished,
-                           "failed": summary.failed, "resumed": summary.resumed},
-                          artifacts=[str(Path(path, "summary.json"))])
+        tracker.sweep_end(
+            {
+                "trials": len(outcomes),
+                "finished": summary.finished,
+                "failed": summary.failed,
+                "resumed": summary.resumed,
+            },
+            artifacts=[str(Path(path, "summary.json"))],
+        )
         tracker.close()
     return summary
 

@@ -31,10 +31,26 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_ece", "lr",
-              "epoch_seconds", "images_per_second")
-FINAL_PREFIXES = ("test_", "best_", "fgsm_", "ood_auroc_", "params_", "flops_", "train_flops_",
-                  "achieved_density")
+EPOCH_KEYS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_ece",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
+FINAL_PREFIXES = (
+    "test_",
+    "best_",
+    "fgsm_",
+    "ood_auroc_",
+    "params_",
+    "flops_",
+    "train_flops_",
+    "achieved_density",
+)
 PENDING_FILE = "mlflow-pending.jsonl"
 
 
@@ -43,16 +59,23 @@ def default_tracking_uri(sweep_dir: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if "://" in sweep_dir:
-        raise ValueError(f"storage {sweep_dir!r} is remote: pass --tracking-uri (an MLflow "
-                         "server) so the tracking database does not live on object storage")
+        raise ValueError(
+            f"storage {sweep_dir!r} is remote: pass --tracking-uri (an MLflow "
+            "server) so the tracking database does not live on object storage"
+        )
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -63,16 +86,26 @@ def _versions() -> dict[str, str]:
     import ray
     import torch
 
-    return {"torch_version": torch.__version__, "ray_version": ray.__version__,
-            "mlflow_version": mlflow.__version__}
+    return {
+        "torch_version": torch.__version__,
+        "ray_version": ray.__version__,
+        "mlflow_version": mlflow.__version__,
+    }
 
 
 class SweepTracker:
     """Logs a sweep's trials to MLflow from the driver, without ever blocking it."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_path: str, space: str,
-                 sweep_dir: str | None = None, log_weights: bool = False,
-                 artifact_location: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        sweep_path: str,
+        space: str,
+        sweep_dir: str | None = None,
+        log_weights: bool = False,
+        artifact_location: str | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_path = sweep_path
@@ -86,8 +119,10 @@ class SweepTracker:
         self._parent_id: str | None = None
         self._runs: dict[str, str] = {}  # run_key -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
-        self._tags = {"rp_tune.git_commit": _git_commit(), **{f"rp_tune.{k}": v for k, v in
-                                                              _versions().items()}}
+        self._tags = {
+            "rp_tune.git_commit": _git_commit(),
+            **{f"rp_tune.{k}": v for k, v in _versions().items()},
+        }
         self._thread = threading.Thread(target=self._drain, name="mlflow-tracker", daemon=True)
         self._busy = threading.Event()
         self.failures = 0
@@ -98,17 +133,38 @@ class SweepTracker:
 
     # --- events from the sweep (any thread) ---------------------------------------------------
     def trial_result(self, run_key: str, flat: dict[str, Any], result: dict[str, Any]) -> None:
-        self._queue.put({"type": "result", "run_key": run_key, "flat": _jsonable(flat),
-                         "result": _jsonable(result)})
+        self._queue.put(
+            {
+                "type": "result",
+                "run_key": run_key,
+                "flat": _jsonable(flat),
+                "result": _jsonable(result),
+            }
+        )
 
-    def trial_end(self, run_key: str, flat: dict[str, Any], result: dict[str, Any],
-                  status: str, error: str = "") -> None:
-        self._queue.put({"type": "end", "run_key": run_key, "flat": _jsonable(flat),
-                         "result": _jsonable(result), "status": status, "error": error})
+    def trial_end(
+        self,
+        run_key: str,
+        flat: dict[str, Any],
+        result: dict[str, Any],
+        status: str,
+        error: str = "",
+    ) -> None:
+        self._queue.put(
+            {
+                "type": "end",
+                "run_key": run_key,
+                "flat": _jsonable(flat),
+                "result": _jsonable(result),
+                "status": status,
+                "error": error,
+            }
+        )
 
     def sweep_end(self, summary: dict[str, Any], artifacts: list[str] | None = None) -> None:
-        self._queue.put({"type": "sweep_end", "summary": _jsonable(summary),
-                         "artifacts": list(artifacts or [])})
+        self._queue.put(
+            {"type": "sweep_end", "summary": _jsonable(summary), "artifacts": list(artifacts or [])}
+        )
 
     def close(self, timeout_s: float = 120.0) -> int:
         """Wait up to timeout_s for the queue to drain; persist what is left. Returns its count."""
@@ -128,9 +184,13 @@ class SweepTracker:
         self._stop = True
         self._save_pending(left)
         if left:
-            log.warning("MLflow at %s unreachable: %d tracking events saved to %s; they are "
-                        "replayed by the next --resume", self.tracking_uri, len(left),
-                        self._pending_path())
+            log.warning(
+                "MLflow at %s unreachable: %d tracking events saved to %s; they are "
+                "replayed by the next --resume",
+                self.tracking_uri,
+                len(left),
+                self._pending_path(),
+            )
         return len(left)
 
     # --- the background thread ------------------------------------------------------------------
@@ -155,8 +215,12 @@ class SweepTracker:
                     break
                 except Exception as e:  # server down, slow, or refusing: retry, never drop
                     self.failures += 1
-                    log.warning("MLflow tracking call failed (%s: %s); retrying in %.0fs",
-                                type(e).__name__, str(e).splitlines()[0][:200], delay)
+                    log.warning(
+                        "MLflow tracking call failed (%s: %s); retrying in %.0fs",
+                        type(e).__name__,
+                        str(e).splitlines()[0][:200],
+                        delay,
+                    )
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
             self._busy.clear()
@@ -189,7 +253,8 @@ class SweepTracker:
             if exp is None:
                 try:
                     self._experiment_id = client.create_experiment(
-                        self.experiment, artifact_location=self.artifact_location)
+                        self.experiment, artifact_location=self.artifact_location
+                    )
                 except Exception:
                     exp = client.get_experiment_by_name(self.experiment)  # created meanwhile
                     if exp is None:
@@ -204,15 +269,26 @@ class SweepTracker:
             client = self._client_()
             exp = self._ensure_experiment()
             found = client.search_runs(
-                [exp], filter_string=f"tags.`rp_tune.sweep_path` = '{self.sweep_path}' and "
-                "tags.`rp_tune.role` = 'sweep'", max_results=1)
+                [exp],
+                filter_string=f"tags.`rp_tune.sweep_path` = '{self.sweep_path}' and "
+                "tags.`rp_tune.role` = 'sweep'",
+                max_results=1,
+            )
             if found:
                 self._parent_id = found[0].info.run_id
                 client.set_tag(self._parent_id, "rp_tune.status", "running")
             else:
-                run = client.create_run(exp, run_name=Path(self.sweep_path).name, tags={
-                    "rp_tune.role": "sweep", "rp_tune.sweep_path": self.sweep_path,
-                    "rp_tune.space": self.space, "rp_tune.status": "running", **self._tags})
+                run = client.create_run(
+                    exp,
+                    run_name=Path(self.sweep_path).name,
+                    tags={
+                        "rp_tune.role": "sweep",
+                        "rp_tune.sweep_path": self.sweep_path,
+                        "rp_tune.space": self.space,
+                        "rp_tune.status": "running",
+                        **self._tags,
+                    },
+                )
                 self._parent_id = run.info.run_id
         return self._parent_id
 
@@ -223,18 +299,23 @@ class SweepTracker:
         exp = self._ensure_experiment()
         parent = self._ensure_parent()
         found = client.search_runs(
-            [exp], filter_string=f"tags.`rp_tune.run_key` = '{run_key}'", max_results=1)
+            [exp], filter_string=f"tags.`rp_tune.run_key` = '{run_key}'", max_results=1
+        )
         if found:
             run_id = found[0].info.run_id
             history = client.get_metric_history(run_id, "train_loss")
             self._last_step[run_id] = max((m.step for m in history), default=0)
             client.update_run(run_id, status="RUNNING")
         else:
-            tags = {"mlflow.parentRunId": parent, "rp_tune.run_key": run_key,
-                    "rp_tune.scheme": str(flat.get("sparsity.scheme")),
-                    "rp_tune.density": str(flat.get("sparsity.density")),
-                    "rp_tune.model": str(flat.get("model.name")),
-                    "rp_tune.status": "running", **self._tags}
+            tags = {
+                "mlflow.parentRunId": parent,
+                "rp_tune.run_key": run_key,
+                "rp_tune.scheme": str(flat.get("sparsity.scheme")),
+                "rp_tune.density": str(flat.get("sparsity.density")),
+                "rp_tune.model": str(flat.get("model.name")),
+                "rp_tune.status": "running",
+                **self._tags,
+            }
             run = client.create_run(exp, run_name=run_key, tags=tags)
             run_id = run.info.run_id
             from mlflow.entities import Param
@@ -253,10 +334,14 @@ class SweepTracker:
         if epoch <= self._last_step.get(run_id, 0):
             return  # re-reported after a restart: the history stays one value per epoch
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), ts, epoch) for k in EPOCH_KEYS
-                   if isinstance(result.get(k), (int, float))]
-        metrics.append(Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)),
-                              ts, epoch))
+        metrics = [
+            Metric(k, float(result[k]), ts, epoch)
+            for k in EPOCH_KEYS
+            if isinstance(result.get(k), (int, float))
+        ]
+        metrics.append(
+            Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
+        )
         self._client_().log_batch(run_id, metrics=metrics)
         self._last_step[run_id] = epoch
 
@@ -267,9 +352,13 @@ class SweepTracker:
         epoch = int(result.get("epoch", 0))
         if status == "finished":
             ts = int(time.time() * 1000)
-            final = [Metric(k, float(v), ts, epoch) for k, v in result.items()
-                     if k.startswith(FINAL_PREFIXES) and isinstance(v, (int, float))
-                     and not isinstance(v, bool)]
+            final = [
+                Metric(k, float(v), ts, epoch)
+                for k, v in result.items()
+                if k.startswith(FINAL_PREFIXES)
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ]
             if final:
                 client.log_batch(run_id, metrics=final)
             for key in ("ood_used", "ood_skipped"):
@@ -356,8 +445,9 @@ def _param(value: Any) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda v: list(v) if isinstance(v, tuple)
-                                 else str(v)))
+    return json.loads(
+        json.dumps(obj, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    )
 
 
 def _fetch_dir(uri: str, dest: Path) -> Path:
@@ -367,8 +457,9 @@ def _fetch_dir(uri: str, dest: Path) -> Path:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(path, str(dest), source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
     return dest
 
 

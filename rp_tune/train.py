@@ -567,7 +567,8 @@ def _save_checkpoint(
     # readable copies for trackers and reports, which should not need to unpickle state.pt
     (tmp / HISTORY_FILE).write_text(json.dumps(history, default=float))
     (tmp / GRAD_FLOW_FILE).write_text(
-        "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in grad_flow))
+        "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in grad_flow)
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob("epoch_*") if p != final)[: -max(keep - 1, 0) or None]:

@@ -1,0 +1,257 @@
+"""Results table and the papers' figures from a finished (or partial) sweep.
+
+    python -m rp_tune.report results/width_scan        # or: run_sweep.py --space X --report
+
+Reads Tune's storage (every trial's `params.json` and last `result.json` line), writes one
+Parquet table (one row per trial: flat config, status, final metrics, cost), and draws, per
+metric, test value vs sparsity: one panel per model, one line per scheme (mean +- std over
+seeds), dense as a band (mean +- std). Also the smallest density per model and scheme whose
+mean test accuracy is within one (dense) std of dense. PNGs are logged to the sweep's MLflow
+parent run when a tracking URI is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+FIGURE_METRICS = {
+    "test_acc": "test accuracy",
+    "test_ece": "ECE (15 bins)",
+    "test_loss": "NLL",
+    "fgsm_acc": "FGSM accuracy (eps 8/255)",
+}
+TABLE_FILE = "results.parquet"
+
+
+def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per trial: flat config (tuples joined), run_key, status, last metrics."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no sweep at {sweep_dir}")
+    rows = []
+    for trial in sorted(p for p in sweep_dir.iterdir() if (p / "params.json").is_file()):
+        params = json.loads((trial / "params.json").read_text())
+        entry = params["trial"]
+        lines = []
+        if (trial / "result.json").is_file():
+            lines = [ln for ln in (trial / "result.json").read_text().splitlines() if ln.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+        epochs = int(entry["flat"]["train.epochs"])
+        finished = int(last.get("epoch", 0) or 0) >= epochs and "test_acc" in last
+        row: dict[str, Any] = {
+            "run_key": entry["run_key"],
+            "status": "finished" if finished else "unfinished",
+        }
+        for k, v in entry["flat"].items():
+            row[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+        for k, v in last.items():
+            if k.startswith(
+                (
+                    "test_",
+                    "best_",
+                    "fgsm_",
+                    "ood_auroc_",
+                    "params_",
+                    "flops_",
+                    "train_flops_",
+                    "achieved_density",
+                    "val_",
+                )
+            ) or k in ("epoch", "resumed_from_epoch"):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    row[k] = float(v)
+        rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"{sweep_dir} holds no trials (no */params.json)")
+    return rows
+
+
+def results_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows with the union of columns (missing values null)."""
+    columns = sorted(
+        {k for r in rows for k in r}, key=lambda k: (k not in ("run_key", "status"), k)
+    )
+    return pa.table({c: [r.get(c) for r in rows] for c in columns})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def grouped(rows: list[dict[str, Any]], metric: str):
+    """{model: {"dense": (mean, std, n), scheme: [(density, mean, std, n), ...]}}."""
+    acc: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in rows:
+        if r.get("status") != "finished" or not isinstance(r.get(metric), float):
+            continue
+        d = float(r["sparsity.density"])
+        scheme = "dense" if d == 1.0 else r["sparsity.scheme"]
+        acc[r["model.name"]][scheme][d].append(r[metric])
+    out: dict[str, dict[str, Any]] = {}
+    for model, schemes in acc.items():
+        out[model] = {}
+        for scheme, by_d in schemes.items():
+            points = [(d, *_mean_std(v), len(v)) for d, v in sorted(by_d.items())]
+            out[model][scheme] = points[0][1:] if scheme == "dense" else points
+    return out
+
+
+def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and scheme, the smallest density whose mean test accuracy >= dense - std."""
+    out = []
+    for model, schemes in grouped(rows, "test_acc").items():
+        if "dense" not in schemes:
+            continue
+        d_mean, d_std, _ = schemes["dense"]
+        for scheme, points in schemes.items():
+            if scheme == "dense":
+                continue
+            ok = [d for d, m, _, _ in points if m >= d_mean - d_std]
+            out.append(
+                {
+                    "model": model,
+                    "scheme": scheme,
+                    "smallest_matching_density": min(ok) if ok else None,
+                    "dense_acc_mean": d_mean,
+                    "dense_acc_std": d_std,
+                }
+            )
+    return out
+
+
+def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path) -> bool:
+    """metric vs sparsity, a panel per model, a line per scheme, dense as a band."""
+    data = grouped(rows, metric)
+    if not data:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(data)
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(max(6.5, 4.2 * len(models)), 3.8), squeeze=False
+    )
+    for ax, model in zip(axes[0], models):
+        for scheme, points in sorted(data[model].items()):
+            if scheme == "dense":
+                m, s, n = points
+                ax.axhspan(m - s, m + s, color="gray", alpha=0.25)
+                ax.axhline(m, color="gray", linestyle="--", label=f"dense (n={n})")
+                continue
+            xs = [1 - d for d, *_ in points]
+            ax.errorbar(
+                xs,
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                marker="o",
+                capsize=3,
+                label=scheme,
+            )
+        ax.set_title(model)
+        ax.set_xlabel("sparsity (1 - density)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{label} vs sparsity (mean ± std over seeds; gray: dense)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def build_report(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """Write the Parquet table, the figures and the matching-density table; returns paths."""
+    rows = read_trials(sweep_dir)
+    out = Path(out_dir) if out_dir else Path(sweep_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(results_table(rows), out / TABLE_FILE)
+    metrics = dict(FIGURE_METRICS)
+    for k in sorted({k for r in rows for k in r if k.startswith("ood_auroc_")}):
+        metrics[k] = f"OoD AUROC vs {k[len('ood_auroc_') :]}"
+    figures = []
+    for metric, label in metrics.items():
+        path = out / f"{metric}_vs_sparsity.png"
+        if plot_metric(rows, metric, label, path):
+            figures.append(str(path))
+    matching = smallest_matching_density(rows)
+    pq.write_table(
+        pa.Table.from_pylist(matching) if matching else pa.table({}),
+        out / "matching_density.parquet",
+    )
+    if tracking_uri:
+        _log_to_parent(
+            tracking_uri,
+            str(Path(sweep_dir).resolve()),
+            [str(out / TABLE_FILE), str(out / "matching_density.parquet"), *figures],
+        )
+    return {
+        "table": str(out / TABLE_FILE),
+        "figures": figures,
+        "matching": matching,
+        "trials": len(rows),
+    }
+
+
+def _log_to_parent(tracking_uri: str, sweep_path: str, paths: list[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for exp in client.search_experiments():
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=(
+                f"tags.`rp_tune.sweep_path` = '{sweep_path}' and tags.`rp_tune.role` = 'sweep'"
+            ),
+        )
+        if runs:
+            for p in paths:
+                client.log_artifact(runs[0].info.run_id, p, artifact_path="report")
+            return
+    log.warning("no MLflow parent run for %s at %s: figures not logged", sweep_path, tracking_uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    p = argparse.ArgumentParser(prog="python -m rp_tune.report", description=__doc__.split("\n")[0])
+    p.add_argument("sweep_dir", help="a sweep's folder, e.g. results/width_scan")
+    p.add_argument("--out", default=None, help="default: <sweep_dir>/report")
+    p.add_argument("--tracking-uri", default=None, help="log the figures to the parent run")
+    args = p.parse_args(argv)
+    try:
+        rep = build_report(args.sweep_dir, args.out, args.tracking_uri)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{rep['trials']} trials -> {rep['table']}")
+    for f in rep["figures"]:
+        print(f"figure: {f}")
+    for m in rep["matching"]:
+        print(
+            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
+            f"{m['smallest_matching_density']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

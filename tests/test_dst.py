@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from rp_tune.dst import death_rate, is_update_step, update_masks_
+
+
+def _layer(seed=0, shape=(8, 4, 3, 3), density=0.25):
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    m = torch.zeros(n)
+    m[torch.randperm(n, generator=g)[: int(density * n)]] = 1
+    m = m.view(shape)
+    w = torch.randn(shape, generator=g) * m
+    grad = torch.randn(shape, generator=g)
+    return w, m, grad
+
+
+@pytest.mark.parametrize("growth", ["random", "gradient"])
+def test_counts_constant_and_growth_only_into_pruned(growth):
+    layers = [_layer(s) for s in range(3)]
+    ws, ms, gs = ([x[i] for x in layers] for i in range(3))
+    momenta = [torch.ones_like(w) for w in ws]
+    g = torch.Generator().manual_seed(1)
+    for _step in range(5):
+        before = [m.clone() for m in ms]
+        counts = [int(m.sum()) for m in ms]
+        stats = update_masks_(ws, ms, gs, 0.3, growth, g, momenta)
+        for m, b, k, mom, w in zip(ms, before, counts, momenta, ws):
+            assert int(m.sum()) == k  # exact count
+            grown = (m > 0) & (b == 0)
+            dropped = (m == 0) & (b > 0)
+            assert int(grown.sum()) == int(dropped.sum()) == round(0.3 * k)
+            assert torch.all(w[grown] == 0) and torch.all(w[dropped] == 0)
+            assert torch.all(mom[grown] == 0)
+            assert torch.all(w[m == 0] == 0)
+        assert stats.changed == sum(round(0.3 * k) for k in counts)
+        for w, m in zip(ws, ms):  # let the surviving weights "train" a little
+            w.add_(torch.randn_like(w) * 0.1 * m)
+
+
+def test_drop_smallest_and_gradient_growth_picks_largest():
+    w = torch.tensor([0.5, -0.1, 0.0, 2.0, 0.0, 0.0, 0.0, 0.3])
+    m = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    grad = torch.tensor([9.0, 9.0, 0.1, 9.0, -5.0, 0.2, 3.0, 9.0])
+    update_masks_([w], [m], [grad], 0.5, "gradient")
+    # kept 4 -> drop 2 smallest |w| (positions 1 and 7), grow the 2 largest |grad| among
+    # positions pruned before (2, 4, 5, 6): 4 (|-5|) and 6 (3)
+    assert m.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    assert w.tolist() == [0.5, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_channels_last_tensors():
+    w, m, grad = _layer(4)
+    w = w.contiguous(memory_format=torch.channels_last)
+    m = torch.empty_like(w).copy_(m)
+    k = int(m.sum())
+    update_masks_([w], [m], [grad], 0.5, "gradient")
+    assert int(m.sum()) == k and torch.all(w[m == 0] == 0)
+
+
+def test_death_rate_schedule():
+    assert death_rate(0, 1000) == pytest.approx(0.5)
+    assert death_rate(1000, 1000) == pytest.approx(0.005)
+    assert death_rate(500, 1000) == pytest.approx(0.005 + 0.4950 / 2)
+    assert death_rate(250, 1000) == pytest.approx(0.005 + 0.2475 * (1 + math.cos(math.pi / 4)))
+    assert is_update_step(100, 100, 1000, 0.75) and not is_update_step(0, 100, 1000, 0.75)
+    assert not is_update_step(800, 100, 1000, 0.75) and not is_update_step(150, 100, 1000, 0.75)
+
+
+def test_bad_growth():
+    w, m, g = _layer()
+    with pytest.raises(ValueError, match="valid choices"):
+        update_masks_([w], [m], [g], 0.5, "magic")
