@@ -68,6 +68,16 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLINGS = ("exact", "bernoulli")
+MODES = ("static", "dynamic")
+GROWTHS = ("random", "gradient")
+# Keys that only matter for dynamic sparse training (equal to their defaults when static).
+DYNAMIC_KEYS = (
+    "sparsity.growth",
+    "sparsity.update_frequency",
+    "sparsity.death_rate",
+    "sparsity.death_rate_final",
+    "sparsity.stop_at",
+)
 # Keys that change where or how fast a trial runs, never its result: left out of run_key so
 # the same experiment keeps its name on another machine or cluster.
 NOT_HASHED = ("data.root", "data.download", "data.num_workers", "train.checkpoint_every")
@@ -127,6 +137,12 @@ class SparsityConfig:
     sampling: str = "exact"
     fc_density: float = 1.0  # erk_plus: classifier density
     score_batch: int = 128  # snip/grasp: images in the scoring batch (grasp: per class / 10)
+    mode: str = "static"  # static: fixed mask; dynamic: drop-and-grow (SET / RigL)
+    growth: str = "gradient"  # dynamic: random (SET) or gradient (RigL); drop is by magnitude
+    update_frequency: int = 100  # dynamic: steps between mask updates
+    death_rate: float = 0.5  # dynamic: fraction of kept weights replaced, cosine-decayed ...
+    death_rate_final: float = 0.005  # ... to this at the end of training
+    stop_at: float = 0.75  # dynamic: fraction of training after which the mask freezes
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -141,6 +157,15 @@ class SparsityConfig:
             _fail("sparsity.fc_density", self.fc_density, "a number in (0, 1]")
         if self.score_batch < 1:
             _fail("sparsity.score_batch", self.score_batch, "an integer >= 1")
+        if self.mode not in MODES:
+            _fail("sparsity.mode", self.mode, str(list(MODES)))
+        if self.growth not in GROWTHS:
+            _fail("sparsity.growth", self.growth, str(list(GROWTHS)))
+        if self.update_frequency < 1:
+            _fail("sparsity.update_frequency", self.update_frequency, "an integer >= 1")
+        for key in ("death_rate", "death_rate_final", "stop_at"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                _fail(f"sparsity.{key}", getattr(self, key), "a fraction in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -409,4 +434,6 @@ def run_key(cfg: TrialConfig) -> str:
     """Readable + hashed name, e.g. `cifar_resnet_20-erk-d0.1-s0-3f9a1c2e7b`; no timestamps."""
     s = cfg.sparsity
     scheme = "dense" if s.density == 1.0 else s.scheme
+    if s.mode == "dynamic" and s.density < 1.0:
+        scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
     return f"{cfg.model.name}-{scheme}-d{s.density:g}-s{cfg.seed}-{config_hash(cfg)}"

@@ -147,6 +147,13 @@ class Masks:
             raise RuntimeError("Masks.bind(model) first")
         return self._bound
 
+    def sync_from_bound(self) -> None:
+        """Bool masks <- the bound float masks (after dynamic sparse training changed them)."""
+        if self._bound is None:
+            return
+        for name, f in zip(self.masks, self._bound[1]):
+            self.masks[name] = (f.detach() > 0).cpu().view(self.masks[name].shape)
+
     @torch.no_grad()
     def apply_(self, model: nn.Module | None = None) -> None:
         """w <- w * m for every masked weight, in place, with one `torch._foreach_mul_`."""

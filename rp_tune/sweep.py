@@ -30,7 +30,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .config import ConfigError, TrialConfig, from_flat, run_key
+from .config import DYNAMIC_KEYS, ConfigError, TrialConfig, from_flat, run_key
 from .models import build_model, input_kind
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ def expand_space(
         flat = {**fixed, **dict(zip(axes, point))}
         if float(flat.get("sparsity.density", 0.1)) == 1.0:
             flat["sparsity.scheme"] = "uniform"
+            flat["sparsity.mode"] = "static"
+        if flat.get("sparsity.mode", "static") == "static":
+            for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
+                flat.pop(key, None)
         try:
             cfg = from_flat(flat)
         except ConfigError as e:

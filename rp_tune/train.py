@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import metrics
+from . import dst, metrics
 from .config import DEFAULT_OOD, ConfigError, TrialConfig, from_flat, run_key
 from .data import (
     STATS,
@@ -321,6 +321,18 @@ def run_trial(
     ev = cfg.evaluation
     grad_flow: list[list[float]] = ckpt.get("grad_flow", []) if ckpt is not None else []
     masked_weights, float_masks = masks.bound()
+    sp = cfg.sparsity
+    dynamic = sp.mode == "dynamic" and sp.density < 1.0
+    total_steps = t.epochs * steps
+    dst_state = ckpt.get("dst") if ckpt is not None else None
+    if dynamic:
+        # weights ever active (in-time over-parameterisation), on the device
+        ever = (
+            [e.to(device) for e in dst_state["ever"]]
+            if dst_state
+            else [f.detach() > 0 for f in float_masks]
+        )
+        dst_updates: list[list[float]] = list(dst_state["updates"]) if dst_state else []
     end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
         train_model.train()
@@ -340,6 +352,26 @@ def run_trial(
             optimizer.step()
             scheduler.step()
             masks.apply_()
+            if dynamic and dst.is_update_step(step, sp.update_frequency, total_steps, sp.stop_at):
+                rate = dst.death_rate(step, total_steps, sp.death_rate, sp.death_rate_final)
+                gen = torch.Generator(device=device).manual_seed(
+                    derived_seed(cfg.seed, "dst", step)
+                )
+                momenta = [
+                    optimizer.state.get(w, {}).get("momentum_buffer") for w in masked_weights
+                ]
+                upd = dst.update_masks_(
+                    masked_weights,
+                    float_masks,
+                    [w.grad for w in masked_weights],
+                    rate,
+                    sp.growth,
+                    gen,
+                    momenta,
+                )
+                for e, f in zip(ever, float_masks):
+                    e |= f.detach() > 0
+                dst_updates.append([step, rate, upd.changed])
             stats[0] += loss.detach().double() * len(y)
             stats[1] += (logits.detach().argmax(1) == y).sum()
             stats[2] += len(y)
@@ -361,6 +393,13 @@ def run_trial(
         }
         if ev.ece and "ece" in val:
             row["val_ece"] = val["ece"]
+        if dynamic:
+            masks.sync_from_bound()
+            this_epoch = [u for u in dst_updates if epoch * steps <= u[0] < (epoch + 1) * steps]
+            row["dst_updates"] = len(this_epoch)
+            row["dst_changed"] = sum(u[2] for u in this_epoch)
+            row["death_rate"] = this_epoch[-1][1] if this_epoch else 0.0
+            row["itop_rate"] = sum(int(e.sum()) for e in ever) / masks.total()
         if val["n"] > 0 and val["acc"] > best["val_acc"]:
             best = {
                 "val_acc": val["acc"],
@@ -398,6 +437,11 @@ def run_trial(
                     history,
                     grad_flow,
                     keep_checkpoints,
+                    extra=(
+                        {"dst": {"ever": [e.cpu() for e in ever], "updates": dst_updates}}
+                        if dynamic
+                        else {}
+                    ),
                 )
         log.info(
             "%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  "
@@ -541,6 +585,7 @@ def _save_checkpoint(
     history,
     grad_flow,
     keep: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoints/epoch_NNNN atomically (temp folder, then rename); keep the last `keep`."""
     root = out_dir / "checkpoints"
@@ -560,6 +605,7 @@ def _save_checkpoint(
             "best": best,
             "history": history,
             "grad_flow": grad_flow,
+            **(extra or {}),
         },
         tmp / CHECKPOINT_FILE,
     )

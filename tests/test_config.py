@@ -87,6 +87,9 @@ def test_run_key_readable_stable_and_sensitive():
         ({"evaluation.ood_sets": "mnist"}, ["evaluation.ood_sets", "mnist", "gaussian"]),
         ({"evaluation.ood_sets": "cifar10,svhn"}, ["ood_sets", "training dataset"]),
         ({"evaluation.fgsm_eps": 8}, ["evaluation.fgsm_eps", "pixel scale"]),
+        ({"sparsity.mode": "rigl"}, ["sparsity.mode", "'rigl'", "dynamic"]),
+        ({"sparsity.growth": "magnitude"}, ["sparsity.growth", "gradient", "random"]),
+        ({"sparsity.stop_at": 1.5}, ["sparsity.stop_at", "[0, 1]"]),
     ],
 )
 def test_bad_values_name_key_value_and_choices(flat, words):

@@ -73,3 +73,80 @@ def test_bad_growth():
     w, m, g = _layer()
     with pytest.raises(ValueError, match="valid choices"):
         update_masks_([w], [m], [g], 0.5, "magic")
+
+
+# --- in a trial -----------------------------------------------------------------------------
+
+from rp_tune.config import from_flat  # noqa: E402
+from rp_tune.masks import Masks  # noqa: E402
+from rp_tune.sweep import expand_space  # noqa: E402
+from rp_tune.train import latest_checkpoint, run_trial  # noqa: E402
+
+
+def _cfg(**over):
+    flat = {
+        "data.name": "synthetic",
+        "data.synthetic_train": 200,
+        "data.synthetic_test": 40,
+        "model.name": "cifar_resnet_8",
+        "sparsity.scheme": "erk",
+        "sparsity.density": 0.1,
+        "sparsity.mode": "dynamic",
+        "sparsity.growth": "gradient",
+        "sparsity.update_frequency": 4,
+        "train.epochs": 3,
+        "train.batch_size": 20,
+        "train.deterministic": True,
+        "evaluation.fgsm": False,
+        "evaluation.ood_sets": ["gaussian"],
+    }
+    flat.update(over)
+    return from_flat(flat)
+
+
+@pytest.mark.parametrize("growth", ["random", "gradient"])
+def test_dynamic_trial_rewires_with_exact_counts(tmp_path, growth):
+    cfg = _cfg(**{"sparsity.growth": growth})
+    r = run_trial(cfg, tmp_path)
+    initial = Masks.load(tmp_path / "masks.parquet")
+    final = Masks.load(latest_checkpoint(tmp_path) / "masks.parquet")
+    assert final.kept() == initial.kept()  # per-layer counts exact
+    assert not final.equals(initial)  # the checkpoint follows the current mask
+    # 9 steps/epoch, 27 in all, updates at 4, 8, 12, 16, 20 (stop_at 0.75 -> before 20.25)
+    assert [h["dst_updates"] for h in r["history"]] == [2, 2, 1]
+    assert all(h["dst_changed"] > 0 for h in r["history"])
+    assert r["history"][0]["death_rate"] > r["history"][2]["death_rate"]
+    assert 0.1 < r["history"][0]["itop_rate"] < r["history"][2]["itop_rate"] <= 1.0
+    state = torch.load(latest_checkpoint(tmp_path) / "state.pt", weights_only=False)["model"]
+    for name, m in final.masks.items():
+        assert torch.all(state[f"{name}.weight"][~m] == 0)
+
+
+def test_dynamic_resume_across_an_update_boundary(tmp_path):
+    cfg = _cfg()
+    full = run_trial(cfg, tmp_path / "full")
+    part = run_trial(cfg, tmp_path / "part", stop_after=1)  # stops after step 8's update
+    resumed = run_trial(cfg, tmp_path / "part", resume=latest_checkpoint(tmp_path / "part"))
+    assert part["stopped"]
+    for a, b in zip(full["history"][1:], resumed["history"][1:]):
+        assert a["train_loss"] == b["train_loss"] and a["itop_rate"] == b["itop_rate"]
+    fa = latest_checkpoint(tmp_path / "full")
+    fb = latest_checkpoint(tmp_path / "part")
+    assert Masks.load(fa / "masks.parquet").equals(Masks.load(fb / "masks.parquet"))
+    sa = torch.load(fa / "state.pt", weights_only=False)["model"]
+    sb = torch.load(fb / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_dst_vs_static_space_smoke_runs(tmp_path):
+    cfgs = expand_space("dst_vs_static", smoke=True)
+    assert sorted((c.sparsity.mode, c.sparsity.growth) for c in cfgs) == [
+        ("dynamic", "gradient"),
+        ("dynamic", "random"),
+        ("static", "gradient"),
+    ]
+    assert len(expand_space("dst_vs_static")) == 3 * 3 * 3
+    for i, cfg in enumerate(cfgs):
+        r = run_trial(cfg, tmp_path / str(i))
+        assert r["epoch"] == 2 and 0.0 <= r["test_acc"] <= 1.0
+        assert ("itop_rate" in r) == (cfg.sparsity.mode == "dynamic")
