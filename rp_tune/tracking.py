@@ -40,6 +40,12 @@ EPOCH_KEYS = (
     "lr",
     "epoch_seconds",
     "images_per_second",
+    # dynamic sparse training: updates and connections changed this epoch, death rate, and
+    # the fraction of weights ever active (in-time over-parameterisation rate)
+    "dst_updates",
+    "dst_changed",
+    "death_rate",
+    "itop_rate",
 )
 FINAL_PREFIXES = (
     "test_",
