@@ -173,7 +173,7 @@ def report(args: argparse.Namespace, name: str) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
     from pathlib import Path
 
-    from rp_tune.report import build_report
+    from rp_tune.report import build_report, print_report
 
     sweep_dir = Path(args.storage).expanduser().resolve() / name
     uri = args.tracking_uri
@@ -184,14 +184,7 @@ def report(args: argparse.Namespace, name: str) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{rep['trials']} trials -> {rep['table']}")
-    for f in rep["figures"]:
-        print(f"figure: {f}")
-    for m in rep["matching"]:
-        print(
-            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
-            f"{m['smallest_matching_density']}"
-        )
+    print_report(rep)
     return 0
 
 

@@ -18,6 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Names of the end-of-trial metrics a trial reports (final test metrics, robustness, OoD, cost):
+# what trackers log as final values and reports put in their table.
+FINAL_PREFIXES = (
+    "test_",
+    "best_",
+    "fgsm_",
+    "ood_auroc_",
+    "params_",
+    "flops_",
+    "train_flops_",
+    "achieved_density",
+)
+
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()

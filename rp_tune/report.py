@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .metrics import FINAL_PREFIXES
+
 log = logging.getLogger(__name__)
 
 FIGURE_METRICS = {
@@ -57,19 +59,7 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
         for k, v in entry["flat"].items():
             row[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
         for k, v in last.items():
-            if k.startswith(
-                (
-                    "test_",
-                    "best_",
-                    "fgsm_",
-                    "ood_auroc_",
-                    "params_",
-                    "flops_",
-                    "train_flops_",
-                    "achieved_density",
-                    "val_",
-                )
-            ) or k in ("epoch", "resumed_from_epoch"):
+            if k.startswith((*FINAL_PREFIXES, "val_")) or k in ("epoch", "resumed_from_epoch"):
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[k] = float(v)
         rows.append(row)
@@ -102,7 +92,7 @@ def grouped(rows: list[dict[str, Any]], metric: str):
         if r.get("status") != "finished" or not isinstance(r.get(metric), float):
             continue
         d = float(r["sparsity.density"])
-        scheme = "dense" if d == 1.0 else r["sparsity.scheme"]
+        scheme = "dense" if d == 1.0 else _line_label(r)
         acc[r["model.name"]][scheme][d].append(r[metric])
     out: dict[str, dict[str, Any]] = {}
     for model, schemes in acc.items():
@@ -111,6 +101,13 @@ def grouped(rows: list[dict[str, Any]], metric: str):
             points = [(d, *_mean_std(v), len(v)) for d, v in sorted(by_d.items())]
             out[model][scheme] = points[0][1:] if scheme == "dense" else points
     return out
+
+
+def _line_label(row: dict[str, Any]) -> str:
+    """The scheme, plus SET/RigL for dynamic sparse training from that scheme's masks."""
+    if row.get("sparsity.mode") == "dynamic":
+        return f"{row['sparsity.scheme']}+{'set' if row['sparsity.growth'] == 'random' else 'rigl'}"
+    return row["sparsity.scheme"]
 
 
 def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -230,6 +227,18 @@ def _log_to_parent(tracking_uri: str, sweep_path: str, paths: list[str]) -> None
     log.warning("no MLflow parent run for %s at %s: figures not logged", sweep_path, tracking_uri)
 
 
+def print_report(rep: dict[str, Any]) -> None:
+    """What build_report wrote, and the smallest density matching dense per model/scheme."""
+    print(f"{rep['trials']} trials -> {rep['table']}")
+    for f in rep["figures"]:
+        print(f"figure: {f}")
+    for m in rep["matching"]:
+        print(
+            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
+            f"{m['smallest_matching_density']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="python -m rp_tune.report", description=__doc__.split("\n")[0])
@@ -242,14 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{rep['trials']} trials -> {rep['table']}")
-    for f in rep["figures"]:
-        print(f"figure: {f}")
-    for m in rep["matching"]:
-        print(
-            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
-            f"{m['smallest_matching_density']}"
-        )
+    print_report(rep)
     return 0
 
 

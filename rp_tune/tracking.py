@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .metrics import FINAL_PREFIXES
+
 log = logging.getLogger(__name__)
 
 EPOCH_KEYS = (
@@ -46,16 +48,6 @@ EPOCH_KEYS = (
     "dst_changed",
     "death_rate",
     "itop_rate",
-)
-FINAL_PREFIXES = (
-    "test_",
-    "best_",
-    "fgsm_",
-    "ood_auroc_",
-    "params_",
-    "flops_",
-    "train_flops_",
-    "achieved_density",
 )
 PENDING_FILE = "mlflow-pending.jsonl"
 

@@ -276,3 +276,18 @@ def test_matching_density_and_grouping_by_hand():
     match = {m["scheme"]: m["smallest_matching_density"] for m in smallest_matching_density(rows)}
     # erk at 0.5 averages 0.905 >= 0.91 - 0.0141; at 0.1 it does not; snip never does
     assert match == {"erk": 0.5, "snip": None}
+
+
+def test_report_separates_static_set_and_rigl():
+    from rp_tune.report import grouped
+
+    rows = [
+        _row("m", "erk", 0.1, 0, 0.5),
+        {
+            **_row("m", "erk", 0.1, 0, 0.6),
+            "sparsity.mode": "dynamic",
+            "sparsity.growth": "gradient",
+        },
+        {**_row("m", "erk", 0.1, 0, 0.7), "sparsity.mode": "dynamic", "sparsity.growth": "random"},
+    ]
+    assert sorted(grouped(rows, "test_acc")["m"]) == ["erk", "erk+rigl", "erk+set"]
