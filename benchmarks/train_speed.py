@@ -61,10 +61,21 @@ def make_cfg(args: argparse.Namespace, epochs: int):
 
 
 def ours(args: argparse.Namespace) -> float:
+    return ours_run(args)["history"][-1]["images_per_second"]
+
+
+def ours_run(args: argparse.Namespace) -> dict:
     cfg = make_cfg(args, args.epochs)
     with tempfile.TemporaryDirectory() as out:
-        result = run_trial(cfg, out)
-    return result["history"][-1]["images_per_second"]
+        return run_trial(cfg, out)
+
+
+def eval_overhead(result: dict, epochs: int = 160) -> float:
+    """Share of a full trial spent evaluating: (E * val + final) / (E * (train + val) + final),
+    with E = 160 epochs and per-epoch times from the measured (last) epoch."""
+    last = result["history"][-1]
+    train, val, final = last["epoch_seconds"], last["val_seconds"], last["final_eval_seconds"]
+    return (epochs * val + final) / (epochs * (train + val) + final)
 
 
 def reference(args: argparse.Namespace) -> float:
@@ -179,11 +190,18 @@ def main() -> None:
         f"device: {dev}  torch {torch.__version__}  cpus {os.cpu_count()}  model "
         f"{args.model}  density {args.density}  batch {args.batch_size}  data {args.data}"
     )
-    a = ours(args)
+    run = ours_run(args)
+    a = run["history"][-1]["images_per_second"]
     b = reference(args)
     print(f"ours       {a:10.0f} images/s")
     print(f"reference  {b:10.0f} images/s")
     print(f"ratio      {a / b:10.2f}x")
+    last = run["history"][-1]
+    print(
+        f"evaluation: validation {last['val_seconds']:.2f}s per epoch, end-of-trial metrics "
+        f"(test, best-val, FGSM, OoD, FLOPs) {last['final_eval_seconds']:.2f}s; share of a "
+        f"160-epoch trial: {100 * eval_overhead(run):.1f}%"
+    )
     if args.copies > 1:
         rates = packed(args)
         print(

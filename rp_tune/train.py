@@ -380,7 +380,9 @@ def run_trial(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         val = evaluate(model, normalize, data.val, device, data.resident, autocast, with_ece=ev.ece)
+        val_seconds = time.perf_counter() - t1
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / n,
@@ -389,6 +391,7 @@ def run_trial(
             "val_acc": val["acc"],
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
+            "val_seconds": val_seconds,
             "images_per_second": n / seconds,
         }
         if ev.ece and "ece" in val:
@@ -408,6 +411,7 @@ def run_trial(
             }
         last = epoch + 1 == t.epochs
         if last:
+            t2 = time.perf_counter()
             row.update(
                 _final(
                     cfg,
@@ -421,6 +425,9 @@ def run_trial(
                     images_seen=t.epochs * steps * t.batch_size * world,
                 )
             )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            row["final_eval_seconds"] = time.perf_counter() - t2
         history.append(dict(row))
         ckpt_dir = None
         if (epoch + 1) % t.checkpoint_every == 0 or last or epoch + 1 == end_epoch:
