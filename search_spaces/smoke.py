@@ -1,7 +1,7 @@
-DESCRIPTION = "Tiny CPU sweep on synthetic data: 2 schemes x 2 densities, 2 epochs (under a minute)"
+DESCRIPTION = "Tiny CPU sweep on synthetic data: 2 schemes at density 0.1, 2 epochs, both at once"
 GRID = {
     "sparsity.scheme": ["erk", "uniform"],
-    "sparsity.density": [0.1, 0.5],
+    "sparsity.density": [0.1],
 }
 FIXED = {
     "model.name": "cifar_resnet_8",

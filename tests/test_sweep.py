@@ -18,6 +18,7 @@ from rp_tune.sweep import SweepError, expand_space
 from search_spaces import space_names
 
 ROOT = Path(__file__).resolve().parents[1]
+N_SMOKE = len(expand_space("smoke"))
 
 
 def cli(*args, timeout=600, **kw):
@@ -123,7 +124,7 @@ def _results(path: Path) -> dict[str, list[dict]]:
 def test_smoke_sweep_runs_with_defaults(tmp_path):
     r = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "trials: 4  finished: 4  failed: 0" in r.stdout
+    assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
     summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
     assert {t["status"] for t in summary["trials"]} == {"finished"}
     for t in summary["trials"]:
@@ -134,7 +135,8 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id])
     assert (
-        sorted(r.data.tags.get("rp_tune.role", "trial") for r in runs) == ["sweep"] + ["trial"] * 4
+        sorted(r.data.tags.get("rp_tune.role", "trial") for r in runs)
+        == ["sweep"] + ["trial"] * N_SMOKE
     )
     # the report: one Parquet row per trial, figures on disk
     rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
@@ -197,9 +199,9 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         proc.wait()
     r = cli(*args, "--resume")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "trials: 4  finished: 4  failed: 0" in r.stdout
+    assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
     results = _results(exp)
-    assert len(results) == 4
+    assert len(results) == N_SMOKE
     for key, rows in results.items():
         assert sum("test_acc" in row for row in rows) == 1, key  # finished exactly once
     for key, before in finished.items():
@@ -208,8 +210,8 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     client = MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     children = [r for r in runs if "rp_tune.run_key" in r.data.tags]
-    assert len(runs) == 5 and len(children) == 4
-    assert len({r.data.tags["rp_tune.run_key"] for r in children}) == 4
+    assert len(runs) == N_SMOKE + 1 and len(children) == N_SMOKE
+    assert len({r.data.tags["rp_tune.run_key"] for r in children}) == N_SMOKE
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert steps == [1, 2], (r.info.run_name, steps)
