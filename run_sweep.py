@@ -173,19 +173,13 @@ def report(args: argparse.Namespace, name: str) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
     from pathlib import Path
 
-    from rp_tune.report import build_report, print_report
+    from rp_tune.report import main as report_main
 
     sweep_dir = Path(args.storage).expanduser().resolve() / name
     uri = args.tracking_uri
     if uri is None and not args.no_tracking and (sweep_dir / "mlflow.db").is_file():
         uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
-    try:
-        rep = build_report(sweep_dir, tracking_uri=uri)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_report(rep)
-    return 0
+    return report_main([str(sweep_dir), *(["--tracking-uri", uri] if uri else [])])
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+# The synthetic-data override most spaces' SMOKE versions share: one quick epoch on CPU.
+SMOKE_DATA = {
+    "data.name": "synthetic",
+    "data.synthetic_train": 256,
+    "data.synthetic_test": 64,
+    "train.epochs": 1,
+    "train.batch_size": 64,
+}
+
 
 def space_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))

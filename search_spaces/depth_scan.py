@@ -1,3 +1,5 @@
+from search_spaces import SMOKE_DATA
+
 DESCRIPTION = (
     "Liu et al. Fig. 1: ResNet-20/32/44/56/110 x schemes x sparsity 0.1..0.9 + dense, CIFAR-10"
 )
@@ -13,9 +15,5 @@ SMOKE = {
     "sparsity.scheme": ["erk", "snip"],
     "sparsity.density": [0.1, 1.0],
     "seed": [0],
-    "data.name": "synthetic",
-    "data.synthetic_train": 256,
-    "data.synthetic_test": 64,
-    "train.epochs": 1,
-    "train.batch_size": 64,
+    **SMOKE_DATA,
 }

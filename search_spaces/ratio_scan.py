@@ -1,3 +1,5 @@
+from search_spaces import SMOKE_DATA
+
 DESCRIPTION = (
     "Gadhikar et al.: layer-wise ratios (uniform, erk, balanced, pyramidal, synflow) at high "
     "sparsity"
@@ -13,9 +15,5 @@ SMOKE = {
     "model.name": ["cifar_resnet_8"],
     "sparsity.density": [0.05],
     "seed": [0],
-    "data.name": "synthetic",
-    "data.synthetic_train": 256,
-    "data.synthetic_test": 64,
-    "train.epochs": 1,
-    "train.batch_size": 64,
+    **SMOKE_DATA,
 }
