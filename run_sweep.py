@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rp_tune.config import ConfigError
+
+STORAGE_ENV = "RP_TUNE_STORAGE"  # cluster.yaml sets these on every node
+DATA_ROOT_ENV = "RP_TUNE_DATA_ROOT"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,12 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a flat config key for every trial (repeatable)",
+        help=f"override a flat config key for every trial (repeatable); data.root defaults "
+        f"to ${DATA_ROOT_ENV} when set",
     )
     p.add_argument(
         "--storage",
-        default="results",
-        help="results folder (shared path on a cluster) or s3://bucket/prefix",
+        default=os.environ.get(STORAGE_ENV, "results"),
+        help=f"results folder (a shared path on a cluster) or s3://bucket/prefix (default: "
+        f"${STORAGE_ENV}, else results)",
     )
     p.add_argument("--name", default=None, help="sweep name (default: the space's name)")
     p.add_argument(
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = parse_overrides(args.set)
+        if os.environ.get(DATA_ROOT_ENV) and "data.root" not in overrides:
+            overrides["data.root"] = os.environ[DATA_ROOT_ENV]
         for key, value in (
             ("resources.gpus_per_worker", args.gpus_per_trial),
             ("resources.workers", args.workers_per_trial),
@@ -173,13 +181,17 @@ def report(args: argparse.Namespace, name: str) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
     from pathlib import Path
 
+    from rp_tune import storage
     from rp_tune.report import main as report_main
 
-    sweep_dir = Path(args.storage).expanduser().resolve() / name
-    uri = args.tracking_uri
-    if uri is None and not args.no_tracking and (sweep_dir / "mlflow.db").is_file():
-        uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
-    return report_main([str(sweep_dir), *(["--tracking-uri", uri] if uri else [])])
+    sweep_dir = storage.join(storage.resolve(args.storage), name)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    db = Path(sweep_dir, "mlflow.db")
+    if uri is None and not args.no_tracking and not storage.is_uri(sweep_dir) and db.is_file():
+        uri = f"sqlite:///{db}"
+    return report_main(
+        [sweep_dir, *(["--tracking-uri", uri] if uri and not args.no_tracking else [])]
+    )
 
 
 if __name__ == "__main__":

@@ -139,12 +139,94 @@ def _torchvision_cifar(kind: str):
     return Cifar
 
 
+DATA_CACHE_ENV = "RP_TUNE_DATA_CACHE"
+DATA_CACHE = "~/.cache/rp_tune/data"
+# What each dataset occupies inside data.root (torchvision's own layout, and image folders).
+ENTRIES: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar-10-batches-py",),
+    "cifar100": ("cifar-100-python",),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+    "imagenet": ("imagenet",),
+    "imagenet_o": ("imagenet-o",),
+}
+COMPLETE = ".rp_tune-complete-{entry}"
+
+
+def absolute_data_root(root: str) -> str:
+    """data.root as every process reads it: relative paths resolved against this process's
+    folder (Ray workers run elsewhere); `~/...` is kept, so it means each node's home, and a
+    URI is kept."""
+    if "://" in root or root.startswith("~"):
+        return root
+    return str(Path(root).resolve())
+
+
+def data_cache(root_uri: str) -> Path:
+    """This node's cache folder for a remote data root: $RP_TUNE_DATA_CACHE (default
+    ~/.cache/rp_tune/data) / a short hash of the URI."""
+    base = Path(os.environ.get(DATA_CACHE_ENV, DATA_CACHE)).expanduser()
+    tag = hashlib.sha256(root_uri.rstrip("/").encode()).hexdigest()[:12]
+    return base / tag
+
+
+def local_data_root(root: str, name: str) -> Path:
+    """The local folder that holds dataset `name` of data.root on this node.
+
+    A path (node-local, or a shared mount at the same path on every node) is used as it is.
+    A URI (`s3://bucket/datasets`, `gs://...`, `file://...`) is a shared read-only copy: the
+    first trial on each node copies the dataset's entries (`ENTRIES[name]`) into the node's
+    cache (`data_cache`), holding a file lock so the other trials on that node wait and then
+    reuse it; a marker file per entry says the copy completed, so a copy cut short by a
+    crash is redone, never half-used. Entries missing at the URI are left to the dataset's
+    own loader (a torchvision download into the cache when data.download allows it).
+    """
+    if "://" not in root:
+        return Path(root).expanduser()
+    from . import storage
+
+    cache = data_cache(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    for entry in ENTRIES.get(name, ()):
+        done = cache / COMPLETE.format(entry=entry)
+        if done.is_file():
+            continue
+        with FileLock(str(cache / f".{entry}.lock")):
+            if done.is_file():  # another trial on this node copied it while we waited
+                continue
+            source = storage.join(root, entry)
+            try:
+                present = storage.exists(source)
+            except Exception as e:  # credentials, unknown bucket, no network
+                raise DataError(f"data.root={root!r} cannot be read: {e}") from e
+            if not present:
+                log.info("%s not at %s: left to the loader", entry, source)
+                continue
+            target, partial = cache / entry, cache / f"{entry}.partial"
+            for p in (target, partial):
+                _remove(p)
+            log.info("copying %s to this node's cache %s", source, target)
+            storage.copy_to_local(source, partial)
+            partial.rename(target)
+            done.write_text(source)
+    return cache
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def _locked_fetch(cfg: DataConfig, fetch):
     """Run fetch() holding a lock in the data root, turning failures into DataError."""
-    root = Path(cfg.root).expanduser()
+    root = local_data_root(cfg.root, cfg.name)
+    where = str(root) if "://" not in cfg.root else f"{cfg.root} (copied to {root} on this node)"
     if not cfg.download and not root.is_dir():
         raise DataError(
-            f"{cfg.name} at data.root={str(root)!r} is missing or corrupt (no such folder); "
+            f"{cfg.name} at data.root={where!r} is missing or corrupt (no such folder); "
             "set data.download=true to fetch it, or point data.root at the dataset"
         )
     try:
@@ -163,7 +245,7 @@ def _locked_fetch(cfg: DataConfig, fetch):
                 else "the download failed; check the network or place the files there yourself"
             )
             raise DataError(
-                f"{cfg.name} at data.root={str(root)!r} is missing or corrupt ({e}); {hint}"
+                f"{cfg.name} at data.root={where!r} is missing or corrupt ({e}); {hint}"
             ) from e
 
 
@@ -381,7 +463,7 @@ def imagenet_loaders(
     from torch.utils.data import DataLoader, Subset
     from torch.utils.data.distributed import DistributedSampler
 
-    root = Path(cfg.root).expanduser() / "imagenet"
+    root = local_data_root(cfg.root, "imagenet") / "imagenet"
     train_full = image_folder(root / "train", cfg.image_size, train=True)
     train_eval = image_folder(root / "train", cfg.image_size, train=False)
     test = image_folder(root / "val", cfg.image_size, train=False)

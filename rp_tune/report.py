@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .metrics import FINAL_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,24 @@ TABLE_FILE = "results.parquet"
 
 
 def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One dict per trial: flat config (tuples joined), run_key, status, last metrics."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
+    """One dict per trial: flat config (tuples joined), run_key, status, last metrics.
+
+    `sweep_dir` is a folder or a URI (s3://..., as given to --storage on a cluster).
+    """
+    sweep_dir = str(sweep_dir)
+    if not storage.exists(sweep_dir):
         raise FileNotFoundError(f"no sweep at {sweep_dir}")
     rows = []
-    for trial in sorted(p for p in sweep_dir.iterdir() if (p / "params.json").is_file()):
-        params = json.loads((trial / "params.json").read_text())
+    for name in storage.list_names(sweep_dir):
+        trial = storage.join(sweep_dir, name)
+        params_file, result_file = (storage.join(trial, f) for f in ("params.json", "result.json"))
+        if not storage.exists(params_file):
+            continue
+        params = json.loads(storage.read_text(params_file))
         entry = params["trial"]
         lines = []
-        if (trial / "result.json").is_file():
-            lines = [ln for ln in (trial / "result.json").read_text().splitlines() if ln.strip()]
+        if storage.exists(result_file):
+            lines = [ln for ln in storage.read_text(result_file).splitlines() if ln.strip()]
         last = json.loads(lines[-1]) if lines else {}
         epochs = int(entry["flat"]["train.epochs"])
         finished = int(last.get("epoch", 0) or 0) >= epochs and "test_acc" in last
@@ -179,7 +187,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Write the Parquet table, the figures and the matching-density table; returns paths."""
     rows = read_trials(sweep_dir)
-    out = Path(out_dir) if out_dir else Path(sweep_dir) / "report"
+    out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(results_table(rows), out / TABLE_FILE)
     metrics = dict(FIGURE_METRICS)
@@ -198,7 +206,7 @@ def build_report(
     if tracking_uri:
         _log_to_parent(
             tracking_uri,
-            str(Path(sweep_dir).resolve()),
+            storage.resolve(str(sweep_dir)),
             [str(out / TABLE_FILE), str(out / "matching_density.parquet"), *figures],
         )
     return {
@@ -207,6 +215,13 @@ def build_report(
         "matching": matching,
         "trials": len(rows),
     }
+
+
+def default_out_dir(sweep_dir: str) -> Path:
+    """<sweep_dir>/report for a local sweep; ./<sweep name>-report for one on s3:// etc."""
+    if storage.is_uri(sweep_dir):
+        return Path(f"{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}-report")
+    return Path(sweep_dir) / "report"
 
 
 def _log_to_parent(tracking_uri: str, sweep_path: str, paths: list[str]) -> None:
@@ -242,8 +257,14 @@ def print_report(rep: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="python -m rp_tune.report", description=__doc__.split("\n")[0])
-    p.add_argument("sweep_dir", help="a sweep's folder, e.g. results/width_scan")
-    p.add_argument("--out", default=None, help="default: <sweep_dir>/report")
+    p.add_argument(
+        "sweep_dir", help="a sweep's folder or URI, e.g. results/width_scan, s3://b/r/width_scan"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default: <sweep_dir>/report, or ./<name>-report for a sweep on s3:// etc.",
+    )
     p.add_argument("--tracking-uri", default=None, help="log the figures to the parent run")
     args = p.parse_args(argv)
     try:

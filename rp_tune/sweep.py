@@ -30,7 +30,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .config import DYNAMIC_KEYS, ConfigError, TrialConfig, from_flat, run_key
+from . import storage as store
+from .config import DYNAMIC_KEYS, ConfigError, DataConfig, TrialConfig, from_flat, run_key
+from .data import absolute_data_root
 from .models import build_model, input_kind
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ def expand_space(
         if float(flat.get("sparsity.density", 0.1)) == 1.0:
             flat["sparsity.scheme"] = "uniform"
             flat["sparsity.mode"] = "static"
+        # Ray workers do not run in this folder: a relative data root is made absolute here.
+        flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
         if flat.get("sparsity.mode", "static") == "static":
             for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
                 flat.pop(key, None)
@@ -105,21 +109,42 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def check_data_roots(configs: Sequence[TrialConfig]) -> None:
-    """Datasets that may not be downloaded must already be under their data.root."""
+    """Datasets that may not be downloaded must already be under their data.root.
+
+    A URI root (s3://...) is checked where it is: each node copies from it later.
+    """
+    from .data import ENTRIES
+
+    seen: set[tuple[str, str, bool]] = set()
     for cfg in configs:
         d = cfg.data
-        if d.name == "synthetic":
+        if d.name == "synthetic" or (d.name, d.root, d.download) in seen:
+            continue
+        seen.add((d.name, d.root, d.download))
+        if store.is_uri(d.root):
+            if d.name == "imagenet" or not d.download:
+                try:
+                    missing = [
+                        e for e in ENTRIES[d.name] if not store.exists(store.join(d.root, e))
+                    ]
+                except Exception as e:  # credentials, unknown bucket, no network
+                    raise SweepError(f"data.root={d.root!r} cannot be read: {e}") from None
+                if missing:
+                    raise SweepError(
+                        f"data.root={d.root!r}: {d.name} entries missing there: {missing}"
+                    )
             continue
         root = Path(d.root).expanduser()
         if d.name == "imagenet":
-            missing = [
+            missing_dirs = [
                 p
                 for p in (root / "imagenet" / "train", root / "imagenet" / "val")
                 if not p.is_dir()
             ]
-            if missing:
+            if missing_dirs:
                 raise SweepError(
-                    f"data.root={d.root!r}: ImageNet folders missing: {[str(p) for p in missing]}"
+                    f"data.root={d.root!r}: ImageNet folders missing: "
+                    f"{[str(p) for p in missing_dirs]}"
                 )
         elif not d.download and not root.is_dir():
             raise SweepError(
@@ -169,13 +194,6 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
     return "\n".join(lines), total
 
 
-def storage_uri(storage: str) -> str:
-    """Absolute local path or a URI (s3://, gs://, ...): Ray refuses relative paths."""
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().resolve())
-
-
 # --------------------------------------------------------------------------------------------
 # Ray: the trainable, the worker loop, the sweep
 # --------------------------------------------------------------------------------------------
@@ -206,10 +224,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if fault is not None and metrics["epoch"] == fault["epoch"]:
-                marker = Path(fault["dir"]) / FAULT_MARKER.format(key=key)
-                if ctx.get_world_rank() == 0 and not marker.exists():
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(str(os.getpid()))
+                marker = store.join(fault["dir"], FAULT_MARKER.format(key=key))
+                if ctx.get_world_rank() == 0 and not store.exists(marker):
+                    store.write_text(marker, str(os.getpid()))
                     # Crash mid-epoch, as a real fault would: Train collects reports on its
                     # health-check poll (2 s), so give it time to register the last one.
                     time.sleep(fault.get("delay_s", 6.0))
@@ -402,40 +419,52 @@ def run_sweep(
     import ray
     from ray import tune
 
-    root = storage_uri(storage)
-    path = f"{root}/{name}"
-    train_storage = f"{root}/{name}-train"
-    if resume and not tune.Tuner.can_restore(path):
+    root = store.resolve(storage)
+    path = store.join(root, name)
+    train_storage = store.join(root, f"{name}-train")
+    try:
+        can_restore = tune.Tuner.can_restore(path)
+    except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
+        raise SweepError(f"--storage {storage!r} cannot be read: {e}") from None
+    if resume and not can_restore:
         raise SweepError(f"--resume: no sweep to resume at {path}")
-    if not resume and tune.Tuner.can_restore(path):
+    if not resume and can_restore:
         raise SweepError(
             f"a sweep already exists at {path}: pass --resume to continue it, or "
             "--name to start another"
         )
+    uri = None
+    if tracking:
+        from .tracking import default_tracking_uri
+
+        try:
+            uri = tracking_uri or default_tracking_uri(path)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
+    # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None and not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
     elif not ray.is_initialized():
         ray.init(address=address)
     tracker = None
     callbacks = []
-    if tracking:
-        from .tracking import SweepTracker, default_tracking_uri
+    if uri is not None:
+        from .tracking import SweepTracker
 
-        local_dir = None if "://" in path else path
-        uri = tracking_uri or default_tracking_uri(path)
         embedded = uri.startswith("sqlite:")
         tracker = SweepTracker(
             uri,
             experiment or space or name,
             sweep_path=path,
             space=space or name,
-            sweep_dir=local_dir,
+            sweep_dir=path,
             log_weights=log_weights,
             artifact_location=(Path(path, "mlartifacts").resolve().as_uri() if embedded else None),
         )
         callbacks.append(TrackingCallback(tracker))
         log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
-    trainable = tune.with_resources(_tune_trial, {"CPU": 0.01})
+    trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
     if resume:
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -447,7 +476,9 @@ def run_sweep(
         ] + callbacks
     else:
         entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
-        concurrent = max_concurrent or _default_concurrency(configs)
+        concurrent = max_concurrent or default_concurrency(
+            configs, cluster_capacity(address is not None)
+        )
         param_space = {
             "trial": tune.grid_search(entries),
             "train_storage": train_storage,
@@ -501,8 +532,8 @@ def run_sweep(
             )
         )
     summary = SweepSummary(name=name, path=path, trials=outcomes)
-    if "://" not in path:
-        Path(path, "summary.json").write_text(summary.to_json())
+    summary_file = store.join(path, "summary.json")
+    store.write_text(summary_file, summary.to_json())
     if tracker is not None:
         tracker.sweep_end(
             {
@@ -511,23 +542,107 @@ def run_sweep(
                 "failed": summary.failed,
                 "resumed": summary.resumed,
             },
-            artifacts=[str(Path(path, "summary.json"))],
+            artifacts=[] if store.is_uri(path) else [summary_file],
         )
         tracker.close()
     return summary
 
 
-def _default_concurrency(configs: Sequence[TrialConfig]) -> int:
-    """Trials that fit at once: Tune does not count Train workers' resources, so we do."""
-    import ray
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
+AUTOSCALING_CONFIG_ENV = "RP_TUNE_AUTOSCALING_CONFIG"
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` writes on the head node
 
-    res = ray.cluster_resources()
+
+def trial_driver_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """What one trial's driver (the Tune trainable and its Train controller) reserves.
+
+    It only waits on its workers, so 0.01 CPU. Where the head node has a CPU, the driver is
+    pinned there: the autoscaler never removes the head, so losing a worker node (spot
+    preemption, scale-down, hardware) costs only that node's training workers, which Ray
+    Train restarts elsewhere from the trial's last checkpoint; the trial itself lives on.
+    """
+    for node in nodes:
+        res = node.get("Resources", {})
+        if node.get("Alive") and HEAD_RESOURCE in res and res.get("CPU", 0) >= 1:
+            return {"CPU": 0.01, HEAD_RESOURCE: 0.001}
+    return {"CPU": 0.01}
+
+
+def max_cluster_resources(
+    current: Mapping[str, float], autoscaling: Mapping[str, Any] | None
+) -> dict[str, float]:
+    """The cluster's resources once the autoscaler has started all the workers it may.
+
+    head node type's resources + the worker node types' resources x their max_workers, taking
+    the types with most GPUs (then CPUs) first until the global max_workers is reached; never
+    less than what is up now. Without an autoscaling config: what is up now.
+    """
+    out = {k: float(v) for k, v in current.items()}
+    if not autoscaling:
+        return out
+    types = autoscaling.get("available_node_types") or {}
+    head_type = autoscaling.get("head_node_type")
+    total: dict[str, float] = {}
+    for k, v in (types.get(head_type, {}).get("resources") or {}).items():
+        total[k] = total.get(k, 0.0) + float(v)
+    left = int(autoscaling.get("max_workers", 0) or 0)
+    workers = sorted(
+        (t for name, t in types.items() if name != head_type),
+        key=lambda t: (
+            -float((t.get("resources") or {}).get("GPU", 0)),
+            -float((t.get("resources") or {}).get("CPU", 0)),
+        ),
+    )
+    for t in workers:
+        n = min(int(t.get("max_workers", left) or 0), left)
+        left -= n
+        for k, v in (t.get("resources") or {}).items():
+            total[k] = total.get(k, 0.0) + n * float(v)
+    for k, v in total.items():
+        out[k] = max(out.get(k, 0.0), v)
+    return out
+
+
+def cluster_capacity(joined: bool) -> dict[str, float]:
+    """Resources of the Ray cluster at its largest (see `max_cluster_resources`).
+
+    When the sweep joined a cluster (`joined`, i.e. --address) and runs on a `ray up` head
+    node, that node holds the autoscaler's config with every node type's resources; without
+    it, an autoscaling cluster that starts with no GPU workers would run one trial at a time.
+    """
+    import ray
+    import yaml
+
+    current = ray.cluster_resources()
+    cfg_path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
+    autoscaling = None
+    if joined and cfg_path.is_file():
+        try:
+            autoscaling = yaml.safe_load(cfg_path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("cannot read autoscaling config %s (%s): using what is up now", cfg_path, e)
+    capacity = max_cluster_resources(current, autoscaling)
+    if autoscaling:
+        log.info(
+            "autoscaling cluster (%s): up now %s, at most %s",
+            cfg_path,
+            {k: current.get(k, 0) for k in ("CPU", "GPU")},
+            {k: capacity.get(k, 0) for k in ("CPU", "GPU")},
+        )
+    return capacity
+
+
+def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, float]) -> int:
+    """Trials that fit at once: Tune does not count Train workers' resources, so we do.
+
+    min over trials of floor(cluster GPUs / (workers x GPUs per worker)), or for CPU trials
+    floor(cluster CPUs / (workers x CPUs per worker + 0.01 for the trial's driver)); >= 1.
+    """
     fits = []
     for c in configs:
         r = c.resources
         if r.gpus_per_worker > 0:
-            fits.append(res.get("GPU", 0) / (r.workers * r.gpus_per_worker))
+            fits.append(resources.get("GPU", 0) / (r.workers * r.gpus_per_worker))
         else:
-            # + 0.01 CPU for the Tune trainable that drives the trial
-            fits.append(res.get("CPU", 1) / (r.workers * r.cpus_per_worker + 0.01))
+            fits.append(resources.get("CPU", 1) / (r.workers * r.cpus_per_worker + 0.01))
     return max(1, math.floor(min(fits)))

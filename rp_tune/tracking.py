@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .metrics import FINAL_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def default_tracking_uri(sweep_dir: str) -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite file in the sweep's results folder."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if "://" in sweep_dir:
+    if storage.is_uri(sweep_dir):
         raise ValueError(
             f"storage {sweep_dir!r} is remote: pass --tracking-uri (an MLflow "
             "server) so the tracking database does not live on object storage"
@@ -100,7 +101,7 @@ class SweepTracker:
         experiment: str,
         sweep_path: str,
         space: str,
-        sweep_dir: str | None = None,
+        sweep_dir: str | None = None,  # folder or URI for mlflow-pending.jsonl
         log_weights: bool = False,
         artifact_location: str | None = None,
     ) -> None:
@@ -108,7 +109,7 @@ class SweepTracker:
         self.experiment = experiment
         self.sweep_path = sweep_path
         self.space = space
-        self.sweep_dir = Path(sweep_dir) if sweep_dir else None
+        self.sweep_dir = sweep_dir  # a folder or a URI (s3://...): where pending events go
         self.log_weights = log_weights
         self.artifact_location = artifact_location
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -414,15 +415,16 @@ class SweepTracker:
         client.set_terminated(parent, "FINISHED" if status == "finished" else "FAILED")
 
     # --- pending events -------------------------------------------------------------------------
-    def _pending_path(self) -> Path | None:
-        return self.sweep_dir / PENDING_FILE if self.sweep_dir is not None else None
+    def _pending_path(self) -> str | None:
+        return storage.join(self.sweep_dir, PENDING_FILE) if self.sweep_dir else None
 
     def _load_pending(self) -> list[dict[str, Any]]:
         path = self._pending_path()
-        if path is None or not path.is_file():
+        if path is None or not storage.exists(path):
             return []
-        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        path.unlink()
+        text = storage.read_text(path)
+        events = [json.loads(line) for line in text.splitlines() if line.strip()]
+        storage.delete(path)
         log.info("replaying %d MLflow events saved by an earlier run", len(events))
         return events
 
@@ -430,10 +432,7 @@ class SweepTracker:
         path = self._pending_path()
         if path is None or not events:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for e in events:
-                f.write(json.dumps(e) + "\n")
+        storage.append_text(path, "".join(json.dumps(e) + "\n" for e in events))
 
 
 def _param(value: Any) -> str:
@@ -450,14 +449,9 @@ def _jsonable(obj: Any) -> Any:
 
 def _fetch_dir(uri: str, dest: Path) -> Path:
     """A checkpoint folder as a local path (copied from s3:// etc. via pyarrow)."""
-    if "://" not in uri:
+    if not storage.is_uri(uri):
         return Path(uri)
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    pafs.copy_files(
-        path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
-    )
+    storage.copy_to_local(uri, dest)
     return dest
 
 

@@ -50,6 +50,7 @@ from .data import (
     image_folder,
     imagenet_loaders,
     load_arrays,
+    local_data_root,
     read_split,
 )
 from .masks import Masks, density_report, format_report
@@ -513,7 +514,9 @@ def _ood_loader(name: str, cfg: TrialConfig, n_in: int, device: torch.device):
         from torch.utils.data import DataLoader
 
         folder = image_folder(
-            Path(cfg.data.root).expanduser() / "imagenet-o", cfg.data.image_size, train=False
+            local_data_root(cfg.data.root, "imagenet_o") / "imagenet-o",
+            cfg.data.image_size,
+            train=False,
         )
         return DataLoader(folder, e_bs, num_workers=cfg.data.num_workers), False
     dcfg = dataclasses.replace(cfg.data, name=name, download=ev.ood_download, num_classes=0)

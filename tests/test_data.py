@@ -70,3 +70,56 @@ def test_synthetic_is_seeded():
     b = load_arrays(DataConfig(name="synthetic", synthetic_train=50, synthetic_test=10), seed=3)
     assert torch.equal(a.train[0], b.train[0])
     assert np.unique(a.train[1].numpy()).size > 1
+
+
+def test_uri_data_root_is_copied_once_per_node_into_the_cache(tmp_path, monkeypatch):
+    """data.root=file://... stands for s3://...: the dataset is copied into this node's cache
+    under a lock, once; later reads use the copy; an unfinished copy is redone."""
+    from rp_tune import data
+
+    bucket = tmp_path / "bucket"
+    write_tiny_cifar10(bucket, n_train=100, n_test=20)
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "cache"))
+    cfg = DataConfig(name="cifar10", root=bucket.as_uri(), download=False)
+    first = load_arrays(cfg)
+    local = data.data_cache(cfg.root)
+    assert local.parent == tmp_path / "cache"
+    assert (local / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert (local / data.COMPLETE.format(entry="cifar-10-batches-py")).is_file()
+    expect = load_arrays(DataConfig(name="cifar10", root=str(bucket), download=False))
+    assert torch.equal(first.train[0], expect.train[0]) and torch.equal(
+        first.test[1], expect.test[1]
+    )
+    # a second trial on this node reads the copy: the bucket is not read again
+    write_tiny_cifar10(bucket, n_train=100, n_test=20, seed=5)
+    again = load_arrays(cfg)
+    assert torch.equal(again.train[0], first.train[0])
+    # a copy cut short (no completion marker) is thrown away and made again
+    (local / data.COMPLETE.format(entry="cifar-10-batches-py")).unlink()
+    (local / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"half")
+    redone = load_arrays(cfg)
+    assert torch.equal(
+        redone.train[0], load_arrays(DataConfig(name="cifar10", root=str(bucket))).train[0]
+    )
+    assert not torch.equal(redone.train[0], first.train[0])
+
+
+def test_uri_data_root_without_the_dataset_is_a_clear_error(tmp_path, monkeypatch):
+    from rp_tune import data
+
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "bucket").mkdir()
+    root = (tmp_path / "bucket").as_uri()
+    with pytest.raises(DataError, match=f"cifar10 at data.root='{root} \\(copied to "):
+        load_arrays(DataConfig(name="cifar10", root=root, download=False))
+
+
+def test_relative_data_root_is_made_absolute_for_ray_workers(tmp_path, monkeypatch):
+    from rp_tune.data import absolute_data_root
+    from rp_tune.sweep import expand_space
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_data_root("data") == str(tmp_path / "data")
+    assert absolute_data_root("~/rp_data") == "~/rp_data"  # each node's own home
+    assert absolute_data_root("s3://b/datasets") == "s3://b/datasets"
+    assert {c.data.root for c in expand_space("smoke")} == {str(tmp_path / "data")}

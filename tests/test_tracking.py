@@ -16,6 +16,7 @@ from rp_tune.models import build_model, layer_specs
 from rp_tune.sparsity import layer_densities
 from rp_tune.sweep import expand_space
 from rp_tune.tracking import PENDING_FILE, SweepTracker
+from tests.helpers import free_port, mlflow_runs, start_mlflow_server, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +29,6 @@ def _flat(key="k1"):
         "train.epochs": 2,
         "train.milestones": (1, 2),
     }
-
-
-def _children(client, exp_name):
-    exp = client.get_experiment_by_name(exp_name)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("rp_tune.role") == "sweep"]
-    children = [r for r in runs if "rp_tune.run_key" in r.data.tags]
-    return parents, children
 
 
 def test_tracker_nests_children_and_never_duplicates(tmp_path):
@@ -63,7 +56,7 @@ def test_tracker_nests_children_and_never_duplicates(tmp_path):
     t2.trial_result("k1", _flat(), {"epoch": 3, "train_loss": 0.5})
     assert t2.close(timeout_s=60) == 0
     client = MlflowClient(uri)
-    parents, children = _children(client, "exp")
+    parents, children = mlflow_runs(client, "exp")
     assert len(parents) == 1 and len(children) == 1
     child = children[0]
     assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -98,54 +91,8 @@ def test_unreachable_server_loses_nothing(tmp_path, monkeypatch):
     t2 = SweepTracker(uri, "exp", sweep_path=str(sweep), space="smoke", sweep_dir=str(sweep))
     assert t2.close(timeout_s=60) == 0
     assert not (sweep / PENDING_FILE).exists()
-    _, children = _children(MlflowClient(uri), "exp")
+    _, children = mlflow_runs(MlflowClient(uri), "exp")
     assert len(children) == 1 and children[0].data.metrics["test_acc"] == 0.25
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(folder: Path, port: int):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder / "art"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    import urllib.request
-
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
-def _stop(proc):
-    os.killpg(proc.pid, 9)
-    proc.wait()
 
 
 @pytest.mark.slow
@@ -155,9 +102,9 @@ def test_server_restart_and_killed_workers(tmp_path):
     same masks, and MLflow holds one child per trial with one value per epoch."""
     folder = tmp_path / "server"
     folder.mkdir()
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _start_server(folder, port)
+    server = start_mlflow_server(folder, port)
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     log_file = open(tmp_path / "sweep.log", "w")  # a pipe would fill up and stall the sweep
     sweep = subprocess.Popen(
@@ -191,11 +138,11 @@ def test_server_restart_and_killed_workers(tmp_path):
             if sweep.poll() is not None:
                 break
             exp = client.get_experiment_by_name("smoke")
-            if exp and _children(client, "smoke")[1]:
+            if exp and mlflow_runs(client, "smoke")[1]:
                 break
-        _stop(server)
+        stop_process_group(server)
         time.sleep(8)  # trials keep training while the server is down
-        server = _start_server(folder, port)
+        server = start_mlflow_server(folder, port)
         restarted_at = time.time() * 1000
         sweep.wait(timeout=600)
     finally:
@@ -207,7 +154,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         n = len(expand_space("smoke"))
         assert f"trials: {n}  finished: {n}  failed: 0  resumed from a checkpoint: {n}" in out
         assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
-        parents, children = _children(client, "smoke")
+        parents, children = mlflow_runs(client, "smoke")
         assert len(parents) == 1 and len(children) == n
         configs = {
             c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c
@@ -247,7 +194,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
         assert len(summary["trials"]) == n
     finally:
-        _stop(server)
+        stop_process_group(server)
 
 
 def _row(model, scheme, density, seed, acc):
