@@ -246,7 +246,8 @@ def run_trial(
 
     out_dir: where checkpoints (`checkpoints/epoch_NNNN/`) and `masks.parquet` go.
     resume: a checkpoint folder to continue from (see `latest_checkpoint`).
-    on_epoch(metrics, checkpoint_dir): called on every rank after every epoch; checkpoint_dir
+    on_epoch(metrics, checkpoint_dir): called on every rank after every epoch (once more, for
+        the last epoch, when resuming a run that had finished); checkpoint_dir
       is the folder written this epoch (None on epochs without a checkpoint, and on ranks > 0).
     stop_after: stop (as if interrupted) after this many epochs; for tests and debugging.
     """
@@ -335,6 +336,12 @@ def run_trial(
         )
         dst_updates: list[list[float]] = list(dst_state["updates"]) if dst_state else []
     end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
+    if ckpt is not None and start_epoch >= t.epochs and history and on_epoch is not None:
+        # The run had finished, but its driver may not have seen the last epoch (a sweep
+        # stopped between Train's last report and Tune's record of it): hand it over again,
+        # with its checkpoint, so the trial ends finished with its final metrics.
+        log.info("%s had finished: reporting its last epoch again", run_key(cfg))
+        on_epoch(dict(history[-1]), Path(resume) if rank == 0 else None)
     for epoch in range(start_epoch, end_epoch):
         train_model.train()
         t0 = time.perf_counter()

@@ -161,3 +161,18 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     assert main([*argv, "--resume"]) == 0  # finished: nothing left to train
     assert main(["--scheme", "nope"]) == 2
     assert "sparsity.scheme='nope'" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_reports_its_last_epoch_again(cifar_root, tmp_path):
+    """A sweep stopped after the last checkpoint but before Tune recorded it must still end
+    with the final metrics: the last epoch is handed to on_epoch again, with its checkpoint."""
+    cfg = _cfg(cifar_root, **{"train.epochs": 2})
+    full = run_trial(cfg, tmp_path / "run")
+    ckpt = latest_checkpoint(tmp_path / "run")
+    seen = []
+    again = run_trial(cfg, tmp_path / "run", resume=ckpt, on_epoch=lambda m, d: seen.append((m, d)))
+    assert len(seen) == 1
+    metrics, ckpt_dir = seen[0]
+    assert metrics["epoch"] == 2 and metrics["test_acc"] == full["test_acc"]
+    assert ckpt_dir == ckpt and (ckpt_dir / "state.pt").is_file()
+    assert again["test_acc"] == full["test_acc"]
