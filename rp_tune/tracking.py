@@ -297,8 +297,13 @@ class SweepTracker:
         client = self._client_()
         exp = self._ensure_experiment()
         parent = self._ensure_parent()
+        # Scoped to this sweep's parent: another sweep of the same grid in the same experiment
+        # (another --name or --storage) has children with the same run keys.
         found = client.search_runs(
-            [exp], filter_string=f"tags.`rp_tune.run_key` = '{run_key}'", max_results=1
+            [exp],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+            f"tags.`rp_tune.run_key` = '{run_key}'",
+            max_results=1,
         )
         if found:
             run_id = found[0].info.run_id

@@ -67,6 +67,16 @@ def test_tracker_nests_children_and_never_duplicates(tmp_path):
     assert [(m.step, m.value) for m in hist] == [(1, 2.0), (2, 1.0), (3, 0.5)]
     assert child.data.metrics["test_acc"] == 0.5
     assert child.data.tags["rp_tune.ood_used"] == "gaussian"
+    # another sweep of the same grid in the same experiment gets children of its own
+    t3 = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "other"), space="smoke")
+    t3.trial_result("k1", _flat(), {"epoch": 1, "train_loss": 7.0})
+    assert t3.close(timeout_s=60) == 0
+    parents, children = mlflow_runs(client, "exp")
+    assert len(parents) == 2 and len(children) == 2
+    by_parent = {c.data.tags["mlflow.parentRunId"]: c for c in children}
+    assert set(by_parent) == {p.info.run_id for p in parents}
+    hist = client.get_metric_history(child.info.run_id, "train_loss")
+    assert [m.step for m in hist] == [1, 2, 3]  # the first sweep's child is untouched
 
 
 def test_unreachable_server_loses_nothing(tmp_path, monkeypatch):
