@@ -262,7 +262,23 @@ def test_smoke_sweep_on_a_multinode_cluster_survives_losing_a_worker_node(tmp_pa
 CLUSTER_YAML = ROOT / "cluster.yaml"
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 # Programs the commands may use without further checks (shell built-ins and coreutils).
-PLAIN = {"cd", "echo", "printf", "grep", "mkdir", "pkill", "ulimit", "exit", "true", "{", "}", "!"}
+PLAIN = {
+    "cd",
+    "echo",
+    "export",
+    "kill",
+    "sleep",
+    "printf",
+    "grep",
+    "mkdir",
+    "pkill",
+    "ulimit",
+    "exit",
+    "true",
+    "{",
+    "}",
+    "!",
+}
 # Files that exist on the nodes without coming from this repository.
 RAY_MADE = {"~/ray_bootstrap_config.yaml"}
 
@@ -374,7 +390,7 @@ def _check_command(argv: list[str], where: str, mounts: dict[str, str], made: se
             assert local.exists(), f"{where}: {tok} (from {local}) does not exist"
     if prog == "__made__":
         made.add(args[0])
-    elif prog == "nohup":
+    elif prog in ("nohup", "setsid"):
         _check_command(args, where, mounts, made)
     elif prog == "source":
         assert args[0] in made, f"{where}: sources {args[0]}, which no earlier command writes"
