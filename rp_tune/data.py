@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from . import storage
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def absolute_data_root(root: str) -> str:
     """data.root as every process reads it: relative paths resolved against this process's
     folder (Ray workers run elsewhere); `~/...` is kept, so it means each node's home, and a
     URI is kept."""
-    if "://" in root or root.startswith("~"):
+    if storage.is_uri(root) or root.startswith("~"):
         return root
     return str(Path(root).resolve())
 
@@ -180,10 +182,8 @@ def local_data_root(root: str, name: str) -> Path:
     crash is redone, never half-used. Entries missing at the URI are left to the dataset's
     own loader (a torchvision download into the cache when data.download allows it).
     """
-    if "://" not in root:
+    if not storage.is_uri(root):
         return Path(root).expanduser()
-    from . import storage
-
     cache = data_cache(root)
     cache.mkdir(parents=True, exist_ok=True)
     for entry in ENTRIES.get(name, ()):
@@ -212,8 +212,6 @@ def local_data_root(root: str, name: str) -> Path:
 
 
 def _remove(path: Path) -> None:
-    import shutil
-
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
@@ -223,7 +221,7 @@ def _remove(path: Path) -> None:
 def _locked_fetch(cfg: DataConfig, fetch):
     """Run fetch() holding a lock in the data root, turning failures into DataError."""
     root = local_data_root(cfg.root, cfg.name)
-    where = str(root) if "://" not in cfg.root else f"{cfg.root} (copied to {root} on this node)"
+    where = f"{cfg.root} (copied to {root} on this node)" if storage.is_uri(cfg.root) else str(root)
     if not cfg.download and not root.is_dir():
         raise DataError(
             f"{cfg.name} at data.root={where!r} is missing or corrupt (no such folder); "

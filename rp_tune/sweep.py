@@ -123,10 +123,11 @@ def check_data_roots(configs: Sequence[TrialConfig]) -> None:
         seen.add((d.name, d.root, d.download))
         if store.is_uri(d.root):
             if d.name == "imagenet" or not d.download:
+                needed = (
+                    ("imagenet/train", "imagenet/val") if d.name == "imagenet" else ENTRIES[d.name]
+                )
                 try:
-                    missing = [
-                        e for e in ENTRIES[d.name] if not store.exists(store.join(d.root, e))
-                    ]
+                    missing = [e for e in needed if not store.exists(store.join(d.root, e))]
                 except Exception as e:  # credentials, unknown bucket, no network
                     raise SweepError(f"data.root={d.root!r} cannot be read: {e}") from None
                 if missing:
@@ -460,7 +461,11 @@ def run_sweep(
             space=space or name,
             sweep_dir=path,
             log_weights=log_weights,
-            artifact_location=(Path(path, "mlartifacts").resolve().as_uri() if embedded else None),
+            artifact_location=(
+                Path(path, "mlartifacts").resolve().as_uri()
+                if embedded and not store.is_uri(path)
+                else None
+            ),
         )
         callbacks.append(TrackingCallback(tracker))
         log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
@@ -532,19 +537,21 @@ def run_sweep(
             )
         )
     summary = SweepSummary(name=name, path=path, trials=outcomes)
-    summary_file = store.join(path, "summary.json")
-    store.write_text(summary_file, summary.to_json())
+    store.write_text(store.join(path, "summary.json"), summary.to_json())
     if tracker is not None:
-        tracker.sweep_end(
-            {
-                "trials": len(outcomes),
-                "finished": summary.finished,
-                "failed": summary.failed,
-                "resumed": summary.resumed,
-            },
-            artifacts=[] if store.is_uri(path) else [summary_file],
-        )
-        tracker.close()
+        with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
+            local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
+            local.write_text(summary.to_json())
+            tracker.sweep_end(
+                {
+                    "trials": len(outcomes),
+                    "finished": summary.finished,
+                    "failed": summary.failed,
+                    "resumed": summary.resumed,
+                },
+                artifacts=[str(local)],
+            )
+            tracker.close()  # waits until the events (and this file) are delivered or saved
     return summary
 
 

@@ -99,6 +99,24 @@ def test_trial_drivers_go_to_the_head_node_when_it_has_a_cpu():
     assert trial_driver_resources([cpuless_head, worker]) == {"CPU": 0.01}
 
 
+def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
+    from rp_tune.sweep import SweepError, check_data_roots
+    from tests.helpers import write_tiny_cifar10
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    flat = {"data.name": "cifar10", "data.root": bucket.as_uri(), "data.download": "false"}
+    with pytest.raises(
+        SweepError, match=r"cifar10 entries missing there: \['cifar-10-batches-py'\]"
+    ):
+        check_data_roots(expand_space("smoke", flat))
+    imagenet = {**flat, "data.name": "imagenet", "model.name": "resnet18"}
+    with pytest.raises(SweepError, match=r"imagenet entries missing there: \['imagenet/train'"):
+        check_data_roots(expand_space("smoke", imagenet))
+    write_tiny_cifar10(bucket)
+    check_data_roots(expand_space("smoke", flat))  # present: no error
+
+
 def test_remote_storage_without_a_tracking_server_fails_before_ray(tmp_path):
     shared = tmp_path / "bucket"
     r = subprocess.run(
@@ -157,7 +175,7 @@ def test_smoke_sweep_on_a_multinode_cluster_survives_losing_a_worker_node(tmp_pa
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    epochs = 6
+    epochs = 8
     overrides = {
         "train.epochs": str(epochs),
         "data.synthetic_train": "3072",
