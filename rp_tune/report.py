@@ -220,7 +220,7 @@ def build_report(
 def default_out_dir(sweep_dir: str) -> Path:
     """<sweep_dir>/report for a local sweep; ./<sweep name>-report for one on s3:// etc."""
     if storage.is_uri(sweep_dir):
-        return Path(f"{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}-report")
+        return Path(f"{storage.basename(sweep_dir)}-report")
     return Path(sweep_dir) / "report"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 def is_uri(location: str) -> bool:
@@ -21,15 +22,35 @@ def is_uri(location: str) -> bool:
 def resolve(location: str) -> str:
     """An absolute local path, or the URI unchanged: Ray refuses relative storage paths."""
     if is_uri(location):
-        return location.rstrip("/")
+        u = urlsplit(location)
+        return urlunsplit(u._replace(path=u.path.rstrip("/")))
     return str(Path(location).expanduser().resolve())
 
 
 def join(location: str, *parts: str) -> str:
-    """`location/part/...` for a path or a URI."""
+    """`location/part/...` for a path or a URI; a URI's query (e.g. an S3-compatible
+    server's `?endpoint_override=host:port&scheme=http`) stays at the end."""
     if is_uri(location):
-        return posixpath.join(location, *parts)
+        u = urlsplit(location)
+        return urlunsplit(u._replace(path=posixpath.join(u.path or "/", *parts)))
     return str(Path(location, *parts))
+
+
+def basename(location: str) -> str:
+    """The last part of a path or of a URI's path (its query left out)."""
+    path = urlsplit(location).path if is_uri(location) else location
+    return posixpath.basename(path.rstrip("/"))
+
+
+def on_storage_of(fs_path: str, like: str) -> str:
+    """A path as Ray's pyarrow filesystem gives it (on S3 `bucket/key`, no scheme), as a
+    location on the same storage as `like` (a path, or a URI whose scheme and query, e.g.
+    an endpoint override, it takes)."""
+    if not is_uri(like) or is_uri(fs_path) or urlsplit(like).scheme == "file":
+        return fs_path
+    u = urlsplit(like)
+    bucket, _, key = fs_path.lstrip("/").partition("/")
+    return urlunsplit((u.scheme, bucket, "/" + key, u.query, ""))
 
 
 def _fs(location: str):

@@ -489,7 +489,7 @@ def run_sweep(
             "train_storage": train_storage,
             "train_max_failures": train_max_failures,
             "fault": (
-                {"epoch": inject_fault_epoch, "dir": f"{train_storage}/_faults"}
+                {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
                 if inject_fault_epoch
                 else None
             ),

@@ -279,7 +279,7 @@ class SweepTracker:
             else:
                 run = client.create_run(
                     exp,
-                    run_name=Path(self.sweep_path).name,
+                    run_name=storage.basename(self.sweep_path),
                     tags={
                         "rp_tune.role": "sweep",
                         "rp_tune.sweep_path": self.sweep_path,
@@ -368,9 +368,9 @@ class SweepTracker:
             for key in ("ood_used", "ood_skipped"):
                 if result.get(key) is not None:
                     client.set_tag(run_id, f"rp_tune.{key}", str(result[key])[:5000])
-            ckpt = result.get("checkpoint_path")
+            ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
             if ckpt:
-                self._log_artifacts(run_id, str(ckpt))
+                self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
         client.set_tag(run_id, "rp_tune.status", status)
         if error:
             client.set_tag(run_id, "rp_tune.error", error[:5000])
@@ -387,6 +387,10 @@ class SweepTracker:
             out = Path(tmp) / "out"
             out.mkdir()
             masks_path = local / MASKS_FILE
+            if not masks_path.is_file():
+                log.warning(
+                    "no %s in the final checkpoint %s: artifacts left out", MASKS_FILE, checkpoint
+                )
             if masks_path.is_file():
                 shutil.copy(masks_path, out / MASKS_FILE)
                 import pyarrow.csv as pacsv

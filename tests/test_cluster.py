@@ -5,6 +5,7 @@ worker node while the smoke sweep runs."""
 import copy
 import importlib.util
 import json
+import logging
 import os
 import re
 import shlex
@@ -49,21 +50,65 @@ def _epochs_reported(sweep: Path) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("uri", [False, True])
-def test_storage_reads_and_writes_paths_and_uris(tmp_path, uri):
-    base = tmp_path.as_uri() if uri else str(tmp_path)
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """An S3-compatible server on loopback (moto) with an empty bucket; the URI of a prefix
+    in it, with the endpoint in its query as for MinIO or any S3-compatible store."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(key, value)
+    endpoint = f"127.0.0.1:{port}"
+    pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
+    ).create_dir("bucket")
+    yield f"s3://bucket/rp?endpoint_override={endpoint}&scheme=http"
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["path", "file", "s3"])
+def test_storage_reads_and_writes_paths_and_uris(tmp_path, kind, request):
+    base = {"path": str(tmp_path), "file": tmp_path.as_uri()}.get(kind) or request.getfixturevalue(
+        "s3_bucket"
+    )
     f = storage.join(base, "sweep", "summary.json")
     assert not storage.exists(f) and storage.list_names(storage.join(base, "sweep")) == []
     storage.write_text(f, "a\n")
     storage.append_text(f, "b\n")
-    assert storage.read_text(f) == "a\nb\n" and (tmp_path / "sweep" / "summary.json").is_file()
+    assert storage.read_text(f) == "a\nb\n"
     assert storage.list_names(storage.join(base, "sweep")) == ["summary.json"]
     storage.copy_to_local(storage.join(base, "sweep"), tmp_path / "copy")
     assert (tmp_path / "copy" / "summary.json").read_text() == "a\nb\n"
     storage.delete(f)
     assert not storage.exists(f)
+    if kind != "s3":
+        assert not (tmp_path / "sweep" / "summary.json").exists()
     assert storage.resolve("rel") == str(Path("rel").resolve())
     assert storage.resolve("s3://bucket/prefix/") == "s3://bucket/prefix"
+
+
+def test_uri_helpers_keep_the_query_and_map_rays_paths():
+    uri = "s3://bucket/rp?endpoint_override=h:9000&scheme=http"
+    assert storage.join(uri, "smoke", "summary.json") == (
+        "s3://bucket/rp/smoke/summary.json?endpoint_override=h:9000&scheme=http"
+    )
+    assert storage.join("s3://bucket", "smoke") == "s3://bucket/smoke"
+    assert storage.basename(storage.join(uri, "smoke")) == "smoke"
+    # Ray reports checkpoints as its filesystem's paths: `bucket/key` on S3
+    assert storage.on_storage_of("bucket/rp/smoke-train/c1", storage.join(uri, "smoke")) == (
+        "s3://bucket/rp/smoke-train/c1?endpoint_override=h:9000&scheme=http"
+    )
+    assert storage.on_storage_of("/data/c1", "/data/smoke") == "/data/c1"
+    assert storage.on_storage_of("/data/c1", "file:///data/smoke") == "/data/c1"
 
 
 def test_max_cluster_resources_counts_what_the_autoscaler_may_start():
@@ -162,6 +207,74 @@ def test_report_reads_a_sweep_on_a_uri(tmp_path):
     assert rep["trials"] == len(expand_space("smoke"))
     table = pq.read_table(rep["table"]).to_pylist()
     assert {r["status"] for r in table} == {"finished"} and {r["test_acc"] for r in table} == {0.5}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
+    """Results and checkpoints on an S3-compatible server: every trial's worker is SIGKILLed
+    once at epoch 2 and resumes from its epoch-1 checkpoint read back from S3; summary,
+    MLflow artifacts (masks from the S3 checkpoint) and the report all work from the URI."""
+    overrides = {"train.epochs": "3"}
+    db = tmp_path / "mlflow.db"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "run_sweep.py",
+            "--space",
+            "smoke",
+            "--num-cpus",
+            "2",
+            "--storage",
+            s3_bucket,
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--inject-fault",
+            "2",
+            *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    n = len(expand_space("smoke", overrides))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"trials: {n}  finished: {n}  failed: 0  resumed from a checkpoint: {n}" in r.stdout
+    sweep = storage.join(s3_bucket, "smoke")
+    summary = json.loads(storage.read_text(storage.join(sweep, "summary.json")))
+    assert {t["status"] for t in summary["trials"]} == {"finished"}
+    assert len(storage.list_names(storage.join(s3_bucket, "smoke-train", "_faults"))) == n
+    client = MlflowClient(f"sqlite:///{db}")
+    parents, children = mlflow_runs(client, "smoke")
+    assert [p.info.run_name for p in parents] == ["smoke"] and len(children) == n
+    configs = {c.sparsity.scheme: c for c in expand_space("smoke", overrides)}
+    for run in children:
+        cfg = configs[run.data.params["sparsity.scheme"]]
+        model = build_model(cfg.model.name)
+        plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+        local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
+        assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+    rep = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_sweep.py"),
+            "--space",
+            "smoke",
+            "--storage",
+            s3_bucket,
+            "--report",
+            "--no-tracking",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    table = pq.read_table(tmp_path / "smoke-report" / "results.parquet").to_pylist()
+    assert sorted(row["run_key"] for row in table) == sorted(
+        t["run_key"] for t in summary["trials"]
+    )
 
 
 @pytest.mark.slow
