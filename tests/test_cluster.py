@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import tomllib
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -94,6 +95,27 @@ def test_storage_reads_and_writes_paths_and_uris(tmp_path, kind, request):
         assert not (tmp_path / "sweep" / "summary.json").exists()
     assert storage.resolve("rel") == str(Path("rel").resolve())
     assert storage.resolve("s3://bucket/prefix/") == "s3://bucket/prefix"
+
+
+def test_a_dataset_in_s3_is_copied_to_the_node_cache_and_loads(tmp_path, s3_bucket, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from rp_tune import data
+    from rp_tune.config import DataConfig
+    from tests.helpers import write_tiny_cifar10
+
+    local = tmp_path / "datasets"
+    write_tiny_cifar10(local, n_train=50, n_test=10)
+    s3, prefix = pafs.FileSystem.from_uri(storage.join(s3_bucket, "datasets"))
+    pafs.copy_files(
+        str(local), prefix, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3
+    )
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "cache"))
+    root = storage.join(s3_bucket, "datasets")
+    got = data.load_arrays(DataConfig(name="cifar10", root=root, download=False))
+    want = data.load_arrays(DataConfig(name="cifar10", root=str(local), download=False))
+    assert all(torch.equal(a, b) for a, b in zip(got.train, want.train))
+    assert (data.data_cache(root) / "cifar-10-batches-py" / "test_batch").is_file()
 
 
 def test_uri_helpers_keep_the_query_and_map_rays_paths():
