@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import tomllib
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -568,6 +567,7 @@ def _check_command(argv: list[str], where: str, mounts: dict[str, str], made: se
             path, extras = (tok.split("[", 1) + [""])[:2]
             local = _local_path(path, mounts)
             if local is not None:
+                tomllib = pytest.importorskip("tomllib")  # Python 3.11+
                 project = tomllib.loads((local / "pyproject.toml").read_text())["project"]
                 for extra in filter(None, extras.rstrip("]").split(",")):
                     assert extra in project.get("optional-dependencies", {}), (where, extra)
