@@ -101,7 +101,7 @@ class SweepTracker:
         experiment: str,
         sweep_path: str,
         space: str,
-        sweep_dir: str | None = None,  # folder or URI for mlflow-pending.jsonl
+        sweep_dir: str | None = None,
         log_weights: bool = False,
         artifact_location: str | None = None,
     ) -> None:
@@ -387,16 +387,16 @@ class SweepTracker:
             out = Path(tmp) / "out"
             out.mkdir()
             masks_path = local / MASKS_FILE
-            if not masks_path.is_file():
-                log.warning(
-                    "no %s in the final checkpoint %s: artifacts left out", MASKS_FILE, checkpoint
-                )
             if masks_path.is_file():
                 shutil.copy(masks_path, out / MASKS_FILE)
                 import pyarrow.csv as pacsv
 
                 rows = density_report(Masks.load(masks_path))
                 pacsv.write_csv(report_table(rows), out / "density_report.csv")
+            else:
+                log.warning(
+                    "no %s in the final checkpoint %s: no masks logged", MASKS_FILE, checkpoint
+                )
             if (local / GRAD_FLOW_FILE).is_file():
                 shutil.copy(local / GRAD_FLOW_FILE, out / GRAD_FLOW_FILE)
             if (local / HISTORY_FILE).is_file():
