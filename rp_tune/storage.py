@@ -58,7 +58,7 @@ def _fs(location: str):
 
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).resolve())
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
 
 
 def exists(location: str) -> bool:
