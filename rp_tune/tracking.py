@@ -305,8 +305,10 @@ class SweepTracker:
             f"tags.`rp_tune.run_key` = '{run_key}'",
             max_results=1,
         )
+        logged: dict[str, str] = {}
         if found:
             run_id = found[0].info.run_id
+            logged = found[0].data.params
             history = client.get_metric_history(run_id, "train_loss")
             self._last_step[run_id] = max((m.step for m in history), default=0)
             client.update_run(run_id, status="RUNNING")
@@ -322,12 +324,14 @@ class SweepTracker:
             }
             run = client.create_run(exp, run_name=run_key, tags=tags)
             run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            params = [Param(k, _param(v)) for k, v in sorted(flat.items())]
-            for i in range(0, len(params), 90):
-                client.log_batch(run_id, params=params[i : i + 90])
             self._last_step[run_id] = 0
+        # Also for a run found again: the server may have gone down between creating it and
+        # logging its params, and the retried event lands here.
+        from mlflow.entities import Param
+
+        params = [Param(k, _param(v)) for k, v in sorted(flat.items()) if k not in logged]
+        for i in range(0, len(params), 90):
+            client.log_batch(run_id, params=params[i : i + 90])
         self._runs[run_key] = run_id
         return run_id
 

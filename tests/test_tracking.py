@@ -249,3 +249,29 @@ def test_report_separates_static_set_and_rigl():
         {**_row("m", "erk", 0.1, 0, 0.7), "sparsity.mode": "dynamic", "sparsity.growth": "random"},
     ]
     assert sorted(grouped(rows, "test_acc")["m"]) == ["erk", "erk+rigl", "erk+set"]
+
+
+def test_a_child_created_without_its_params_gets_them_when_found_again(tmp_path):
+    """The server can go down between creating a trial's run and logging its params; the
+    retried event finds the run and must still log the params."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = str(tmp_path / "sweep")
+    t = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke")
+    t.trial_result("k0", _flat(), {"epoch": 1, "train_loss": 1.0})
+    assert t.close(timeout_s=60) == 0
+    client = MlflowClient(uri)
+    parents, _ = mlflow_runs(client, "exp")
+    exp = client.get_experiment_by_name("exp").experiment_id
+    bare = client.create_run(
+        exp,
+        run_name="k1",
+        tags={"mlflow.parentRunId": parents[0].info.run_id, "rp_tune.run_key": "k1"},
+    )
+    t2 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke")
+    t2.trial_result("k1", _flat(), {"epoch": 1, "train_loss": 2.0})
+    assert t2.close(timeout_s=60) == 0
+    run = client.get_run(bare.info.run_id)
+    assert (
+        run.data.params["sparsity.scheme"] == "erk" and run.data.params["train.milestones"] == "1,2"
+    )
+    assert len(mlflow_runs(client, "exp")[1]) == 2
