@@ -158,6 +158,19 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
+def _terminated(path: Path) -> set[str]:
+    """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # being written
+        return set()
+    trials = [json.loads(entry[0]) for entry in data.get("trial_data", [])]
+    return {t["relative_logdir"] for t in trials if t.get("status") == "TERMINATED"}
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     res = tmp_path / "res"
@@ -187,8 +200,14 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         while time.time() < deadline:
             time.sleep(1)
             if exp.is_dir():
+                # finished, and saved as finished in Tune's experiment state (written every
+                # ~10 s): a trial killed before that is unfinished for --resume, and Tune
+                # starts its result.json again
+                terminated = _terminated(exp)
                 done = {
-                    k: v for k, v in _results(exp).items() if any("test_acc" in row for row in v)
+                    k: v
+                    for k, v in _results(exp).items()
+                    if any("test_acc" in row for row in v) and k in terminated
                 }
                 if len(done) >= 1:
                     finished = {k: (exp / k / "result.json").read_bytes() for k in done}
