@@ -75,9 +75,12 @@ DYNAMIC_KEYS = (
     "sparsity.growth",
     "sparsity.update_frequency",
     "sparsity.death_rate",
+    "sparsity.drop_schedule",
     "sparsity.death_rate_final",
     "sparsity.stop_at",
 )
+# Drop-fraction schedules of dynamic sparse training (rp_tune.dst.death_rate).
+DROP_SCHEDULES = ("rigl", "cosine_whole_run")
 # Keys that change where or how fast a trial runs, never its result: left out of run_key so
 # the same experiment keeps its name on another machine or cluster.
 NOT_HASHED = ("data.root", "data.download", "data.num_workers", "train.checkpoint_every")
@@ -103,7 +106,9 @@ class DataConfig:
     name: str = "cifar10"
     root: str = "data"
     download: bool = True
-    val_fraction: float = 0.1
+    # held-out share of the training set for model selection; None: 0.1 for the CIFAR-sized
+    # sets (45k/5k, as both papers), 0.0 for ImageNet (both papers train on all of it)
+    val_fraction: float | None = None
     num_classes: int = 0  # 0: the dataset's own (CIFAR-10: 10, ...; image folder: its classes)
     num_workers: int = 8  # DataLoader workers for image folders; small sets live on the device
     image_size: int = 224  # train/eval crop for image folders
@@ -113,6 +118,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             _fail("data.name", self.name, str(list(DATASETS)))
+        if self.val_fraction is None:
+            object.__setattr__(self, "val_fraction", 0.0 if self.name == "imagenet" else 0.1)
         if not 0.0 <= self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
         if self.num_classes < 0:
@@ -136,13 +143,18 @@ class SparsityConfig:
     density: float = 0.1  # kept fraction of all conv/linear weights; 1.0 = dense
     sampling: str = "exact"
     fc_density: float = 1.0  # erk_plus: classifier density
-    score_batch: int = 128  # snip/grasp: images in the scoring batch (grasp: per class / 10)
+    score_batch: int = 128  # snip: images in the scoring batch (Liu et al.: 128)
+    grasp_per_class: int = 10  # grasp: images per class in its class-balanced batch (paper: 10)
     mode: str = "static"  # static: fixed mask; dynamic: drop-and-grow (SET / RigL)
     growth: str = "gradient"  # dynamic: random (SET) or gradient (RigL); drop is by magnitude
     update_frequency: int = 100  # dynamic: steps between mask updates
-    death_rate: float = 0.5  # dynamic: fraction of kept weights replaced, cosine-decayed ...
-    death_rate_final: float = 0.005  # ... to this at the end of training
-    stop_at: float = 0.75  # dynamic: fraction of training after which the mask freezes
+    death_rate: float = 0.5  # dynamic: initial fraction of kept weights replaced per update
+    # rigl: cosine decay from death_rate to 0 at stop_at, no update after (Evci et al. 2020);
+    # cosine_whole_run: cosine to death_rate_final over the whole run, updates never stop
+    # (the released code of Liu et al.)
+    drop_schedule: str = "rigl"
+    death_rate_final: float = 0.005  # cosine_whole_run only: the rate at the end of training
+    stop_at: float = 0.75  # rigl only: fraction of training after which the mask freezes
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -155,8 +167,11 @@ class SparsityConfig:
             _fail("sparsity.sampling", self.sampling, str(list(SAMPLINGS)))
         if not 0.0 < self.fc_density <= 1.0:
             _fail("sparsity.fc_density", self.fc_density, "a number in (0, 1]")
-        if self.score_batch < 1:
-            _fail("sparsity.score_batch", self.score_batch, "an integer >= 1")
+        for key in ("score_batch", "grasp_per_class"):
+            if getattr(self, key) < 1:
+                _fail(f"sparsity.{key}", getattr(self, key), "an integer >= 1")
+        if self.drop_schedule not in DROP_SCHEDULES:
+            _fail("sparsity.drop_schedule", self.drop_schedule, str(list(DROP_SCHEDULES)))
         if self.mode not in MODES:
             _fail("sparsity.mode", self.mode, str(list(MODES)))
         if self.growth not in GROWTHS:
@@ -226,7 +241,7 @@ DEFAULT_OOD = {
     "cifar10": ("cifar100", "svhn", "gaussian"),
     "cifar100": ("cifar10", "svhn", "gaussian"),
     "svhn": ("cifar10", "cifar100", "gaussian"),
-    "synthetic": ("cifar100", "svhn", "gaussian"),
+    "synthetic": ("gaussian",),  # fake images: real OoD sets would say nothing
     "imagenet": ("imagenet_o",),
 }
 
@@ -237,9 +252,12 @@ class EvaluationConfig:
     ece: bool = True  # 15-bin ECE on validation (every epoch) and test
     fgsm: bool = True  # FGSM robust test accuracy at the end
     fgsm_eps: float = 8 / 255  # in [0, 1] pixel space
-    ood: bool = True  # OoD ROC-AUC (max softmax probability) at the end
-    ood_sets: tuple[str, ...] = ()  # empty: the dataset's defaults (DEFAULT_OOD)
-    ood_download: bool = False  # fetch absent OoD sets; otherwise they are skipped, logged
+    ood: bool = True  # OoD ROC-AUC (max softmax probability) at the end; false: none
+    # empty: the dataset's defaults (DEFAULT_OOD). Every set named is data the sweep needs:
+    # checked before Ray starts like the training set. To run without the real sets, say so:
+    # evaluation.ood_sets=gaussian, or evaluation.ood=false.
+    ood_sets: tuple[str, ...] = ()
+    ood_download: bool = False  # fetch absent OoD sets (torchvision) before the sweep starts
     grad_flow_every: int = 100  # effective gradient flow every k steps; 0 disables
     grad_flow_steps: int = 20_000  # ... for the first N steps (paper: 20k iterations)
 
@@ -327,6 +345,13 @@ class TrialConfig:
             for key in RECIPES[self.train.recipe]:  # let the new recipe fill its own values
                 base.pop(f"train.{key}")
         return from_flat({**base, **flat})
+
+
+def ood_sets(cfg: TrialConfig) -> tuple[str, ...]:
+    """The OoD sets a trial evaluates: evaluation.ood_sets, else its dataset's defaults."""
+    if not cfg.evaluation.ood:
+        return ()
+    return cfg.evaluation.ood_sets or DEFAULT_OOD.get(cfg.data.name, ())
 
 
 def to_flat(cfg: TrialConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,13 +142,53 @@ def _torchvision_cifar(kind: str):
     return Cifar
 
 
+def write_svhn_split(
+    root: str | os.PathLike, split: str, images: np.ndarray, labels: np.ndarray
+) -> Path:
+    """Write uint8 NHWC images and labels 0..9 as SVHN's `<split>_32x32.mat` (format 2) in
+    `root`, and its md5 in the root's checksum manifest, which the loader accepts besides
+    torchvision's own checksums (for converted files and test fixtures)."""
+    from scipy.io import savemat
+
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{split}_32x32.mat"
+    y = np.asarray(labels, dtype=np.uint8).reshape(-1, 1)
+    savemat(path, {"X": images.transpose(1, 2, 3, 0), "y": np.where(y == 0, 10, y)})
+    manifest = root / MANIFEST
+    sums = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    sums[path.name] = _md5(path)
+    manifest.write_text(json.dumps(sums, indent=1))
+    return path
+
+
+def _torchvision_svhn():
+    import torchvision
+
+    class SVHN(torchvision.datasets.SVHN):
+        """torchvision's loader; integrity also accepts rp_tune's checksum manifest."""
+
+        def _check_integrity(self) -> bool:
+            if super()._check_integrity():
+                return True
+            manifest = Path(self.root) / MANIFEST
+            path = Path(self.root) / self.filename
+            if not (manifest.is_file() and path.is_file()):
+                return False
+            return json.loads(manifest.read_text()).get(self.filename) == _md5(path)
+
+    return SVHN
+
+
 DATA_CACHE_ENV = "RP_TUNE_DATA_CACHE"
 DATA_CACHE = "~/.cache/rp_tune/data"
 # What each dataset occupies inside data.root (torchvision's own layout, and image folders).
 ENTRIES: dict[str, tuple[str, ...]] = {
     "cifar10": ("cifar-10-batches-py",),
     "cifar100": ("cifar-100-python",),
-    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+    "svhn": ("train_32x32.mat", "test_32x32.mat", MANIFEST),
     "imagenet": ("imagenet",),
     "imagenet_o": ("imagenet-o",),
 }
@@ -218,39 +259,249 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _locked_fetch(cfg: DataConfig, fetch):
-    """Run fetch() holding a lock in the data root, turning failures into DataError."""
+# What a dataset must look like inside data.root, and how to get it there: every message that
+# says a dataset is unusable names both.
+LAYOUTS: dict[str, str] = {
+    "cifar10": "cifar-10-batches-py/ holding data_batch_1..5, test_batch, batches.meta "
+    "(torchvision's layout: cifar-10-python.tar.gz extracted there)",
+    "cifar100": "cifar-100-python/ holding train, test, meta "
+    "(torchvision's layout: cifar-100-python.tar.gz extracted there)",
+    "svhn": "train_32x32.mat and test_32x32.mat (torchvision's SVHN, format 2 .mat files)",
+    "imagenet": "imagenet/train/<class>/*.JPEG and imagenet/val/<class>/*.JPEG, the same "
+    "class folders in both (the validation images sorted into class folders)",
+    "imagenet_o": "imagenet-o/<class>/*.jpg (ImageNet-O, images in class folders)",
+}
+DOWNLOADABLE = ("cifar10", "cifar100", "svhn")  # torchvision can fetch these
+
+
+def dataset_error(
+    name: str,
+    root: str,
+    problem: str,
+    *,
+    download_key: str = "data.download",
+    downloaded: bool = False,
+    ood: bool = False,
+    can_download: bool = True,
+    where: str | None = None,
+) -> DataError:
+    """One message: which dataset, where, what is wrong, the layout expected there, the fixes.
+
+    where: how to name the root when it is not `root` itself (a URI and this node's copy)."""
+    fixes = []
+    if name in DOWNLOADABLE and can_download:
+        if downloaded:
+            fixes.append(
+                "the download failed: check this machine's network, or download it elsewhere "
+                "and place it there"
+            )
+        else:
+            fixes.append(f"--set {download_key}=true to let torchvision download it there")
+    fixes.append("place the files there by hand")
+    if name in ("cifar10", "cifar100") and storage.is_uri(root):
+        fixes.append(
+            f"build it from a folder of images (python -m rp_tune.data prepare {name} "
+            f"--from-folder DIR --root LOCAL) and copy LOCAL/{ENTRIES[name][0]} to {root}"
+        )
+    elif name in ("cifar10", "cifar100"):
+        fixes.append(
+            f"build it from a folder of images: python -m rp_tune.data prepare {name} "
+            f"--from-folder DIR --root {root}"
+        )
+    if ood:
+        fixes.append(
+            "run without it, explicitly: --set evaluation.ood_sets=gaussian "
+            "(or evaluation.ood=false)"
+        )
+    else:
+        fixes.append("point data.root at the folder that holds it")
+    shown = where if where is not None else repr(root)
+    return DataError(
+        f"dataset {name} at data.root={shown}: {problem}\n"
+        f"  expected there: {LAYOUTS.get(name, '(no fixed layout)')}\n"
+        f"  to fix: " + "; or ".join(fixes)
+    )
+
+
+def _locked_fetch(cfg: DataConfig, fetch, download_key: str = "data.download", ood: bool = False):
+    """Run fetch(root) holding a lock in the data root, turning failures into DataError."""
     root = local_data_root(cfg.root, cfg.name)
     where = f"{cfg.root} (copied to {root} on this node)" if storage.is_uri(cfg.root) else str(root)
-    if not cfg.download and not root.is_dir():
-        raise DataError(
-            f"{cfg.name} at data.root={where!r} is missing or corrupt (no such folder); "
-            "set data.download=true to fetch it, or point data.root at the dataset"
+
+    def error(problem: str) -> DataError:
+        return dataset_error(
+            cfg.name,
+            cfg.root,
+            problem,
+            download_key=download_key,
+            downloaded=cfg.download,
+            ood=ood,
+            where=repr(where),
         )
+
+    if not cfg.download and not root.is_dir():
+        raise error("missing or corrupt (no such folder)")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"data.root={cfg.root!r} cannot be created: {e}") from e
+        raise error(f"the folder cannot be created ({e})") from e
     with FileLock(str(root / f".{cfg.name}.lock")):
         try:
             return fetch(str(root))
         except DataError:
             raise
         except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ...
-            hint = (
-                "set data.download=true to fetch it"
-                if not cfg.download
-                else "the download failed; check the network or place the files there yourself"
-            )
-            raise DataError(
-                f"{cfg.name} at data.root={where!r} is missing or corrupt ({e}); {hint}"
-            ) from e
+            raise error(f"missing or corrupt ({type(e).__name__}: {e})") from e
 
 
 def _split_train(n: int, val_fraction: float) -> tuple[slice, slice]:
     """Last val_fraction of the training set is validation (CIFAR: 45k / 5k)."""
     n_val = int(round(n * val_fraction))
     return slice(0, n - n_val), slice(n - n_val, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-flight: every dataset a sweep needs, present and intact before anything starts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Need:
+    """A dataset some trial reads: name, data.root, whether it may be downloaded, its splits."""
+
+    name: str
+    root: str
+    download: bool
+    splits: tuple[str, ...]  # "train", "test"
+    ood: bool  # read as an OoD set (its download switch is evaluation.ood_download)
+
+    @property
+    def download_key(self) -> str:
+        return "evaluation.ood_download" if self.ood else "data.download"
+
+
+def needed_datasets(configs) -> list[Need]:
+    """The datasets the trials read (training sets and OoD sets), each once.
+
+    synthetic and gaussian are generated, never read; OoD sets use their test split only.
+    """
+    from .config import ood_sets
+
+    out: dict[tuple[str, str], Need] = {}
+
+    def add(need: Need) -> None:
+        key = (need.name, need.root)
+        if key in out:  # the same files: the union of splits, download if any trial allows it
+            old = out[key]
+            splits = tuple(sorted(set(old.splits) | set(need.splits)))
+            need = Need(
+                need.name, need.root, old.download or need.download, splits, old.ood and need.ood
+            )
+        out[key] = need
+
+    for cfg in configs:
+        d = cfg.data
+        if d.name != "synthetic":
+            add(Need(d.name, d.root, d.download, ("test", "train"), False))
+        for name in ood_sets(cfg):
+            if name == "gaussian":
+                continue
+            add(Need(name, d.root, cfg.evaluation.ood_download, ("test",), True))
+    return list(out.values())
+
+
+URI_ENTRIES = {
+    "imagenet": ("imagenet/train", "imagenet/val"),
+    "imagenet_o": ("imagenet-o",),
+}
+
+
+def ensure_dataset(need: Need) -> None:
+    """Make sure `need` is present and intact at its root, downloading it once where allowed.
+
+    Small sets are read through their real loaders (torchvision's checksums, or the manifest
+    of converted files) under the node's file lock, downloading when allowed; image folders
+    are checked for their class folders. A failed attempt leaves nothing behind: a root this
+    call created is removed, and so is anything it added to an existing root. A URI root is
+    only checked for the entries (each node copies them later; nothing is downloaded into a
+    URI). Raises DataError naming the dataset, the root, the layout and the fixes.
+    """
+    kw = dict(download_key=need.download_key, downloaded=need.download, ood=need.ood)
+    if storage.is_uri(need.root):
+        if need.name in URI_ENTRIES:
+            entries = URI_ENTRIES[need.name]
+        elif need.name == "svhn":
+            entries = tuple(f"{s}_32x32.mat" for s in need.splits)
+        else:
+            entries = ENTRIES[need.name]
+        try:
+            missing = [e for e in entries if not storage.exists(storage.join(need.root, e))]
+        except Exception as e:  # credentials, unknown bucket, no network
+            raise dataset_error(
+                need.name, need.root, f"the root cannot be read ({e})", can_download=False, **kw
+            ) from None
+        if missing:
+            raise dataset_error(
+                need.name,
+                need.root,
+                f"not there: {missing} missing (a URI root is copied from, never downloaded into)",
+                can_download=False,
+                **kw,
+            )
+        return
+    root = Path(need.root).expanduser()
+    existed = root.exists()
+    before = set(os.listdir(root)) if root.is_dir() else set()
+    try:
+        if need.name == "imagenet":
+            train = _class_folders(need, root / "imagenet" / "train")
+            val = _class_folders(need, root / "imagenet" / "val")
+            if train != val:
+                raise dataset_error(
+                    need.name,
+                    str(root),
+                    f"train has {len(train)} class folders and val {len(val)}, "
+                    f"{len(set(train) ^ set(val))} differ: the class indices would not match",
+                    **kw,
+                )
+        elif need.name == "imagenet_o":
+            _class_folders(need, root / "imagenet-o")
+        else:
+            cfg = DataConfig(name=need.name, root=str(root), download=need.download)
+            for split in need.splits:
+                read_split(cfg, split == "train", download_key=need.download_key, ood=need.ood)
+    except DataError:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        elif root.is_dir():
+            for name in set(os.listdir(root)) - before:
+                _remove(root / name)
+        raise
+
+
+def _class_folders(need: Need, path: Path) -> list[str]:
+    """Sorted class folder names under `path`; DataError if none or the first holds no image."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    kw = dict(download_key=need.download_key, ood=need.ood)
+    if not path.is_dir():
+        raise dataset_error(need.name, need.root, f"no folder {path}", **kw)
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    if not classes:
+        raise dataset_error(need.name, need.root, f"no class folders in {path}", **kw)
+    first = path / classes[0]
+    if not any(f.name.lower().endswith(IMG_EXTENSIONS) for f in os.scandir(first)):
+        raise dataset_error(need.name, need.root, f"no image files in {first}", **kw)
+    return classes
+
+
+def ensure_datasets(configs) -> list[Need]:
+    """ensure_dataset for every dataset the trials need; returns what was checked."""
+    needs = needed_datasets(configs)
+    for need in needs:
+        ensure_dataset(need)
+        log.info("dataset %s at %s: present (%s)", need.name, need.root, ", ".join(need.splits))
+    return needs
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,33 +526,47 @@ class ArraySplits:
         return ArraySplits(mv(self.train), mv(self.val), mv(self.test), self.num_classes, self.name)
 
 
-def synthetic_arrays(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable fake images: a fixed random template per class plus noise, uint8 NHWC."""
-    rng = np.random.default_rng(derived_seed(seed, "synthetic-templates"))
+def synthetic_arrays(
+    n: int, num_classes: int, seed: int, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake images, uint8 NHWC: a random template per class plus Gaussian noise.
+
+    The templates depend on `seed` only, so every split shows the same classes; labels and
+    noise depend on (seed, split, n), so the splits hold different images.
+    """
+    rng = np.random.default_rng(derived_seed(seed, "synthetic-templates", num_classes))
     templates = rng.uniform(40, 215, size=(num_classes, 32, 32, 3))
-    rng = np.random.default_rng(derived_seed(seed, "synthetic", n))
+    rng = np.random.default_rng(derived_seed(seed, "synthetic", split, n))
     labels = rng.integers(0, num_classes, size=n)
     images = templates[labels] + rng.normal(0, 40, size=(n, 32, 32, 3))
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def read_split(cfg: DataConfig, train: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """(uint8 NHWC images, int labels, number of classes) of one split of a small dataset."""
+def read_split(
+    cfg: DataConfig,
+    train: bool,
+    seed: int = 0,
+    *,
+    download_key: str = "data.download",
+    ood: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 NHWC images, int labels, number of classes) of one split of a small dataset.
+
+    download_key / ood: how a failure message names the switch that allows the download (the
+    training set's `data.download`, an OoD set's `evaluation.ood_download`)."""
+    kw = dict(download_key=download_key, ood=ood)
     if cfg.name == "synthetic":
         n = cfg.synthetic_train if train else cfg.synthetic_test
-        x, y = synthetic_arrays(n, cfg.classes, seed if train else seed + 1)
+        x, y = synthetic_arrays(n, cfg.classes, seed, "train" if train else "test")
         return x, y, cfg.classes
     if cfg.name in ("cifar10", "cifar100"):
         cls = _torchvision_cifar(cfg.name)
-        ds = _locked_fetch(cfg, lambda root: cls(root, train=train, download=cfg.download))
+        ds = _locked_fetch(cfg, lambda root: cls(root, train=train, download=cfg.download), **kw)
         return ds.data, np.asarray(ds.targets), len(ds.classes)
     if cfg.name == "svhn":
-        import torchvision
-
         split = "train" if train else "test"
-        ds = _locked_fetch(
-            cfg, lambda root: torchvision.datasets.SVHN(root, split=split, download=cfg.download)
-        )
+        svhn = _torchvision_svhn()
+        ds = _locked_fetch(cfg, lambda root: svhn(root, split=split, download=cfg.download), **kw)
         return ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels), 10
     raise DataError(f"data.name={cfg.name!r} is not a small in-memory dataset")
 
@@ -454,20 +719,27 @@ def imagenet_loaders(
 ):
     """(train, val, test, num_classes) DataLoaders for `<root>/imagenet/{train,val}`.
 
-    Validation is the last val_fraction of a seeded permutation of the training folder; test is
-    the official validation folder. Training batches come from a DistributedSampler-style shard
-    reseeded per epoch by `set_epoch`.
+    Training uses the whole training folder, as both papers do (data.val_fraction defaults to
+    0 for ImageNet; val is then None). Asked for, validation is a fixed split: the last
+    val_fraction of one permutation seeded by a constant, the same for every trial and seed,
+    taken out of training. Test is the official validation folder. Training batches come from
+    a DistributedSampler-style shard reseeded per epoch by `set_epoch`.
     """
     from torch.utils.data import DataLoader, Subset
     from torch.utils.data.distributed import DistributedSampler
 
     root = local_data_root(cfg.root, "imagenet") / "imagenet"
     train_full = image_folder(root / "train", cfg.image_size, train=True)
-    train_eval = image_folder(root / "train", cfg.image_size, train=False)
     test = image_folder(root / "val", cfg.image_size, train=False)
-    perm = np.random.default_rng(derived_seed(seed, "imagenet-split")).permutation(len(train_full))
-    tr_s, va_s = _split_train(len(perm), cfg.val_fraction)
-    train_set, val_set = Subset(train_full, perm[tr_s]), Subset(train_eval, perm[va_s])
+    train_set: Any = train_full
+    val_set = None
+    if cfg.val_fraction > 0:
+        train_eval = image_folder(root / "train", cfg.image_size, train=False)
+        perm = np.random.default_rng(derived_seed("imagenet-val-split")).permutation(
+            len(train_full)
+        )
+        tr_s, va_s = _split_train(len(perm), cfg.val_fraction)
+        train_set, val_set = Subset(train_full, perm[tr_s]), Subset(train_eval, perm[va_s])
     sampler = DistributedSampler(
         train_set,
         num_replicas=world,
@@ -482,6 +754,6 @@ def imagenet_loaders(
         persistent_workers=cfg.num_workers > 0,
     )
     train = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **kw)
-    val = DataLoader(val_set, eval_batch, shuffle=False, **kw)
+    val = DataLoader(val_set, eval_batch, shuffle=False, **kw) if val_set is not None else None
     tst = DataLoader(test, eval_batch, shuffle=False, **kw)
     return train, val, tst, cfg.num_classes or len(train_full.classes)

@@ -1,12 +1,16 @@
 """Dynamic sparse training from a random start: SET (random regrowth) and RigL (gradient).
 
 Every `update_frequency` steps until `stop_at` of training, per masked layer:
-- drop: the round(r * k) kept weights of smallest magnitude (r = death rate, k = kept count),
-- grow: as many positions among those pruned before this update (never the ones just
-  dropped): uniformly at random (SET, Mocanu et al. 2018) or of largest dense-gradient
-  magnitude (RigL, Evci et al. 2020);
+- drop: the round(r * k) kept weights of smallest magnitude (r = drop fraction, k = kept),
+- grow: as many positions among all those inactive after the drop (the ones just dropped
+  included, as in RigL's `sparse_utils`): uniformly at random (SET, Mocanu et al. 2018) or of
+  largest dense-gradient magnitude (RigL, Evci et al. 2020);
 regrown weights start at zero and their momentum is reset; per-layer counts stay exact.
-The death rate decays by a cosine from `initial` to `final` over training.
+
+Drop-fraction schedules (`death_rate`): "rigl", RigL's cosine decay from the initial fraction
+to 0 at `stop_at` of training, no update after it (Evci et al. 2020, Eq. 1); and
+"cosine_whole_run", a cosine from the initial fraction to `final` over the whole run with
+updates to the end (what the released code of Liu et al. does), kept as a named variant.
 
 Random growth draws from a generator seeded by (trial seed, step), so a resumed run makes the
 same updates as an unbroken one without any generator state in the checkpoint.
@@ -21,22 +25,46 @@ from dataclasses import dataclass
 import torch
 
 GROWTHS = ("random", "gradient")
+SCHEDULES = ("rigl", "cosine_whole_run")
 
 
-def death_rate(step: int, total_steps: int, initial: float = 0.5, final: float = 0.005) -> float:
-    """final + (initial - final) / 2 * (1 + cos(pi * step / total_steps))."""
-    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
-    return final + 0.5 * (initial - final) * (1.0 + math.cos(math.pi * t))
+def death_rate(
+    step: int,
+    total_steps: int,
+    initial: float = 0.5,
+    final: float = 0.005,
+    *,
+    schedule: str = "rigl",
+    stop_at: float = 0.75,
+) -> float:
+    """The drop fraction at `step`.
+
+    rigl: initial / 2 * (1 + cos(pi * step / T_end)), T_end = stop_at * total_steps; 0 after.
+    cosine_whole_run: final + (initial - final) / 2 * (1 + cos(pi * step / total_steps)).
+    """
+    if schedule == "rigl":
+        end = stop_at * total_steps
+        if end <= 0 or step >= end:
+            return 0.0
+        return 0.5 * initial * (1.0 + math.cos(math.pi * max(step, 0) / end))
+    if schedule == "cosine_whole_run":
+        t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+        return final + 0.5 * (initial - final) * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown drop schedule {schedule!r}; valid choices: {SCHEDULES}")
 
 
-def is_update_step(step: int, frequency: int, total_steps: int, stop_at: float) -> bool:
-    """Steps k * frequency (k >= 1) before stop_at * total_steps."""
-    return step > 0 and step % frequency == 0 and step < stop_at * total_steps
+def is_update_step(
+    step: int, frequency: int, total_steps: int, stop_at: float, schedule: str = "rigl"
+) -> bool:
+    """Steps k * frequency (k >= 1); under rigl only before stop_at * total_steps."""
+    if step <= 0 or step % frequency:
+        return False
+    return schedule == "cosine_whole_run" or step < stop_at * total_steps
 
 
 @dataclass
 class UpdateStats:
-    changed: int  # connections regrown (= dropped) over all layers
+    changed: int  # connections moved over all layers (regrown where none was before)
     per_layer: list[int]
 
 
@@ -62,31 +90,36 @@ def update_masks_(
     for i, (w, m) in enumerate(zip(weights, masks)):
         kept = m.detach().contiguous().view(-1) > 0  # logical (NCHW) order for every tensor
         k = int(kept.sum())
-        pruned_before = (~kept).nonzero().squeeze(1)
-        n = min(int(round(rate * k)), k, pruned_before.numel())
+        # a layer with no inactive position (dense under ERK at low density) is left alone
+        n = min(int(round(rate * k)), k, kept.numel() - k)
         if n == 0:
             per_layer.append(0)
             continue
         # drop the n smallest-magnitude kept weights
         mag = w.detach().abs().contiguous().view(-1).masked_fill(~kept, float("inf"))
         drop = torch.topk(mag, n, largest=False, sorted=False).indices
-        # grow n among the positions pruned before this update
+        after_drop = kept.clone()
+        after_drop[drop] = False
+        inactive = (~after_drop).nonzero().squeeze(1)  # grow candidates, just-dropped included
+        # grow n among every position inactive after the drop
         if growth == "random":
             device = generator.device if generator is not None else torch.device("cpu")
-            pick = torch.randperm(pruned_before.numel(), generator=generator, device=device)
-            grow = pruned_before[pick[:n].to(pruned_before.device)]
+            pick = torch.randperm(inactive.numel(), generator=generator, device=device)
+            grow = inactive[pick[:n].to(inactive.device)]
         else:
             g = grads[i]
             if g is None:
                 raise ValueError("gradient growth needs the dense gradient of every layer")
-            score = g.detach().abs().contiguous().view(-1)[pruned_before]
-            grow = pruned_before[torch.topk(score, n, sorted=False).indices]
+            score = g.detach().abs().contiguous().view(-1)[inactive]
+            grow = inactive[torch.topk(score, n, sorted=False).indices]
         _set_flat(m, drop, 0.0)
         _set_flat(m, grow, 1.0)
+        # dropped weights are zeroed; regrown ones (a just-dropped one too) start at zero
         _set_flat(w, torch.cat([drop, grow]), 0.0)
         if momenta is not None and momenta[i] is not None:
             _set_flat(momenta[i], grow, 0.0)
-        per_layer.append(n)
+        # connections that moved: regrown positions that were inactive before the update
+        per_layer.append(n - int(torch.isin(grow, drop).sum()))
     return UpdateStats(changed=sum(per_layer), per_layer=per_layer)
 
 

@@ -109,49 +109,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def check_data_roots(configs: Sequence[TrialConfig]) -> None:
-    """Datasets that may not be downloaded must already be under their data.root.
+    """Every dataset any trial reads (training and OoD sets) is present and intact before Ray
+    starts, downloaded once here where allowed (`rp_tune.data.ensure_datasets`); otherwise one
+    SweepError naming the dataset, the root, the layout expected there and the fixes."""
+    from .data import DataError, ensure_datasets
 
-    A URI root (s3://...) is checked where it is: each node copies from it later.
-    """
-    from .data import ENTRIES
-
-    seen: set[tuple[str, str, bool]] = set()
-    for cfg in configs:
-        d = cfg.data
-        if d.name == "synthetic" or (d.name, d.root, d.download) in seen:
-            continue
-        seen.add((d.name, d.root, d.download))
-        if store.is_uri(d.root):
-            if d.name == "imagenet" or not d.download:
-                needed = (
-                    ("imagenet/train", "imagenet/val") if d.name == "imagenet" else ENTRIES[d.name]
-                )
-                try:
-                    missing = [e for e in needed if not store.exists(store.join(d.root, e))]
-                except Exception as e:  # credentials, unknown bucket, no network
-                    raise SweepError(f"data.root={d.root!r} cannot be read: {e}") from None
-                if missing:
-                    raise SweepError(
-                        f"data.root={d.root!r}: {d.name} entries missing there: {missing}"
-                    )
-            continue
-        root = Path(d.root).expanduser()
-        if d.name == "imagenet":
-            missing_dirs = [
-                p
-                for p in (root / "imagenet" / "train", root / "imagenet" / "val")
-                if not p.is_dir()
-            ]
-            if missing_dirs:
-                raise SweepError(
-                    f"data.root={d.root!r}: ImageNet folders missing: "
-                    f"{[str(p) for p in missing_dirs]}"
-                )
-        elif not d.download and not root.is_dir():
-            raise SweepError(
-                f"data.root={d.root!r} does not exist and data.download=false; "
-                "point data.root at the data or allow the download"
-            )
+    try:
+        ensure_datasets(configs)
+    except DataError as e:
+        raise SweepError(str(e)) from None
 
 
 def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
@@ -200,6 +166,52 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
 # --------------------------------------------------------------------------------------------
 
 FAULT_MARKER = "injected-fault-{key}"
+DATA_ERRORS = "_data_errors"  # <train storage>/_data_errors/<run_key>: a trial's data error
+DATA_ERROR_TAG = "[rp_tune data error]"
+
+
+class TrialDataError(RuntimeError):
+    """A trial's data is missing or corrupt where it ran: not a crash, so never retried."""
+
+
+def _data_error_message(error: BaseException) -> str | None:
+    """The DataError message carried by a worker's exception (wrapped by Ray), or None."""
+    seen: set[int] = set()
+    stack: list[Any] = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if DATA_ERROR_TAG in text:
+            body = text[text.index(DATA_ERROR_TAG) + len(DATA_ERROR_TAG) :].strip()
+            lines = body.splitlines()
+            keep = [lines[0]] + [ln for ln in lines[1:3] if ln.startswith("  ")] if lines else []
+            return "\n".join(keep)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        stack += list(getattr(e, "worker_failures", {}).values())
+        stack += [getattr(e, "controller_failure", None)]
+    return None
+
+
+def _stop_on_data_error():
+    """A Train callback on the controller: a worker's DataError ends the run at once.
+
+    Ray Train retries every worker error up to FailureConfig.max_failures; an error raised
+    by a callback is a controller error, which it does not retry. A corrupt dataset on a node
+    would fail the same way on every attempt, so retrying only wastes the worker starts.
+    """
+    from ray.train import UserCallback
+
+    class StopOnDataError(UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            for error in worker_exceptions.values():
+                message = _data_error_message(error)
+                if message is not None:
+                    raise TrialDataError(f"{DATA_ERROR_TAG} {message}")
+
+    return StopOnDataError()
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -208,6 +220,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from .data import DataError
     from .train import CHECKPOINT_FILE, run_trial
 
     cfg = from_flat(loop_config["flat"])
@@ -253,14 +266,17 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             def wrap(m):
                 return ray.train.torch.prepare_model(m, move_to_device=False)
 
-        run_trial(
-            cfg,
-            Path(tmp) / "run",
-            resume=resume,
-            on_epoch=on_epoch,
-            device=ray.train.torch.get_device(),
-            wrap_model=wrap,
-        )
+        try:
+            run_trial(
+                cfg,
+                Path(tmp) / "run",
+                resume=resume,
+                on_epoch=on_epoch,
+                device=ray.train.torch.get_device(),
+                wrap_model=wrap,
+            )
+        except DataError as e:  # tagged, so the controller can tell it from a crash
+            raise DataError(f"{DATA_ERROR_TAG} {e}") from None
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -270,6 +286,9 @@ def _tune_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = config["trial"]
+    marker = store.join(config["train_storage"], DATA_ERRORS, trial["run_key"])
+    if store.exists(marker):  # Tune's retry of a trial whose data failed: fail again at once
+        raise TrialDataError(store.read_text(marker))
     cfg = from_flat(trial["flat"])
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
@@ -286,10 +305,17 @@ def _tune_trial(config: dict[str, Any]) -> None:
             storage_path=config["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=config["train_max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback(), _stop_on_data_error()],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:
+        message = _data_error_message(e)
+        if message is None:
+            raise
+        store.write_text(marker, message)
+        raise TrialDataError(message) from None
 
 
 @dataclass
@@ -434,6 +460,9 @@ def run_sweep(
             f"a sweep already exists at {path}: pass --resume to continue it, or "
             "--name to start another"
         )
+    if resume:  # the data may have been fixed since: trials that failed on it try again
+        for key in store.list_names(store.join(train_storage, DATA_ERRORS)):
+            store.delete(store.join(train_storage, DATA_ERRORS, key))
     uri = None
     if tracking:
         from .tracking import default_tracking_uri

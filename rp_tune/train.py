@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dst, metrics
-from .config import DEFAULT_OOD, ConfigError, TrialConfig, from_flat, run_key
+from .config import ConfigError, TrialConfig, from_flat, ood_sets, run_key
 from .data import (
     STATS,
     DataError,
@@ -55,7 +55,7 @@ from .data import (
 )
 from .masks import Masks, density_report, format_report
 from .models import build_model, input_kind, layer_specs
-from .sparsity import SCHEMES, layer_densities
+from .sparsity import SCHEMES, DensityPlan, layer_densities
 
 log = logging.getLogger(__name__)
 
@@ -170,24 +170,27 @@ def _batches(loader: Any, epoch: int, device: torch.device, resident: bool):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device):
-    """Batch for snip (score_batch images) or grasp (score_batch // 10 per class), seeded."""
+def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize: nn.Module):
+    """The saliency batch, normalized as training sees it, seeded by the trial seed.
+
+    snip: `score_batch` images; grasp: `grasp_per_class` images of every class (GraSP's
+    class-balanced batch, 10 per class in Wang et al. 2020). Image-folder data (ImageNet) give
+    the first training batch of this rank's shard instead.
+    """
     if not data.resident:
         x, y = next(iter(data.train))
-        return x.to(device), y.to(device)
+        return normalize(x.to(device)), y.to(device)
     images, labels = data.train.images, data.train.labels
     g = torch.Generator().manual_seed(derived_seed(cfg.seed, "score-batch"))
     order = torch.randperm(len(labels), generator=g).to(labels.device)
     if cfg.sparsity.scheme == "grasp":
-        per_class = max(1, cfg.sparsity.score_batch // 10)
-        picks = []
-        for c in range(data.num_classes):
-            idx = order[labels[order] == c][:per_class]
-            picks.append(idx)
+        per_class = cfg.sparsity.grasp_per_class
+        picks = [order[labels[order] == c][:per_class] for c in range(data.num_classes)]
         idx = torch.cat(picks)
     else:
         idx = order[: cfg.sparsity.score_batch]
-    return images[idx].float().div(255), labels[idx]
+    with torch.no_grad():
+        return normalize(images[idx].float().div(255)), labels[idx]
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
@@ -210,7 +213,7 @@ def evaluate(
     model.eval()
     stats = torch.zeros(3, device=device, dtype=torch.float64)
     outs = []
-    for x, y in _batches(loader, 0, device, resident):
+    for x, y in _batches(loader, 0, device, resident) if loader is not None else ():
         with autocast():
             logits = model(normalize(x))
         logits = logits.float()
@@ -270,6 +273,7 @@ def run_trial(
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
     data = _load_data(cfg, device, rank, world)  # DataError here: nothing trained yet
+    ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, "init"))
         model = build_model(cfg.model.name, data.num_classes)
@@ -290,7 +294,7 @@ def run_trial(
             )
         masks = Masks.load(Path(resume) / MASKS_FILE, model)
     else:
-        masks = _draw_masks(cfg, model, data, device)
+        masks = _draw_masks(cfg, model, data, device, normalize)
     masks.bind(model)
     masks.apply_()
     if rank == 0:
@@ -360,8 +364,17 @@ def run_trial(
             optimizer.step()
             scheduler.step()
             masks.apply_()
-            if dynamic and dst.is_update_step(step, sp.update_frequency, total_steps, sp.stop_at):
-                rate = dst.death_rate(step, total_steps, sp.death_rate, sp.death_rate_final)
+            if dynamic and dst.is_update_step(
+                step, sp.update_frequency, total_steps, sp.stop_at, sp.drop_schedule
+            ):
+                rate = dst.death_rate(
+                    step,
+                    total_steps,
+                    sp.death_rate,
+                    sp.death_rate_final,
+                    schedule=sp.drop_schedule,
+                    stop_at=sp.stop_at,
+                )
                 gen = torch.Generator(device=device).manual_seed(
                     derived_seed(cfg.seed, "dst", step)
                 )
@@ -395,15 +408,14 @@ def run_trial(
             "epoch": epoch + 1,
             "train_loss": loss_sum / n,
             "train_acc": correct / n,
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
-            "val_seconds": val_seconds,
             "images_per_second": n / seconds,
         }
-        if ev.ece and "ece" in val:
-            row["val_ece"] = val["ece"]
+        if val["n"] > 0:  # no validation split (data.val_fraction=0): no val metrics at all
+            row.update(val_loss=val["loss"], val_acc=val["acc"], val_seconds=val_seconds)
+            if ev.ece and "ece" in val:
+                row["val_ece"] = val["ece"]
         if dynamic:
             masks.sync_from_bound()
             this_epoch = [u for u in dst_updates if epoch * steps <= u[0] < (epoch + 1) * steps]
@@ -431,6 +443,7 @@ def run_trial(
                     best,
                     masks,
                     images_seen=t.epochs * steps * t.batch_size * world,
+                    ood=ood,
                 )
             )
             if device.type == "cuda":
@@ -466,8 +479,8 @@ def run_trial(
             t.epochs,
             row["train_loss"],
             row["train_acc"],
-            row["val_loss"],
-            row["val_acc"],
+            row.get("val_loss", float("nan")),
+            row.get("val_acc", float("nan")),
             row["lr"],
             seconds,
             row["images_per_second"],
@@ -480,19 +493,36 @@ def run_trial(
     return {**history[-1], "history": history, "grad_flow": grad_flow, "run_key": run_key(cfg)}
 
 
-def _draw_masks(cfg: TrialConfig, model: nn.Module, data: _Data, device: torch.device) -> Masks:
+def _draw_masks(
+    cfg: TrialConfig, model: nn.Module, data: _Data, device: torch.device, normalize: nn.Module
+) -> Masks:
+    """The trial's masks: the scheme's per-layer counts, then exact random positions.
+
+    Under DDP every rank must train one and the same mask. Data-dependent schemes (snip,
+    grasp) would score each rank's own batch, so the counts are computed on rank 0 only and
+    broadcast; positions are then a pure function of (seed, layer name, count), equal on
+    every rank.
+    """
     s = cfg.sparsity
-    kwargs: dict[str, Any] = {}
-    if s.scheme == "erk_plus":
-        kwargs["fc_density"] = s.fc_density
-    if SCHEMES[s.scheme].needs_model and s.density < 1.0:
-        kwargs["model"] = model
-        if SCHEMES[s.scheme].needs_batch:
-            kwargs["batch"] = _score_batch(cfg, data, device)
-        else:
-            size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
-            kwargs["input_shape"] = (3, size, size)
-    plan = layer_densities(s.scheme, layer_specs(model), s.density, **kwargs)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    specs = layer_specs(model)
+    kept: list[Any] = [None]
+    if rank == 0:
+        kwargs: dict[str, Any] = {}
+        if s.scheme == "erk_plus":
+            kwargs["fc_density"] = s.fc_density
+        if SCHEMES[s.scheme].needs_model and s.density < 1.0:
+            kwargs["model"] = model
+            if SCHEMES[s.scheme].needs_batch:
+                kwargs["batch"] = _score_batch(cfg, data, device, normalize)
+            else:
+                size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+                kwargs["input_shape"] = (3, size, size)
+        kept = [layer_densities(s.scheme, specs, s.density, **kwargs).kept]
+    if distributed:
+        dist.broadcast_object_list(kept, src=0)
+    plan = DensityPlan(s.scheme, s.density, tuple(specs), tuple(kept[0]))
     return Masks.random(plan, cfg.seed, sampling=s.sampling)
 
 
@@ -508,33 +538,45 @@ def _logits(model, normalize, loader, device, resident, autocast):
     return torch.cat(outs), torch.cat(labels)
 
 
-def _ood_loader(name: str, cfg: TrialConfig, n_in: int, device: torch.device):
-    """(loader, resident) of an OoD set's test images as [0, 1] pixels; DataError if absent."""
-    ev, e_bs = cfg.evaluation, cfg.evaluation.batch_size
+def _ood_sources(cfg: TrialConfig) -> dict[str, Any]:
+    """The OoD sets' test images, read at setup so a missing set fails the trial before it
+    trains (DataError); uint8 NCHW on the CPU for small sets, an ImageFolder for ImageNet-O,
+    None for Gaussian noise (made at the end). Which sets: `config.ood_sets`."""
+    ev, out = cfg.evaluation, {}
+    for name in ood_sets(cfg):
+        if name == "gaussian":
+            out[name] = None
+        elif name == "imagenet_o":
+            out[name] = image_folder(
+                local_data_root(cfg.data.root, "imagenet_o") / "imagenet-o",
+                cfg.data.image_size,
+                train=False,
+            )
+        else:
+            dcfg = dataclasses.replace(cfg.data, name=name, download=ev.ood_download, num_classes=0)
+            key = "evaluation.ood_download"
+            x, _, _ = read_split(dcfg, train=False, download_key=key, ood=True)
+            out[name] = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return out
+
+
+def _ood_loader(name: str, source: Any, cfg: TrialConfig, n_in: int, device: torch.device):
+    """(loader, resident) over an OoD set's images as [0, 1] pixels."""
+    e_bs = cfg.evaluation.batch_size
     if name == "gaussian":
         mean, std = STATS["cifar10"]
         g = torch.Generator().manual_seed(derived_seed(cfg.seed, "gaussian-ood"))
-        x = (metrics.gaussian_noise_images(n_in, mean, std, g) * 255).round().to(torch.uint8)
-        labels = torch.zeros(n_in, dtype=torch.long, device=device)
-        return DeviceLoader(x.to(device), labels, e_bs, train=False), True
-    if name == "imagenet_o":
-        from torch.utils.data import DataLoader
+        source = (metrics.gaussian_noise_images(n_in, mean, std, g) * 255).round().to(torch.uint8)
+    if isinstance(source, torch.Tensor):
+        labels = torch.zeros(len(source), dtype=torch.long, device=device)
+        return DeviceLoader(source.to(device), labels, e_bs, train=False), True
+    from torch.utils.data import DataLoader
 
-        folder = image_folder(
-            local_data_root(cfg.data.root, "imagenet_o") / "imagenet-o",
-            cfg.data.image_size,
-            train=False,
-        )
-        return DataLoader(folder, e_bs, num_workers=cfg.data.num_workers), False
-    dcfg = dataclasses.replace(cfg.data, name=name, download=ev.ood_download, num_classes=0)
-    x, _, _ = read_split(dcfg, train=False)
-    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
-    labels = torch.zeros(len(x), dtype=torch.long, device=device)
-    return DeviceLoader(x, labels, e_bs, train=False), True
+    return DataLoader(source, e_bs, num_workers=cfg.data.num_workers), False
 
 
 def _final(
-    cfg, model, normalize, data, device, autocast, best, masks, images_seen: int
+    cfg, model, normalize, data, device, autocast, best, masks, images_seen: int, ood
 ) -> dict[str, Any]:
     """End-of-trial metrics on the full test set (every rank computes the same numbers)."""
     ev = cfg.evaluation
@@ -543,10 +585,10 @@ def _final(
     out: dict[str, Any] = {
         "test_acc": metrics.accuracy(logits, labels),
         "test_loss": metrics.nll(logits, labels),
-        "best_val_acc": best["val_acc"],
-        "best_epoch": best["epoch"],
         "achieved_density": masks.density(),
     }
+    if best["epoch"] > 0:  # model selection only where there is a validation split
+        out.update(best_val_acc=best["val_acc"], best_epoch=best["epoch"])
     if ev.ece:
         out["test_ece"] = metrics.ece(logits, labels)
     if best["state"] is not None:
@@ -569,21 +611,13 @@ def _final(
                 correct += (forward(adv).argmax(1) == y).sum()
             n += len(y)
         out["fgsm_acc"] = correct.item() / max(n, 1)
-    if ev.ood:
+    if ood:
         in_scores = metrics.max_softmax(logits)
-        used, skipped = [], {}
-        for name in ev.ood_sets or DEFAULT_OOD.get(cfg.data.name, ()):
-            try:
-                loader, resident = _ood_loader(name, cfg, len(labels), device)
-                ood_logits, _ = _logits(model, normalize, loader, device, resident, autocast)
-            except DataError as e:
-                skipped[name] = str(e)
-                log.warning("OoD set %s skipped: %s", name, e)
-                continue
+        for name, source in ood.items():
+            loader, resident = _ood_loader(name, source, cfg, len(labels), device)
+            ood_logits, _ = _logits(model, normalize, loader, device, resident, autocast)
             out[f"ood_auroc_{name}"] = metrics.ood_auroc(in_scores, metrics.max_softmax(ood_logits))
-            used.append(name)
-        out["ood_used"] = ",".join(used)
-        out["ood_skipped"] = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        out["ood_used"] = ",".join(ood)
     size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
     densities = {n: int(m.sum()) / m.numel() for n, m in masks.masks.items()}
     out.update(metrics.cost(model, densities, (3, size, size), images_seen))

@@ -18,7 +18,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def write_tiny_cifar10(root: Path, n_train: int = 200, n_test: int = 60, seed: int = 0) -> Path:
     """Learnable class templates + noise; pixel (0, 0, 0) of train image i encodes i % 256."""
     x, y = synthetic_arrays(n_train, 10, seed)
-    tx, ty = synthetic_arrays(n_test, 10, seed + 1)
+    tx, ty = synthetic_arrays(n_test, 10, seed, "test")
     x = x.copy()
     x[:, 0, 0, 0] = np.arange(n_train) % 256
     return write_cifar_batches(root, (x, y), (tx, ty), CLASSES)

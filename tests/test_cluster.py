@@ -173,11 +173,11 @@ def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
     bucket.mkdir()
     flat = {"data.name": "cifar10", "data.root": bucket.as_uri(), "data.download": "false"}
     with pytest.raises(
-        SweepError, match=r"cifar10 entries missing there: \['cifar-10-batches-py'\]"
+        SweepError, match=r"dataset cifar10 at .*: not there: \['cifar-10-batches-py'\] missing"
     ):
         check_data_roots(expand_space("smoke", flat))
     imagenet = {**flat, "data.name": "imagenet", "model.name": "resnet18"}
-    with pytest.raises(SweepError, match=r"imagenet entries missing there: \['imagenet/train'"):
+    with pytest.raises(SweepError, match=r"dataset imagenet at .*: not there: \['imagenet/train'"):
         check_data_roots(expand_space("smoke", imagenet))
     write_tiny_cifar10(bucket)
     check_data_roots(expand_space("smoke", flat))  # present: no error

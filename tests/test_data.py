@@ -21,7 +21,7 @@ def test_cifar_format_through_torchvision_with_disjoint_validation(tmp_path):
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="cifar10 at data.root=.*missing or corrupt.*download"):
+    with pytest.raises(DataError, match="(?s)dataset cifar10 at data.root=.*missing.*download"):
         load_arrays(DataConfig(name="cifar10", root=str(tmp_path / "nothing"), download=False))
 
 

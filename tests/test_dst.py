@@ -18,7 +18,7 @@ def _layer(seed=0, shape=(8, 4, 3, 3), density=0.25):
 
 
 @pytest.mark.parametrize("growth", ["random", "gradient"])
-def test_counts_constant_and_growth_only_into_pruned(growth):
+def test_counts_constant_and_growth_among_all_inactive_after_the_drop(growth):
     layers = [_layer(s) for s in range(3)]
     ws, ms, gs = ([x[i] for x in layers] for i in range(3))
     momenta = [torch.ones_like(w) for w in ws]
@@ -26,16 +26,21 @@ def test_counts_constant_and_growth_only_into_pruned(growth):
     for _step in range(5):
         before = [m.clone() for m in ms]
         counts = [int(m.sum()) for m in ms]
+        weights_before = [w.clone() for w in ws]
         stats = update_masks_(ws, ms, gs, 0.3, growth, g, momenta)
-        for m, b, k, mom, w in zip(ms, before, counts, momenta, ws):
+        for i, (m, b, k, mom, w) in enumerate(zip(ms, before, counts, momenta, ws)):
             assert int(m.sum()) == k  # exact count
             grown = (m > 0) & (b == 0)
             dropped = (m == 0) & (b > 0)
-            assert int(grown.sum()) == int(dropped.sum()) == round(0.3 * k)
+            assert int(grown.sum()) == int(dropped.sum()) == stats.per_layer[i]
+            assert stats.per_layer[i] <= round(0.3 * k)
+            # round(0.3 k) were dropped; those regrown at once are kept but restart at zero
+            zeroed = (b > 0) & (w == 0) & (weights_before[i] != 0)
+            assert int(zeroed.sum()) == round(0.3 * k)
             assert torch.all(w[grown] == 0) and torch.all(w[dropped] == 0)
             assert torch.all(mom[grown] == 0)
             assert torch.all(w[m == 0] == 0)
-        assert stats.changed == sum(round(0.3 * k) for k in counts)
+        assert stats.changed == sum(stats.per_layer)
         for w, m in zip(ws, ms):  # let the surviving weights "train" a little
             w.add_(torch.randn_like(w) * 0.1 * m)
 
@@ -43,12 +48,26 @@ def test_counts_constant_and_growth_only_into_pruned(growth):
 def test_drop_smallest_and_gradient_growth_picks_largest():
     w = torch.tensor([0.5, -0.1, 0.0, 2.0, 0.0, 0.0, 0.0, 0.3])
     m = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
-    grad = torch.tensor([9.0, 9.0, 0.1, 9.0, -5.0, 0.2, 3.0, 9.0])
-    update_masks_([w], [m], [grad], 0.5, "gradient")
-    # kept 4 -> drop 2 smallest |w| (positions 1 and 7), grow the 2 largest |grad| among
-    # positions pruned before (2, 4, 5, 6): 4 (|-5|) and 6 (3)
+    grad = torch.tensor([9.0, 1.0, 0.1, 9.0, -5.0, 0.2, 3.0, 0.5])
+    stats = update_masks_([w], [m], [grad], 0.5, "gradient")
+    # kept 4 -> drop 2 smallest |w| (positions 1 and 7), grow the 2 largest |grad| among all
+    # positions inactive after the drop (1, 2, 4, 5, 6, 7): 4 (|-5|) and 6 (3)
     assert m.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
     assert w.tolist() == [0.5, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert stats.changed == 2
+
+
+def test_rigl_growth_may_pick_a_just_dropped_position():
+    """RigL scores every position inactive after the drop, the dropped ones included: one
+    with a large gradient comes straight back, restarting at zero."""
+    w = torch.tensor([0.5, -0.1, 0.0, 2.0, 0.0, 0.0, 0.0, 0.3])
+    m = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    grad = torch.tensor([9.0, 9.0, 0.1, 9.0, -5.0, 0.2, 3.0, 1.0])
+    stats = update_masks_([w], [m], [grad], 0.5, "gradient")
+    # drop 1 and 7; candidates 1 (9), 4 (5), 6 (3), 7 (1), ...: regrow 1 and 4
+    assert m.tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert w.tolist() == [0.5, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert stats.changed == 1  # position 1 moved nowhere; 7 -> 4 moved
 
 
 def test_channels_last_tensors():
@@ -60,13 +79,30 @@ def test_channels_last_tensors():
     assert int(m.sum()) == k and torch.all(w[m == 0] == 0)
 
 
-def test_death_rate_schedule():
-    assert death_rate(0, 1000) == pytest.approx(0.5)
-    assert death_rate(1000, 1000) == pytest.approx(0.005)
-    assert death_rate(500, 1000) == pytest.approx(0.005 + 0.4950 / 2)
-    assert death_rate(250, 1000) == pytest.approx(0.005 + 0.2475 * (1 + math.cos(math.pi / 4)))
+def test_rigl_schedule_decays_to_zero_at_stop_at():
+    """Evci et al. 2020: f(t) = a/2 (1 + cos(pi t / T_end)), T_end = 0.75 T; no update after."""
+    assert death_rate(0, 1000, 0.5) == pytest.approx(0.5)
+    assert death_rate(375, 1000, 0.5) == pytest.approx(0.25)
+    assert death_rate(250, 1000, 0.3) == pytest.approx(0.15 * (1 + math.cos(math.pi / 3)))
+    assert death_rate(749, 1000, 0.5) == pytest.approx(0.0, abs=1e-4)
+    assert death_rate(750, 1000, 0.5) == 0.0 and death_rate(900, 1000, 0.5) == 0.0
+    assert death_rate(500, 1000, 0.5, stop_at=1.0) == pytest.approx(0.25)
     assert is_update_step(100, 100, 1000, 0.75) and not is_update_step(0, 100, 1000, 0.75)
     assert not is_update_step(800, 100, 1000, 0.75) and not is_update_step(150, 100, 1000, 0.75)
+
+
+def test_cosine_whole_run_schedule_is_the_named_variant():
+    """Liu et al.'s released code: a cosine to `final` over the whole run, never stopping."""
+    kw = dict(schedule="cosine_whole_run")
+    assert death_rate(0, 1000, **kw) == pytest.approx(0.5)
+    assert death_rate(1000, 1000, **kw) == pytest.approx(0.005)
+    assert death_rate(500, 1000, **kw) == pytest.approx(0.005 + 0.4950 / 2)
+    assert death_rate(250, 1000, **kw) == pytest.approx(
+        0.005 + 0.2475 * (1 + math.cos(math.pi / 4))
+    )
+    assert is_update_step(800, 100, 1000, 0.75, "cosine_whole_run")
+    with pytest.raises(ValueError, match="valid choices"):
+        death_rate(0, 10, schedule="linear")
 
 
 def test_bad_growth():
@@ -114,8 +150,10 @@ def test_dynamic_trial_rewires_with_exact_counts(tmp_path, growth):
     assert not final.equals(initial)  # the checkpoint follows the current mask
     # 9 steps/epoch, 27 in all, updates at 4, 8, 12, 16, 20 (stop_at 0.75 -> before 20.25)
     assert [h["dst_updates"] for h in r["history"]] == [2, 2, 1]
-    assert all(h["dst_changed"] > 0 for h in r["history"])
-    assert r["history"][0]["death_rate"] > r["history"][2]["death_rate"]
+    assert all(h["dst_changed"] > 0 for h in r["history"][:2])
+    # RigL's cosine reaches 0 at stop_at: step 20 of T_end = 20.25 drops almost nothing
+    assert r["history"][0]["death_rate"] > r["history"][1]["death_rate"]
+    assert r["history"][2]["death_rate"] < 0.001
     assert 0.1 < r["history"][0]["itop_rate"] < r["history"][2]["itop_rate"] <= 1.0
     state = torch.load(latest_checkpoint(tmp_path) / "state.pt", weights_only=False)["model"]
     for name, m in final.masks.items():

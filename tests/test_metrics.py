@@ -116,27 +116,32 @@ def test_resnet20_dense_vs_sparse_cost_follows_masks():
     assert dense["flops_sparse"] == dense["flops_dense"]
 
 
+def _ood_cfg(root, **over):
+    flat = {
+        "data.name": "synthetic",
+        "data.root": str(root),
+        "data.synthetic_train": 200,
+        "data.synthetic_test": 40,
+        "model.name": "cifar_resnet_8",
+        "train.epochs": 1,
+        "train.batch_size": 30,
+        "evaluation.grad_flow_every": 2,
+        "evaluation.ood_sets": ["cifar100", "svhn", "gaussian"],
+    }
+    return from_flat({**flat, **over})
+
+
 def test_trial_reports_every_metric_and_its_ood_sets(tmp_path):
-    # CIFAR-100 present (tiny, real on-disk format); SVHN absent -> skipped with the reason
-    from rp_tune.data import synthetic_arrays, write_cifar_batches
+    # CIFAR-100 and SVHN present (tiny, in their real on-disk formats)
+    from rp_tune.data import synthetic_arrays, write_cifar_batches, write_svhn_split
 
     x, y = synthetic_arrays(50, 100, 9)
     write_cifar_batches(
         tmp_path / "data", (x, y), (x, y), [f"c{i}" for i in range(100)], kind="cifar100"
     )
-    cfg = from_flat(
-        {
-            "data.name": "synthetic",
-            "data.root": str(tmp_path / "data"),
-            "data.synthetic_train": 200,
-            "data.synthetic_test": 40,
-            "model.name": "cifar_resnet_8",
-            "train.epochs": 1,
-            "train.batch_size": 30,
-            "evaluation.grad_flow_every": 2,
-        }
-    )
-    r = run_trial(cfg, tmp_path / "run")
+    sx, sy = synthetic_arrays(30, 10, 4, "test")
+    write_svhn_split(tmp_path / "data", "test", sx, sy)
+    r = run_trial(_ood_cfg(tmp_path / "data"), tmp_path / "run")
     for key in (
         "test_acc",
         "test_loss",
@@ -145,6 +150,7 @@ def test_trial_reports_every_metric_and_its_ood_sets(tmp_path):
         "fgsm_acc",
         "test_acc_best_val",
         "ood_auroc_cifar100",
+        "ood_auroc_svhn",
         "ood_auroc_gaussian",
         "params_dense",
         "params_sparse",
@@ -154,11 +160,28 @@ def test_trial_reports_every_metric_and_its_ood_sets(tmp_path):
         "train_flops_sparse",
     ):
         assert key in r and isinstance(r[key], float), key
-    assert r["ood_used"] == "cifar100,gaussian"
-    assert r["ood_skipped"].startswith("svhn:") and "missing" in r["ood_skipped"]
+    assert r["ood_used"] == "cifar100,svhn,gaussian"
     assert [s for s, _ in r["grad_flow"]] == [0, 2, 4]
     # 180 training images after the 10% validation split: 6 steps of 30
     assert r["train_flops_sparse"] == 3 * r["flops_sparse"] * 6 * 30
+
+
+def test_a_missing_ood_set_fails_the_trial_before_it_trains(tmp_path):
+    """OoD sets are data the trial needs: absent, the trial stops at setup (nothing trained,
+    nothing written), naming the set and the switch that would download it."""
+    from rp_tune.data import DataError, synthetic_arrays, write_cifar_batches
+
+    x, y = synthetic_arrays(50, 100, 9)
+    write_cifar_batches(
+        tmp_path / "data", (x, y), (x, y), [f"c{i}" for i in range(100)], kind="cifar100"
+    )
+    with pytest.raises(DataError) as e:
+        run_trial(_ood_cfg(tmp_path / "data"), tmp_path / "run")
+    assert "dataset svhn at data.root=" in str(e.value)
+    assert "--set evaluation.ood_download=true" in str(e.value)
+    assert "data.download" not in str(e.value)
+    assert "--set evaluation.ood_sets=gaussian" in str(e.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cifar10_trial_uses_cifar100_ood(tmp_path):

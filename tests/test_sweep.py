@@ -90,7 +90,7 @@ def test_dry_run_lists_the_trials(tmp_path):
                 "--set",
                 "data.root=/nonexistent/rp",
             ],
-            "data.root='/nonexistent/rp' does not exist",
+            "dataset cifar10 at data.root='/nonexistent/rp': missing or corrupt (no such folder)",
         ),
         (["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent=0 is invalid"),
     ],
@@ -101,6 +101,68 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, args, message):
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "res").exists()
+
+
+OFFLINE = {
+    # every download goes to a closed port: offline, whatever the machine's network
+    **os.environ,
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "",
+}
+
+
+def test_absent_dataset_that_cannot_be_downloaded_stops_the_sweep_at_once(tmp_path):
+    """Offline, a sweep on CIFAR-10 fails before Ray starts with one message naming the
+    dataset, the root, the layout and the fixes; the failed download leaves nothing behind."""
+    data = tmp_path / "data"
+    r = cli(
+        "--space", "ratio_scan", "--smoke", "--set", "data.name=cifar10",
+        "--set", f"data.root={data}", "--storage", str(tmp_path / "res"),
+        env=OFFLINE, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr
+    assert f"error: dataset cifar10 at data.root='{data}'" in err, err
+    assert "the download failed" in err and "expected there: cifar-10-batches-py/" in err
+    assert "python -m rp_tune.data prepare cifar10 --from-folder DIR" in err
+    assert "Traceback" not in err and "ray" not in err.lower().replace("array", "")
+    assert not (tmp_path / "res").exists() and not data.exists()
+
+
+def test_a_root_left_with_only_a_lock_file_is_not_a_dataset(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".cifar10.lock").write_text("")
+    r = cli(
+        "--space", "smoke", "--set", "data.name=cifar10", "--set", "data.download=false",
+        "--set", f"data.root={data}", "--storage", str(tmp_path / "res"), timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "dataset cifar10 at data.root=" in r.stderr and "missing or corrupt" in r.stderr
+    assert not (tmp_path / "res").exists()
+    assert sorted(p.name for p in data.iterdir()) == [".cifar10.lock"]  # nothing added
+
+
+def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
+    """CIFAR-10's default OoD sets (CIFAR-100, SVHN) are data the sweep needs."""
+    from rp_tune.sweep import check_data_roots
+    from tests.helpers import write_tiny_cifar10
+
+    data = tmp_path / "data"
+    write_tiny_cifar10(data)
+    base = {"data.name": "cifar10", "data.root": str(data), "data.download": "false"}
+    with pytest.raises(SweepError) as e:
+        check_data_roots(expand_space("smoke", {**base, "evaluation.ood_sets": ""}))
+    assert "dataset cifar100 at data.root=" in str(e.value)
+    assert "evaluation.ood_download=true" in str(e.value) and "data.download" not in str(e.value)
+    # leaving them out is a choice the config states
+    check_data_roots(expand_space("smoke", {**base, "evaluation.ood_sets": "gaussian"}))
+    check_data_roots(
+        expand_space("smoke", {**base, "evaluation.ood_sets": "", "evaluation.ood": "0"})
+    )
 
 
 def test_density_out_of_range_inside_a_space():

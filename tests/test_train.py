@@ -22,6 +22,7 @@ def _cfg(root, **over):
         "evaluation.batch_size": 50,
         "train.lr": 0.05,
         "train.deterministic": True,
+        "evaluation.ood_sets": ["gaussian"],
     }
     flat.update(over)
     return from_flat(flat)
