@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from rp_tune.config import DataConfig
-from rp_tune.data import DataError, DeviceLoader, augment, load_arrays
+from rp_tune.data import MANIFEST, DataError, DeviceLoader, augment, load_arrays
 from tests.helpers import write_tiny_cifar10
 
 
@@ -123,3 +125,180 @@ def test_relative_data_root_is_made_absolute_for_ray_workers(tmp_path, monkeypat
     assert absolute_data_root("~/rp_data") == "~/rp_data"  # each node's own home
     assert absolute_data_root("s3://b/datasets") == "s3://b/datasets"
     assert {c.data.root for c in expand_space("smoke")} == {str(tmp_path / "data")}
+
+
+def _write_jpeg_tree(folder, per_class_train=24, per_class_test=6, seed=0):
+    """CIFAR-like JPEGs in `folder/{train,test}/<class>/NNNN.jpg`; returns the class names."""
+    from PIL import Image
+
+    from rp_tune.data import synthetic_arrays
+    from tests.helpers import CLASSES
+
+    for split, per in (("train", per_class_train), ("test", per_class_test)):
+        x, y = synthetic_arrays(per * 40, 10, seed, split)
+        for c, name in enumerate(CLASSES):
+            (folder / split / name).mkdir(parents=True)
+            for i, img in enumerate(x[y == c][:per]):
+                Image.fromarray(img).save(folder / split / name / f"{i:04d}.jpg", quality=90)
+    return CLASSES
+
+
+def test_prepare_cifar10_from_a_jpeg_folder_then_train_one_epoch(tmp_path):
+    """The offline path: JPEGs -> `python -m rp_tune.data prepare` -> torchvision's loader
+    (with the checksum manifest) -> one epoch of a real trial, end to end."""
+    from PIL import Image
+
+    from rp_tune.config import from_flat
+    from rp_tune.data import main
+    from rp_tune.train import run_trial
+
+    classes = _write_jpeg_tree(tmp_path / "jpg")
+    root = tmp_path / "data"
+    args = ["prepare", "cifar10", "--from-folder", str(tmp_path / "jpg"), "--root", str(root)]
+    assert main(args) == 0
+    assert json.loads((root / "cifar-10-batches-py" / MANIFEST).read_text())
+    assert not [p for p in root.iterdir() if "partial" in p.name]  # no half-written folder
+    splits = load_arrays(DataConfig(name="cifar10", root=str(root), download=False))
+    assert len(splits.train[1]) + len(splits.val[1]) == 240 and len(splits.test[1]) == 60
+    # the class index is the alphabetical folder order; pixels are the decoded JPEGs
+    want = np.asarray(Image.open(tmp_path / "jpg" / "test" / classes[3] / "0002.jpg"))
+    test_x, test_y = splits.test[0].permute(0, 2, 3, 1).numpy(), splits.test[1].numpy()
+    match = [i for i in range(len(test_y)) if np.array_equal(test_x[i], want)]
+    assert match and all(test_y[i] == 3 for i in match)
+    # the training order is shuffled, so the validation split (last 10%) holds many classes
+    assert len(set(splits.val[1].tolist())) >= 5
+    cfg = from_flat(
+        {
+            "data.name": "cifar10",
+            "data.root": str(root),
+            "data.download": False,
+            "model.name": "cifar_resnet_8",
+            "train.epochs": 1,
+            "train.batch_size": 24,
+            "evaluation.ood_sets": ["gaussian"],
+            "evaluation.fgsm": False,
+        }
+    )
+    r = run_trial(cfg, tmp_path / "run")
+    assert r["epoch"] == 1 and np.isfinite(r["train_loss"]) and 0.0 <= r["test_acc"] <= 1.0
+    assert r["ood_used"] == "gaussian"
+
+
+def test_prepare_refuses_bad_folders_and_overwrites_nothing(tmp_path, capsys):
+    from PIL import Image
+
+    from rp_tune.data import main
+
+    _write_jpeg_tree(tmp_path / "jpg", per_class_train=2, per_class_test=1)
+    args = ["prepare", "cifar10", "--from-folder", str(tmp_path / "jpg"), "--root"]
+    assert main(["prepare", "cifar100", *args[2:], str(tmp_path / "a")]) == 2
+    assert "cifar100 has 100 classes" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "cifar-100-python").exists()
+    Image.new("RGB", (64, 48)).save(tmp_path / "jpg" / "train" / "cat" / "big.jpg")
+    assert main([*args, str(tmp_path / "b")]) == 2
+    assert "big.jpg is 64x48; CIFAR images are 32x32" in capsys.readouterr().err
+    (tmp_path / "jpg" / "train" / "cat" / "big.jpg").unlink()
+    assert main([*args, str(tmp_path / "c")]) == 0
+    assert main([*args, str(tmp_path / "c")]) == 2  # never over an existing dataset
+    assert "exists already" in capsys.readouterr().err
+    nope = ["prepare", "cifar10", "--from-folder", str(tmp_path / "nope")]
+    assert main([*nope, "--root", str(tmp_path / "d")]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
+def test_synthetic_splits_share_the_class_templates_and_a_short_run_beats_chance(tmp_path):
+    from rp_tune.config import from_flat
+    from rp_tune.data import synthetic_arrays
+    from rp_tune.train import run_trial
+
+    train_x, train_y = synthetic_arrays(400, 10, 0, "train")
+    test_x, test_y = synthetic_arrays(400, 10, 0, "test")
+    assert not np.array_equal(train_x[:10], test_x[:10])  # other images ...
+    for c in range(3):  # ... of the same classes: class means agree across the splits
+        a = train_x[train_y == c].mean(0)
+        b = test_x[test_y == c].mean(0)
+        other = test_x[test_y == c + 1].mean(0)
+        assert np.abs(a - b).mean() < 0.5 * np.abs(a - other).mean()
+    cfg = from_flat(
+        {
+            "data.name": "synthetic",
+            "data.synthetic_train": 512,
+            "data.synthetic_test": 256,
+            "model.name": "cifar_resnet_8",
+            "train.epochs": 2,
+            "train.batch_size": 64,
+            "evaluation.fgsm": False,
+            "evaluation.grad_flow_every": 0,
+        }
+    )
+    r = run_trial(cfg, tmp_path / "run")
+    assert r["test_acc"] > 0.4, r["test_acc"]  # chance is 0.1
+
+
+def test_svhn_written_in_its_mat_format_loads_and_a_damaged_one_is_refused(tmp_path):
+    from rp_tune.data import read_split, synthetic_arrays, write_svhn_split
+
+    x, y = synthetic_arrays(20, 10, 1, "test")
+    path = write_svhn_split(tmp_path, "test", x, y)
+    cfg = DataConfig(name="svhn", root=str(tmp_path), download=False)
+    got_x, got_y, classes = read_split(cfg, train=False)
+    assert np.array_equal(got_x, x) and np.array_equal(got_y, y) and classes == 10
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match="dataset svhn at data.root=.*missing or corrupt"):
+        read_split(DataConfig(name="svhn", root=str(tmp_path), download=False), train=False)
+
+
+def test_check_command_and_ensure_dataset_leave_no_trace_on_failure(tmp_path, capsys):
+    from rp_tune.data import Need, ensure_dataset, main
+    from tests.helpers import write_tiny_cifar10
+
+    write_tiny_cifar10(tmp_path / "ok")
+    assert main(["check", "cifar10", "--root", str(tmp_path / "ok")]) == 0
+    assert "present and intact" in capsys.readouterr().out
+    assert main(["check", "cifar100", "--root", str(tmp_path / "ok")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset cifar100 at data.root=" in err and "expected there: cifar-100-python/" in err
+    left = [p.name for p in (tmp_path / "ok").iterdir()]
+    assert "cifar-10-batches-py" in left and not [n for n in left if "100" in n]
+    with pytest.raises(DataError):
+        ensure_dataset(Need("cifar10", str(tmp_path / "new"), False, ("test",), False))
+    assert not (tmp_path / "new").exists()
+
+
+def _write_image_folder(folder, classes, per_class):
+    from PIL import Image
+
+    for c in classes:
+        (folder / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(folder / c / f"{i}.JPEG")
+
+
+def test_imagenet_trains_on_the_whole_training_folder_unless_validation_is_asked(tmp_path):
+    from rp_tune.data import imagenet_loaders
+
+    _write_image_folder(tmp_path / "imagenet" / "train", ["n01", "n02"], 10)
+    _write_image_folder(tmp_path / "imagenet" / "val", ["n01", "n02"], 2)
+    cfg = DataConfig(name="imagenet", root=str(tmp_path), image_size=32, num_workers=0)
+    assert cfg.val_fraction == 0.0  # both papers train on all of ImageNet
+    assert DataConfig(name="cifar10").val_fraction == 0.1
+    train, val, test, classes = imagenet_loaders(cfg, 4, 8, seed=0)
+    assert len(train.dataset) == 20 and val is None and len(test.dataset) == 4 and classes == 2
+    asked = DataConfig(
+        name="imagenet", root=str(tmp_path), image_size=32, num_workers=0, val_fraction=0.2
+    )
+    splits = [imagenet_loaders(asked, 4, 8, seed=s) for s in (0, 1)]
+    v0, v1 = (sorted(s[1].dataset.indices.tolist()) for s in splits)
+    assert v0 == v1 and len(v0) == 4  # a fixed split, whatever the trial seed
+    assert set(v0).isdisjoint(splits[0][0].dataset.indices.tolist())
+
+
+def test_imagenet_with_other_classes_in_val_than_in_train_is_refused(tmp_path):
+    from rp_tune.data import Need, ensure_dataset
+
+    _write_image_folder(tmp_path / "imagenet" / "train", ["n01", "n02"], 1)
+    _write_image_folder(tmp_path / "imagenet" / "val", ["n01"], 1)
+    with pytest.raises(DataError, match="train has 2 class folders and val 1"):
+        ensure_dataset(Need("imagenet", str(tmp_path), False, ("test", "train"), False))
+    with pytest.raises(DataError, match="(?s)no folder .*imagenet-o.*expected there: imagenet-o"):
+        ensure_dataset(Need("imagenet_o", str(tmp_path), False, ("test",), True))

@@ -177,3 +177,83 @@ def test_resuming_a_finished_run_reports_its_last_epoch_again(cifar_root, tmp_pa
     assert metrics["epoch"] == 2 and metrics["test_acc"] == full["test_acc"]
     assert ckpt_dir == ckpt and (ckpt_dir / "state.pt").is_file()
     assert again["test_acc"] == full["test_acc"]
+
+
+def _ddp_draw_masks(rank, world, init, out, flat):
+    """One DDP rank (gloo, CPU): draws the trial's masks from a batch only this rank has."""
+    import torch.distributed as dist
+
+    from rp_tune.data import Normalize, synthetic_arrays
+    from rp_tune.models import build_model
+    from rp_tune.train import _Data, _draw_masks
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        cfg = from_flat(flat)
+        torch.manual_seed(0)
+        model = build_model(cfg.model.name, 10)
+        x, y = synthetic_arrays(32, 10, seed=100 + rank)  # this rank's shard: its own images
+        batch = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(y))
+        data = _Data([batch], None, None, 10, 1, resident=False)
+        masks = _draw_masks(cfg, model, data, torch.device("cpu"), Normalize("synthetic"))
+        masks.save(f"{out}/rank{rank}.parquet")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_ddp_rank_trains_the_same_mask_for_data_dependent_schemes(tmp_path):
+    """SNIP scores a batch; under DDP each rank holds another shard. The counts come from
+    rank 0 and are broadcast, so both ranks build identical masks (2 CPU ranks, gloo)."""
+    import torch.multiprocessing as mp
+
+    flat = {"model.name": "cifar_resnet_8", "sparsity.scheme": "snip", "sparsity.density": 0.1}
+    init = f"file://{tmp_path}/rendezvous"
+    mp.spawn(_ddp_draw_masks, args=(2, init, str(tmp_path), flat), nprocs=2, join=True)
+    m0 = Masks.load(tmp_path / "rank0.parquet")
+    m1 = Masks.load(tmp_path / "rank1.parquet")
+    assert m0.equals(m1)
+    # the test can fail: rank 1's own batch alone gives another SNIP ratio
+    from rp_tune.data import Normalize, synthetic_arrays
+    from rp_tune.models import build_model, layer_specs
+    from rp_tune.sparsity import layer_densities
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet_8", 10)
+    x, y = synthetic_arrays(32, 10, seed=101)
+    px = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    batch = (Normalize("synthetic")(px), torch.from_numpy(y))
+    own = layer_densities("snip", layer_specs(model), 0.1, model=model, batch=batch).kept
+    assert list(own) != list(m0.kept().values())
+
+
+def test_saliency_scores_normalized_images_and_grasp_takes_ten_per_class(tmp_path):
+    """SNIP/GraSP see the images as training does (normalized); GraSP's batch is class-
+    balanced with 10 images per class (Wang et al. 2020)."""
+    from rp_tune.data import Normalize
+    from rp_tune.models import build_model, layer_specs
+    from rp_tune.sparsity import layer_densities
+    from rp_tune.train import _draw_masks, _load_data, _score_batch
+
+    flat = {
+        "data.name": "synthetic",
+        "data.synthetic_train": 400,
+        "model.name": "cifar_resnet_8",
+        "sparsity.scheme": "snip",
+        "sparsity.density": 0.1,
+    }
+    cfg = from_flat(flat)
+    cpu = torch.device("cpu")
+    data = _load_data(cfg, cpu, 0, 1)
+    norm = Normalize("synthetic")
+    x, y = _score_batch(cfg, data, cpu, norm)
+    assert x.shape[0] == 128 and x.min() < -0.5  # normalized, not [0, 1] pixels
+    raw = (x * norm.std + norm.mean, y)  # the same images as [0, 1] pixels
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet_8", 10)
+    masks = _draw_masks(cfg, model, data, cpu, norm)
+    specs = layer_specs(model)
+    scored = layer_densities("snip", specs, 0.1, model=model, batch=(x, y)).kept
+    on_pixels = layer_densities("snip", specs, 0.1, model=model, batch=raw).kept
+    assert list(masks.kept().values()) == list(scored) != list(on_pixels)
+    gx, gy = _score_batch(cfg.replace(**{"sparsity.scheme": "grasp"}), data, cpu, norm)
+    assert torch.bincount(gy, minlength=10).tolist() == [10] * 10 and len(gx) == 100
