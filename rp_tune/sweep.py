@@ -53,8 +53,9 @@ def expand_space(
     """Every trial config of a search space, validated; dense trials deduplicated.
 
     Precedence: the space's GRID and FIXED, then SMOKE (with smoke=True), then overrides. A list
-    value is a grid axis; anything else is fixed. Density 1.0 is dense whatever the scheme, so
-    it is run once per remaining point (scheme set to `uniform`).
+    value is a grid axis; anything else is fixed. GRID may also be a list of such grids (the
+    union of their products, e.g. widths that depend on the density). Density 1.0 is dense
+    whatever the scheme, so it is run once per remaining point (scheme set to `uniform`).
     """
     from search_spaces import load_space
 
@@ -65,13 +66,25 @@ def expand_space(
             module = load_space(space)
         except ValueError as e:
             raise SweepError(str(e)) from None
-    values: dict[str, Any] = {**module.FIXED, **module.GRID}
-    if smoke:
-        values.update(module.SMOKE)
-    values.update(overrides or {})
+    grids = module.GRID if isinstance(module.GRID, list) else [module.GRID]
+    configs: dict[str, TrialConfig] = {}
+    for grid in grids:
+        values: dict[str, Any] = {**module.FIXED, **grid}
+        if smoke:
+            values.update(module.SMOKE)
+        values.update(overrides or {})
+        for cfg in _grid_configs(space, values):
+            configs.setdefault(run_key(cfg), cfg)
+    if not configs:
+        raise SweepError(f"search space {space!r} expands to no trials")
+    return list(configs.values())
+
+
+def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
+    """The Cartesian product of one grid's list values, validated, as trial configs."""
     axes = {k: v for k, v in values.items() if isinstance(v, list) and not _tuple_key(k)}
     fixed = {k: v for k, v in values.items() if k not in axes}
-    configs: dict[str, TrialConfig] = {}
+    out = []
     for point in itertools.product(*axes.values()):
         flat = {**fixed, **dict(zip(axes, point))}
         if float(flat.get("sparsity.density", 0.1)) == 1.0:
@@ -83,13 +96,10 @@ def expand_space(
             for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
                 flat.pop(key, None)
         try:
-            cfg = from_flat(flat)
+            out.append(from_flat(flat))
         except ConfigError as e:
             raise SweepError(f"search space {space!r}: {e}") from None
-        configs.setdefault(run_key(cfg), cfg)
-    if not configs:
-        raise SweepError(f"search space {space!r} expands to no trials")
-    return list(configs.values())
+    return out
 
 
 def _tuple_key(key: str) -> bool:
@@ -128,13 +138,14 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     """
     from .metrics import layer_flops
 
-    images = {
-        "cifar10": 45_000,
-        "cifar100": 45_000,
-        "svhn": 65_932,
-        "imagenet": 1_153_000,
-        "synthetic": int(cfg.data.synthetic_train * (1 - cfg.data.val_fraction)),
+    full = {  # training-set sizes; the validation share (data.val_fraction) is not trained on
+        "cifar10": 50_000,
+        "cifar100": 50_000,
+        "svhn": 73_257,
+        "imagenet": 1_281_167,
+        "synthetic": cfg.data.synthetic_train,
     }
+    images = {k: int(n * (1 - cfg.data.val_fraction)) for k, n in full.items()}
     size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
     key = (cfg.model.name, size)
     if key not in _FLOPS:

@@ -296,3 +296,62 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert steps == [1, 2], (r.info.run_name, steps)
+
+
+@pytest.mark.parametrize(
+    "space,figure,count",
+    [
+        ("imagenet_fig5", "Fig. 5", 4 * 4 + (2 * 3 + 1)),
+        ("width_multiplier", "Fig. 7", 3 * 6 * 3 * (4 + 1)),
+        ("classifier_sparsity", "Fig. 14 left", 5),
+        ("grasp_ratio", "Appendix C", 5 * 3 * (3 * 5 + 1)),
+        ("er_width", "Gadhikar et al.", 3 * (2 + 4 + 6 + 8 + 1)),
+    ],
+)
+def test_the_papers_experiments_have_spaces_naming_their_figure(space, figure, count):
+    from search_spaces import load_space
+
+    assert figure in load_space(space).DESCRIPTION
+    cfgs = expand_space(space)
+    assert len(cfgs) == count == len({run_key(c) for c in cfgs})
+    assert expand_space(space, smoke=True)
+
+
+def test_fig5_space_pairs_every_imagenet_model_with_its_dense_twin():
+    cfgs = expand_space("imagenet_fig5")
+    by_model: dict = {}
+    for c in cfgs:
+        by_model.setdefault(c.model.name, set()).add((c.sparsity.scheme, c.sparsity.density))
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        assert by_model[name] == {("snip", d) for d in (0.7, 0.5, 0.3)} | {("uniform", 1.0)}
+    wrn = by_model["wide_resnet50_2"]
+    assert wrn == {(s, d) for s in ("snip", "erk_plus") for d in (0.7, 0.5, 0.3)} | {
+        ("uniform", 1.0)
+    }
+    assert all(c.train.recipe == "imagenet" and c.data.val_fraction == 0.0 for c in cfgs)
+
+
+def test_classifier_sparsity_space_holds_the_overall_density_at_70_percent_sparsity():
+    from rp_tune.models import build_model, layer_specs
+    from rp_tune.sparsity import layer_densities
+
+    specs = layer_specs(build_model("wide_resnet50_2", 1000))
+    for c in expand_space("classifier_sparsity"):
+        plan = layer_densities("erk_plus", specs, 0.3, fc_density=c.sparsity.fc_density)
+        assert plan.achieved_density == pytest.approx(0.3, abs=1e-6)
+        assert plan.as_dict()["fc"] == pytest.approx(c.sparsity.fc_density, abs=1e-4)
+
+
+def test_er_width_space_widens_each_density_up_to_its_factor():
+    from rp_tune.models import parse_cifar_resnet
+    from rp_tune.sparsity import width_factor
+
+    assert width_factor(0.5) == pytest.approx(1.4427, abs=1e-4)
+    assert width_factor(0.1) == pytest.approx(9.4912, abs=1e-4)
+    widths: dict = {}
+    for c in expand_space("er_width"):
+        widths.setdefault(c.sparsity.density, set()).add(parse_cifar_resnet(c.model.name)[1])
+    assert widths.pop(1.0) == {16}  # the dense target
+    for p, ws in widths.items():
+        top = sorted(ws)
+        assert top[0] == 16 and top[-1] / 16 >= width_factor(p) > top[-2] / 16, (p, top)

@@ -11,6 +11,7 @@ masks are drawn the same way for every scheme.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = [
     "Scheme",
     "layer_densities",
     "scheme_names",
+    "width_factor",
+    "widths_up_to_factor",
 ]
 
 
@@ -62,6 +65,32 @@ SCHEMES: dict[str, Scheme] = {
 
 def scheme_names() -> list[str]:
     return list(SCHEMES)
+
+
+def width_factor(density: float) -> float:
+    """How much wider a random network with layer density p must be to approximate a dense
+    target: 1 / log(1 / (1 - p)) (Gadhikar et al., ICML 2023, Theorem 2.2); p = 0.5 -> 1.44,
+    p = 0.1 -> 9.49. Below 1 (p > 1 - 1/e) no widening is needed."""
+    check_density(density)
+    if density == 1.0:
+        return 0.0
+    return 1.0 / math.log(1.0 / (1.0 - density))
+
+
+def widths_up_to_factor(
+    base: int, density: float, multipliers: Sequence[float] = (1, 1.5, 2, 3, 4, 6, 8, 10, 12, 16)
+) -> list[int]:
+    """base x each multiplier, up to and including the first multiplier >= width_factor(p)."""
+    need = width_factor(density)
+    out = []
+    for m in multipliers:
+        out.append(int(round(base * m)))
+        if m >= need:
+            return out
+    raise ValueError(
+        f"density {density}: width factor {need:.2f} exceeds the largest multiplier "
+        f"{max(multipliers)}; pass larger multipliers"
+    )
 
 
 def _saliency(scheme: str) -> Callable[..., list[int]]:
