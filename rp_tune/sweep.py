@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import tempfile
 import time
@@ -204,6 +205,26 @@ def _data_error_message(error: BaseException) -> str | None:
         stack += list(getattr(e, "worker_failures", {}).values())
         stack += [getattr(e, "controller_failure", None)]
     return None
+
+
+def error_summary(error: BaseException, limit: int = 1000) -> str:
+    """What a failed trial's error says, without Ray's wrapper lines: a data error's whole
+    message, else the last `SomethingError: ...` line of the text, else its first line."""
+    seen: set[int] = set()
+    e: Any = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e) is TrialDataError:  # not Ray's RayTaskError(TrialDataError) wrapper
+            return str(e)[:limit]
+        e = getattr(e, "cause", None) or e.__cause__
+    text = str(error)
+    if DATA_ERROR_TAG in text or "TrialDataError: " in text:
+        start = text.rfind("TrialDataError: ")
+        body = text[start + len("TrialDataError: ") :] if start >= 0 else text
+        return (_data_error_message(RuntimeError(DATA_ERROR_TAG + " " + body)) or body)[:limit]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: ", ln)]
+    return (raised[-1] if raised else lines[0] if lines else repr(error))[:limit]
 
 
 def _stop_on_data_error():
@@ -573,7 +594,7 @@ def run_sweep(
                 epochs=epochs,
                 resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
                 metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
-                error="" if result.error is None else str(result.error).splitlines()[0][:300],
+                error="" if result.error is None else error_summary(result.error),
             )
         )
     summary = SweepSummary(name=name, path=path, trials=outcomes)

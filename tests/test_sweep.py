@@ -220,6 +220,35 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
+@pytest.mark.slow
+def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_path, monkeypatch):
+    """A node's copy of the data is corrupt (here: after the driver's check passed, as on
+    another node): the trial fails on its first attempt with the data message; Ray Train
+    does not restart its workers, and Tune's retries fail at once without training."""
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    from rp_tune.sweep import run_sweep
+    from tests.helpers import write_tiny_cifar10
+
+    folder = write_tiny_cifar10(tmp_path / "data", n_train=100, n_test=20)
+    over = {"data.name": "cifar10", "data.root": str(tmp_path / "data"),
+            "data.download": "false", "sparsity.scheme": ["erk"]}  # fmt: skip
+    cfgs = expand_space("smoke", over)
+    batch = folder / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:100])
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # Train records its attempts
+    try:
+        summary = run_sweep(cfgs, name="bad", storage=str(tmp_path / "res"), tracking=False,
+                            train_max_failures=3, num_cpus=2)  # fmt: skip
+        attempts = ray.get(get_state_actor().get_train_run_attempts.remote())
+    finally:
+        ray.shutdown()
+    (t,) = summary.trials
+    assert t.status == "failed" and "dataset cifar10 at data.root=" in t.error, t.error
+    assert sum(len(a) for a in attempts.values()) == 1  # one worker start, no retries
+
+
 def _terminated(path: Path) -> set[str]:
     """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
     states = sorted(path.glob("experiment_state-*.json"))
