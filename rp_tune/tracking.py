@@ -369,9 +369,8 @@ class SweepTracker:
             ]
             if final:
                 client.log_batch(run_id, metrics=final)
-            for key in ("ood_used", "ood_skipped"):
-                if result.get(key) is not None:
-                    client.set_tag(run_id, f"rp_tune.{key}", str(result[key])[:5000])
+            if result.get("ood_used") is not None:
+                client.set_tag(run_id, "rp_tune.ood_used", str(result["ood_used"])[:5000])
             ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
             if ckpt:
                 self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
