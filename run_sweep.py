@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gpus-per-trial",
         type=float,
         default=None,
-        help="GPUs per DDP worker; fractions pack several trials on one GPU",
+        help="GPUs per DDP worker; fractions pack several trials on one GPU; 0: the CPU "
+        "(default: 1 wherever the Ray cluster has GPUs, else the CPU)",
     )
     p.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
     p.add_argument("--cpus-per-worker", type=float, default=None)
@@ -144,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args, name)
     if args.dry_run:
+        from rp_tune.sweep import planned_capacity, resolve_gpus
+
+        capacity, where = planned_capacity(args.address)
+        configs, gpu_choice = resolve_gpus(configs, capacity, where)
         table, hours = trial_table(configs, args.assumed_tflops)
         print(table)
+        print(gpu_choice)
         print(
             f"{len(configs)} trials; estimated {hours:.1f} GPU-hours at "
             f"{args.assumed_tflops:g} sustained TFLOP/s per GPU (dense training FLOPs)"

@@ -277,15 +277,23 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class ResourcesConfig:
     workers: int = 1  # DDP workers per trial
-    gpus_per_worker: float = 0.0  # 0: CPU; a fraction packs several trials on one GPU
+    # None: the sweep decides, a GPU per worker wherever the Ray cluster (or its autoscaler's
+    # node types) has GPUs, else the CPU (`rp_tune.sweep.resolve_gpus`); 0: the CPU; a
+    # fraction packs several one-worker trials on one GPU
+    gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             _fail("resources.workers", self.workers, "an integer >= 1")
-        if self.gpus_per_worker < 0:
-            _fail("resources.gpus_per_worker", self.gpus_per_worker, "0 (CPU) or a number > 0")
-        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            _fail(
+                "resources.gpus_per_worker",
+                self.gpus_per_worker,
+                "none (a GPU where there is one), 0 (CPU) or a number > 0",
+            )
+        gpus = self.gpus_per_worker or 0.0
+        if gpus > 1 and gpus != int(gpus):
             _fail(
                 "resources.gpus_per_worker",
                 self.gpus_per_worker,
@@ -293,7 +301,7 @@ class ResourcesConfig:
             )
         if self.cpus_per_worker <= 0:
             _fail("resources.cpus_per_worker", self.cpus_per_worker, "a number > 0")
-        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+        if self.workers > 1 and 0 < gpus < 1:
             raise ConfigError(
                 f"resources.gpus_per_worker={self.gpus_per_worker!r} with resources.workers="
                 f"{self.workers}: NCCL cannot run several DDP workers on one GPU; use a whole "

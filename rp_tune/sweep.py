@@ -168,7 +168,8 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
         r = cfg.resources
         lines.append(
             f"{i:>4}  {run_key(cfg):<52} {cfg.train.epochs:>6} {r.workers:>7} "
-            f"{r.gpus_per_worker:>5g} {hours:>7.3f}"
+            f"{'auto' if r.gpus_per_worker is None else format(r.gpus_per_worker, 'g'):>5} "
+            f"{hours:>7.3f}"
         )
     return "\n".join(lines), total
 
@@ -541,10 +542,11 @@ def run_sweep(
             c for c in run_config.callbacks or [] if not isinstance(c, TrackingCallback)
         ] + callbacks
     else:
+        capacity = cluster_capacity(address is not None)
+        configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
+        log.info("%s", gpu_choice)
         entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
-        concurrent = max_concurrent or default_concurrency(
-            configs, cluster_capacity(address is not None)
-        )
+        concurrent = max_concurrent or default_concurrency(configs, capacity)
         param_space = {
             "trial": tune.grid_search(entries),
             "train_storage": train_storage,
@@ -700,6 +702,70 @@ def cluster_capacity(joined: bool) -> dict[str, float]:
     return capacity
 
 
+def resolve_gpus(
+    configs: Sequence[TrialConfig], capacity: Mapping[str, float] | None, where: str
+) -> tuple[list[TrialConfig], str]:
+    """Give every trial that left resources.gpus_per_worker unset (None) a device.
+
+    The rule of the single-trial CLI, at cluster scale: one GPU per training worker wherever
+    `capacity` (the Ray cluster at its largest, or this machine) has GPUs, else the CPU.
+    Trials that set it (`--gpus-per-trial`, a space, `--set`) keep their value; 0 is the CPU.
+    `capacity` None means not known yet (a cluster not joined): the configs stay unresolved.
+    Returns the configs and one line saying what was chosen and why, for the console.
+    """
+    if not any(c.resources.gpus_per_worker is None for c in configs):
+        gpus = sorted({c.resources.gpus_per_worker for c in configs})
+        return list(
+            configs
+        ), f"GPUs per training worker as set: {', '.join(f'{g:g}' for g in gpus)}"
+    if capacity is None:
+        return list(configs), (
+            f"GPUs: decided when the sweep joins {where}: one per training worker if it has "
+            "GPUs, else the CPU (--gpus-per-trial sets it)"
+        )
+    n = float(capacity.get("GPU", 0) or 0)
+    value = 1.0 if n > 0 else 0.0
+    if n > 0:
+        reason = (
+            f"GPUs: {where} has {n:g}, so each training worker takes 1 GPU "
+            "(--gpus-per-trial 0.25 packs 4 small trials per GPU; 0 trains on the CPU)"
+        )
+    else:
+        reason = f"GPUs: {where} has none, so trials train on the CPU (--gpus-per-trial sets it)"
+    out = [
+        c.replace(**{"resources.gpus_per_worker": value})
+        if c.resources.gpus_per_worker is None
+        else c
+        for c in configs
+    ]
+    return out, reason
+
+
+def local_gpu_capacity() -> dict[str, float]:
+    """The GPUs a local Ray would see on this machine (CUDA devices torch can use)."""
+    import torch
+
+    return {"GPU": float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0}
+
+
+def planned_capacity(address: str | None) -> tuple[dict[str, float] | None, str]:
+    """(capacity, where) for planning without starting Ray: this machine for a local Ray;
+    for a cluster, its autoscaler's node types when their config is readable here (on a `ray
+    up` head node), else None (decided once the sweep joins it)."""
+    import yaml
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        return local_gpu_capacity(), "this machine"
+    path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
+    try:
+        autoscaling = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        autoscaling = None
+    if autoscaling:
+        return max_cluster_resources({}, autoscaling), f"the cluster's node types ({path})"
+    return None, "the Ray cluster"
+
+
 def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, float]) -> int:
     """Trials that fit at once: Tune does not count Train workers' resources, so we do.
 
@@ -709,7 +775,7 @@ def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, 
     fits = []
     for c in configs:
         r = c.resources
-        if r.gpus_per_worker > 0:
+        if (r.gpus_per_worker or 0) > 0:
             fits.append(resources.get("GPU", 0) / (r.workers * r.gpus_per_worker))
         else:
             fits.append(resources.get("CPU", 1) / (r.workers * r.cpus_per_worker + 0.01))

@@ -74,7 +74,8 @@ EpochCallback = Callable[[dict[str, Any], Path | None], None]
 def pick_device(cfg: TrialConfig, device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
-    if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+    gpus = cfg.resources.gpus_per_worker
+    if (gpus is None or gpus > 0) and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -735,8 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.device is None and torch.cuda.is_available():
-        cfg = cfg.replace(**{"resources.gpus_per_worker": 1.0})
+    if cfg.resources.gpus_per_worker is None:  # the sweep's rule: a GPU where there is one
+        cuda = torch.cuda.is_available() if args.device is None else "cuda" in args.device
+        cfg = cfg.replace(**{"resources.gpus_per_worker": 1.0 if cuda else 0.0})
     out = Path(args.out or Path("runs") / run_key(cfg))
     resume = latest_checkpoint(out) if args.resume else None
     if args.resume and resume is None:

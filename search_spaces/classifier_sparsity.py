@@ -23,7 +23,7 @@ SMOKE = {
     "data.name": "synthetic",
     "data.synthetic_train": 64,
     "resources.workers": 1,
-    "resources.gpus_per_worker": 0.0,
+    "resources.gpus_per_worker": None,  # a GPU where there is one, else the CPU
     "resources.cpus_per_worker": 1,
     "train.epochs": 1,
     "train.batch_size": 8,

@@ -20,7 +20,7 @@ SMOKE = {  # synthetic 32x32 images through the same DDP/ImageNet-recipe path
     "data.synthetic_train": 64,
     "sparsity.density": [0.5],
     "resources.workers": 1,
-    "resources.gpus_per_worker": 0.0,
+    "resources.gpus_per_worker": None,  # a GPU where there is one, else the CPU
     "resources.cpus_per_worker": 1,
     "train.epochs": 1,
     "train.batch_size": 8,

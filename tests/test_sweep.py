@@ -384,3 +384,65 @@ def test_er_width_space_widens_each_density_up_to_its_factor():
     for p, ws in widths.items():
         top = sorted(ws)
         assert top[0] == 16 and top[-1] / 16 >= width_factor(p) > top[-2] / 16, (p, top)
+
+
+def test_gpus_by_default_wherever_the_cluster_has_them():
+    """No flag: one GPU per training worker where there are GPUs, the CPU where there are
+    none; an explicit value (a flag, a space, --set; 0 = CPU) is kept."""
+    from rp_tune.sweep import resolve_gpus
+
+    cfgs = expand_space("width_scan", smoke=True)
+    assert {c.resources.gpus_per_worker for c in cfgs} == {None}  # unset: the sweep decides
+    on_gpus, why = resolve_gpus(cfgs, {"CPU": 64, "GPU": 8}, "the Ray cluster")
+    assert {c.resources.gpus_per_worker for c in on_gpus} == {1.0}
+    assert "the Ray cluster has 8" in why and "1 GPU" in why
+    on_cpu, why = resolve_gpus(cfgs, {"CPU": 2}, "this machine")
+    assert {c.resources.gpus_per_worker for c in on_cpu} == {0.0} and "has none" in why
+    asked = expand_space("width_scan", {"resources.gpus_per_worker": "0"}, smoke=True)
+    kept, why = resolve_gpus(asked, {"GPU": 8}, "the Ray cluster")
+    assert {c.resources.gpus_per_worker for c in kept} == {0.0} and "as set: 0" in why
+    later, why = resolve_gpus(cfgs, None, "the Ray cluster")
+    assert {c.resources.gpus_per_worker for c in later} == {None} and "decided when" in why
+    assert len({run_key(c) for c in on_gpus}) == len(cfgs)
+
+
+def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path):
+    r = cli("--space", "smoke", "--dry-run", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "GPUs: this machine has none, so trials train on the CPU" in r.stdout
+    # on a `ray up` head node the autoscaler's node types say how many GPUs there will be
+    conf = tmp_path / "bootstrap.yaml"
+    conf.write_text(
+        "max_workers: 2\nhead_node_type: head\navailable_node_types:\n"
+        "  head: {resources: {CPU: 8}, max_workers: 0}\n"
+        "  gpu: {resources: {CPU: 48, GPU: 4}, max_workers: 2}\n"
+    )
+    env = {**os.environ, "RP_TUNE_AUTOSCALING_CONFIG": str(conf)}
+    r = cli("--space", "smoke", "--dry-run", "--address", "auto", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "GPUs: the cluster's node types" in r.stdout and "has 8, so each" in r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines() if "-s0-" in ln]
+    assert rows and all(row[4] == "1" for row in rows)  # the gpu/w column
+    r = cli("--space", "smoke", "--dry-run", "--gpus-per-trial", "0")
+    assert "GPUs per training worker as set: 0" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
+    """On a local Ray that reports GPUs (a fake GPU resource here), the capacity the sweep
+    reads gives every unset trial one GPU per worker."""
+    import ray
+
+    from rp_tune.sweep import cluster_capacity, default_concurrency, resolve_gpus
+
+    ray.init(num_cpus=1, num_gpus=3, include_dashboard=False)
+    try:
+        capacity = cluster_capacity(joined=False)
+    finally:
+        ray.shutdown()
+    cfgs, why = resolve_gpus(expand_space("smoke"), capacity, "the Ray cluster")
+    assert {c.resources.gpus_per_worker for c in cfgs} == {1.0} and "has 3" in why
+    assert default_concurrency(cfgs, capacity) == 3
