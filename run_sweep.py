@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{0 if flag == '--max-failures' else 1}"
                 )
         configs = expand_space(args.space, overrides, smoke=args.smoke)
-        if not args.dry_run:
+        if not (args.dry_run or args.report):  # a report reads results, never the data
             check_data_roots(configs)
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

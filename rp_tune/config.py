@@ -101,6 +101,11 @@ class ModelConfig:
             raise ConfigError(f"model.name: {e}") from None
 
 
+def default_val_fraction(name: str) -> float:
+    """0.1 of a CIFAR-sized training set (45k/5k); 0 for ImageNet, trained on in full."""
+    return 0.0 if name == "imagenet" else 0.1
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "cifar10"
@@ -119,7 +124,7 @@ class DataConfig:
         if self.name not in DATASETS:
             _fail("data.name", self.name, str(list(DATASETS)))
         if self.val_fraction is None:
-            object.__setattr__(self, "val_fraction", 0.0 if self.name == "imagenet" else 0.1)
+            object.__setattr__(self, "val_fraction", default_val_fraction(self.name))
         if not 0.0 <= self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
         if self.num_classes < 0:
@@ -352,6 +357,10 @@ class TrialConfig:
         if flat.get("train.recipe", self.train.recipe) != self.train.recipe:
             for key in RECIPES[self.train.recipe]:  # let the new recipe fill its own values
                 base.pop(f"train.{key}")
+        name = flat.get("data.name", self.data.name)
+        if name != self.data.name and "data.val_fraction" not in flat:
+            if self.data.val_fraction == default_val_fraction(self.data.name):
+                base.pop("data.val_fraction")  # the new dataset's own default
         return from_flat({**base, **flat})
 
 

@@ -21,17 +21,21 @@ import logging
 import os
 import pickle
 import shutil
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from . import storage
 from .config import DataConfig
+
+if TYPE_CHECKING:
+    from .config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ MANIFEST = "rp_tune_checksums.json"
 
 class DataError(RuntimeError):
     """A dataset is missing, corrupt or cannot be downloaded; raised before training starts."""
+
+
+class DataRootUnreachable(OSError):
+    """A URI data root could not be read (network, credentials): maybe passing, so a trial
+    that meets it is retried like any crash, unlike a DataError."""
 
 
 def derived_seed(*parts: object) -> int:
@@ -150,6 +159,8 @@ def write_svhn_split(
     torchvision's own checksums (for converted files and test fixtures)."""
     from scipy.io import savemat
 
+    if split not in ("train", "test", "extra"):
+        raise ValueError(f"SVHN split {split!r} is invalid; valid: 'train', 'test', 'extra'")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}")
     root = Path(root)
@@ -220,8 +231,9 @@ def local_data_root(root: str, name: str) -> Path:
     first trial on each node copies the dataset's entries (`ENTRIES[name]`) into the node's
     cache (`data_cache`), holding a file lock so the other trials on that node wait and then
     reuse it; a marker file per entry says the copy completed, so a copy cut short by a
-    crash is redone, never half-used. Entries missing at the URI are left to the dataset's
-    own loader (a torchvision download into the cache when data.download allows it).
+    crash is redone, never half-used. A sweep's pre-flight (`ensure_dataset`) refuses a URI
+    root that lacks an entry, since nothing is downloaded into a URI; a trial run on its own
+    leaves a missing entry to the dataset's loader (a download into the cache when allowed).
     """
     if not storage.is_uri(root):
         return Path(root).expanduser()
@@ -238,8 +250,8 @@ def local_data_root(root: str, name: str) -> Path:
             try:
                 present = storage.exists(source)
             except Exception as e:  # credentials, unknown bucket, no network
-                raise DataError(f"data.root={root!r} cannot be read: {e}") from e
-            if not present:
+                raise DataRootUnreachable(f"data.root={root!r} cannot be read: {e}") from e
+            if not present:  # the sweep's pre-flight refuses this; a lone trial may download
                 log.info("%s not at %s: left to the loader", entry, source)
                 continue
             target, partial = cache / entry, cache / f"{entry}.partial"
@@ -272,6 +284,7 @@ LAYOUTS: dict[str, str] = {
     "imagenet_o": "imagenet-o/<class>/*.jpg (ImageNet-O, images in class folders)",
 }
 DOWNLOADABLE = ("cifar10", "cifar100", "svhn")  # torchvision can fetch these
+DOWNLOAD_TIMEOUT_S = 30.0  # a network that drops packets fails the pre-flight this fast
 
 
 def dataset_error(
@@ -308,7 +321,9 @@ def dataset_error(
             f"build it from a folder of images: python -m rp_tune.data prepare {name} "
             f"--from-folder DIR --root {root}"
         )
-    if ood:
+    if ood and name == "imagenet_o":
+        fixes.append("run without it, explicitly: --set evaluation.ood=false")
+    elif ood:
         fixes.append(
             "run without it, explicitly: --set evaluation.ood_sets=gaussian "
             "(or evaluation.ood=false)"
@@ -377,10 +392,11 @@ class Need:
 
     @property
     def download_key(self) -> str:
+        """The config key that allows downloading this dataset."""
         return "evaluation.ood_download" if self.ood else "data.download"
 
 
-def needed_datasets(configs) -> list[Need]:
+def needed_datasets(configs: Sequence[TrialConfig]) -> list[Need]:
     """The datasets the trials read (training sets and OoD sets), each once.
 
     synthetic and gaussian are generated, never read; OoD sets use their test split only.
@@ -450,8 +466,13 @@ def ensure_dataset(need: Need) -> None:
             )
         return
     root = Path(need.root).expanduser()
+    top = root  # the outermost folder of root's path that does not exist yet
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     existed = root.exists()
     before = set(os.listdir(root)) if root.is_dir() else set()
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen sets none
     try:
         if need.name == "imagenet":
             train = _class_folders(need, root / "imagenet" / "train")
@@ -472,11 +493,29 @@ def ensure_dataset(need: Need) -> None:
                 read_split(cfg, split == "train", download_key=need.download_key, ood=need.ood)
     except DataError:
         if not existed:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)  # root and the parents made for it
         elif root.is_dir():
             for name in set(os.listdir(root)) - before:
-                _remove(root / name)
+                _remove_unless_locked(root / name)
         raise
+    finally:
+        socket.setdefaulttimeout(timeout)
+
+
+def _remove_unless_locked(path: Path) -> None:
+    """Remove what a failed attempt left, but not a lock file another process holds now."""
+    if path.suffix == ".lock":
+        lock = FileLock(str(path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            lock.release()
+        return
+    _remove(path)
 
 
 def _class_folders(need: Need, path: Path) -> list[str]:
@@ -495,7 +534,7 @@ def _class_folders(need: Need, path: Path) -> list[str]:
     return classes
 
 
-def ensure_datasets(configs) -> list[Need]:
+def ensure_datasets(configs: Sequence[TrialConfig]) -> list[Need]:
     """ensure_dataset for every dataset the trials need; returns what was checked."""
     needs = needed_datasets(configs)
     for need in needs:
@@ -536,6 +575,8 @@ def synthetic_arrays(
     crops and flips, so a short run learns it. The templates depend on `seed` only, so every
     split shows the same classes; labels and noise depend on (seed, split, n).
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"synthetic split {split!r} is invalid; valid: 'train', 'test'")
     rng = np.random.default_rng(derived_seed(seed, "synthetic-templates", num_classes))
     colours = rng.uniform(60, 195, size=(num_classes, 1, 1, 3))
     coarse = rng.uniform(-30, 30, size=(num_classes, 4, 4, 3))

@@ -1,11 +1,12 @@
 """Dynamic sparse training from a random start: SET (random regrowth) and RigL (gradient).
 
 Every `update_frequency` steps until `stop_at` of training, per masked layer:
-- drop: the round(r * k) kept weights of smallest magnitude (r = drop fraction, k = kept),
+- drop: the floor(r * k) kept weights of smallest magnitude (r = drop fraction, k = kept),
 - grow: as many positions among all those inactive after the drop (the ones just dropped
-  included, as in RigL's `sparse_utils`): uniformly at random (SET, Mocanu et al. 2018) or of
-  largest dense-gradient magnitude (RigL, Evci et al. 2020);
-regrown weights start at zero and their momentum is reset; per-layer counts stay exact.
+  included, as RigL's `sparse_optimizers` does): uniformly at random (SET, Mocanu et al.
+  2018) or of largest dense-gradient magnitude (RigL, Evci et al. 2020);
+new connections start at zero with their momentum reset, a weight dropped and grown back at
+once keeps its value (RigL without `reinit_when_same`); per-layer counts stay exact.
 
 Drop-fraction schedules (`death_rate`): "rigl", RigL's cosine decay from the initial fraction
 to 0 at `stop_at` of training, no update after it (Evci et al. 2020, Eq. 1); and
@@ -90,8 +91,9 @@ def update_masks_(
     for i, (w, m) in enumerate(zip(weights, masks)):
         kept = m.detach().contiguous().view(-1) > 0  # logical (NCHW) order for every tensor
         k = int(kept.sum())
-        # a layer with no inactive position (dense under ERK at low density) is left alone
-        n = min(int(round(rate * k)), k, kept.numel() - k)
+        # RigL drops floor(r k); a layer with no inactive position (dense under ERK at low
+        # density) is left alone
+        n = min(int(rate * k), k, kept.numel() - k)
         if n == 0:
             per_layer.append(0)
             continue
@@ -112,14 +114,16 @@ def update_masks_(
                 raise ValueError("gradient growth needs the dense gradient of every layer")
             score = g.detach().abs().contiguous().view(-1)[inactive]
             grow = inactive[torch.topk(score, n, sorted=False).indices]
-        _set_flat(m, drop, 0.0)
-        _set_flat(m, grow, 1.0)
-        # dropped weights are zeroed; regrown ones (a just-dropped one too) start at zero
-        _set_flat(w, torch.cat([drop, grow]), 0.0)
+        new = grow[~kept[grow]]  # connections that were inactive before this update
+        gone = drop[~torch.isin(drop, grow)]  # dropped and not grown back
+        _set_flat(m, gone, 0.0)
+        _set_flat(m, new, 1.0)
+        # as RigL: new connections start at zero with zero momentum; a weight dropped and
+        # grown back at once keeps its value and momentum (no re-initialisation)
+        _set_flat(w, torch.cat([gone, new]), 0.0)
         if momenta is not None and momenta[i] is not None:
-            _set_flat(momenta[i], grow, 0.0)
-        # connections that moved: regrown positions that were inactive before the update
-        per_layer.append(n - int(torch.isin(grow, drop).sum()))
+            _set_flat(momenta[i], new, 0.0)
+        per_layer.append(int(new.numel()))
     return UpdateStats(changed=sum(per_layer), per_layer=per_layer)
 
 

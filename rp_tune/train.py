@@ -179,6 +179,12 @@ def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize:
     the first training batch of this rank's shard instead.
     """
     if not data.resident:
+        if cfg.sparsity.scheme == "grasp":
+            log.warning(
+                "grasp on an image folder scores the first training batch of rank 0, not "
+                "%d images per class (sparsity.grasp_per_class)",
+                cfg.sparsity.grasp_per_class,
+            )
         x, y = next(iter(data.train))
         return normalize(x.to(device)), y.to(device)
     images, labels = data.train.images, data.train.labels

@@ -2,7 +2,8 @@
 
 Each module defines
 - DESCRIPTION: one line, what the sweep reproduces;
-- GRID: flat config key -> list of values; the sweep is their Cartesian product;
+- GRID: flat config key -> list of values; the sweep is their Cartesian product (or a list of
+  such dicts: the union of their products, for axes that depend on one another);
 - FIXED: flat config key -> value, the same for every trial;
 - SMOKE: flat key -> value or list, replacing GRID/FIXED entries under `--smoke`.
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,3 +303,53 @@ def test_imagenet_with_other_classes_in_val_than_in_train_is_refused(tmp_path):
         ensure_dataset(Need("imagenet", str(tmp_path), False, ("test", "train"), False))
     with pytest.raises(DataError, match="(?s)no folder .*imagenet-o.*expected there: imagenet-o"):
         ensure_dataset(Need("imagenet_o", str(tmp_path), False, ("test",), True))
+
+
+def test_a_failed_download_removes_the_folders_it_made_and_nothing_else(tmp_path, monkeypatch):
+    """A download that fails half-way (a partial archive written) leaves no trace: neither
+    the root nor the parents created for it; in an existing root only what it added goes."""
+    import urllib.error
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    from rp_tune.data import Need, ensure_dataset
+
+    def broken_download(url, download_root, **kw):
+        Path(download_root, "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", broken_download)
+    nested = tmp_path / "a" / "b" / "data"
+    with pytest.raises(DataError, match="(?s)URLError.*the download failed"):
+        ensure_dataset(Need("cifar10", str(nested), True, ("test", "train"), False))
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    with pytest.raises(DataError):
+        ensure_dataset(Need("cifar10", str(existing), True, ("test", "train"), False))
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]
+
+
+def test_cleanup_leaves_a_lock_file_that_another_process_holds(tmp_path):
+    from filelock import FileLock
+
+    from rp_tune.data import _remove_unless_locked
+
+    held, free = tmp_path / ".a.lock", tmp_path / ".b.lock"
+    free.write_text("")
+    with FileLock(str(held)):
+        _remove_unless_locked(held)
+        _remove_unless_locked(free)
+        assert held.exists()
+    assert not free.exists()
+
+
+def test_replacing_the_dataset_takes_its_validation_default():
+    from rp_tune.config import from_flat
+
+    cfg = from_flat({"data.name": "cifar10"})
+    assert cfg.data.val_fraction == 0.1
+    assert cfg.replace(**{"data.name": "imagenet", "model.name": "resnet18"}).data.val_fraction == 0
+    kept = from_flat({"data.name": "cifar10", "data.val_fraction": 0.2})
+    assert kept.replace(**{"data.name": "svhn"}).data.val_fraction == 0.2

@@ -146,6 +146,13 @@ def test_a_root_left_with_only_a_lock_file_is_not_a_dataset(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == [".cifar10.lock"]  # nothing added
 
 
+def test_report_needs_the_results_not_the_data(tmp_path):
+    r = cli("--space", "smoke", "--set", "data.name=cifar10", "--set", "data.download=false",
+            "--set", f"data.root={tmp_path / 'none'}", "--storage", str(tmp_path / "res"),
+            "--report", timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "no sweep at" in r.stderr and "dataset" not in r.stderr
+
+
 def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
     """CIFAR-10's default OoD sets (CIFAR-100, SVHN) are data the sweep needs."""
     from rp_tune.sweep import check_data_roots
