@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -106,9 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    from rp_tune import storage
     from rp_tune.sweep import (
         SweepError,
         check_data_roots,
+        check_trials_fit,
         expand_space,
         parse_overrides,
         trial_table,
@@ -129,14 +132,24 @@ def main(argv: list[str] | None = None) -> int:
             ("--max-concurrent", args.max_concurrent),
             ("--max-failures", args.max_failures),
             ("--inject-fault", args.inject_fault),
+            ("--num-cpus", args.num_cpus),
         ):
             if value is not None and value < (0 if flag == "--max-failures" else 1):
                 raise SweepError(
                     f"{flag}={value} is invalid; valid: an integer >= "
                     f"{0 if flag == '--max-failures' else 1}"
                 )
+        if not (math.isfinite(args.assumed_tflops) and args.assumed_tflops > 0):
+            raise SweepError(
+                f"--assumed-tflops={args.assumed_tflops:g} is invalid; valid: a number > 0"
+            )
         configs = expand_space(args.space, overrides, smoke=args.smoke)
+        check_trials_fit(configs)
         if not (args.dry_run or args.report):  # a report reads results, never the data
+            try:
+                storage.check_usable(args.storage)
+            except OSError as e:
+                raise SweepError(f"--storage {args.storage!r} cannot be used: {e}") from None
             check_data_roots(configs)
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

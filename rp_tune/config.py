@@ -337,6 +337,11 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             _fail("seed", self.seed, "an integer >= 0")
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    _fail(f"{section}.{f.name}", value, "a finite number")
         if self.data.name in self.evaluation.ood_sets:
             raise ConfigError(
                 f"evaluation.ood_sets={self.evaluation.ood_sets!r} holds the training dataset "
@@ -433,14 +438,19 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool):
             _fail(key, value, "a number")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        _fail(key, value, "a number")
+        if number is None:
+            _fail(key, value, "a number")
+        if not math.isfinite(number):  # NaN passes every `< 0` check, inf most others
+            _fail(key, value, "a finite number")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             _fail(key, value, "a string")

@@ -354,6 +354,8 @@ def _locked_fetch(cfg: DataConfig, fetch, download_key: str = "data.download", o
             where=repr(where),
         )
 
+    if root.exists() and not root.is_dir():
+        raise error("that is a file, not a folder")
     if not cfg.download and not root.is_dir():
         raise error("missing or corrupt (no such folder)")
     try:

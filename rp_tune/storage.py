@@ -116,3 +116,34 @@ def copy_to_local(source: str, dest: str | Path) -> None:
     pafs.copy_files(
         path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
     )
+
+
+def check_usable(location: str) -> None:
+    """Raise OSError (with the reason) unless a sweep can write under a local `location`.
+
+    Probes for real, leaving nothing behind: creates the missing folders, writes and deletes
+    a file, then removes the folders it created. URIs are checked by the first read (Ray's
+    `Tuner.can_restore`), which names the bucket or credential problem.
+    """
+    import os
+    import tempfile
+
+    if is_uri(location):
+        return
+    path = Path(location).expanduser().resolve()
+    first_missing = None
+    probe = path
+    while not probe.exists():
+        first_missing, probe = probe, probe.parent
+    if not probe.is_dir():
+        raise OSError(f"{probe} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".rp_tune-probe-", dir=path)
+        os.close(fd)
+        os.unlink(name)
+    finally:
+        if first_missing is not None and first_missing.exists():
+            import shutil
+
+            shutil.rmtree(first_missing, ignore_errors=True)

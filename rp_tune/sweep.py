@@ -29,8 +29,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ray.tune import Callback
-
 from . import storage as store
 from .config import DYNAMIC_KEYS, ConfigError, DataConfig, TrialConfig, from_flat, run_key
 from .data import absolute_data_root
@@ -131,6 +129,28 @@ def check_data_roots(configs: Sequence[TrialConfig]) -> None:
         raise SweepError(str(e)) from None
 
 
+FULL_TRAINING_SETS = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "imagenet": 1_281_167}
+
+
+def training_images(cfg: TrialConfig) -> int:
+    """Images a trial trains on: its training set less the validation share."""
+    full = FULL_TRAINING_SETS.get(cfg.data.name, cfg.data.synthetic_train)
+    return int(full - round(full * cfg.data.val_fraction))
+
+
+def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
+    """Refuse, before Ray starts, trials whose batch exceeds their training shard (they would
+    fail in every worker on every retry); sizes are those of the full datasets."""
+    for cfg in configs:
+        shard = training_images(cfg) // cfg.resources.workers
+        if shard < cfg.train.batch_size:
+            raise SweepError(
+                f"train.batch_size={cfg.train.batch_size} is larger than the training shard "
+                f"of {shard} images ({cfg.data.name}, {cfg.resources.workers} worker(s)) of "
+                f"trial {run_key(cfg)}; valid: a batch <= {shard}"
+            )
+
+
 def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     """Training FLOPs of the dense net (3 x forward) / an assumed sustained rate.
 
@@ -139,14 +159,7 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     """
     from .metrics import layer_flops
 
-    full = {  # training-set sizes; the validation share (data.val_fraction) is not trained on
-        "cifar10": 50_000,
-        "cifar100": 50_000,
-        "svhn": 73_257,
-        "imagenet": 1_281_167,
-        "synthetic": cfg.data.synthetic_train,
-    }
-    images = {k: int(n * (1 - cfg.data.val_fraction)) for k, n in full.items()}
+    images = {cfg.data.name: training_images(cfg)}
     size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
     key = (cfg.model.name, size)
     if key not in _FLOPS:
@@ -421,40 +434,58 @@ def _status(result: Mapping[str, Any] | None, epochs: int, errored: bool) -> str
     return "unfinished"
 
 
-class TrackingCallback(Callback):
-    """A Tune callback on the driver that hands every trial event to the MLflow tracker.
+def _make_tracking_callback() -> type:
+    """TrackingCallback, built on first use so that importing this module (planning, dry
+    runs, bad-input paths) does not import Ray; `__getattr__` below caches it under its own
+    name, so Tune's pickle of the run config finds it by reference."""
+    from ray.tune import Callback
 
-    Tune pickles its run config into the experiment (tuner.pkl); the tracker (a thread and a
-    queue) is left out, and `run_sweep` attaches a live one again on --resume.
-    """
+    class TrackingCallback(Callback):
+        """A Tune callback on the driver that hands every trial event to the MLflow tracker.
 
-    def __init__(self, tracker: Any) -> None:
-        self.tracker = tracker
+        Tune pickles its run config into the experiment (tuner.pkl); the tracker (a thread and a
+        queue) is left out, and `run_sweep` attaches a live one again on --resume.
+        """
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"tracker": None}
+        def __init__(self, tracker: Any) -> None:
+            self.tracker = tracker
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.tracker is not None:
-            t = trial.config["trial"]
-            self.tracker.trial_result(t["run_key"], t["flat"], dict(result))
+        def __getstate__(self) -> dict[str, Any]:
+            return {"tracker": None}
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if self.tracker is not None:
-            t = trial.config["trial"]
-            last = dict(trial.last_result or {})
-            status = _status(last, int(t["flat"]["train.epochs"]), errored=False)
-            self.tracker.trial_end(t["run_key"], t["flat"], last, status)
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.tracker is not None:
+                t = trial.config["trial"]
+                self.tracker.trial_result(t["run_key"], t["flat"], dict(result))
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        if self.tracker is not None:
-            t = trial.config["trial"]
-            error = ""
-            if trial.error_file and os.path.isfile(trial.error_file):
-                error = Path(trial.error_file).read_text()[-2000:]
-            self.tracker.trial_end(
-                t["run_key"], t["flat"], dict(trial.last_result or {}), "failed", error
-            )
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if self.tracker is not None:
+                t = trial.config["trial"]
+                last = dict(trial.last_result or {})
+                status = _status(last, int(t["flat"]["train.epochs"]), errored=False)
+                self.tracker.trial_end(t["run_key"], t["flat"], last, status)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if self.tracker is not None:
+                t = trial.config["trial"]
+                error = ""
+                if trial.error_file and os.path.isfile(trial.error_file):
+                    error = Path(trial.error_file).read_text()[-2000:]
+                self.tracker.trial_end(
+                    t["run_key"], t["flat"], dict(trial.last_result or {}), "failed", error
+                )
+
+    TrackingCallback.__module__ = __name__
+    TrackingCallback.__qualname__ = "TrackingCallback"
+    return TrackingCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrackingCallback":
+        cls = _make_tracking_callback()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_sweep(
@@ -529,7 +560,7 @@ def run_sweep(
                 else None
             ),
         )
-        callbacks.append(TrackingCallback(tracker))
+        callbacks.append(__getattr__("TrackingCallback")(tracker))
         log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
     trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
     if resume:
@@ -539,7 +570,9 @@ def run_sweep(
         # Callbacks come back unpickled without their tracker: attach the live ones again.
         run_config = tuner._local_tuner.get_run_config()
         run_config.callbacks = [
-            c for c in run_config.callbacks or [] if not isinstance(c, TrackingCallback)
+            c
+            for c in run_config.callbacks or []
+            if not isinstance(c, __getattr__("TrackingCallback"))
         ] + callbacks
     else:
         capacity = cluster_capacity(address is not None)

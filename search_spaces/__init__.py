@@ -33,7 +33,18 @@ def space_names() -> list[str]:
 def load_space(name: str) -> ModuleType:
     if name not in space_names():
         raise ValueError(f"unknown search space {name!r}; valid choices: {space_names()}")
-    module = importlib.import_module(f"{__name__}.{name}")
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except SyntaxError as e:
+        raise ValueError(f"search space {name!r}: {e.filename}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # an import or a value in the module fails
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno}" if tb else "?"
+        raise ValueError(
+            f"search space {name!r} fails to load: {where}: {type(e).__name__}: {e}"
+        ) from None
     for attr in ("DESCRIPTION", "GRID", "FIXED", "SMOKE"):
         if not hasattr(module, attr):
             raise ValueError(f"search space {name!r} lacks {attr}")

@@ -104,3 +104,16 @@ def test_frozen():
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
     assert "sparsity.density" in flat_keys()
+
+
+def test_nan_and_inf_are_refused_wherever_a_number_goes():
+    import math
+
+    from rp_tune.config import TrainConfig, TrialConfig
+
+    for key in ("train.weight_decay", "resources.cpus_per_worker", "sparsity.fc_density"):
+        for bad in ("nan", "inf", float("nan"), float("-inf")):
+            with pytest.raises(ConfigError, match=f"{key}=.* a finite number"):
+                from_flat({key: bad})
+    with pytest.raises(ConfigError, match="train.weight_decay=nan is invalid; valid: a finite"):
+        TrialConfig(train=TrainConfig(weight_decay=math.nan))  # built directly, not from flat

@@ -93,10 +93,24 @@ def test_dry_run_lists_the_trials(tmp_path):
             "dataset cifar10 at data.root='/nonexistent/rp': missing or corrupt (no such folder)",
         ),
         (["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent=0 is invalid"),
+        (["--space", "smoke", "--num-cpus", "0"], "--num-cpus=0 is invalid"),
+        (["--space", "smoke", "--storage", "/proc/x"], "--storage '/proc/x' cannot be used"),
+        (["--space", "smoke", "--storage", "/etc/hostname/sub"], "/etc/hostname is a file"),
+        (["--space", "smoke", "--gpus-per-trial", "inf"], "gpus_per_worker=inf is invalid"),
+        (["--space", "smoke", "--gpus-per-trial", "nan"], "gpus_per_worker=nan is invalid"),
+        (["--space", "smoke", "--assumed-tflops", "-1", "--dry-run"], "--assumed-tflops=-1"),
+        (["--space", "smoke", "--set", "train.weight_decay=nan"], "a finite number"),
+        (["--space", "smoke", "--set", "resources.cpus_per_worker=inf"], "a finite number"),
+        (["--space", "smoke", "--set", "train.batch_size=4096"], "larger than the training shard"),
+        (
+            ["--space", "smoke", "--set", "data.name=cifar10", "--set", "data.root=/etc/hostname"],
+            "that is a file, not a folder",
+        ),
     ],
 )
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, args, message):
-    r = cli(*args, "--storage", str(tmp_path / "res"), timeout=120)
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "res")]
+    r = cli(*args, *storage, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -170,6 +184,18 @@ def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
     check_data_roots(
         expand_space("smoke", {**base, "evaluation.ood_sets": "", "evaluation.ood": "0"})
     )
+
+
+def test_a_space_file_that_fails_to_load_names_its_file_and_line(tmp_path, monkeypatch):
+    import search_spaces
+
+    (tmp_path / "broken_syntax.py").write_text("GRID = {\nFIXED = {}\n")
+    (tmp_path / "broken_import.py").write_text("DESCRIPTION = 'x'\nimport no_such_module\n")
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
+    with pytest.raises(SweepError, match=r"broken_syntax.py, line 1: '\{' was never closed"):
+        expand_space("broken_syntax")
+    with pytest.raises(SweepError, match=r"broken_import.py, line 2: ModuleNotFoundError"):
+        expand_space("broken_import")
 
 
 def test_density_out_of_range_inside_a_space():
