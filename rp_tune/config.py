@@ -150,6 +150,8 @@ class SparsityConfig:
     fc_density: float = 1.0  # erk_plus: classifier density
     score_batch: int = 128  # snip: images in the scoring batch (Liu et al.: 128)
     grasp_per_class: int = 10  # grasp: images per class in its class-balanced batch (paper: 10)
+    # a plan that keeps no weight in some layer cuts the network: refused unless this is set
+    allow_empty_layers: bool = False
     mode: str = "static"  # static: fixed mask; dynamic: drop-and-grow (SET / RigL)
     growth: str = "gradient"  # dynamic: random (SET) or gradient (RigL); drop is by magnitude
     update_frequency: int = 100  # dynamic: steps between mask updates

@@ -191,7 +191,10 @@ class Masks:
                 ("bits", pa.binary()),
                 ("sha256", pa.string()),
             ],
-            metadata={"rp_tune.masks": json.dumps(self.meta)},
+            metadata={
+                "rp_tune.masks": json.dumps(self.meta),
+                "rp_tune.masks.sha256": _file_digest(json.dumps(self.meta), rows),
+            },
         )
         table = pa.table(rows, schema=schema)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,11 +231,30 @@ class Masks:
                     f"the file says {row['kept']}"
                 )
             masks[name] = torch.from_numpy(arr.astype(bool)).view(shape)
-        raw_meta = (table.schema.metadata or {}).get(b"rp_tune.masks", b"{}")
-        out = cls(masks, json.loads(raw_meta))
+        metadata = table.schema.metadata or {}
+        raw_meta = metadata.get(b"rp_tune.masks", b"{}").decode()
+        digest = metadata.get(b"rp_tune.masks.sha256")
+        if digest is not None and digest.decode() != _file_digest(raw_meta, table.to_pydict()):
+            raise ValueError(
+                f"{path}: checksum mismatch of the metadata (scheme, seed, target density) or "
+                "of the layer list"
+            )
+        try:
+            out = cls(masks, json.loads(raw_meta))
+        except ValueError as e:
+            raise ValueError(f"{path}: unreadable masks metadata: {e}") from None
         if model is not None:
             out.check_model(model)
         return out
+
+
+def _file_digest(meta_json: str, rows: Mapping[str, list]) -> str:
+    """sha256 over the metadata and every layer's name, shape, count and bits checksum: what
+    the per-layer checksums leave uncovered (files written before it existed have none)."""
+    h = hashlib.sha256(meta_json.encode())
+    for name, shape, kept, sha in zip(rows["name"], rows["shape"], rows["kept"], rows["sha256"]):
+        h.update(f"\n{name}:{list(shape)}:{int(kept)}:{sha}".encode())
+    return h.hexdigest()
 
 
 def density_report(masks: Masks, model: nn.Module | None = None) -> list[dict]:

@@ -139,9 +139,25 @@ def training_images(cfg: TrialConfig) -> int:
 
 
 def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
-    """Refuse, before Ray starts, trials whose batch exceeds their training shard (they would
-    fail in every worker on every retry); sizes are those of the full datasets."""
+    """Refuse, before Ray starts, trials that would fail in every worker on every retry: a
+    batch larger than the training shard (sizes of the full datasets), a data-free scheme
+    whose plan keeps no weight in some layer (data-dependent ones are checked in the trial)."""
+    from .models import layer_specs
+    from .sparsity import SCHEMES, check_no_empty_layers, layer_densities
+
+    specs: dict[tuple[str, int], Any] = {}
     for cfg in configs:
+        s = cfg.sparsity
+        if s.density < 1.0 and not SCHEMES[s.scheme].needs_model and not s.allow_empty_layers:
+            key = (cfg.model.name, cfg.data.classes or 1000)
+            if key not in specs:
+                specs[key] = layer_specs(build_model(*key))
+            options = {"fc_density": s.fc_density} if s.scheme == "erk_plus" else {}
+            plan = layer_densities(s.scheme, specs[key], s.density, **options)
+            try:
+                check_no_empty_layers(plan)
+            except ValueError as e:
+                raise SweepError(f"trial {run_key(cfg)}: {e}") from None
         shard = training_images(cfg) // cfg.resources.workers
         if shard < cfg.train.batch_size:
             raise SweepError(
@@ -192,16 +208,19 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
 # --------------------------------------------------------------------------------------------
 
 FAULT_MARKER = "injected-fault-{key}"
-DATA_ERRORS = "_data_errors"  # <train storage>/_data_errors/<run_key>: a trial's data error
-DATA_ERROR_TAG = "[rp_tune data error]"
+# <train storage>/_recurring_errors/<run_key>: why a trial failed in a way a retry repeats
+RECURRING_ERRORS = "_recurring_errors"
+RECURRING_TAG = "[rp_tune: recurs on retry]"
 
 
-class TrialDataError(RuntimeError):
-    """A trial's data is missing or corrupt where it ran: not a crash, so never retried."""
+class RecurringTrialError(RuntimeError):
+    """A trial failed in a way every retry repeats (its data is missing or corrupt where it
+    ran, its config cannot train): not a crash, so never retried."""
 
 
-def _data_error_message(error: BaseException) -> str | None:
-    """The DataError message carried by a worker's exception (wrapped by Ray), or None."""
+def _recurring_error_message(error: BaseException) -> str | None:
+    """The message of a recurring error (DataError, ConfigError) carried by a worker's
+    exception (wrapped by Ray), or None."""
     seen: set[int] = set()
     stack: list[Any] = [error]
     while stack:
@@ -210,8 +229,8 @@ def _data_error_message(error: BaseException) -> str | None:
             continue
         seen.add(id(e))
         text = str(e)
-        if DATA_ERROR_TAG in text:
-            body = text[text.index(DATA_ERROR_TAG) + len(DATA_ERROR_TAG) :].strip()
+        if RECURRING_TAG in text:
+            body = text[text.index(RECURRING_TAG) + len(RECURRING_TAG) :].strip()
             lines = body.splitlines()
             keep = [lines[0]] + [ln for ln in lines[1:3] if ln.startswith("  ")] if lines else []
             return "\n".join(keep)
@@ -228,36 +247,37 @@ def error_summary(error: BaseException, limit: int = 1000) -> str:
     e: Any = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e) is TrialDataError:  # not Ray's RayTaskError(TrialDataError) wrapper
+        if type(e) is RecurringTrialError:  # not Ray's RayTaskError(RecurringTrialError) wrapper
             return str(e)[:limit]
         e = getattr(e, "cause", None) or e.__cause__
     text = str(error)
-    if DATA_ERROR_TAG in text or "TrialDataError: " in text:
-        start = text.rfind("TrialDataError: ")
-        body = text[start + len("TrialDataError: ") :] if start >= 0 else text
-        return (_data_error_message(RuntimeError(DATA_ERROR_TAG + " " + body)) or body)[:limit]
+    if RECURRING_TAG in text or "RecurringTrialError: " in text:
+        start = text.rfind("RecurringTrialError: ")
+        body = text[start + len("RecurringTrialError: ") :] if start >= 0 else text
+        return (_recurring_error_message(RuntimeError(RECURRING_TAG + " " + body)) or body)[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: ", ln)]
     return (raised[-1] if raised else lines[0] if lines else repr(error))[:limit]
 
 
-def _stop_on_data_error():
-    """A Train callback on the controller: a worker's DataError ends the run at once.
+def _stop_on_recurring_error():
+    """A Train callback on the controller: a worker's recurring error ends the run at once.
 
     Ray Train retries every worker error up to FailureConfig.max_failures; an error raised
-    by a callback is a controller error, which it does not retry. A corrupt dataset on a node
-    would fail the same way on every attempt, so retrying only wastes the worker starts.
+    by a callback is a controller error, which it does not retry. A corrupt dataset on a node,
+    or a config that cannot train, would fail the same way on every attempt, so retrying only
+    wastes the worker starts.
     """
     from ray.train import UserCallback
 
-    class StopOnDataError(UserCallback):
+    class StopOnRecurringError(UserCallback):
         def after_exception(self, run_context, worker_exceptions):
             for error in worker_exceptions.values():
-                message = _data_error_message(error)
+                message = _recurring_error_message(error)
                 if message is not None:
-                    raise TrialDataError(f"{DATA_ERROR_TAG} {message}")
+                    raise RecurringTrialError(f"{RECURRING_TAG} {message}")
 
-    return StopOnDataError()
+    return StopOnRecurringError()
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -321,8 +341,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 device=ray.train.torch.get_device(),
                 wrap_model=wrap,
             )
-        except DataError as e:  # tagged, so the controller can tell it from a crash
-            raise DataError(f"{DATA_ERROR_TAG} {e}") from None
+        except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
+            raise type(e)(f"{RECURRING_TAG} {e}") from None
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -332,9 +352,9 @@ def _tune_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = config["trial"]
-    marker = store.join(config["train_storage"], DATA_ERRORS, trial["run_key"])
-    if store.exists(marker):  # Tune's retry of a trial whose data failed: fail again at once
-        raise TrialDataError(store.read_text(marker))
+    marker = store.join(config["train_storage"], RECURRING_ERRORS, trial["run_key"])
+    if store.exists(marker):  # Tune's retry of a trial that cannot succeed: fail at once
+        raise RecurringTrialError(store.read_text(marker))
     cfg = from_flat(trial["flat"])
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
@@ -351,17 +371,17 @@ def _tune_trial(config: dict[str, Any]) -> None:
             storage_path=config["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=config["train_max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback(), _stop_on_data_error()],
+            callbacks=[TuneReportCallback(), _stop_on_recurring_error()],
         ),
     )
     try:
         trainer.fit()
     except Exception as e:
-        message = _data_error_message(e)
+        message = _recurring_error_message(e)
         if message is None:
             raise
         store.write_text(marker, message)
-        raise TrialDataError(message) from None
+        raise RecurringTrialError(message) from None
 
 
 @dataclass
@@ -525,8 +545,8 @@ def run_sweep(
             "--name to start another"
         )
     if resume:  # the data may have been fixed since: trials that failed on it try again
-        for key in store.list_names(store.join(train_storage, DATA_ERRORS)):
-            store.delete(store.join(train_storage, DATA_ERRORS, key))
+        for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
+            store.delete(store.join(train_storage, RECURRING_ERRORS, key))
     uri = None
     if tracking:
         from .tracking import default_tracking_uri

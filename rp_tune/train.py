@@ -55,7 +55,7 @@ from .data import (
 )
 from .masks import Masks, density_report, format_report
 from .models import build_model, input_kind, layer_specs
-from .sparsity import SCHEMES, DensityPlan, layer_densities
+from .sparsity import SCHEMES, DensityPlan, check_no_empty_layers, layer_densities
 
 log = logging.getLogger(__name__)
 
@@ -530,6 +530,10 @@ def _draw_masks(
     if distributed:
         dist.broadcast_object_list(kept, src=0)
     plan = DensityPlan(s.scheme, s.density, tuple(specs), tuple(kept[0]))
+    try:
+        check_no_empty_layers(plan, s.allow_empty_layers)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return Masks.random(plan, cfg.seed, sampling=s.sampling)
 
 

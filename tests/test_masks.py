@@ -116,3 +116,47 @@ def test_bernoulli_sampling_is_optional_and_approximate():
     assert m.density() == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="valid choices"):
         Masks.random(plan, 0, sampling="poisson")
+
+
+def test_masks_metadata_is_covered_by_a_checksum(tmp_path):
+    """Scheme, seed and target density live in the file's metadata: changing them without
+    the masks is refused, as a changed bit is."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from rp_tune.models import build_model, layer_specs
+    from rp_tune.sparsity import layer_densities
+
+    model = build_model("cifar_resnet_8")
+    masks = Masks.random(layer_densities("erk", layer_specs(model), 0.1), seed=3)
+    path = masks.save(tmp_path / "m.parquet")
+    assert Masks.load(path, model).meta["seed"] == "3"
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    meta[b"rp_tune.masks"] = json.dumps({**masks.meta, "seed": "4"}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "lied.parquet")
+    with pytest.raises(ValueError, match="checksum mismatch of the metadata"):
+        Masks.load(tmp_path / "lied.parquet")
+    old = {k: v for k, v in meta.items() if k != b"rp_tune.masks.sha256"}
+    pq.write_table(table.replace_schema_metadata(old), tmp_path / "old.parquet")
+    assert Masks.load(tmp_path / "old.parquet").meta["seed"] == "4"  # files from before
+
+
+def test_a_plan_that_empties_a_layer_is_refused_unless_asked(tmp_path):
+    from rp_tune.config import ConfigError, from_flat
+    from rp_tune.train import run_trial
+
+    flat = {
+        "data.name": "synthetic",
+        "model.name": "cifar_resnet_8",
+        "sparsity.scheme": "uniform",
+        "sparsity.density": 1e-9,
+        "train.epochs": 1,
+        "evaluation.fgsm": False,
+    }
+    with pytest.raises(ConfigError, match="keeps no weight in 10 of 10 layers"):
+        run_trial(from_flat(flat), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    r = run_trial(from_flat({**flat, "sparsity.allow_empty_layers": True}), tmp_path / "ok")
+    assert r["achieved_density"] == 0.0

@@ -102,6 +102,7 @@ def test_dry_run_lists_the_trials(tmp_path):
         (["--space", "smoke", "--set", "train.weight_decay=nan"], "a finite number"),
         (["--space", "smoke", "--set", "resources.cpus_per_worker=inf"], "a finite number"),
         (["--space", "smoke", "--set", "train.batch_size=4096"], "larger than the training shard"),
+        (["--space", "smoke", "--set", "sparsity.density=1e-9"], "keeps no weight in 10 of 10"),
         (
             ["--space", "smoke", "--set", "data.name=cifar10", "--set", "data.root=/etc/hostname"],
             "that is a file, not a folder",

@@ -34,6 +34,8 @@ __all__ = [
     "Scheme",
     "layer_densities",
     "scheme_names",
+    "check_no_empty_layers",
+    "empty_layers",
     "width_factor",
     "widths_up_to_factor",
 ]
@@ -65,6 +67,23 @@ SCHEMES: dict[str, Scheme] = {
 
 def scheme_names() -> list[str]:
     return list(SCHEMES)
+
+
+def empty_layers(plan: DensityPlan) -> list[str]:
+    """Layers the plan keeps no weight of: such a network passes no signal through them."""
+    return [layer.name for layer, k in zip(plan.layers, plan.kept) if k == 0]
+
+
+def check_no_empty_layers(plan: DensityPlan, allowed: bool = False) -> None:
+    """ValueError naming the empty layers, unless `allowed` (sparsity.allow_empty_layers)."""
+    empty = empty_layers(plan)
+    if empty and not allowed:
+        raise ValueError(
+            f"sparsity.density={plan.target_density:g} with scheme {plan.scheme!r} keeps no "
+            f"weight in {len(empty)} of {len(plan.layers)} layers ({', '.join(empty[:4])}"
+            f"{', ...' if len(empty) > 4 else ''}); valid: a higher density, another scheme, "
+            "or sparsity.allow_empty_layers=true"
+        )
 
 
 def width_factor(density: float) -> float:
@@ -150,7 +169,7 @@ def layer_densities(
             layers,
             allocate(layers, [c / s.numel for c, s in zip(counts, layers)], keep),
         )
-    log.info(
+    log.debug(  # the trial logs the whole per-layer table of its masks
         "scheme %s: target density %.6g, achieved %.6g (%d of %d weights)",
         scheme,
         density,
