@@ -284,10 +284,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: one trial, resuming from Train's latest checkpoint."""
     import ray.train
     import ray.train.torch
-    import torch
 
     from .data import DataError
-    from .train import CHECKPOINT_FILE, run_trial
+    from .train import run_trial
 
     cfg = from_flat(loop_config["flat"])
     key = run_key(cfg)
@@ -298,9 +297,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
         resume, resumed_from = None, 0
         if checkpoint is not None:
-            resume = Path(checkpoint.to_directory(os.path.join(tmp, "restored")))
-            state = torch.load(resume / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-            resumed_from = int(state["epoch"])
+            resume, resumed_from = _readable_checkpoint(checkpoint, Path(tmp))
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if fault is not None and metrics["epoch"] == fault["epoch"]:
@@ -343,6 +340,47 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
+
+
+def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
+    """(local folder, epoch) of the newest of the trial's checkpoints that reads back.
+
+    Train hands over its latest registered checkpoint; if that one is damaged (a truncated
+    state.pt, a bad masks file), each is reported by path and the older checkpoints beside
+    it in the Train run's storage are tried, newest first. None of them: start over.
+    """
+    import posixpath
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from .train import CheckpointError, read_checkpoint
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = posixpath.split(path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+        older = sorted(
+            (i.path for i in infos if i.type == pafs.FileType.Directory
+             and posixpath.basename(i.path).startswith("checkpoint_")
+             and posixpath.basename(i.path) < name),
+            reverse=True,
+        )  # fmt: skip
+    except OSError:
+        older = []
+    for i, candidate in enumerate([path, *older]):
+        ckpt = checkpoint if i == 0 else ray.train.Checkpoint(candidate, filesystem=fs)
+        try:
+            local = Path(ckpt.to_directory(str(tmp / f"restored-{i}")))
+            state = read_checkpoint(local)
+        except (CheckpointError, OSError) as e:
+            log.warning("checkpoint %s cannot be read (%s); trying the one before it", candidate, e)
+            continue
+        if i > 0:
+            log.warning("resuming from the older checkpoint %s", candidate)
+        return local, int(state["epoch"])
+    log.warning("no checkpoint of this trial reads back: starting it from the beginning")
+    return None, 0
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -558,7 +596,9 @@ def run_sweep(
     # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None and not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        # address="local": a new Ray of our own, never the cluster that
+        # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
     elif not ray.is_initialized():
         ray.init(address=address)
     tracker = None

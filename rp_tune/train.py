@@ -124,13 +124,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be read back (truncated, damaged, not ours)."""
+
+
+def read_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
+    """The state of a checkpoint folder, after checking that all of it reads: `state.pt`
+    (model, optimizer, epoch, run key) and `masks.parquet` (its checksums); CheckpointError
+    naming the folder and the problem otherwise."""
+    folder = Path(folder)
+    try:
+        state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, unpickling error, missing file
+        raise CheckpointError(f"{folder / CHECKPOINT_FILE}: {type(e).__name__}: {e}") from None
+    missing = [k for k in ("run_key", "epoch", "model", "optimizer") if k not in state]
+    if not isinstance(state, dict) or missing:
+        raise CheckpointError(f"{folder / CHECKPOINT_FILE}: not a trial checkpoint ({missing})")
+    try:
+        Masks.load(folder / MASKS_FILE)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+    return state
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete `checkpoints/epoch_NNNN` folder under out_dir, or None."""
+    """The newest `checkpoints/epoch_NNNN` folder under out_dir that reads back, or None;
+    a newer one that does not is logged by path and passed over."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.glob("epoch_*") if (p / CHECKPOINT_FILE).is_file())
-    return done[-1] if done else None
+    for folder in sorted(root.glob("epoch_*"), reverse=True):
+        try:
+            read_checkpoint(folder)
+            return folder
+        except CheckpointError as e:
+            log.warning("checkpoint cannot be read, using an older one: %s", e)
+    return None
 
 
 @dataclass

@@ -283,6 +283,48 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
     assert sum(len(a) for a in attempts.values()) == 1  # one worker start, no retries
 
 
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_does_not_lose_the_trial(tmp_path):
+    """Driver killed with two checkpoints written, the newest state.pt then truncated:
+    --resume reports it by path and continues from the one before; the trial finishes."""
+    res = tmp_path / "res"
+    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--no-tracking",
+            "--set", "sparsity.scheme=erk", "--set", "train.epochs=4",
+            "--set", "data.synthetic_train=1024"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline, ckpts = time.time() + 240, []
+    try:
+        while time.time() < deadline and len(ckpts) < 2:
+            time.sleep(0.5)
+            ckpts = sorted(
+                p
+                for p in res.glob("smoke-train/train-*/checkpoint_*")
+                if (p / "state.pt").is_file()
+            )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(ckpts) >= 2, "no two checkpoints before the deadline"
+    ckpts = sorted(p for p in res.glob("smoke-train/train-*/checkpoint_*") if p.is_dir())
+    import torch
+
+    before = torch.load(ckpts[-2] / "state.pt", weights_only=False)["epoch"]
+    bad = ckpts[-1] / "state.pt"
+    bad.write_bytes(bad.read_bytes()[:2000])
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (t,) = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
+    assert t["status"] == "finished" and t["metrics"]["epoch"] == 4
+    assert t["resumed_from_epoch"] == before < 4
+    assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
+
+
 def _terminated(path: Path) -> set[str]:
     """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
     states = sorted(path.glob("experiment_state-*.json"))
@@ -480,3 +522,27 @@ def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
     cfgs, why = resolve_gpus(expand_space("smoke"), capacity, "the Ray cluster")
     assert {c.resources.gpus_per_worker for c in cfgs} == {1.0} and "has 3" in why
     assert default_concurrency(cfgs, capacity) == 3
+
+
+def test_a_local_sweep_starts_its_own_ray_rather_than_joining_one(tmp_path, monkeypatch):
+    """Without --address (and RAY_ADDRESS), the sweep asks Ray for a new local instance, so
+    it never joins whatever cluster /tmp/ray/ray_current_cluster names."""
+    import ray
+
+    from rp_tune.sweep import run_sweep
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(**kw):
+        calls.append(kw)
+        raise Stop
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(Stop):
+        run_sweep(expand_space("smoke"), name="x", storage=str(tmp_path), tracking=False)
+    assert calls and calls[0]["address"] == "local"

@@ -257,3 +257,63 @@ def test_saliency_scores_normalized_images_and_grasp_takes_ten_per_class(tmp_pat
     assert list(masks.kept().values()) == list(scored) != list(on_pixels)
     gx, gy = _score_batch(cfg.replace(**{"sparsity.scheme": "grasp"}), data, cpu, norm)
     assert torch.bincount(gy, minlength=10).tolist() == [10] * 10 and len(gx) == 100
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    """A finished 3-epoch trial that kept a checkpoint per epoch."""
+    out = tmp_path_factory.mktemp("ckpts")
+    cfg = from_flat(
+        {
+            "data.name": "synthetic",
+            "data.synthetic_train": 120,
+            "model.name": "cifar_resnet_8",
+            "train.epochs": 3,
+            "train.batch_size": 30,
+            "evaluation.fgsm": False,
+            "evaluation.ood": False,
+        }
+    )
+    run_trial(cfg, out, keep_checkpoints=3)
+    return out
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_by_path(three_checkpoints, tmp_path, caplog):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(three_checkpoints, out)
+    newest = out / "checkpoints" / "epoch_0003"
+    assert latest_checkpoint(out) == newest
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    assert latest_checkpoint(out) == out / "checkpoints" / "epoch_0002"
+    assert f"{state}" in caplog.text
+    (out / "checkpoints" / "epoch_0002" / "masks.parquet").write_bytes(b"PAR1 broken")
+    assert latest_checkpoint(out) == out / "checkpoints" / "epoch_0001"
+
+
+def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
+    three_checkpoints, tmp_path
+):
+    """Ray Train hands over its latest checkpoint; a damaged one is skipped for the newest
+    older checkpoint beside it in the Train run's folder."""
+    import shutil
+
+    import ray.train
+
+    from rp_tune.sweep import _readable_checkpoint
+
+    run = tmp_path / "train-x"
+    names = [f"checkpoint_2026-12-01_10-00-0{i}.000000" for i in (1, 2, 3)]
+    for i, name in enumerate(names, 1):
+        shutil.copytree(three_checkpoints / "checkpoints" / f"epoch_{i:04d}", run / name)
+    latest = ray.train.Checkpoint.from_directory(str(run / names[2]))
+    folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp")
+    assert epoch == 3 and folder is not None
+    (run / names[2] / "state.pt").write_bytes(b"")
+    folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp2")
+    assert epoch == 2 and torch.load(folder / "state.pt", weights_only=False)["epoch"] == 2
+    for name in names[:2]:
+        (run / name / "state.pt").write_bytes(b"x")
+    assert _readable_checkpoint(latest, tmp_path / "tmp3") == (None, 0)
