@@ -9,9 +9,14 @@ pyarrow filesystems here, so a URI works wherever a path does.
 
 from __future__ import annotations
 
+import logging
+import os
 import posixpath
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
 
 
 def is_uri(location: str) -> bool:
@@ -125,7 +130,6 @@ def check_usable(location: str) -> None:
     a file, then removes the folders it created. URIs are checked by the first read (Ray's
     `Tuner.can_restore`), which names the bucket or credential problem.
     """
-    import os
     import tempfile
 
     if is_uri(location):
@@ -147,3 +151,133 @@ def check_usable(location: str) -> None:
             import shutil
 
             shutil.rmtree(first_missing, ignore_errors=True)
+
+
+class LockHeld(RuntimeError):
+    """Another live driver holds a sweep's storage; the message says who."""
+
+
+class DriverLock:
+    """One driver per sweep: a lease file beside the sweep, on a path or a URI.
+
+    The lease names its holder (host, pid, start) and carries a heartbeat that a background
+    thread renews every `beat_s`. Another driver is refused while the lease is live; a lease
+    is dead (and taken over) once its heartbeat is older than `ttl_s`, or at once when its
+    holder ran on this host and its process is gone, so a crashed driver never leaves the
+    sweep stuck. Object stores have no create-if-absent, so a writer waits `settle_s` and
+    reads the lease back: of two drivers racing, only the one whose lease is there goes on.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        what: str = "the sweep",
+        *,
+        ttl_s: float = 60.0,
+        beat_s: float = 10.0,
+        settle_s: float = 1.0,
+    ) -> None:
+        import socket
+        import uuid
+
+        self.location, self.what = location, what
+        self.ttl_s, self.beat_s, self.settle_s = ttl_s, beat_s, settle_s
+        self.started = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.host, self.pid, self.token = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+        self._stop = None
+        self._thread = None
+
+    def holder(self) -> dict | None:
+        """The lease as stored, or None."""
+        import json
+
+        try:
+            return json.loads(read_text(self.location)) if exists(self.location) else None
+        except (OSError, ValueError):
+            return None  # half-written or gone: no live holder to respect
+
+    def _alive(self, lease: dict) -> bool:
+        if time.time() - float(lease.get("heartbeat", 0)) > self.ttl_s:
+            return False
+        if lease.get("host") == self.host:
+            try:
+                os.kill(int(lease.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return False
+            except (PermissionError, ValueError, OverflowError):
+                pass
+        return True
+
+    def describe(self, lease: dict) -> str:
+        age = time.time() - float(lease.get("heartbeat", 0))
+        return (
+            f"{self.what} is held by another driver: pid "
+            f"{lease.get('pid')} on {lease.get('host')}, started {lease.get('started')}, alive "
+            f"{age:.0f} s ago; wait for it to end or stop it (a driver that crashed frees the "
+            f"sweep at once on its own host, elsewhere after {self.ttl_s:.0f} s)"
+        )
+
+    def _lease(self) -> str:
+        import json
+
+        return json.dumps(
+            {
+                "host": self.host,
+                "pid": self.pid,
+                "token": self.token,
+                "started": self.started,
+                "heartbeat": time.time(),
+            }
+        )
+
+    def check(self) -> dict | None:
+        """Raise LockHeld if a live driver holds the lease; else the dead lease, or None."""
+        current = self.holder()
+        if current is not None and self._alive(current):
+            raise LockHeld(self.describe(current))
+        return current
+
+    def acquire(self) -> None:
+        """Take the lease or raise LockHeld naming its live holder."""
+        import threading
+
+        current = self.check()
+        if not is_uri(self.location) and current is None:
+            path = Path(self.location).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                raise LockHeld(self.describe(self.holder() or {})) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(self._lease())
+        else:  # a dead lease to take over, or an object store: write, settle, read back
+            write_text(self.location, self._lease())
+            time.sleep(self.settle_s)
+            again = self.holder()
+            if again is None or again.get("token") != self.token:
+                raise LockHeld(self.describe(again or {}))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="rp_tune-lock", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.beat_s):
+            current = self.holder()
+            if current is not None and current.get("token") != self.token:
+                log.error("the sweep's lock was taken over by another driver: %s", current)
+                return
+            try:
+                write_text(self.location, self._lease())
+            except OSError as e:  # storage briefly unreachable: try again next beat
+                log.warning("cannot renew the sweep's lock %s: %s", self.location, e)
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease, if it is still ours."""
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._stop = None
+        current = self.holder()
+        if current is not None and current.get("token") == self.token:
+            delete(self.location)

@@ -571,6 +571,11 @@ def run_sweep(
     root = store.resolve(storage)
     path = store.join(root, name)
     train_storage = store.join(root, f"{name}-train")
+    lock = store.DriverLock(store.join(root, f".{name}.driver.json"), f"the sweep at {path}")
+    try:
+        lock.check()  # first: a sweep another driver is starting may not be restorable yet
+    except store.LockHeld as e:
+        raise SweepError(str(e)) from None
     try:
         can_restore = tune.Tuner.can_restore(path)
     except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
@@ -582,133 +587,140 @@ def run_sweep(
             f"a sweep already exists at {path}: pass --resume to continue it, or "
             "--name to start another"
         )
-    if resume:  # the data may have been fixed since: trials that failed on it try again
-        for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
-            store.delete(store.join(train_storage, RECURRING_ERRORS, key))
-    uri = None
-    if tracking:
-        from .tracking import default_tracking_uri
+    try:
+        lock.acquire()
+    except store.LockHeld as e:
+        raise SweepError(str(e)) from None
+    try:
+        if resume:  # the data may have been fixed since: trials that failed on it try again
+            for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
+                store.delete(store.join(train_storage, RECURRING_ERRORS, key))
+        uri = None
+        if tracking:
+            from .tracking import default_tracking_uri
 
-        try:
-            uri = tracking_uri or default_tracking_uri(path)
-        except ValueError as e:
-            raise SweepError(str(e)) from None
-    # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None and not ray.is_initialized():
-        # address="local": a new Ray of our own, never the cluster that
-        # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
-    elif not ray.is_initialized():
-        ray.init(address=address)
-    tracker = None
-    callbacks = []
-    if uri is not None:
-        from .tracking import SweepTracker
+            try:
+                uri = tracking_uri or default_tracking_uri(path)
+            except ValueError as e:
+                raise SweepError(str(e)) from None
+        # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is None and not ray.is_initialized():
+            # address="local": a new Ray of our own, never the cluster that
+            # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        elif not ray.is_initialized():
+            ray.init(address=address)
+        tracker = None
+        callbacks = []
+        if uri is not None:
+            from .tracking import SweepTracker
 
-        embedded = uri.startswith("sqlite:")
-        tracker = SweepTracker(
-            uri,
-            experiment or space or name,
-            sweep_path=path,
-            space=space or name,
-            sweep_dir=path,
-            log_weights=log_weights,
-            artifact_location=(
-                Path(path, "mlartifacts").resolve().as_uri()
-                if embedded and not store.is_uri(path)
-                else None
-            ),
-        )
-        callbacks.append(__getattr__("TrackingCallback")(tracker))
-        log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
-    trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
-    if resume:
-        tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-        # Callbacks come back unpickled without their tracker: attach the live ones again.
-        run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks = [
-            c
-            for c in run_config.callbacks or []
-            if not isinstance(c, __getattr__("TrackingCallback"))
-        ] + callbacks
-    else:
-        capacity = cluster_capacity(address is not None)
-        configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
-        log.info("%s", gpu_choice)
-        entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
-        concurrent = max_concurrent or default_concurrency(configs, capacity)
-        param_space = {
-            "trial": tune.grid_search(entries),
-            "train_storage": train_storage,
-            "train_max_failures": train_max_failures,
-            "fault": (
-                {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
-                if inject_fault_epoch
-                else None
-            ),
-        }
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrent,
-                trial_name_creator=lambda t: t.config["trial"]["run_key"],
-                trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=root,
-                failure_config=tune.FailureConfig(max_failures=tune_max_failures),
-                callbacks=callbacks,
-                verbose=1,
-            ),
-        )
-        log.info(
-            "sweep %s: %d trials, at most %d at a time, results in %s",
-            name,
-            len(entries),
-            concurrent,
-            path,
-        )
-    grid = tuner.fit()
-    outcomes = []
-    for result in grid:
-        trial = result.config["trial"]
-        epochs = int(trial["flat"]["train.epochs"])
-        m = dict(result.metrics or {})
-        epoch = int(m.get("epoch", 0) or 0)
-        status = _status(m, epochs, errored=result.error is not None)
-        outcomes.append(
-            TrialOutcome(
-                run_key=trial["run_key"],
-                status=status,
-                epoch=epoch,
-                epochs=epochs,
-                resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
-                metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
-                error="" if result.error is None else error_summary(result.error),
+            embedded = uri.startswith("sqlite:")
+            tracker = SweepTracker(
+                uri,
+                experiment or space or name,
+                sweep_path=path,
+                space=space or name,
+                sweep_dir=path,
+                log_weights=log_weights,
+                artifact_location=(
+                    Path(path, "mlartifacts").resolve().as_uri()
+                    if embedded and not store.is_uri(path)
+                    else None
+                ),
             )
-        )
-    summary = SweepSummary(name=name, path=path, trials=outcomes)
-    store.write_text(store.join(path, "summary.json"), summary.to_json())
-    if tracker is not None:
-        with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
-            local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
-            local.write_text(summary.to_json())
-            tracker.sweep_end(
-                {
-                    "trials": len(outcomes),
-                    "finished": summary.finished,
-                    "failed": summary.failed,
-                    "resumed": summary.resumed,
-                },
-                artifacts=[str(local)],
+            callbacks.append(__getattr__("TrackingCallback")(tracker))
+            log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
+        trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
+        if resume:
+            tuner = tune.Tuner.restore(
+                path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
-            tracker.close()  # waits until the events (and this file) are delivered or saved
-    return summary
+            # Callbacks come back unpickled without their tracker: attach the live ones again.
+            run_config = tuner._local_tuner.get_run_config()
+            run_config.callbacks = [
+                c
+                for c in run_config.callbacks or []
+                if not isinstance(c, __getattr__("TrackingCallback"))
+            ] + callbacks
+        else:
+            capacity = cluster_capacity(address is not None)
+            configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
+            log.info("%s", gpu_choice)
+            entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+            concurrent = max_concurrent or default_concurrency(configs, capacity)
+            param_space = {
+                "trial": tune.grid_search(entries),
+                "train_storage": train_storage,
+                "train_max_failures": train_max_failures,
+                "fault": (
+                    {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
+                    if inject_fault_epoch
+                    else None
+                ),
+            }
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrent,
+                    trial_name_creator=lambda t: t.config["trial"]["run_key"],
+                    trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=root,
+                    failure_config=tune.FailureConfig(max_failures=tune_max_failures),
+                    callbacks=callbacks,
+                    verbose=1,
+                ),
+            )
+            log.info(
+                "sweep %s: %d trials, at most %d at a time, results in %s",
+                name,
+                len(entries),
+                concurrent,
+                path,
+            )
+        grid = tuner.fit()
+        outcomes = []
+        for result in grid:
+            trial = result.config["trial"]
+            epochs = int(trial["flat"]["train.epochs"])
+            m = dict(result.metrics or {})
+            epoch = int(m.get("epoch", 0) or 0)
+            status = _status(m, epochs, errored=result.error is not None)
+            outcomes.append(
+                TrialOutcome(
+                    run_key=trial["run_key"],
+                    status=status,
+                    epoch=epoch,
+                    epochs=epochs,
+                    resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
+                    metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
+                    error="" if result.error is None else error_summary(result.error),
+                )
+            )
+        summary = SweepSummary(name=name, path=path, trials=outcomes)
+        store.write_text(store.join(path, "summary.json"), summary.to_json())
+        if tracker is not None:
+            with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
+                local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
+                local.write_text(summary.to_json())
+                tracker.sweep_end(
+                    {
+                        "trials": len(outcomes),
+                        "finished": summary.finished,
+                        "failed": summary.failed,
+                        "resumed": summary.resumed,
+                    },
+                    artifacts=[str(local)],
+                )
+                tracker.close()  # waits until the events (and this file) are delivered or saved
+        return summary
+    finally:
+        lock.release()
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource

@@ -325,6 +325,45 @@ def test_a_damaged_newest_checkpoint_does_not_lose_the_trial(tmp_path):
     assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
 
 
+@pytest.mark.slow
+def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
+    """Two run_sweep.py on one storage: the second (and a --resume) is refused with who holds
+    it; the first trains every trial once and leaves no lock behind."""
+    res = tmp_path / "res"
+    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
+            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    lock = res / ".smoke.driver.json"
+    try:
+        deadline = time.time() + 60
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert lock.exists()
+        for extra in ([], ["--resume"]):
+            r = cli(*args, *extra, timeout=120)
+            assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+            assert f"is held by another driver: pid {first.pid}" in r.stderr, r.stderr[-2000:]
+        out, _ = first.communicate(timeout=400)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0 and f"finished: {N_SMOKE}  failed: 0" in out
+    assert not lock.exists()
+    client = MlflowClient(f"sqlite:///{res / 'smoke' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    for r in runs:
+        if "rp_tune.run_key" in r.data.tags:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+            assert steps == [1, 2, 3]
+
+
 def _terminated(path: Path) -> set[str]:
     """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
     states = sorted(path.glob("experiment_state-*.json"))

@@ -1,0 +1,76 @@
+"""One driver per sweep: the lease file beside the sweep's storage (path or URI)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rp_tune import storage
+from rp_tune.storage import DriverLock, LockHeld
+
+
+def _lease(path, **over):
+    lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": "other",
+             "started": "then", "heartbeat": time.time(), **over}  # fmt: skip
+    storage.write_text(str(path), json.dumps(lease))
+
+
+def test_a_second_driver_is_refused_with_who_holds_the_sweep(tmp_path):
+    first = DriverLock(str(tmp_path / ".s.driver.json"), "the sweep at X", beat_s=0.05)
+    first.acquire()
+    try:
+        with pytest.raises(LockHeld) as e:
+            DriverLock(str(tmp_path / ".s.driver.json")).acquire()
+        who = f"held by another driver: pid {os.getpid()} on {socket.gethostname()}"
+        assert who in str(e.value)
+        beat = json.loads((tmp_path / ".s.driver.json").read_text())["heartbeat"]
+        time.sleep(0.3)
+        assert json.loads((tmp_path / ".s.driver.json").read_text())["heartbeat"] > beat
+    finally:
+        first.release()
+    assert not (tmp_path / ".s.driver.json").exists()
+    second = DriverLock(str(tmp_path / ".s.driver.json"))
+    second.acquire()
+    second.release()
+
+
+def test_a_crashed_drivers_lease_does_not_leave_the_sweep_stuck(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    lock_file = tmp_path / ".s.driver.json"
+    _lease(lock_file, pid=int(dead))  # this host, process gone: free at once
+    lock = DriverLock(str(lock_file), settle_s=0)
+    lock.acquire()
+    assert json.loads(lock_file.read_text())["token"] == lock.token
+    lock.release()
+    _lease(lock_file, host="elsewhere", pid=1)  # another host, alive 0 s ago: refused
+    with pytest.raises(LockHeld, match="on elsewhere"):
+        DriverLock(str(lock_file), settle_s=0).acquire()
+    _lease(lock_file, host="elsewhere", pid=1, heartbeat=time.time() - 120)  # silent 120 s
+    lock = DriverLock(str(lock_file), ttl_s=60, settle_s=0)
+    lock.acquire()
+    lock.release()
+
+
+def test_on_object_storage_of_two_racing_drivers_only_one_goes_on(tmp_path, monkeypatch):
+    """No create-if-absent on object stores: write, settle, read back."""
+    uri = (tmp_path / "bucket" / ".s.driver.json").as_uri()
+    lock = DriverLock(uri, settle_s=0.01)
+
+    def racer_writes(_):
+        _lease(tmp_path / "bucket" / ".s.driver.json", host="other-node", token="racer")
+
+    monkeypatch.setattr(time, "sleep", racer_writes)
+    with pytest.raises(LockHeld, match="on other-node"):
+        lock.acquire()
+    monkeypatch.undo()
+    storage.delete(uri)
+    ok = DriverLock(uri, settle_s=0.01)
+    ok.acquire()
+    assert json.loads(storage.read_text(uri))["token"] == ok.token
+    ok.release()
+    assert not storage.exists(uri)
