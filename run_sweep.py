@@ -193,7 +193,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.table())
+    if summary.unfinished or summary.failed:
+        print(f"continue it with: {resume_command(argv)}")
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """This command line with --resume: what continues the sweep it started."""
+    import shlex
+
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 
 
 def report(args: argparse.Namespace, name: str) -> int:

@@ -345,9 +345,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
     """(local folder, epoch) of the newest of the trial's checkpoints that reads back.
 
-    Train hands over its latest registered checkpoint; if that one is damaged (a truncated
-    state.pt, a bad masks file), each is reported by path and the older checkpoints beside
-    it in the Train run's storage are tried, newest first. None of them: start over.
+    Candidates are every checkpoint folder of the Train run, newest first: the one Train
+    hands over, and beside it any older one, or a newer one a worker finished writing after
+    its driver stopped (Train never registered it, but it is whole: `read_checkpoint`
+    checks it). A damaged one (a truncated state.pt, a bad masks file) is reported by path
+    and passed over. None reads: the trial starts again from the beginning.
     """
     import posixpath
 
@@ -357,27 +359,28 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
     from .train import CheckpointError, read_checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent, name = posixpath.split(path)
+    parent = posixpath.dirname(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
-        older = sorted(
-            (i.path for i in infos if i.type == pafs.FileType.Directory
-             and posixpath.basename(i.path).startswith("checkpoint_")
-             and posixpath.basename(i.path) < name),
-            reverse=True,
-        )  # fmt: skip
+        found = {
+            i.path.rstrip("/")
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")
+        }
     except OSError:
-        older = []
-    for i, candidate in enumerate([path, *older]):
-        ckpt = checkpoint if i == 0 else ray.train.Checkpoint(candidate, filesystem=fs)
+        found = set()
+    candidates = sorted(found | {path}, key=posixpath.basename, reverse=True)
+    for i, candidate in enumerate(candidates):
+        ckpt = checkpoint if candidate == path else ray.train.Checkpoint(candidate, filesystem=fs)
         try:
             local = Path(ckpt.to_directory(str(tmp / f"restored-{i}")))
             state = read_checkpoint(local)
         except (CheckpointError, OSError) as e:
             log.warning("checkpoint %s cannot be read (%s); trying the one before it", candidate, e)
             continue
-        if i > 0:
-            log.warning("resuming from the older checkpoint %s", candidate)
+        if candidate != path:
+            log.warning("resuming from checkpoint %s (Train handed over %s)", candidate, path)
         return local, int(state["epoch"])
     log.warning("no checkpoint of this trial reads back: starting it from the beginning")
     return None, 0
@@ -425,7 +428,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
 @dataclass
 class TrialOutcome:
     run_key: str
-    status: str  # finished | failed | unfinished
+    status: str  # finished | failed | unfinished (stopped part-way) | pending (never started)
     epoch: int
     epochs: int
     resumed_from_epoch: int
@@ -446,6 +449,11 @@ class SweepSummary:
     @property
     def failed(self) -> int:
         return sum(t.status == "failed" for t in self.trials)
+
+    @property
+    def unfinished(self) -> int:
+        """Trials stopped part-way or never started (an interrupted sweep): --resume runs them."""
+        return sum(t.status in ("unfinished", "pending") for t in self.trials)
 
     @property
     def resumed(self) -> int:
@@ -471,7 +479,8 @@ class SweepSummary:
             )
         rows.append(
             f"trials: {len(self.trials)}  finished: {self.finished}  failed: "
-            f"{self.failed}  resumed from a checkpoint: {self.resumed}"
+            f"{self.failed}  unfinished: {self.unfinished}  resumed from a checkpoint: "
+            f"{self.resumed}"
         )
         return "\n".join(rows)
 
@@ -644,11 +653,18 @@ def run_sweep(
                 for c in run_config.callbacks or []
                 if not isinstance(c, __getattr__("TrackingCallback"))
             ] + callbacks
+            # the trials as stored when the sweep started (not as this code would make them)
+            stored = (tuner._local_tuner.param_space or {}).get("trial", {})
+            known = {
+                e["run_key"]: int(e["flat"]["train.epochs"])
+                for e in (stored.get("grid_search", []) if isinstance(stored, dict) else [])
+            }
         else:
             capacity = cluster_capacity(address is not None)
             configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
             log.info("%s", gpu_choice)
             entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+            known = {e["run_key"]: c.train.epochs for e, c in zip(entries, configs)}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             param_space = {
                 "trial": tune.grid_search(entries),
@@ -685,8 +701,12 @@ def run_sweep(
             )
         grid = tuner.fit()
         outcomes = []
-        for result in grid:
-            trial = result.config["trial"]
+        for i, result in enumerate(grid):
+            trial = (result.config or {}).get("trial")
+            if trial is None:  # stopped before it started (Ctrl-C): Tune kept no config
+                key = store.basename(result.path) if result.path else f"trial-{i}"
+                outcomes.append(TrialOutcome(key, "pending", 0, known.get(key, 0), 0))
+                continue
             epochs = int(trial["flat"]["train.epochs"])
             m = dict(result.metrics or {})
             epoch = int(m.get("epoch", 0) or 0)
@@ -702,6 +722,10 @@ def run_sweep(
                     error="" if result.error is None else error_summary(result.error),
                 )
             )
+        seen = {t.run_key for t in outcomes}
+        for key, epochs in known.items():  # not created by Tune yet when the sweep stopped
+            if key not in seen:
+                outcomes.append(TrialOutcome(key, "pending", 0, epochs, 0))
         summary = SweepSummary(name=name, path=path, trials=outcomes)
         store.write_text(store.join(path, "summary.json"), summary.to_json())
         if tracker is not None:
@@ -710,9 +734,10 @@ def run_sweep(
                 local.write_text(summary.to_json())
                 tracker.sweep_end(
                     {
-                        "trials": len(outcomes),
+                        "total": len(outcomes),
                         "finished": summary.finished,
                         "failed": summary.failed,
+                        "unfinished": summary.unfinished,
                         "resumed": summary.resumed,
                     },
                     artifacts=[str(local)],

@@ -353,6 +353,37 @@ class SweepTracker:
         self._client_().log_batch(run_id, metrics=metrics)
         self._last_step[run_id] = epoch
 
+    def _backfill_epochs(self, run_id: str, history: list[dict[str, Any]]) -> int:
+        """Log the epochs of the trial's own history that the run lacks; returns how many.
+
+        An epoch whose checkpoint Ray Train registered just before the driver stopped never
+        reached Tune's callbacks (so neither this tracker); the restored trial goes on from
+        the epoch after it. The final checkpoint's history holds every epoch: each reaches
+        MLflow exactly once, whatever interrupted the sweep.
+        """
+        from mlflow.entities import Metric
+
+        client = self._client_()
+        logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+        ts = int(time.time() * 1000)
+        missing = [row for row in history if int(row.get("epoch", 0)) not in logged]
+        metrics = [
+            Metric(k, float(row[k]), ts, int(row["epoch"]))
+            for row in missing
+            for k in EPOCH_KEYS
+            if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+        ]
+        for i in range(0, len(metrics), 900):
+            client.log_batch(run_id, metrics=metrics[i : i + 900])
+        if missing:
+            log.info(
+                "MLflow run %s: logged %d epoch(s) the sweep had not seen: %s",
+                run_id,
+                len(missing),
+                [int(r["epoch"]) for r in missing],
+            )
+        return len(missing)
+
     def _log_end(self, run_id: str, result: dict[str, Any], status: str, error: str) -> None:
         from mlflow.entities import Metric
 
@@ -404,6 +435,7 @@ class SweepTracker:
                 shutil.copy(local / GRAD_FLOW_FILE, out / GRAD_FLOW_FILE)
             if (local / HISTORY_FILE).is_file():
                 history = json.loads((local / HISTORY_FILE).read_text())
+                self._backfill_epochs(run_id, history)
                 shutil.copy(local / HISTORY_FILE, out / HISTORY_FILE)
                 plot_curves(history, out / "training_curves.png")
             if self.log_weights and (local / "state.pt").is_file():
@@ -416,15 +448,21 @@ class SweepTracker:
     def _log_sweep_end(self, summary: dict[str, Any], artifacts: list[str]) -> None:
         client = self._client_()
         parent = self._ensure_parent()
-        for key in ("finished", "failed", "resumed", "trials"):
+        for key in ("total", "finished", "failed", "unfinished", "resumed"):
             if key in summary:
                 client.log_metric(parent, f"trials_{key}", float(summary[key]))
         for path in artifacts:
             if Path(path).is_file():
                 client.log_artifact(parent, path)
-        status = "finished" if summary.get("failed", 0) == 0 else "failed"
+        # failed: some trial failed; interrupted: stopped with trials left for --resume
+        if summary.get("failed", 0):
+            status, state = "failed", "FAILED"
+        elif summary.get("unfinished", 0):
+            status, state = "interrupted", "KILLED"
+        else:
+            status, state = "finished", "FINISHED"
         client.set_tag(parent, "rp_tune.status", status)
-        client.set_terminated(parent, "FINISHED" if status == "finished" else "FAILED")
+        client.set_terminated(parent, state)
 
     # --- pending events -------------------------------------------------------------------------
     def _pending_path(self) -> str | None:

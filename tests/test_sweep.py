@@ -284,45 +284,72 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_damaged_newest_checkpoint_does_not_lose_the_trial(tmp_path):
-    """Driver killed with two checkpoints written, the newest state.pt then truncated:
-    --resume reports it by path and continues from the one before; the trial finishes."""
+def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
+    """Ctrl-C once the first trial has two checkpoints (the second trial not started): the
+    sweep stops cleanly, is recorded as interrupted (summary with every trial, the parent run
+    KILLED) and prints the --resume command. Its newest checkpoint then damaged, --resume
+    reports it by path, continues from the one before, and MLflow ends with every epoch of
+    every trial exactly once."""
     res = tmp_path / "res"
-    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--no-tracking",
-            "--set", "sparsity.scheme=erk", "--set", "train.epochs=4",
-            "--set", "data.synthetic_train=1024"]  # fmt: skip
+    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
+            "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "run_sweep.py", *args],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,
     )
     deadline, ckpts = time.time() + 240, []
     try:
         while time.time() < deadline and len(ckpts) < 2:
             time.sleep(0.5)
-            ckpts = sorted(
+            ckpts = [
                 p
                 for p in res.glob("smoke-train/train-*/checkpoint_*")
                 if (p / "state.pt").is_file()
-            )
+            ]
+        assert len(ckpts) >= 2, "no two checkpoints before the deadline"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert len(ckpts) >= 2, "no two checkpoints before the deadline"
-    ckpts = sorted(p for p in res.glob("smoke-train/train-*/checkpoint_*") if p.is_dir())
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    assert f"trials: {N_SMOKE}  finished: 0" in out and "pending" in out
+    assert f"continue it with: python run_sweep.py {' '.join(args)} --resume" in out
+    summary = json.loads((res / "smoke" / "summary.json").read_text())
+    assert len(summary["trials"]) == N_SMOKE
+    db = f"sqlite:///{res / 'smoke' / 'mlflow.db'}"
+    parent = [r for r in MlflowClient(db).search_runs(
+        [MlflowClient(db).get_experiment_by_name("smoke").experiment_id]
+    ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
+    assert parent[0].info.status == "KILLED"
+    assert parent[0].data.tags["rp_tune.status"] == "interrupted"
     import torch
 
+    ckpts = sorted(p for p in res.glob("smoke-train/train-*/checkpoint_*") if p.is_dir())
     before = torch.load(ckpts[-2] / "state.pt", weights_only=False)["epoch"]
     bad = ckpts[-1] / "state.pt"
     bad.write_bytes(bad.read_bytes()[:2000])
     r = cli(*args, "--resume")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (t,) = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
-    assert t["status"] == "finished" and t["metrics"]["epoch"] == 4
-    assert t["resumed_from_epoch"] == before < 4
+    assert f"finished: {N_SMOKE}  failed: 0  unfinished: 0" in r.stdout
     assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
+    trials = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
+    assert sorted(t["resumed_from_epoch"] for t in trials) == [0, before]
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == N_SMOKE + 1
+    for run in runs:
+        if "rp_tune.run_key" in run.data.tags:
+            for key in ("train_loss", "val_acc", "lr"):
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                assert sorted(steps) == [1, 2, 3, 4], (run.info.run_name, key, steps)
+        else:
+            assert run.info.status == "FINISHED" and run.data.metrics["trials_finished"] == 2
 
 
 @pytest.mark.slow

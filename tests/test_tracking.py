@@ -275,3 +275,28 @@ def test_a_child_created_without_its_params_gets_them_when_found_again(tmp_path)
         run.data.params["sparsity.scheme"] == "erk" and run.data.params["train.milestones"] == "1,2"
     )
     assert len(mlflow_runs(client, "exp")[1]) == 2
+
+
+def test_epochs_the_sweep_never_saw_are_logged_from_the_trials_history(tmp_path):
+    """An epoch whose checkpoint Train registered before the driver stopped never reaches
+    the tracker; the final checkpoint's history fills it in, and nothing is logged twice."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from rp_tune.tracking import SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("x")
+    run = client.create_run(exp).info.run_id
+    client.log_batch(run, metrics=[Metric("train_loss", 1.0 / e, 0, e) for e in (1, 3)])
+    tracker = SweepTracker(uri, "x", sweep_path=str(tmp_path), space="x", sweep_dir=str(tmp_path))
+    try:
+        history = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * e} for e in (1, 2, 3)]
+        assert tracker._backfill_epochs(run, history) == 1
+        assert tracker._backfill_epochs(run, history) == 0
+    finally:
+        tracker.close()
+    steps = sorted(m.step for m in client.get_metric_history(run, "train_loss"))
+    assert steps == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run, "val_acc")] == [2]

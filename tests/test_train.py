@@ -311,6 +311,10 @@ def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
     latest = ray.train.Checkpoint.from_directory(str(run / names[2]))
     folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp")
     assert epoch == 3 and folder is not None
+    # Train registered epoch 2, but a whole epoch-3 checkpoint was written after its driver
+    # stopped: the trial goes on from the newer one instead of training epoch 3 again
+    older = ray.train.Checkpoint.from_directory(str(run / names[1]))
+    assert _readable_checkpoint(older, tmp_path / "tmp1")[1] == 3
     (run / names[2] / "state.pt").write_bytes(b"")
     folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp2")
     assert epoch == 2 and torch.load(folder / "state.pt", weights_only=False)["epoch"] == 2
