@@ -596,6 +596,14 @@ def run_sweep(
             f"a sweep already exists at {path}: pass --resume to continue it, or "
             "--name to start another"
         )
+    uri = None
+    if tracking:
+        from .tracking import default_tracking_uri
+
+        try:
+            uri = tracking_uri or default_tracking_uri(path)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
     try:
         lock.acquire()
     except store.LockHeld as e:
@@ -604,14 +612,6 @@ def run_sweep(
         if resume:  # the data may have been fixed since: trials that failed on it try again
             for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
                 store.delete(store.join(train_storage, RECURRING_ERRORS, key))
-        uri = None
-        if tracking:
-            from .tracking import default_tracking_uri
-
-            try:
-                uri = tracking_uri or default_tracking_uri(path)
-            except ValueError as e:
-                raise SweepError(str(e)) from None
         # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address is None and not ray.is_initialized():

@@ -260,7 +260,10 @@ def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
     )
     n = len(expand_space("smoke", overrides))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"trials: {n}  finished: {n}  failed: 0  resumed from a checkpoint: {n}" in r.stdout
+    assert (
+        f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
+        in r.stdout
+    )
     sweep = storage.join(s3_bucket, "smoke")
     summary = json.loads(storage.read_text(storage.join(sweep, "summary.json")))
     assert {t["status"] for t in summary["trials"]} == {"finished"}

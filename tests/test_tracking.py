@@ -162,14 +162,18 @@ def test_server_restart_and_killed_workers(tmp_path):
         out = (tmp_path / "sweep.log").read_text()
         assert sweep.returncode == 0, out[-4000:]
         n = len(expand_space("smoke"))
-        assert f"trials: {n}  finished: {n}  failed: 0  resumed from a checkpoint: {n}" in out
+        assert (
+            f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
+            in out
+        )
         assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
         parents, children = mlflow_runs(client, "smoke")
         assert len(parents) == 1 and len(children) == n
-        configs = {
-            c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c
-            for c in expand_space("smoke", {"train.epochs": "3"})
-        }
+        from rp_tune.sweep import resolve_gpus
+
+        # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
+        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3"}), {"GPU": 0}, "")
+        configs = {c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c for c in cpu}
         late = 0
         for run in children:
             assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
