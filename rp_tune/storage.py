@@ -184,6 +184,8 @@ class DriverLock:
         self.ttl_s, self.beat_s, self.settle_s = ttl_s, beat_s, settle_s
         self.started = time.strftime("%Y-%m-%d %H:%M:%S")
         self.host, self.pid, self.token = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+        self.extra: dict = {}  # what the holder wants a successor to know (its Ray session)
+        self.previous: dict | None = None  # the dead lease this driver took over, if any
         self._stop = None
         self._thread = None
 
@@ -227,8 +229,14 @@ class DriverLock:
                 "token": self.token,
                 "started": self.started,
                 "heartbeat": time.time(),
+                **self.extra,
             }
         )
+
+    def update(self, **extra: str) -> None:
+        """Record more about this holder in the lease (e.g. its local Ray session)."""
+        self.extra.update(extra)
+        write_text(self.location, self._lease())
 
     def check(self) -> dict | None:
         """Raise LockHeld if a live driver holds the lease; else the dead lease, or None."""
@@ -242,6 +250,7 @@ class DriverLock:
         import threading
 
         current = self.check()
+        self.previous = current
         if not is_uri(self.location) and current is None:
             path = Path(self.location).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)

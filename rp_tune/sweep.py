@@ -608,6 +608,15 @@ def run_sweep(
         lock.acquire()
     except store.LockHeld as e:
         raise SweepError(str(e)) from None
+    dead = lock.previous or {}
+    if dead.get("ray_session") and dead.get("host") == lock.host:
+        stopped = stop_ray_session(dead["ray_session"])
+        if stopped:
+            log.info(
+                "stopped %d processes left by the crashed driver's Ray (%s)",
+                stopped,
+                dead["ray_session"],
+            )
     try:
         if resume:  # the data may have been fixed since: trials that failed on it try again
             for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
@@ -618,6 +627,9 @@ def run_sweep(
             # address="local": a new Ray of our own, never the cluster that
             # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+            node = getattr(ray._private.worker, "_global_node", None)
+            if node is not None:  # so that a successor can stop it if this driver is killed
+                lock.update(ray_session=node.get_session_dir_path())
         elif not ray.is_initialized():
             ray.init(address=address)
         tracker = None
@@ -746,6 +758,35 @@ def run_sweep(
         return summary
     finally:
         lock.release()
+
+
+def stop_ray_session(session_dir: str) -> int:
+    """SIGKILL what is left of a local Ray whose driver was killed; returns the count.
+
+    A SIGKILLed driver takes only itself down: its GCS, raylet, dashboard and their agents
+    run on. They carry the session folder (`/tmp/ray/session_<date>_<pid>`) in their
+    command lines; each of them and every process under them is stopped.
+    """
+    import psutil
+
+    name = os.path.basename(session_dir.rstrip("/"))
+    if not name.startswith("session_"):
+        return 0
+    victims: dict[int, Any] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and any(name in a for a in p.info["cmdline"] or []):
+                for q in [p, *p.children(recursive=True)]:
+                    victims[q.pid] = q
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for q in victims.values():
+        try:
+            q.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=10)
+    return len(victims)
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource

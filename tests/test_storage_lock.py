@@ -74,3 +74,24 @@ def test_on_object_storage_of_two_racing_drivers_only_one_goes_on(tmp_path, monk
     assert json.loads(storage.read_text(uri))["token"] == ok.token
     ok.release()
     assert not storage.exists(uri)
+
+
+def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
+    """Processes of the dead driver's Ray session (named in their command lines) and their
+    children are stopped; other processes are left alone."""
+    from rp_tune.sweep import stop_ray_session
+
+    session = f"/tmp/ray/session_2026-01-01_00-00-00_000000_{os.getpid()}"
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"  # noqa: E501
+    agent = subprocess.Popen([sys.executable, "-c", code, f"--session_dir={session}"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(1.0)  # the agent starts its child
+        assert stop_ray_session(session) == 2
+        agent.wait(timeout=10)  # gone (stop_ray_session reaped it: no exit code left here)
+        assert bystander.poll() is None
+    finally:
+        for p in (agent, bystander):
+            p.kill()
+            p.wait()
+    assert stop_ray_session("/not/a/session") == 0

@@ -446,10 +446,22 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
                     finished = {k: (exp / k / "result.json").read_bytes() for k in done}
                     break
         assert finished, "no trial finished before the deadline"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+        session = json.loads((res / ".smoke.driver.json").read_text())["ray_session"]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes run on
         proc.wait()
-    r = cli(*args, "--resume")
+        r = cli(*args, "--resume")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    import psutil
+
+    name = os.path.basename(session)
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(name in a for a in p.info["cmdline"] or [])]  # fmt: skip
+    if left:  # do not leave them to the rest of the test run
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, f"the killed driver's Ray still runs: {left}"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
     results = _results(exp)
