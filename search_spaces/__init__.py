@@ -26,6 +26,29 @@ SMOKE_DATA = {
 }
 
 
+# ImageNet trials as Liu et al. run them (Table 1): the ImageNet recipe, 4-GPU DDP.
+IMAGENET_FIXED = {
+    "data.name": "imagenet",
+    "train.recipe": "imagenet",
+    "resources.workers": 4,
+    "resources.gpus_per_worker": 1.0,
+    "resources.cpus_per_worker": 8,
+    "seed": 0,
+}
+# Their SMOKE version: synthetic 32x32 images through the same DDP/ImageNet-recipe path.
+IMAGENET_SMOKE = {
+    "model.name": "resnet18",
+    "data.name": "synthetic",
+    "data.synthetic_train": 64,
+    "resources.workers": 1,
+    "resources.gpus_per_worker": None,  # a GPU where there is one, else the CPU
+    "resources.cpus_per_worker": 1,
+    "train.epochs": 1,
+    "train.batch_size": 8,
+    "evaluation.batch_size": 16,
+}
+
+
 def space_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 

@@ -32,6 +32,19 @@ def cli(*args, timeout=600, **kw):
     )
 
 
+def driver(*args, stdout: Path | None = None):
+    """run_sweep.py in the background, in its own process group; its stdout to a file (a
+    pipe nobody reads while it runs would fill and stop it)."""
+    out = open(stdout, "w") if stdout is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def test_every_space_expands_and_validates_full_and_smoke():
     for name in space_names():
         assert expand_space(name), name
@@ -293,14 +306,7 @@ def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
     res = tmp_path / "res"
     args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
             "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "run_sweep.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    proc = driver(*args, stdout=tmp_path / "first.out")
     deadline, ckpts = time.time() + 240, []
     try:
         while time.time() < deadline and len(ckpts) < 2:
@@ -312,7 +318,8 @@ def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
             ]
         assert len(ckpts) >= 2, "no two checkpoints before the deadline"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        out = (tmp_path / "first.out").read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -359,14 +366,7 @@ def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
     res = tmp_path / "res"
     args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
             "--set", "train.epochs=3", "--set", "data.synthetic_train=1024"]  # fmt: skip
-    first = subprocess.Popen(
-        [sys.executable, "run_sweep.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    first = driver(*args, stdout=tmp_path / "first.out")
     lock = res / ".smoke.driver.json"
     try:
         deadline = time.time() + 60
@@ -377,7 +377,8 @@ def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
             r = cli(*args, *extra, timeout=120)
             assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
             assert f"is held by another driver: pid {first.pid}" in r.stderr, r.stderr[-2000:]
-        out, _ = first.communicate(timeout=400)
+        first.wait(timeout=400)
+        out = (tmp_path / "first.out").read_text()
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -419,13 +420,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         "--set",
         "train.epochs=2",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "run_sweep.py", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = driver(*args)
     exp = res / "smoke"
     deadline = time.time() + 300
     finished: dict[str, bytes] = {}
