@@ -147,10 +147,13 @@ def check_usable(location: str) -> None:
         os.close(fd)
         os.unlink(name)
     finally:
-        if first_missing is not None and first_missing.exists():
-            import shutil
-
-            shutil.rmtree(first_missing, ignore_errors=True)
+        if first_missing is not None:  # only the folders made here, and only while empty
+            made = [path, *path.parents]
+            for folder in made[: made.index(first_missing) + 1]:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 class LockHeld(RuntimeError):
@@ -190,25 +193,42 @@ class DriverLock:
         self._thread = None
 
     def holder(self) -> dict | None:
-        """The lease as stored, or None."""
+        """The lease as stored, or None where there is none.
+
+        A lease that exists but does not parse (a writer killed mid-write on a store without
+        atomic replace) counts as held, with its modification time as heartbeat, so it dies
+        after `ttl_s`. A read that fails (a throttled or unreachable store) raises OSError:
+        an unknown holder is never taken for none.
+        """
         import json
 
+        import pyarrow.fs as pafs
+
+        fs, path = _fs(self.location)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        text = read_text(self.location)
         try:
-            return json.loads(read_text(self.location)) if exists(self.location) else None
-        except (OSError, ValueError):
-            return None  # half-written or gone: no live holder to respect
+            lease = json.loads(text)
+            if isinstance(lease, dict):
+                return lease
+        except ValueError:
+            pass
+        mtime = info.mtime.timestamp() if info.mtime is not None else time.time()
+        return {"host": "?", "pid": "?", "started": "?", "heartbeat": mtime, "token": "?"}
 
     def _alive(self, lease: dict) -> bool:
-        if time.time() - float(lease.get("heartbeat", 0)) > self.ttl_s:
-            return False
-        if lease.get("host") == self.host:
+        if lease.get("host") == self.host:  # here the process itself says: alive or gone
             try:
                 os.kill(int(lease.get("pid", -1)), 0)
+                return True
             except ProcessLookupError:
                 return False
             except (PermissionError, ValueError, OverflowError):
                 pass
-        return True
+        # elsewhere only the heartbeat can; a stopped clock or skew costs at most one ttl more
+        return time.time() - float(lease.get("heartbeat", 0)) <= self.ttl_s
 
     def describe(self, lease: dict) -> str:
         age = time.time() - float(lease.get("heartbeat", 0))
@@ -236,7 +256,18 @@ class DriverLock:
     def update(self, **extra: str) -> None:
         """Record more about this holder in the lease (e.g. its local Ray session)."""
         self.extra.update(extra)
-        write_text(self.location, self._lease())
+        self._write()
+
+    def _write(self) -> None:
+        """Replace the lease whole: a temp file renamed on a path (a reader never sees half
+        of it); one PUT on an object store, which is atomic there."""
+        if is_uri(self.location):
+            write_text(self.location, self._lease())
+            return
+        path = Path(self.location).expanduser()
+        tmp = path.with_name(f"{path.name}.{self.token}.tmp")
+        tmp.write_text(self._lease())
+        os.replace(tmp, path)
 
     def check(self) -> dict | None:
         """Raise LockHeld if a live driver holds the lease; else the dead lease, or None."""
@@ -261,7 +292,7 @@ class DriverLock:
             with os.fdopen(fd, "w") as f:
                 f.write(self._lease())
         else:  # a dead lease to take over, or an object store: write, settle, read back
-            write_text(self.location, self._lease())
+            self._write()
             time.sleep(self.settle_s)
             again = self.holder()
             if again is None or again.get("token") != self.token:
@@ -272,13 +303,14 @@ class DriverLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.beat_s):
-            current = self.holder()
-            if current is not None and current.get("token") != self.token:
-                log.error("the sweep's lock was taken over by another driver: %s", current)
-                return
             try:
-                write_text(self.location, self._lease())
-            except OSError as e:  # storage briefly unreachable: try again next beat
+                current = self.holder()
+                if current is not None and current.get("token") != self.token:
+                    log.error("the sweep's lock was taken over by another driver: %s", current)
+                    return
+                if not self._stop.is_set():  # never write again once release() began
+                    self._write()
+            except Exception as e:  # storage briefly unreachable: try again next beat
                 log.warning("cannot renew the sweep's lock %s: %s", self.location, e)
 
     def release(self) -> None:
@@ -287,6 +319,9 @@ class DriverLock:
             self._stop.set()
             self._thread.join(timeout=5)
             self._stop = None
-        current = self.holder()
-        if current is not None and current.get("token") == self.token:
-            delete(self.location)
+        try:
+            current = self.holder()
+            if current is not None and current.get("token") == self.token:
+                delete(self.location)
+        except OSError as e:  # unreachable now: the lease dies by its heartbeat instead
+            log.warning("cannot remove the sweep's lock %s: %s", self.location, e)

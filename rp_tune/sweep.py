@@ -208,6 +208,7 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
 # --------------------------------------------------------------------------------------------
 
 FAULT_MARKER = "injected-fault-{key}"
+TRIALS_FILE = "trials.json"  # <sweep>/trials.json: every trial's flat config, at the start
 # <train storage>/_recurring_errors/<run_key>: why a trial failed in a way a retry repeats
 RECURRING_ERRORS = "_recurring_errors"
 RECURRING_TAG = "[rp_tune: recurs on retry]"
@@ -294,6 +295,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     world = ctx.get_world_size()
     fault = loop_config.get("fault")
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("run_dir"):
+        checkpoint = _unregistered_checkpoint(loop_config["run_dir"])
     with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
         resume, resumed_from = None, 0
         if checkpoint is not None:
@@ -340,6 +343,38 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
+
+
+def _stored_trials(path: str) -> dict[str, int]:
+    """run key -> epochs of every trial of the sweep at `path`, as stored when it started."""
+    location = store.join(path, TRIALS_FILE)
+    if not store.exists(location):  # a sweep started before this file existed
+        return {}
+    entries = json.loads(store.read_text(location))
+    return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
+
+
+def _unregistered_checkpoint(run_dir: str) -> Any:
+    """The newest checkpoint folder of a Train run that registered none (its workers wrote
+    one after their driver died), as a Checkpoint; None if there is none."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(run_dir) if store.is_uri(run_dir) else (
+            pafs.LocalFileSystem(), run_dir)  # fmt: skip
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return None
+    found = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory
+        and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")
+    )
+    return ray.train.Checkpoint(found[-1], filesystem=fs) if found else None
 
 
 def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
@@ -403,7 +438,11 @@ def _tune_trial(config: dict[str, Any]) -> None:
         per_worker["GPU"] = r.gpus_per_worker
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"flat": trial["flat"], "fault": config.get("fault")},
+        train_loop_config={
+            "flat": trial["flat"],
+            "fault": config.get("fault"),
+            "run_dir": store.join(config["train_storage"], f"train-{trial['run_key']}"),
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
@@ -585,6 +624,8 @@ def run_sweep(
         lock.check()  # first: a sweep another driver is starting may not be restorable yet
     except store.LockHeld as e:
         raise SweepError(str(e)) from None
+    except OSError as e:  # an unreadable lease is never taken for a free sweep
+        raise SweepError(f"--storage {storage!r}: cannot read the sweep's lock: {e}") from None
     try:
         can_restore = tune.Tuner.can_restore(path)
     except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
@@ -608,16 +649,19 @@ def run_sweep(
         lock.acquire()
     except store.LockHeld as e:
         raise SweepError(str(e)) from None
-    dead = lock.previous or {}
-    if dead.get("ray_session") and dead.get("host") == lock.host:
-        stopped = stop_ray_session(dead["ray_session"])
-        if stopped:
-            log.info(
-                "stopped %d processes left by the crashed driver's Ray (%s)",
-                stopped,
-                dead["ray_session"],
-            )
+    except OSError as e:  # a read-only or unreachable store
+        raise SweepError(f"--storage {storage!r}: cannot write the sweep's lock: {e}") from None
+    tracker = None
     try:
+        dead = lock.previous or {}
+        if dead.get("ray_session") and dead.get("host") == lock.host:
+            stopped = stop_ray_session(dead["ray_session"])
+            if stopped:
+                log.info(
+                    "stopped %d processes left by the crashed driver's Ray (%s)",
+                    stopped,
+                    dead["ray_session"],
+                )
         if resume:  # the data may have been fixed since: trials that failed on it try again
             for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
                 store.delete(store.join(train_storage, RECURRING_ERRORS, key))
@@ -632,7 +676,6 @@ def run_sweep(
                 lock.update(ray_session=node.get_session_dir_path())
         elif not ray.is_initialized():
             ray.init(address=address)
-        tracker = None
         callbacks = []
         if uri is not None:
             from .tracking import SweepTracker
@@ -665,18 +708,15 @@ def run_sweep(
                 for c in run_config.callbacks or []
                 if not isinstance(c, __getattr__("TrackingCallback"))
             ] + callbacks
-            # the trials as stored when the sweep started (not as this code would make them)
-            stored = (tuner._local_tuner.param_space or {}).get("trial", {})
-            known = {
-                e["run_key"]: int(e["flat"]["train.epochs"])
-                for e in (stored.get("grid_search", []) if isinstance(stored, dict) else [])
-            }
+            # the trials as stored when the sweep started (Tune does not keep its param space)
+            known = _stored_trials(path)
         else:
             capacity = cluster_capacity(address is not None)
             configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
             log.info("%s", gpu_choice)
             entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
             known = {e["run_key"]: c.train.epochs for e, c in zip(entries, configs)}
+            store.write_text(store.join(path, TRIALS_FILE), json.dumps(entries, default=list))
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             param_space = {
                 "trial": tune.grid_search(entries),
@@ -717,7 +757,9 @@ def run_sweep(
             trial = (result.config or {}).get("trial")
             if trial is None:  # stopped before it started (Ctrl-C): Tune kept no config
                 key = store.basename(result.path) if result.path else f"trial-{i}"
-                outcomes.append(TrialOutcome(key, "pending", 0, known.get(key, 0), 0))
+                error = "" if result.error is None else error_summary(result.error)
+                status = "failed" if error else "pending"
+                outcomes.append(TrialOutcome(key, status, 0, known.get(key, 0), 0, error=error))
                 continue
             epochs = int(trial["flat"]["train.epochs"])
             m = dict(result.metrics or {})
@@ -755,8 +797,12 @@ def run_sweep(
                     artifacts=[str(local)],
                 )
                 tracker.close()  # waits until the events (and this file) are delivered or saved
+                tracker = None
         return summary
     finally:
+        if tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
+            tracker.sweep_end({"interrupted": 1})
+            tracker.close()  # what cannot be delivered goes to the pending file
         lock.release()
 
 

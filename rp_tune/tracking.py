@@ -367,14 +367,25 @@ class SweepTracker:
         logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
         ts = int(time.time() * 1000)
         missing = [row for row in history if int(row.get("epoch", 0)) not in logged]
-        metrics = [
-            Metric(k, float(row[k]), ts, int(row["epoch"]))
-            for row in missing
-            for k in EPOCH_KEYS
-            if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
-        ]
-        for i in range(0, len(metrics), 900):
-            client.log_batch(run_id, metrics=metrics[i : i + 900])
+        batch: list = []
+        for row in missing:  # whole rows per batch: train_loss marks an epoch as logged
+            metrics = [
+                Metric(k, float(row[k]), ts, int(row["epoch"]))
+                for k in EPOCH_KEYS
+                if k != "train_loss"
+                and isinstance(row.get(k), (int, float))
+                and not isinstance(row.get(k), bool)
+            ]
+            if isinstance(row.get("train_loss"), (int, float)):  # last: the row's marker
+                metrics.append(
+                    Metric("train_loss", float(row["train_loss"]), ts, int(row["epoch"]))
+                )
+            if len(batch) + len(metrics) > 900:
+                client.log_batch(run_id, metrics=batch)
+                batch = []
+            batch += metrics
+        if batch:
+            client.log_batch(run_id, metrics=batch)
         if missing:
             log.info(
                 "MLflow run %s: logged %d epoch(s) the sweep had not seen: %s",
@@ -405,6 +416,13 @@ class SweepTracker:
             ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
             if ckpt:
                 self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
+        elif result.get("checkpoint_path"):  # failed: its epochs still all reach the run
+            from .train import HISTORY_FILE
+
+            where = storage.on_storage_of(str(result["checkpoint_path"]), self.sweep_path)
+            history = storage.join(where, HISTORY_FILE)
+            if storage.exists(history):
+                self._backfill_epochs(run_id, json.loads(storage.read_text(history)))
         client.set_tag(run_id, "rp_tune.status", status)
         if error:
             client.set_tag(run_id, "rp_tune.error", error[:5000])
@@ -457,7 +475,7 @@ class SweepTracker:
         # failed: some trial failed; interrupted: stopped with trials left for --resume
         if summary.get("failed", 0):
             status, state = "failed", "FAILED"
-        elif summary.get("unfinished", 0):
+        elif summary.get("unfinished", 0) or summary.get("interrupted", 0):
             status, state = "interrupted", "KILLED"
         else:
             status, state = "finished", "FINISHED"

@@ -137,8 +137,10 @@ def read_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, unpickling error, missing file
         raise CheckpointError(f"{folder / CHECKPOINT_FILE}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{folder / CHECKPOINT_FILE}: not a trial checkpoint")
     missing = [k for k in ("run_key", "epoch", "model", "optimizer") if k not in state]
-    if not isinstance(state, dict) or missing:
+    if missing:
         raise CheckpointError(f"{folder / CHECKPOINT_FILE}: not a trial checkpoint ({missing})")
     try:
         Masks.load(folder / MASKS_FILE)
@@ -784,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no checkpoint under %s: starting from scratch", out)
     try:
         result = run_trial(cfg, out, resume=resume, device=args.device)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     keys = ("test_acc", "test_acc_best_val", "best_val_acc", "best_epoch", "achieved_density")

@@ -13,6 +13,7 @@ Trials at density 1.0 are dense whatever the scheme, so they are run once per mo
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from types import ModuleType
 
@@ -61,10 +62,13 @@ def load_space(name: str) -> ModuleType:
     except SyntaxError as e:
         raise ValueError(f"search space {name!r}: {e.filename}, line {e.lineno}: {e.msg}") from None
     except Exception as e:  # an import or a value in the module fails
-        tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None:
+        # the space file's own line (the last frame in it), not a helper's it called
+        where, tb = "?", e.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if os.path.basename(filename) == f"{name}.py":
+                where = f"{filename}, line {tb.tb_lineno}"
             tb = tb.tb_next
-        where = f"{tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno}" if tb else "?"
         raise ValueError(
             f"search space {name!r} fails to load: {where}: {type(e).__name__}: {e}"
         ) from None

@@ -86,7 +86,11 @@ def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
     agent = subprocess.Popen([sys.executable, "-c", code, f"--session_dir={session}"])
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        time.sleep(1.0)  # the agent starts its child
+        import psutil
+
+        deadline = time.time() + 30
+        while not psutil.Process(agent.pid).children() and time.time() < deadline:
+            time.sleep(0.1)  # the agent starts its child
         assert stop_ray_session(session) == 2
         agent.wait(timeout=10)  # gone (stop_ray_session reaped it: no exit code left here)
         assert bystander.poll() is None
@@ -95,3 +99,26 @@ def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
             p.kill()
             p.wait()
     assert stop_ray_session("/not/a/session") == 0
+
+
+def test_a_half_written_lease_holds_until_it_is_older_than_the_ttl(tmp_path):
+    """A lease that does not parse (its writer killed mid-write) is neither ignored (two
+    drivers) nor kept forever (a stuck sweep): it dies by its file time."""
+    lock_file = tmp_path / ".s.driver.json"
+    lock_file.write_text('{"host": "x", "pi')
+    with pytest.raises(LockHeld, match="held by another driver"):
+        DriverLock(str(lock_file), settle_s=0).acquire()
+    old = time.time() - 120
+    os.utime(lock_file, (old, old))
+    lock = DriverLock(str(lock_file), ttl_s=60, settle_s=0)
+    lock.acquire()
+    assert json.loads(lock_file.read_text())["token"] == lock.token
+    lock.release()
+
+
+def test_a_live_driver_on_this_host_holds_its_lease_whatever_its_heartbeat(tmp_path):
+    """A suspended driver (its heartbeat old, its process there) is not declared dead: its
+    Ray would be stopped under it."""
+    _lease(tmp_path / ".s.driver.json", heartbeat=time.time() - 3600)  # this pid: alive
+    with pytest.raises(LockHeld):
+        DriverLock(str(tmp_path / ".s.driver.json"), settle_s=0).acquire()

@@ -321,3 +321,11 @@ def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
     for name in names[:2]:
         (run / name / "state.pt").write_bytes(b"x")
     assert _readable_checkpoint(latest, tmp_path / "tmp3") == (None, 0)
+
+
+def test_the_single_trial_cli_refuses_an_untrainable_config_in_one_line(tmp_path, capsys):
+    args = ["--model", "cifar_resnet_8", "--scheme", "uniform", "--density", "1e-9",
+            "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "keeps no weight in 10 of 10 layers" in err
