@@ -5,7 +5,7 @@ dict (`{"sparsity.scheme": "erk", ...}`) is what a search space sweeps, what MLf
 what `run_key` hashes. Every value is validated on construction; an error names the key, the
 value and the valid choices.
 
-Training hyperparameters left as None take the recipe's value (PAPERS.md section 6), so a
+Training hyperparameters left as None take the recipe's value (Liu et al. 2022, Table 1), so a
 resolved config always holds concrete numbers and the flat dict round-trips exactly.
 """
 

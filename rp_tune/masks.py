@@ -2,7 +2,7 @@
 
 Layer l gets exactly k_l ones at uniformly random positions, drawn from a generator seeded by
 sha256(trial seed, layer name): adding or removing a layer never reshuffles the others, and a
-mask is reproducible from the config alone (PAPERS.md section 3). Bernoulli sampling (the
+mask is reproducible from the config alone. Bernoulli sampling (the
 reference code's) is available as `sampling="bernoulli"`; its counts are only right on average.
 
 On disk: one Parquet file, one row per layer (name, shape, numel, density, kept, packed bits,

@@ -1,4 +1,4 @@
-"""The paper's measurements (PAPERS.md section 7) as pure functions: tensors in, numbers out.
+"""The measurements of Liu et al. 2022 (Appendix A) as pure functions: tensors in, numbers out.
 
 Library choices:
 - OoD ROC-AUC: scikit-learn's `roc_auc_score` (ties get half credit, the standard Mann-Whitney

@@ -113,7 +113,7 @@ def test_erk_resnet20_pinned(d):
     for s, p, q in zip(specs, plan.densities, expected):
         assert abs(p * s.numel - q * s.numel) <= 1.0, (s.name, p, q)
     names = {s.name: p for s, p in zip(specs, plan.densities)}
-    if d == 0.1:  # PAPERS.md: classifier and stage-2 1x1 shortcut come out dense
+    if d == 0.1:  # ERK at d = 0.1: the classifier and the stage-2 1x1 shortcut come out dense
         assert names["fc"] == 1.0
         assert names["layer2.0.shortcut.0"] == 1.0
         assert names["layer3.0.shortcut.0"] < 1.0

@@ -1,4 +1,4 @@
-"""Model registry by name (PAPERS.md section 5).
+"""Model registry by name (the models of Liu et al. 2022, Sec. 4).
 
 - `cifar_resnet_<depth>[_<width>]`: any depth 6n+2, any width >= 1 (default 16)
 - `vgg11_bn`, `vgg13_bn`, `vgg16_bn`, `vgg19_bn`: CIFAR VGGs with BatchNorm

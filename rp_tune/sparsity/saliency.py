@@ -1,4 +1,4 @@
-"""Layer-wise ratios borrowed from pruning-at-initialisation scores (PAPERS.md section 2).
+"""Layer-wise ratios borrowed from pruning-at-initialisation scores (Liu et al. 2022, Sec. 3).
 
 Each function scores every prunable weight of a model, keeps the global top round(d * N), and
 returns only the per-layer kept counts: the random mask is then drawn with those counts, so

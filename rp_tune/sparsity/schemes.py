@@ -1,4 +1,4 @@
-"""Layer-wise density schemes (PAPERS.md section 2) as pure functions of layer shapes.
+"""Layer-wise density schemes (Liu et al. 2022; Gadhikar et al. 2023) of layer shapes.
 
 Every scheme turns (layers, global density d) into kept counts k_l per layer with
 sum_l k_l == round(d * N) exactly: the real-valued densities p_l a scheme defines are
