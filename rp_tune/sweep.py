@@ -219,6 +219,16 @@ class RecurringTrialError(RuntimeError):
     ran, its config cannot train): not a crash, so never retried."""
 
 
+def _message_after(text: str, marker: str) -> str | None:
+    """The message that follows `marker` in an error's text: its first line and its indented
+    continuation lines (a DataError's layout and fixes), without Ray's traceback after them;
+    None if the marker is not there."""
+    if marker not in text:
+        return None
+    lines = text[text.rindex(marker) + len(marker) :].strip().splitlines()
+    return "\n".join(lines[:1] + [ln for ln in lines[1:3] if ln.startswith("  ")])
+
+
 def _recurring_error_message(error: BaseException) -> str | None:
     """The message of a recurring error (DataError, ConfigError) carried by a worker's
     exception (wrapped by Ray), or None."""
@@ -229,12 +239,9 @@ def _recurring_error_message(error: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        text = str(e)
-        if RECURRING_TAG in text:
-            body = text[text.index(RECURRING_TAG) + len(RECURRING_TAG) :].strip()
-            lines = body.splitlines()
-            keep = [lines[0]] + [ln for ln in lines[1:3] if ln.startswith("  ")] if lines else []
-            return "\n".join(keep)
+        message = _message_after(str(e), RECURRING_TAG)
+        if message is not None:
+            return message
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
         stack += list(getattr(e, "worker_failures", {}).values())
         stack += [getattr(e, "controller_failure", None)]
@@ -252,10 +259,10 @@ def error_summary(error: BaseException, limit: int = 1000) -> str:
             return str(e)[:limit]
         e = getattr(e, "cause", None) or e.__cause__
     text = str(error)
-    if RECURRING_TAG in text or "RecurringTrialError: " in text:
-        start = text.rfind("RecurringTrialError: ")
-        body = text[start + len("RecurringTrialError: ") :] if start >= 0 else text
-        return (_recurring_error_message(RuntimeError(RECURRING_TAG + " " + body)) or body)[:limit]
+    for marker in ("RecurringTrialError: ", RECURRING_TAG):
+        message = _message_after(text, marker)
+        if message is not None:
+            return message[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: ", ln)]
     return (raised[-1] if raised else lines[0] if lines else repr(error))[:limit]
@@ -354,26 +361,36 @@ def _stored_trials(path: str) -> dict[str, int]:
     return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
 
 
+def _checkpoint_folders(fs: Any, parent: str) -> list[str]:
+    """The `checkpoint_<date>` folders of a Train run folder, oldest first ([] if none)."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    return sorted(
+        (
+            i.path.rstrip("/")
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")
+        ),
+        key=posixpath.basename,
+    )
+
+
 def _unregistered_checkpoint(run_dir: str) -> Any:
     """The newest checkpoint folder of a Train run that registered none (its workers wrote
     one after their driver died), as a Checkpoint; None if there is none."""
-    import posixpath
-
     import pyarrow.fs as pafs
     import ray.train
 
     try:
         fs, path = pafs.FileSystem.from_uri(run_dir) if store.is_uri(run_dir) else (
             pafs.LocalFileSystem(), run_dir)  # fmt: skip
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        found = _checkpoint_folders(fs, path)
     except OSError:
         return None
-    found = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.Directory
-        and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")
-    )
     return ray.train.Checkpoint(found[-1], filesystem=fs) if found else None
 
 
@@ -388,21 +405,13 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
     """
     import posixpath
 
-    import pyarrow.fs as pafs
     import ray.train
 
     from .train import CheckpointError, read_checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent = posixpath.dirname(path)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
-        found = {
-            i.path.rstrip("/")
-            for i in infos
-            if i.type == pafs.FileType.Directory
-            and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")
-        }
+        found = set(_checkpoint_folders(fs, posixpath.dirname(path)))
     except OSError:
         found = set()
     candidates = sorted(found | {path}, key=posixpath.basename, reverse=True)
@@ -890,6 +899,20 @@ def max_cluster_resources(
     return out
 
 
+def read_autoscaling_config() -> tuple[dict[str, Any] | None, Path]:
+    """(the autoscaler's config as `ray up` wrote it on the head node, or None; its path)."""
+    import yaml
+
+    path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
+    if not path.is_file():
+        return None, path
+    try:
+        return yaml.safe_load(path.read_text()), path
+    except (OSError, yaml.YAMLError) as e:
+        log.warning("cannot read autoscaling config %s (%s): using what is up now", path, e)
+        return None, path
+
+
 def cluster_capacity(joined: bool) -> dict[str, float]:
     """Resources of the Ray cluster at its largest (see `max_cluster_resources`).
 
@@ -898,16 +921,9 @@ def cluster_capacity(joined: bool) -> dict[str, float]:
     it, an autoscaling cluster that starts with no GPU workers would run one trial at a time.
     """
     import ray
-    import yaml
 
     current = ray.cluster_resources()
-    cfg_path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
-    autoscaling = None
-    if joined and cfg_path.is_file():
-        try:
-            autoscaling = yaml.safe_load(cfg_path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            log.warning("cannot read autoscaling config %s (%s): using what is up now", cfg_path, e)
+    autoscaling, cfg_path = read_autoscaling_config() if joined else (None, None)
     capacity = max_cluster_resources(current, autoscaling)
     if autoscaling:
         log.info(
@@ -969,15 +985,9 @@ def planned_capacity(address: str | None) -> tuple[dict[str, float] | None, str]
     """(capacity, where) for planning without starting Ray: this machine for a local Ray;
     for a cluster, its autoscaler's node types when their config is readable here (on a `ray
     up` head node), else None (decided once the sweep joins it)."""
-    import yaml
-
     if not (address or os.environ.get("RAY_ADDRESS")):
         return local_gpu_capacity(), "this machine"
-    path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
-    try:
-        autoscaling = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        autoscaling = None
+    autoscaling, path = read_autoscaling_config()
     if autoscaling:
         return max_cluster_resources({}, autoscaling), f"the cluster's node types ({path})"
     return None, "the Ray cluster"
