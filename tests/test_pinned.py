@@ -1,0 +1,99 @@
+"""Numbers of three short trials, pinned before the trial loop was reshaped into phases.
+
+Same config, same results: if one of these moves, a change altered what a trial computes
+(masks, batch order, the DST schedule, gradient flow, final metrics), not only how the code
+reads. Deterministic fp32 on the CPU; tolerances allow only for float summation order.
+"""
+
+import hashlib
+
+import pytest
+import torch
+
+from rp_tune.config import from_flat
+from rp_tune.masks import Masks
+from rp_tune.train import latest_checkpoint, run_trial
+
+
+def _cfg(**over):
+    flat = {
+        "model.name": "cifar_resnet_8",
+        "data.name": "synthetic",
+        "data.synthetic_train": 256,
+        "data.synthetic_test": 64,
+        "train.epochs": 2,
+        "train.batch_size": 32,
+        "evaluation.batch_size": 64,
+        "train.deterministic": True,
+        "train.precision": "fp32",
+        "sparsity.scheme": "erk",
+        "sparsity.density": 0.2,
+        "evaluation.grad_flow_every": 2,
+        "resources.gpus_per_worker": 0,
+    }
+    flat.update(over)
+    return from_flat(flat)
+
+
+FINAL_KEYS = {
+    "achieved_density", "best_epoch", "best_val_acc", "epoch", "epoch_seconds", "fgsm_acc",
+    "final_eval_seconds", "flops_dense", "flops_sparse", "images_per_second", "lr",
+    "ood_auroc_gaussian", "ood_used", "params_dense", "params_sparse", "test_acc",
+    "test_acc_best_val", "test_ece", "test_loss", "test_loss_best_val", "train_acc",
+    "train_flops_dense", "train_flops_sparse", "train_loss", "val_acc", "val_ece", "val_loss",
+    "val_seconds",
+}  # fmt: skip
+DST_KEYS = {"death_rate", "dst_changed", "dst_updates", "itop_rate"}
+
+PINNED = {
+    # name: (overrides, train losses, test acc, sum |w|, masks digest, dst_changed, itop rate)
+    "static": (
+        {},
+        [1.543743031365531, 0.6698855289391109],
+        0.59375,
+        2384.9880479568433,
+        "ea0d13b25079f2ef",
+        None,
+        None,
+    ),
+    "rigl": (
+        {"sparsity.mode": "dynamic", "sparsity.growth": "gradient", "sparsity.update_frequency": 3},
+        [1.557281732559204, 0.8394423382622855],
+        0.46875,
+        2369.994329677993,
+        "ac4283aa4c5c4722",
+        [6423, 280],
+        0.28340227507755944,
+    ),
+    "snip": (
+        {"sparsity.scheme": "snip"},
+        [1.4778955153056554, 0.6560698343174798],
+        0.453125,
+        2165.2110165047,
+        "def308f898df4eed",
+        None,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_a_short_run_gives_the_pinned_numbers(name, tmp_path):
+    over, losses, test_acc, weight_sum, mask_digest, changed, itop = PINNED[name]
+    result = run_trial(_cfg(**over), tmp_path / "run")
+    history = result["history"]
+    assert [h["train_loss"] for h in history] == pytest.approx(losses, rel=1e-5)
+    assert result["test_acc"] == pytest.approx(test_acc, abs=1e-9)
+    expected_keys = FINAL_KEYS | (DST_KEYS if changed else set())
+    assert expected_keys <= set(history[-1]), expected_keys - set(history[-1])
+    assert len(result["grad_flow"]) == 7  # steps 0, 2, ..., 12 of 16
+    ckpt = latest_checkpoint(tmp_path / "run")
+    state = torch.load(ckpt / "state.pt", weights_only=False)["model"]
+    total = float(sum(v.double().abs().sum() for v in state.values() if v.is_floating_point()))
+    assert total == pytest.approx(weight_sum, rel=1e-6)
+    masks = Masks.load(ckpt / "masks.parquet")
+    bits = b"".join(masks.masks[k].numpy().tobytes() for k in sorted(masks.masks))
+    assert hashlib.sha256(bits).hexdigest()[:16] == mask_digest
+    if changed is not None:
+        assert [h["dst_changed"] for h in history] == changed
+        assert result["itop_rate"] == pytest.approx(itop, rel=1e-9)
