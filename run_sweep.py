@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     from rp_tune import storage
-    from rp_tune.sweep import (
+    from rp_tune.plan import (
         SweepError,
         check_data_roots,
+        check_not_held,
+        check_resume,
         check_trials_fit,
         expand_space,
         parse_overrides,
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         configs = expand_space(args.space, overrides, smoke=args.smoke)
         check_trials_fit(configs)
+        name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+        if args.resume and not (args.dry_run or args.report):
+            root = storage.resolve(args.storage)
+            check_not_held(root, name)
+            check_resume(storage.join(root, name), configs)
         if not (args.dry_run or args.report):  # a report reads results, never the data
             try:
                 storage.check_usable(args.storage)
@@ -154,11 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
     if args.report:
         return report(args, name)
     if args.dry_run:
-        from rp_tune.sweep import planned_capacity, resolve_gpus
+        from rp_tune.plan import planned_capacity, resolve_gpus
 
         capacity, where = planned_capacity(args.address)
         configs, gpu_choice = resolve_gpus(configs, capacity, where)

@@ -12,16 +12,17 @@ resolved config always holds concrete numbers and the flat dict round-trips exac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import check_model_name
+from .model_names import check_model_name
 from .sparsity import SCHEMES
 from .sparsity.schemes import check_density
 
@@ -148,6 +149,11 @@ class SparsityConfig:
     density: float = 0.1  # kept fraction of all conv/linear weights; 1.0 = dense
     sampling: str = "exact"
     fc_density: float = 1.0  # erk_plus: classifier density
+    # per-layer overrides, for every scheme: those layers keep this density and the scheme
+    # shares the rest of the budget among the others (the total stays `density`)
+    classifier_density: float | None = None  # the last layer (Liu et al. Fig. 14 left)
+    layer_density: str = ""  # "name=density,name=density" (as RigL's custom_sparsity_map)
+    erk_power_scale: float = 1.0  # erk, erk_plus: p_l ~ (sum shape / prod shape)^power
     score_batch: int = 128  # snip: images in the scoring batch (Liu et al.: 128)
     grasp_per_class: int = 10  # grasp: images per class in its class-balanced batch (paper: 10)
     # a plan that keeps no weight in some layer cuts the network: refused unless this is set
@@ -174,6 +180,24 @@ class SparsityConfig:
             _fail("sparsity.sampling", self.sampling, str(list(SAMPLINGS)))
         if not 0.0 < self.fc_density <= 1.0:
             _fail("sparsity.fc_density", self.fc_density, "a number in (0, 1]")
+        if self.classifier_density is not None:
+            if not 0.0 <= self.classifier_density <= 1.0:
+                _fail("sparsity.classifier_density", self.classifier_density, "a number in [0, 1]")
+            if self.scheme == "erk_plus":
+                raise ConfigError(
+                    "sparsity.classifier_density with sparsity.scheme='erk_plus': erk_plus sets "
+                    "the classifier by sparsity.fc_density; use one of them"
+                )
+        layer_density_map(self.layer_density)  # ConfigError if malformed
+        if self.erk_power_scale != 1.0 and "erk_power_scale" not in SCHEMES[self.scheme].options:
+            _fail(
+                "sparsity.erk_power_scale",
+                self.erk_power_scale,
+                f"1.0 with scheme {self.scheme!r} (only "
+                f"{[n for n, s in SCHEMES.items() if 'erk_power_scale' in s.options]} read it)",
+            )
+        if self.erk_power_scale < 0:
+            _fail("sparsity.erk_power_scale", self.erk_power_scale, "a number >= 0")
         for key in ("score_batch", "grasp_per_class"):
             if getattr(self, key) < 1:
                 _fail(f"sparsity.{key}", getattr(self, key), "an integer >= 1")
@@ -371,6 +395,28 @@ class TrialConfig:
         return from_flat({**base, **flat})
 
 
+def layer_density_map(text: str) -> dict[str, float]:
+    """sparsity.layer_density "conv1=1.0,fc=0.5" as {"conv1": 1.0, "fc": 0.5}; ConfigError for
+    an item that is not name=density with a density in [0, 1]."""
+    out: dict[str, float] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            density = float(value)
+        except ValueError:
+            density = float("nan")
+        if not sep or not name.strip() or not 0.0 <= density <= 1.0:
+            _fail(
+                "sparsity.layer_density",
+                text,
+                "name=density[,name=density...], densities in [0, 1]",
+            )
+        out[name.strip()] = density
+    return out
+
+
 def ood_sets(cfg: TrialConfig) -> tuple[str, ...]:
     """The OoD sets a trial evaluates: evaluation.ood_sets, else its dataset's defaults."""
     if not cfg.evaluation.ood:
@@ -396,7 +442,10 @@ def to_flat_defaults() -> dict[str, Any]:
     return to_flat(TrialConfig())
 
 
+@functools.cache
 def _field_types(section_cls: type) -> dict[str, Any]:
+    """Field name -> type of a section; cached: get_type_hints evaluates every annotation
+    string anew, which made expanding an 828-trial space take seconds."""
     return typing.get_type_hints(section_cls)
 
 
@@ -491,3 +540,15 @@ def run_key(cfg: TrialConfig) -> str:
     if s.mode == "dynamic" and s.density < 1.0:
         scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
     return f"{cfg.model.name}-{scheme}-d{s.density:g}-s{cfg.seed}-{config_hash(cfg)}"
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (the CLIs' repeatable --set) as a dict; values stay strings, which
+    `from_flat` coerces to each field's type; ConfigError for an item without '='."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.epochs=2)")
+        key, value = (s.strip() for s in item.split("=", 1))
+        out[key] = value
+    return out

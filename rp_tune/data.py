@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from . import storage
 from .config import DataConfig
+from .seeds import derived_seed
 
 if TYPE_CHECKING:
     from .config import TrialConfig
@@ -56,12 +57,6 @@ class DataError(RuntimeError):
 class DataRootUnreachable(OSError):
     """A URI data root could not be read (network, credentials): maybe passing, so a trial
     that meets it is retried like any crash, unlike a DataError."""
-
-
-def derived_seed(*parts: object) -> int:
-    """63-bit seed from any parts, e.g. (trial seed, 'data', epoch)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------------------------

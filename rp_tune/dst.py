@@ -22,8 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from .seeds import derived_seed
 
 GROWTHS = ("random", "gradient")
 SCHEDULES = ("rigl", "cosine_whole_run")
@@ -133,3 +136,78 @@ def _set_flat(t: torch.Tensor, idx: torch.Tensor, value: float) -> None:
     c.view(-1)[idx] = value
     if c.data_ptr() != t.data_ptr():
         t.copy_(c)
+
+
+class DynamicSparsity:
+    """The SET/RigL state of one trial, in one object the training loop calls.
+
+    Holds the schedule (`death_rate`, `is_update_step`), the ever-active set (weights active
+    at any point: the in-time over-parameterisation rate of Liu et al. 2021), and the log of
+    updates [[step, drop fraction, connections regrown], ...]. `after_step` runs after every
+    optimizer step (and the masks' re-application); `end_epoch` copies the bound masks back
+    into the `Masks` object and returns the epoch's metrics; `state_dict` is what a
+    checkpoint keeps ({"ever": bool tensors on the CPU, "updates": the log}).
+    """
+
+    def __init__(
+        self,
+        masks: Any,
+        *,
+        growth: str,
+        update_frequency: int,
+        initial_rate: float,
+        final_rate: float,
+        schedule: str,
+        stop_at: float,
+        total_steps: int,
+        steps_per_epoch: int,
+        seed: int,
+    ) -> None:
+        if growth not in GROWTHS:
+            raise ValueError(f"unknown growth {growth!r}; valid choices: {GROWTHS}")
+        self.masks = masks  # rp_tune.masks.Masks, bound to the model
+        self.weights, self.float_masks = masks.bound()
+        self.growth, self.frequency = growth, update_frequency
+        self.initial, self.final, self.schedule, self.stop_at = (
+            initial_rate, final_rate, schedule, stop_at)  # fmt: skip
+        self.total_steps, self.steps_per_epoch, self.seed = total_steps, steps_per_epoch, seed
+        self.ever = [f.detach() > 0 for f in self.float_masks]
+        self.updates: list[list[float]] = []
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Drop and grow if `step` is an update step (RigL's gradient: this batch's)."""
+        if not is_update_step(step, self.frequency, self.total_steps, self.stop_at, self.schedule):
+            return
+        rate = death_rate(
+            step, self.total_steps, self.initial, self.final,
+            schedule=self.schedule, stop_at=self.stop_at,
+        )  # fmt: skip
+        device = self.weights[0].device
+        gen = torch.Generator(device=device).manual_seed(derived_seed(self.seed, "dst", step))
+        momenta = [optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
+        grads = [w.grad for w in self.weights]
+        upd = update_masks_(self.weights, self.float_masks, grads, rate, self.growth, gen, momenta)
+        for e, f in zip(self.ever, self.float_masks):
+            e |= f.detach() > 0
+        self.updates.append([step, rate, upd.changed])
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Metrics of epoch `epoch` (0-based): updates, connections regrown, last drop
+        fraction, ITOP rate; the `Masks` object is brought up to date first."""
+        self.masks.sync_from_bound()
+        lo, hi = epoch * self.steps_per_epoch, (epoch + 1) * self.steps_per_epoch
+        this_epoch = [u for u in self.updates if lo <= u[0] < hi]
+        return {
+            "dst_updates": len(this_epoch),
+            "dst_changed": sum(u[2] for u in this_epoch),
+            "death_rate": this_epoch[-1][1] if this_epoch else 0.0,
+            "itop_rate": sum(int(e.sum()) for e in self.ever) / self.masks.total(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ever": [e.cpu() for e in self.ever], "updates": [list(u) for u in self.updates]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.weights[0].device
+        self.ever = [e.to(device) for e in state["ever"]]
+        self.updates = [list(u) for u in state["updates"]]

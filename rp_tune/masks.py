@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .models import prunable_layers
+from .seeds import derived_seed
 from .sparsity import DensityPlan
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,12 @@ log = logging.getLogger(__name__)
 SAMPLINGS = ("exact", "bernoulli")
 
 
-def layer_seed(seed: int, name: str) -> int:
-    """63-bit generator seed from (trial seed, qualified layer name)."""
-    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def random_mask(shape: tuple[int, ...], kept: int, seed: int, name: str) -> torch.Tensor:
     """Bool mask of `shape` with exactly `kept` ones at uniformly random positions."""
     numel = int(np.prod(shape))
     if not 0 <= kept <= numel:
         raise ValueError(f"layer {name}: kept={kept} outside [0, {numel}]")
-    g = torch.Generator().manual_seed(layer_seed(seed, name))
+    g = torch.Generator().manual_seed(derived_seed(int(seed), name))
     flat = torch.zeros(numel, dtype=torch.bool)
     flat[torch.randperm(numel, generator=g)[:kept]] = True
     return flat.view(shape)
@@ -68,7 +63,7 @@ class Masks:
             if sampling == "exact":
                 out[layer.name] = random_mask(layer.shape, k, seed, layer.name)
             else:
-                g = torch.Generator().manual_seed(layer_seed(seed, layer.name))
+                g = torch.Generator().manual_seed(derived_seed(int(seed), layer.name))
                 p = torch.full(layer.shape, k / layer.numel)
                 out[layer.name] = torch.bernoulli(p, generator=g).bool()
         meta = {

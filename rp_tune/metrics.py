@@ -13,27 +13,50 @@ Library choices:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Names of the end-of-trial metrics a trial reports (final test metrics, robustness, OoD, cost):
-# what trackers log as final values and reports put in their table.
-FINAL_PREFIXES = (
-    "test_",
-    "best_",
-    "fgsm_",
-    "ood_auroc_",
-    "params_",
-    "flops_",
-    "train_flops_",
-    "achieved_density",
-)
+EPOCH, FINAL = "epoch", "final"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a trial reports, declared once for the trial, tracking, report and console.
+
+    name: the key in a trial's results (a `family` is a prefix: `ood_auroc_` covers
+        `ood_auroc_cifar100`, `ood_auroc_svhn`, ...).
+    when: "epoch" (every epoch, logged at step = epoch) or "final" (once, end of the trial).
+    better: "higher", "lower" or None (a measurement, not a score: cost, time, counts).
+    plotted: the report draws it against sparsity.
+    column/fmt: its header and format in the console's summary table (None: not shown).
+    of_test_logits: f(logits, labels) -> float, computed by the trial on the full test set,
+        where `applies(cfg)` holds (None: always).
+    """
+
+    name: str
+    when: str
+    label: str
+    better: str | None = None
+    plotted: bool = False
+    column: str | None = None
+    fmt: str = ".4f"
+    family: bool = False
+    of_test_logits: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+    applies: Callable[[Any], bool] | None = None
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
+
+
+def top5_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of examples whose label is among the 5 largest logits (ImageNet's top-5)."""
+    k = min(5, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -155,3 +178,124 @@ def cost(
         "train_flops_dense": 3.0 * total * train_images,
         "train_flops_sparse": 3.0 * sparse * train_images,
     }
+
+
+class GradientFlow:
+    """Effective gradient flow of one trial: `kept_grad_norm` every `every` steps while
+    step < `until` (Liu et al. 2022, Fig. 6 top), kept on the device until the epoch ends,
+    so the loop never waits on the host for it.
+
+    Call `after_backward(step)` between backward and the optimizer step, `end_epoch()` once
+    per epoch; `history` is [[step, norm], ...] and is what a checkpoint stores.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        every: int,
+        until: int,
+        history: Sequence[Sequence[float]] = (),
+    ) -> None:
+        self.weights, self.masks, self.every, self.until = weights, masks, every, until
+        self.history: list[list[float]] = [list(h) for h in history]
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    def after_backward(self, step: int) -> None:
+        if self.every and step < self.until and step % self.every == 0:
+            grads = [w.grad for w in self.weights]
+            self._pending.append((step, kept_grad_norm(grads, self.masks)))
+
+    def end_epoch(self) -> None:
+        self.history.extend([step, float(v)] for step, v in self._pending)
+        self._pending = []
+
+    def state_dict(self) -> list[list[float]]:
+        return [list(h) for h in self.history]
+
+
+def _is_imagenet(cfg: Any) -> bool:
+    return cfg.data.name == "imagenet"
+
+
+def _ece_on(cfg: Any) -> bool:
+    return bool(cfg.evaluation.ece)
+
+
+_METRICS = [
+    # per epoch
+    Metric("train_loss", EPOCH, "training loss", "lower"),
+    Metric("train_acc", EPOCH, "training accuracy", "higher"),
+    Metric("val_loss", EPOCH, "validation loss", "lower"),
+    Metric("val_acc", EPOCH, "validation accuracy", "higher"),
+    Metric("val_ece", EPOCH, "validation ECE (15 bins)", "lower"),
+    Metric("lr", EPOCH, "learning rate"),
+    Metric("epoch_seconds", EPOCH, "seconds of training in the epoch"),
+    Metric("val_seconds", EPOCH, "seconds of validation in the epoch"),
+    Metric("images_per_second", EPOCH, "training images per second"),
+    # dynamic sparse training: updates and connections changed this epoch, the drop
+    # fraction, and the fraction of weights ever active (in-time over-parameterisation)
+    Metric("dst_updates", EPOCH, "mask updates in the epoch"),
+    Metric("dst_changed", EPOCH, "connections regrown in the epoch"),
+    Metric("death_rate", EPOCH, "drop fraction of the epoch's last update"),
+    Metric("itop_rate", EPOCH, "fraction of weights ever active (ITOP rate)", "higher"),
+    # end of the trial, on the full test set
+    Metric("test_acc", FINAL, "test accuracy", "higher", True, "test_acc", ".4f",
+           of_test_logits=accuracy),
+    Metric("test_top5", FINAL, "test top-5 accuracy", "higher", True, "top5", ".4f",
+           of_test_logits=top5_accuracy, applies=_is_imagenet),
+    Metric("test_loss", FINAL, "NLL", "lower", True, of_test_logits=nll),
+    Metric("test_ece", FINAL, "ECE (15 bins)", "lower", True, "ece", ".3f",
+           of_test_logits=lambda logits, labels: ece(logits, labels), applies=_ece_on),
+    Metric("best_val_acc", FINAL, "best validation accuracy", "higher"),
+    Metric("best_epoch", FINAL, "epoch of the best validation accuracy", fmt="d"),
+    Metric("test_acc_best_val", FINAL, "test accuracy at the best-validation epoch", "higher"),
+    Metric("test_loss_best_val", FINAL, "NLL at the best-validation epoch", "lower"),
+    Metric("fgsm_acc", FINAL, "FGSM accuracy (eps 8/255)", "higher", True, "fgsm", ".3f"),
+    Metric("ood_auroc_", FINAL, "OoD ROC-AUC (max softmax)", "higher", family=True),
+    Metric("achieved_density", FINAL, "achieved density", None, False, "density", ".4f"),
+    Metric("params_dense", FINAL, "parameters (dense)", fmt=".0f"),
+    Metric("params_sparse", FINAL, "parameters (kept)", fmt=".0f"),
+    Metric("flops_dense", FINAL, "inference FLOPs per image (dense)", fmt=".3g"),
+    Metric("flops_sparse", FINAL, "inference FLOPs per image (sparse)", fmt=".3g"),
+    Metric("train_flops_dense", FINAL, "training FLOPs (dense)", fmt=".3g"),
+    Metric("train_flops_sparse", FINAL, "training FLOPs (sparse)", fmt=".3g"),
+    Metric("final_eval_seconds", FINAL, "seconds of the final evaluation"),
+]  # fmt: skip
+METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
+
+
+def metric(key: str) -> Metric | None:
+    """The registry entry of a result key (a family entry for its members), or None."""
+    if key in METRICS:
+        return METRICS[key]
+    for m in _METRICS:
+        if m.family and key.startswith(m.name):
+            return m
+    return None
+
+
+def is_metric(key: str, when: str | None = None) -> bool:
+    m = metric(key)
+    return m is not None and (when is None or m.when == when)
+
+
+def numeric_metrics(result: dict[str, Any], when: str | None = None) -> dict[str, float]:
+    """The registered metrics of a result (per epoch, final, or both) that are numbers."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and is_metric(k, when)
+    }
+
+
+def unregistered(result: dict[str, Any]) -> list[str]:
+    """Numeric keys of a trial's result that no registry entry declares: a metric added
+    without its entry would be dropped by tracking and the report, so the trial warns."""
+    skip = ("epoch",)
+    return sorted(
+        k
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        and k not in skip and metric(k) is None
+    )  # fmt: skip

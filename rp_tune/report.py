@@ -25,16 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .metrics import FINAL_PREFIXES
+from .metrics import METRICS, is_metric
+from .plan import is_finished
 
 log = logging.getLogger(__name__)
 
-FIGURE_METRICS = {
-    "test_acc": "test accuracy",
-    "test_ece": "ECE (15 bins)",
-    "test_loss": "NLL",
-    "fgsm_acc": "FGSM accuracy (eps 8/255)",
-}
 TABLE_FILE = "results.parquet"
 
 
@@ -59,15 +54,14 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             lines = [ln for ln in storage.read_text(result_file).splitlines() if ln.strip()]
         last = json.loads(lines[-1]) if lines else {}
         epochs = int(entry["flat"]["train.epochs"])
-        finished = int(last.get("epoch", 0) or 0) >= epochs and "test_acc" in last
         row: dict[str, Any] = {
             "run_key": entry["run_key"],
-            "status": "finished" if finished else "unfinished",
+            "status": "finished" if is_finished(last, epochs) else "unfinished",
         }
         for k, v in entry["flat"].items():
             row[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
         for k, v in last.items():
-            if k.startswith((*FINAL_PREFIXES, "val_")) or k in ("epoch", "resumed_from_epoch"):
+            if is_metric(k) or k in ("epoch", "resumed_from_epoch"):
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[k] = float(v)
         rows.append(row)
@@ -190,9 +184,9 @@ def build_report(
     out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(results_table(rows), out / TABLE_FILE)
-    metrics = dict(FIGURE_METRICS)
+    metrics = {m.name: m.label for m in METRICS.values() if m.plotted}
     for k in sorted({k for r in rows for k in r if k.startswith("ood_auroc_")}):
-        metrics[k] = f"OoD AUROC vs {k[len('ood_auroc_') :]}"
+        metrics[k] = f"{METRICS['ood_auroc_'].label} vs {k[len('ood_auroc_') :]}"
     figures = []
     for metric, label in metrics.items():
         path = out / f"{metric}_vs_sparsity.png"
@@ -204,7 +198,9 @@ def build_report(
         out / "matching_density.parquet",
     )
     if tracking_uri:
-        _log_to_parent(
+        from .tracking import log_report
+
+        log_report(
             tracking_uri,
             storage.resolve(str(sweep_dir)),
             [str(out / TABLE_FILE), str(out / "matching_density.parquet"), *figures],
@@ -224,22 +220,30 @@ def default_out_dir(sweep_dir: str) -> Path:
     return Path(sweep_dir) / "report"
 
 
-def _log_to_parent(tracking_uri: str, sweep_path: str, paths: list[str]) -> None:
-    from mlflow.tracking import MlflowClient
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """One trial's loss and accuracy per epoch (training, and validation where there is a
+    validation split), and the learning rate."""
+    import matplotlib
 
-    client = MlflowClient(tracking_uri)
-    for exp in client.search_experiments():
-        runs = client.search_runs(
-            [exp.experiment_id],
-            filter_string=(
-                f"tags.`rp_tune.sweep_path` = '{sweep_path}' and tags.`rp_tune.role` = 'sweep'"
-            ),
-        )
-        if runs:
-            for p in paths:
-                client.log_artifact(runs[0].info.run_id, p, artifact_path="report")
-            return
-    log.warning("no MLflow parent run for %s at %s: figures not logged", sweep_path, tracking_uri)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        val = [(h["epoch"], h[f"val_{key}"]) for h in history if f"val_{key}" in h]
+        if val:
+            ax.plot(*zip(*val), "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def print_report(rep: dict[str, Any]) -> None:

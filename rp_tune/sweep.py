@@ -8,37 +8,43 @@ run key and stored beside the Tune experiment, so a trial that Tune restarts (af
 crash and `--resume`) finds its own checkpoints. Worker crashes are retried by Train
 (`FailureConfig(max_failures)`) from the last checkpoint; trial crashes by Tune.
 
-Every config is expanded and validated before Ray starts (`expand_space`), so a bad value
-stops the sweep with one message and nothing started or written.
+Every config is expanded and validated before Ray starts (`rp_tune.plan`, which imports no
+Ray), so a bad value stops the sweep with one message and nothing started or written. A
+trial's identity is the run key stored when the sweep started, handed to its workers: a
+newer release that added config fields resumes the trial from its own checkpoints.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import math
 import os
 import re
 import signal
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from . import storage as store
-from .config import DYNAMIC_KEYS, ConfigError, DataConfig, TrialConfig, from_flat, run_key
-from .data import absolute_data_root
-from .models import build_model, input_kind
+from .config import ConfigError, TrialConfig, from_flat, run_key
+from .plan import (
+    SweepError,
+    SweepSummary,
+    TrialOutcome,
+    check_not_held,
+    check_resume,
+    default_concurrency,
+    driver_lock,
+    max_cluster_resources,
+    read_autoscaling_config,
+    resolve_gpus,
+    stored_epochs,
+    trial_status,
+    write_stored_trials,
+)
 
 log = logging.getLogger(__name__)
-
-
-class SweepError(ValueError):
-    """A sweep cannot start: bad space, override or storage; nothing was started or written."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,169 +52,11 @@ class SweepError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def expand_space(
-    space: str | ModuleType, overrides: Mapping[str, Any] | None = None, smoke: bool = False
-) -> list[TrialConfig]:
-    """Every trial config of a search space, validated; dense trials deduplicated.
-
-    Precedence: the space's GRID and FIXED, then SMOKE (with smoke=True), then overrides. A list
-    value is a grid axis; anything else is fixed. GRID may also be a list of such grids (the
-    union of their products, e.g. widths that depend on the density). Density 1.0 is dense
-    whatever the scheme, so it is run once per remaining point (scheme set to `uniform`).
-    """
-    from search_spaces import load_space
-
-    if isinstance(space, ModuleType):
-        module, space = space, space.__name__.rsplit(".", 1)[-1]
-    else:
-        try:
-            module = load_space(space)
-        except ValueError as e:
-            raise SweepError(str(e)) from None
-    grids = module.GRID if isinstance(module.GRID, list) else [module.GRID]
-    configs: dict[str, TrialConfig] = {}
-    for grid in grids:
-        values: dict[str, Any] = {**module.FIXED, **grid}
-        if smoke:
-            values.update(module.SMOKE)
-        values.update(overrides or {})
-        for cfg in _grid_configs(space, values):
-            configs.setdefault(run_key(cfg), cfg)
-    if not configs:
-        raise SweepError(f"search space {space!r} expands to no trials")
-    return list(configs.values())
-
-
-def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
-    """The Cartesian product of one grid's list values, validated, as trial configs."""
-    axes = {k: v for k, v in values.items() if isinstance(v, list) and not _tuple_key(k)}
-    fixed = {k: v for k, v in values.items() if k not in axes}
-    out = []
-    for point in itertools.product(*axes.values()):
-        flat = {**fixed, **dict(zip(axes, point))}
-        if float(flat.get("sparsity.density", 0.1)) == 1.0:
-            flat["sparsity.scheme"] = "uniform"
-            flat["sparsity.mode"] = "static"
-        # Ray workers do not run in this folder: a relative data root is made absolute here.
-        flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
-        if flat.get("sparsity.mode", "static") == "static":
-            for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
-                flat.pop(key, None)
-        try:
-            out.append(from_flat(flat))
-        except ConfigError as e:
-            raise SweepError(f"search space {space!r}: {e}") from None
-    return out
-
-
-def _tuple_key(key: str) -> bool:
-    """Keys whose single value is itself a list (e.g. train.milestones)."""
-    return key in ("train.milestones", "evaluation.ood_sets")
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`key=value` strings from --set; values stay strings (the config coerces them)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SweepError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.epochs=2)")
-        key, value = (s.strip() for s in item.split("=", 1))
-        out[key] = value
-    return out
-
-
-def check_data_roots(configs: Sequence[TrialConfig]) -> None:
-    """Every dataset any trial reads (training and OoD sets) is present and intact before Ray
-    starts, downloaded once here where allowed (`rp_tune.data.ensure_datasets`); otherwise one
-    SweepError naming the dataset, the root, the layout expected there and the fixes."""
-    from .data import DataError, ensure_datasets
-
-    try:
-        ensure_datasets(configs)
-    except DataError as e:
-        raise SweepError(str(e)) from None
-
-
-FULL_TRAINING_SETS = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "imagenet": 1_281_167}
-
-
-def training_images(cfg: TrialConfig) -> int:
-    """Images a trial trains on: its training set less the validation share."""
-    full = FULL_TRAINING_SETS.get(cfg.data.name, cfg.data.synthetic_train)
-    return int(full - round(full * cfg.data.val_fraction))
-
-
-def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
-    """Refuse, before Ray starts, trials that would fail in every worker on every retry: a
-    batch larger than the training shard (sizes of the full datasets), a data-free scheme
-    whose plan keeps no weight in some layer (data-dependent ones are checked in the trial)."""
-    from .models import layer_specs
-    from .sparsity import SCHEMES, check_no_empty_layers, layer_densities
-
-    specs: dict[tuple[str, int], Any] = {}
-    for cfg in configs:
-        s = cfg.sparsity
-        if s.density < 1.0 and not SCHEMES[s.scheme].needs_model and not s.allow_empty_layers:
-            key = (cfg.model.name, cfg.data.classes or 1000)
-            if key not in specs:
-                specs[key] = layer_specs(build_model(*key))
-            options = {"fc_density": s.fc_density} if s.scheme == "erk_plus" else {}
-            plan = layer_densities(s.scheme, specs[key], s.density, **options)
-            try:
-                check_no_empty_layers(plan)
-            except ValueError as e:
-                raise SweepError(f"trial {run_key(cfg)}: {e}") from None
-        shard = training_images(cfg) // cfg.resources.workers
-        if shard < cfg.train.batch_size:
-            raise SweepError(
-                f"train.batch_size={cfg.train.batch_size} is larger than the training shard "
-                f"of {shard} images ({cfg.data.name}, {cfg.resources.workers} worker(s)) of "
-                f"trial {run_key(cfg)}; valid: a batch <= {shard}"
-            )
-
-
-def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
-    """Training FLOPs of the dense net (3 x forward) / an assumed sustained rate.
-
-    A rough planning number: sparse masks do not speed up dense kernels, so the dense count
-    is the relevant one; `tflops` is the sustained rate per GPU the user expects.
-    """
-    from .metrics import layer_flops
-
-    images = {cfg.data.name: training_images(cfg)}
-    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
-    key = (cfg.model.name, size)
-    if key not in _FLOPS:
-        _FLOPS[key] = layer_flops(build_model(cfg.model.name, 10), (3, size, size))[0]
-    flops = 3.0 * _FLOPS[key] * images[cfg.data.name] * cfg.train.epochs
-    return flops / (tflops * 1e12) / 3600
-
-
-_FLOPS: dict[tuple[str, int], int] = {}
-
-
-def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[str, float]:
-    """Text table of the trials and the total estimated GPU-hours."""
-    lines = [f"{'#':>4}  {'run_key':<52} {'epochs':>6} {'workers':>7} {'gpu/w':>5} {'gpu-h':>7}"]
-    total = 0.0
-    for i, cfg in enumerate(configs):
-        hours = estimate_gpu_hours(cfg, tflops)
-        total += hours
-        r = cfg.resources
-        lines.append(
-            f"{i:>4}  {run_key(cfg):<52} {cfg.train.epochs:>6} {r.workers:>7} "
-            f"{'auto' if r.gpus_per_worker is None else format(r.gpus_per_worker, 'g'):>5} "
-            f"{hours:>7.3f}"
-        )
-    return "\n".join(lines), total
-
-
 # --------------------------------------------------------------------------------------------
 # Ray: the trainable, the worker loop, the sweep
 # --------------------------------------------------------------------------------------------
 
 FAULT_MARKER = "injected-fault-{key}"
-TRIALS_FILE = "trials.json"  # <sweep>/trials.json: every trial's flat config, at the start
 # <train storage>/_recurring_errors/<run_key>: why a trial failed in a way a retry repeats
 RECURRING_ERRORS = "_recurring_errors"
 RECURRING_TAG = "[rp_tune: recurs on retry]"
@@ -297,7 +145,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     from .train import run_trial
 
     cfg = from_flat(loop_config["flat"])
-    key = run_key(cfg)
+    key = loop_config.get("run_key") or run_key(cfg)  # as stored when the sweep started
     ctx = ray.train.get_context()
     world = ctx.get_world_size()
     fault = loop_config.get("fault")
@@ -343,6 +191,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             run_trial(
                 cfg,
                 Path(tmp) / "run",
+                key=key,
+                save_weights=bool(loop_config.get("save_weights")),
                 resume=resume,
                 on_epoch=on_epoch,
                 device=ray.train.torch.get_device(),
@@ -350,15 +200,6 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
-
-
-def _stored_trials(path: str) -> dict[str, int]:
-    """run key -> epochs of every trial of the sweep at `path`, as stored when it started."""
-    location = store.join(path, TRIALS_FILE)
-    if not store.exists(location):  # a sweep started before this file existed
-        return {}
-    entries = json.loads(store.read_text(location))
-    return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
 
 
 def _checkpoint_folders(fs: Any, parent: str) -> list[str]:
@@ -449,6 +290,8 @@ def _tune_trial(config: dict[str, Any]) -> None:
         _train_loop,
         train_loop_config={
             "flat": trial["flat"],
+            "run_key": trial["run_key"],
+            "save_weights": config.get("save_weights", False),
             "fault": config.get("fault"),
             "run_dir": store.join(config["train_storage"], f"train-{trial['run_key']}"),
         },
@@ -471,82 +314,6 @@ def _tune_trial(config: dict[str, Any]) -> None:
             raise
         store.write_text(marker, message)
         raise RecurringTrialError(message) from None
-
-
-@dataclass
-class TrialOutcome:
-    run_key: str
-    status: str  # finished | failed | unfinished (stopped part-way) | pending (never started)
-    epoch: int
-    epochs: int
-    resumed_from_epoch: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-@dataclass
-class SweepSummary:
-    name: str
-    path: str
-    trials: list[TrialOutcome]
-
-    @property
-    def finished(self) -> int:
-        return sum(t.status == "finished" for t in self.trials)
-
-    @property
-    def failed(self) -> int:
-        return sum(t.status == "failed" for t in self.trials)
-
-    @property
-    def unfinished(self) -> int:
-        """Trials stopped part-way or never started (an interrupted sweep): --resume runs them."""
-        return sum(t.status in ("unfinished", "pending") for t in self.trials)
-
-    @property
-    def resumed(self) -> int:
-        return sum(t.resumed_from_epoch > 0 for t in self.trials)
-
-    def table(self) -> str:
-        head = (
-            f"{'run_key':<52} {'status':<10} {'epoch':>7} {'test_acc':>8} {'fgsm':>6} "
-            f"{'ece':>6} {'density':>7} {'resumed@':>8}"
-        )
-        rows = [head, "-" * len(head)]
-        for t in sorted(self.trials, key=lambda t: t.run_key):
-            m = t.metrics
-
-            def num(k: str, fmt: str, m: dict = m) -> str:
-                return format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "-"
-
-            rows.append(
-                f"{t.run_key:<52} {t.status:<10} {f'{t.epoch}/{t.epochs}':>7} "
-                f"{num('test_acc', '.4f'):>8} {num('fgsm_acc', '.3f'):>6} "
-                f"{num('test_ece', '.3f'):>6} {num('achieved_density', '.4f'):>7} "
-                f"{t.resumed_from_epoch or '-':>8}"
-            )
-        rows.append(
-            f"trials: {len(self.trials)}  finished: {self.finished}  failed: "
-            f"{self.failed}  unfinished: {self.unfinished}  resumed from a checkpoint: "
-            f"{self.resumed}"
-        )
-        return "\n".join(rows)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"name": self.name, "path": self.path, "trials": [t.__dict__ for t in self.trials]},
-            indent=1,
-            default=str,
-        )
-
-
-def _status(result: Mapping[str, Any] | None, epochs: int, errored: bool) -> str:
-    m = result or {}
-    if errored:
-        return "failed"
-    if int(m.get("epoch", 0) or 0) >= epochs and "test_acc" in m:
-        return "finished"
-    return "unfinished"
 
 
 def _make_tracking_callback() -> type:
@@ -577,7 +344,7 @@ def _make_tracking_callback() -> type:
             if self.tracker is not None:
                 t = trial.config["trial"]
                 last = dict(trial.last_result or {})
-                status = _status(last, int(t["flat"]["train.epochs"]), errored=False)
+                status = trial_status(last, int(t["flat"]["train.epochs"]), errored=False)
                 self.tracker.trial_end(t["run_key"], t["flat"], last, status)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -628,13 +395,8 @@ def run_sweep(
     root = store.resolve(storage)
     path = store.join(root, name)
     train_storage = store.join(root, f"{name}-train")
-    lock = store.DriverLock(store.join(root, f".{name}.driver.json"), f"the sweep at {path}")
-    try:
-        lock.check()  # first: a sweep another driver is starting may not be restorable yet
-    except store.LockHeld as e:
-        raise SweepError(str(e)) from None
-    except OSError as e:  # an unreadable lease is never taken for a free sweep
-        raise SweepError(f"--storage {storage!r}: cannot read the sweep's lock: {e}") from None
+    lock = driver_lock(root, name)
+    check_not_held(root, name)  # first: a sweep another driver is starting may not be restorable
     try:
         can_restore = tune.Tuner.can_restore(path)
     except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
@@ -646,6 +408,8 @@ def run_sweep(
             f"a sweep already exists at {path}: pass --resume to continue it, or "
             "--name to start another"
         )
+    if resume:
+        check_resume(path, configs)
     uri = None
     if tracking:
         from .tracking import default_tracking_uri
@@ -696,7 +460,6 @@ def run_sweep(
                 sweep_path=path,
                 space=space or name,
                 sweep_dir=path,
-                log_weights=log_weights,
                 artifact_location=(
                     Path(path, "mlartifacts").resolve().as_uri()
                     if embedded and not store.is_uri(path)
@@ -718,19 +481,19 @@ def run_sweep(
                 if not isinstance(c, __getattr__("TrackingCallback"))
             ] + callbacks
             # the trials as stored when the sweep started (Tune does not keep its param space)
-            known = _stored_trials(path)
+            known = stored_epochs(path)
         else:
             capacity = cluster_capacity(address is not None)
             configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
             log.info("%s", gpu_choice)
-            entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+            entries = write_stored_trials(path, configs)
             known = {e["run_key"]: c.train.epochs for e, c in zip(entries, configs)}
-            store.write_text(store.join(path, TRIALS_FILE), json.dumps(entries, default=list))
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             param_space = {
                 "trial": tune.grid_search(entries),
                 "train_storage": train_storage,
                 "train_max_failures": train_max_failures,
+                "save_weights": log_weights,
                 "fault": (
                     {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
                     if inject_fault_epoch
@@ -773,7 +536,7 @@ def run_sweep(
             epochs = int(trial["flat"]["train.epochs"])
             m = dict(result.metrics or {})
             epoch = int(m.get("epoch", 0) or 0)
-            status = _status(m, epochs, errored=result.error is not None)
+            status = trial_status(m, epochs, errored=result.error is not None)
             outcomes.append(
                 TrialOutcome(
                     run_key=trial["run_key"],
@@ -845,8 +608,6 @@ def stop_ray_session(session_dir: str) -> int:
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
-AUTOSCALING_CONFIG_ENV = "RP_TUNE_AUTOSCALING_CONFIG"
-AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"  # what `ray up` writes on the head node
 
 
 def trial_driver_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -862,55 +623,6 @@ def trial_driver_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, floa
         if node.get("Alive") and HEAD_RESOURCE in res and res.get("CPU", 0) >= 1:
             return {"CPU": 0.01, HEAD_RESOURCE: 0.001}
     return {"CPU": 0.01}
-
-
-def max_cluster_resources(
-    current: Mapping[str, float], autoscaling: Mapping[str, Any] | None
-) -> dict[str, float]:
-    """The cluster's resources once the autoscaler has started all the workers it may.
-
-    head node type's resources + the worker node types' resources x their max_workers, taking
-    the types with most GPUs (then CPUs) first until the global max_workers is reached; never
-    less than what is up now. Without an autoscaling config: what is up now.
-    """
-    out = {k: float(v) for k, v in current.items()}
-    if not autoscaling:
-        return out
-    types = autoscaling.get("available_node_types") or {}
-    head_type = autoscaling.get("head_node_type")
-    total: dict[str, float] = {}
-    for k, v in (types.get(head_type, {}).get("resources") or {}).items():
-        total[k] = total.get(k, 0.0) + float(v)
-    left = int(autoscaling.get("max_workers", 0) or 0)
-    workers = sorted(
-        (t for name, t in types.items() if name != head_type),
-        key=lambda t: (
-            -float((t.get("resources") or {}).get("GPU", 0)),
-            -float((t.get("resources") or {}).get("CPU", 0)),
-        ),
-    )
-    for t in workers:
-        n = min(int(t.get("max_workers", left) or 0), left)
-        left -= n
-        for k, v in (t.get("resources") or {}).items():
-            total[k] = total.get(k, 0.0) + n * float(v)
-    for k, v in total.items():
-        out[k] = max(out.get(k, 0.0), v)
-    return out
-
-
-def read_autoscaling_config() -> tuple[dict[str, Any] | None, Path]:
-    """(the autoscaler's config as `ray up` wrote it on the head node, or None; its path)."""
-    import yaml
-
-    path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)).expanduser()
-    if not path.is_file():
-        return None, path
-    try:
-        return yaml.safe_load(path.read_text()), path
-    except (OSError, yaml.YAMLError) as e:
-        log.warning("cannot read autoscaling config %s (%s): using what is up now", path, e)
-        return None, path
 
 
 def cluster_capacity(joined: bool) -> dict[str, float]:
@@ -933,77 +645,3 @@ def cluster_capacity(joined: bool) -> dict[str, float]:
             {k: capacity.get(k, 0) for k in ("CPU", "GPU")},
         )
     return capacity
-
-
-def resolve_gpus(
-    configs: Sequence[TrialConfig], capacity: Mapping[str, float] | None, where: str
-) -> tuple[list[TrialConfig], str]:
-    """Give every trial that left resources.gpus_per_worker unset (None) a device.
-
-    The rule of the single-trial CLI, at cluster scale: one GPU per training worker wherever
-    `capacity` (the Ray cluster at its largest, or this machine) has GPUs, else the CPU.
-    Trials that set it (`--gpus-per-trial`, a space, `--set`) keep their value; 0 is the CPU.
-    `capacity` None means not known yet (a cluster not joined): the configs stay unresolved.
-    Returns the configs and one line saying what was chosen and why, for the console.
-    """
-    if not any(c.resources.gpus_per_worker is None for c in configs):
-        gpus = sorted({c.resources.gpus_per_worker for c in configs})
-        return list(
-            configs
-        ), f"GPUs per training worker as set: {', '.join(f'{g:g}' for g in gpus)}"
-    if capacity is None:
-        return list(configs), (
-            f"GPUs: decided when the sweep joins {where}: one per training worker if it has "
-            "GPUs, else the CPU (--gpus-per-trial sets it)"
-        )
-    n = float(capacity.get("GPU", 0) or 0)
-    value = 1.0 if n > 0 else 0.0
-    if n > 0:
-        reason = (
-            f"GPUs: {where} has {n:g}, so each training worker takes 1 GPU "
-            "(--gpus-per-trial 0.25 packs 4 small trials per GPU; 0 trains on the CPU)"
-        )
-    else:
-        reason = f"GPUs: {where} has none, so trials train on the CPU (--gpus-per-trial sets it)"
-    out = [
-        c.replace(**{"resources.gpus_per_worker": value})
-        if c.resources.gpus_per_worker is None
-        else c
-        for c in configs
-    ]
-    return out, reason
-
-
-def local_gpu_capacity() -> dict[str, float]:
-    """The GPUs a local Ray would see on this machine (CUDA devices torch can use)."""
-    import torch
-
-    return {"GPU": float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0}
-
-
-def planned_capacity(address: str | None) -> tuple[dict[str, float] | None, str]:
-    """(capacity, where) for planning without starting Ray: this machine for a local Ray;
-    for a cluster, its autoscaler's node types when their config is readable here (on a `ray
-    up` head node), else None (decided once the sweep joins it)."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        return local_gpu_capacity(), "this machine"
-    autoscaling, path = read_autoscaling_config()
-    if autoscaling:
-        return max_cluster_resources({}, autoscaling), f"the cluster's node types ({path})"
-    return None, "the Ray cluster"
-
-
-def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, float]) -> int:
-    """Trials that fit at once: Tune does not count Train workers' resources, so we do.
-
-    min over trials of floor(cluster GPUs / (workers x GPUs per worker)), or for CPU trials
-    floor(cluster CPUs / (workers x CPUs per worker + 0.01 for the trial's driver)); >= 1.
-    """
-    fits = []
-    for c in configs:
-        r = c.resources
-        if (r.gpus_per_worker or 0) > 0:
-            fits.append(resources.get("GPU", 0) / (r.workers * r.gpus_per_worker))
-        else:
-            fits.append(resources.get("CPU", 1) / (r.workers * r.cpus_per_worker + 0.01))
-    return max(1, math.floor(min(fits)))

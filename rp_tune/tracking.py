@@ -6,8 +6,9 @@ tag, so a retried or resumed trial continues its own run and never gets a second
 
 Child run: name = run_key; params = the flat config; per-epoch metrics with step = epoch;
 final metrics; tags (run_key, scheme, density, model, git commit, versions, status);
-artifacts: masks Parquet, per-layer density report (CSV), gradient-flow curve (CSV),
-training curves (PNG) and optionally the final weights.
+artifacts: the final checkpoint's artifacts folder as the trial wrote it (masks Parquet,
+per-layer density report CSV, history JSON, gradient-flow CSV, optionally the final weights)
+plus the training curves (PNG, drawn by rp_tune.report).
 
 Events go through a queue drained by one background thread, so a tracking server that is
 slow or down never blocks the sweep: failed calls are retried with backoff, in order, and
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -30,26 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
-from .metrics import FINAL_PREFIXES
+from .metrics import EPOCH, FINAL, numeric_metrics
+from .train import ARTIFACTS_DIR, HISTORY_FILE, LEGACY_ARTIFACTS
 
 log = logging.getLogger(__name__)
 
-EPOCH_KEYS = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_ece",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-    # dynamic sparse training: updates and connections changed this epoch, death rate, and
-    # the fraction of weights ever active (in-time over-parameterisation rate)
-    "dst_updates",
-    "dst_changed",
-    "death_rate",
-    "itop_rate",
-)
 PENDING_FILE = "mlflow-pending.jsonl"
 
 
@@ -81,15 +66,17 @@ def _git_commit() -> str:
 
 
 def _versions() -> dict[str, str]:
-    import mlflow
-    import ray
-    import torch
+    """Installed versions of the packages a result depends on, read from their metadata
+    (importing ray here would break the rule that only rp_tune.sweep imports it)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "torch_version": torch.__version__,
-        "ray_version": ray.__version__,
-        "mlflow_version": mlflow.__version__,
-    }
+    out = {}
+    for package in ("torch", "ray", "mlflow"):
+        try:
+            out[f"{package}_version"] = version(package)
+        except PackageNotFoundError:
+            out[f"{package}_version"] = "not installed"
+    return out
 
 
 class SweepTracker:
@@ -102,7 +89,6 @@ class SweepTracker:
         sweep_path: str,
         space: str,
         sweep_dir: str | None = None,
-        log_weights: bool = False,
         artifact_location: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
@@ -110,7 +96,6 @@ class SweepTracker:
         self.sweep_path = sweep_path
         self.space = space
         self.sweep_dir = sweep_dir  # a folder or a URI (s3://...): where pending events go
-        self.log_weights = log_weights
         self.artifact_location = artifact_location
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._client = None
@@ -267,14 +252,9 @@ class SweepTracker:
         if self._parent_id is None:
             client = self._client_()
             exp = self._ensure_experiment()
-            found = client.search_runs(
-                [exp],
-                filter_string=f"tags.`rp_tune.sweep_path` = '{self.sweep_path}' and "
-                "tags.`rp_tune.role` = 'sweep'",
-                max_results=1,
-            )
-            if found:
-                self._parent_id = found[0].info.run_id
+            found = find_parent_run(client, self.sweep_path, [exp])
+            if found is not None:
+                self._parent_id = found
                 client.set_tag(self._parent_id, "rp_tune.status", "running")
             else:
                 run = client.create_run(
@@ -342,11 +322,7 @@ class SweepTracker:
         if epoch <= self._last_step.get(run_id, 0):
             return  # re-reported after a restart: the history stays one value per epoch
         ts = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(result[k]), ts, epoch)
-            for k in EPOCH_KEYS
-            if isinstance(result.get(k), (int, float))
-        ]
+        metrics = [Metric(k, v, ts, epoch) for k, v in numeric_metrics(result, EPOCH).items()]
         metrics.append(
             Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
         )
@@ -370,11 +346,9 @@ class SweepTracker:
         batch: list = []
         for row in missing:  # whole rows per batch: train_loss marks an epoch as logged
             metrics = [
-                Metric(k, float(row[k]), ts, int(row["epoch"]))
-                for k in EPOCH_KEYS
+                Metric(k, v, ts, int(row["epoch"]))
+                for k, v in numeric_metrics(row, EPOCH).items()
                 if k != "train_loss"
-                and isinstance(row.get(k), (int, float))
-                and not isinstance(row.get(k), bool)
             ]
             if isinstance(row.get("train_loss"), (int, float)):  # last: the row's marker
                 metrics.append(
@@ -402,13 +376,7 @@ class SweepTracker:
         epoch = int(result.get("epoch", 0))
         if status == "finished":
             ts = int(time.time() * 1000)
-            final = [
-                Metric(k, float(v), ts, epoch)
-                for k, v in result.items()
-                if k.startswith(FINAL_PREFIXES)
-                and isinstance(v, (int, float))
-                and not isinstance(v, bool)
-            ]
+            final = [Metric(k, v, ts, epoch) for k, v in numeric_metrics(result, FINAL).items()]
             if final:
                 client.log_batch(run_id, metrics=final)
             if result.get("ood_used") is not None:
@@ -417,50 +385,32 @@ class SweepTracker:
             if ckpt:
                 self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
         elif result.get("checkpoint_path"):  # failed: its epochs still all reach the run
-            from .train import HISTORY_FILE
-
             where = storage.on_storage_of(str(result["checkpoint_path"]), self.sweep_path)
-            history = storage.join(where, HISTORY_FILE)
-            if storage.exists(history):
-                self._backfill_epochs(run_id, json.loads(storage.read_text(history)))
+            with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
+                history = _fetch_artifacts(where, Path(tmp)) / HISTORY_FILE
+                if history.is_file():
+                    self._backfill_epochs(run_id, json.loads(history.read_text()))
         client.set_tag(run_id, "rp_tune.status", status)
         if error:
             client.set_tag(run_id, "rp_tune.error", error[:5000])
         client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
 
     def _log_artifacts(self, run_id: str, checkpoint: str) -> None:
-        """Masks, density report, gradient flow, curves (and weights) from the checkpoint."""
-        from .masks import Masks, density_report, report_table
-        from .train import GRAD_FLOW_FILE, HISTORY_FILE, MASKS_FILE
+        """The final checkpoint's artifacts folder as the trial wrote it (masks, density
+        report, history, gradient flow, weights if asked), plus its training curves (PNG);
+        epochs the run lacks are logged from the history first."""
+        from .report import plot_curves
 
         client = self._client_()
         with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
-            local = _fetch_dir(checkpoint, Path(tmp) / "ckpt")
-            out = Path(tmp) / "out"
-            out.mkdir()
-            masks_path = local / MASKS_FILE
-            if masks_path.is_file():
-                shutil.copy(masks_path, out / MASKS_FILE)
-                import pyarrow.csv as pacsv
-
-                rows = density_report(Masks.load(masks_path))
-                pacsv.write_csv(report_table(rows), out / "density_report.csv")
-            else:
-                log.warning(
-                    "no %s in the final checkpoint %s: no masks logged", MASKS_FILE, checkpoint
-                )
-            if (local / GRAD_FLOW_FILE).is_file():
-                shutil.copy(local / GRAD_FLOW_FILE, out / GRAD_FLOW_FILE)
-            if (local / HISTORY_FILE).is_file():
-                history = json.loads((local / HISTORY_FILE).read_text())
+            out = _fetch_artifacts(checkpoint, Path(tmp))
+            if not any(out.iterdir()):
+                log.warning("no artifacts in the final checkpoint %s: none logged", checkpoint)
+                return
+            if (out / HISTORY_FILE).is_file():
+                history = json.loads((out / HISTORY_FILE).read_text())
                 self._backfill_epochs(run_id, history)
-                shutil.copy(local / HISTORY_FILE, out / HISTORY_FILE)
                 plot_curves(history, out / "training_curves.png")
-            if self.log_weights and (local / "state.pt").is_file():
-                import torch
-
-                state = torch.load(local / "state.pt", map_location="cpu", weights_only=False)
-                torch.save(state["model"], out / "final_weights.pt")
             client.log_artifacts(run_id, str(out))
 
     def _log_sweep_end(self, summary: dict[str, Any], artifacts: list[str]) -> None:
@@ -515,32 +465,49 @@ def _jsonable(obj: Any) -> Any:
     )
 
 
-def _fetch_dir(uri: str, dest: Path) -> Path:
-    """A checkpoint folder as a local path (copied from s3:// etc. via pyarrow)."""
-    if not storage.is_uri(uri):
-        return Path(uri)
-    storage.copy_to_local(uri, dest)
-    return dest
+def _fetch_artifacts(checkpoint: str, tmp: Path) -> Path:
+    """A local copy of a checkpoint's artifacts folder (a folder or a URI: s3://...).
+
+    A checkpoint of a release before the artifacts folder kept its masks, history and
+    gradient flow at the top: those are copied instead, so a sweep resumed across the
+    upgrade logs them too."""
+    out = tmp / "artifacts"
+    folder = storage.join(checkpoint, ARTIFACTS_DIR)
+    if storage.exists(folder):
+        storage.copy_to_local(folder, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in LEGACY_ARTIFACTS:
+        if storage.exists(storage.join(checkpoint, name)):
+            storage.copy_to_local(storage.join(checkpoint, name), out / name)
+    return out
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss and accuracy (train, validation) per epoch, and the learning rate."""
-    import matplotlib
+def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | None = None):
+    """The run id of the sweep's parent run (tags rp_tune.role = sweep and its path), in the
+    given experiments or any; None if there is none."""
+    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    for exp in ids:
+        runs = client.search_runs(
+            [exp],
+            filter_string=(
+                f"tags.`rp_tune.sweep_path` = '{sweep_path}' and tags.`rp_tune.role` = 'sweep'"
+            ),
+            max_results=1,
+        )
+        if runs:
+            return runs[0].info.run_id
+    return None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.legend()
-    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:
+    """Log the report's files (table, figures) under `report/` of the sweep's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = find_parent_run(client, sweep_path)
+    if parent is None:
+        log.warning("no MLflow parent run for %s at %s: report not logged", sweep_path, uri)
+        return
+    for p in paths:
+        client.log_artifact(parent, p, artifact_path="report")

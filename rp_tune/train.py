@@ -34,35 +34,56 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.csv as pacsv
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from . import dst, metrics
-from .config import ConfigError, TrialConfig, from_flat, ood_sets, run_key
+from .config import (
+    ConfigError,
+    TrialConfig,
+    from_flat,
+    layer_density_map,
+    ood_sets,
+    parse_set,
+    run_key,
+)
 from .data import (
     STATS,
     DataError,
     DeviceLoader,
     Normalize,
-    derived_seed,
     image_folder,
     imagenet_loaders,
     load_arrays,
     local_data_root,
     read_split,
 )
-from .masks import Masks, density_report, format_report
+from .masks import Masks, density_report, format_report, report_table
 from .models import build_model, input_kind, layer_specs
-from .sparsity import SCHEMES, DensityPlan, check_no_empty_layers, layer_densities
+from .seeds import derived_seed
+from .sparsity import (
+    SCHEMES,
+    DensityPlan,
+    check_no_empty_layers,
+    layer_densities,
+    layer_overrides,
+    scheme_options,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+ARTIFACTS_DIR = "artifacts"  # of a checkpoint: what trackers log (see save_checkpoint)
 MASKS_FILE = "masks.parquet"
+DENSITY_REPORT_FILE = "density_report.csv"
 HISTORY_FILE = "history.json"
 GRAD_FLOW_FILE = "grad_flow.csv"
+WEIGHTS_FILE = "final_weights.pt"
+# what checkpoints of releases before the artifacts folder kept at their top, for trackers
+LEGACY_ARTIFACTS = (MASKS_FILE, HISTORY_FILE, GRAD_FLOW_FILE)
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
 
 
@@ -143,7 +164,7 @@ def read_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{folder / CHECKPOINT_FILE}: not a trial checkpoint ({missing})")
     try:
-        Masks.load(folder / MASKS_FILE)
+        Masks.load(checkpoint_masks_file(folder))
     except (OSError, ValueError) as e:
         raise CheckpointError(str(e)) from None
     return state
@@ -210,7 +231,7 @@ def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize:
     the first training batch of this rank's shard instead.
     """
     if not data.resident:
-        if cfg.sparsity.scheme == "grasp":
+        if SCHEMES[cfg.sparsity.scheme].batch == "per_class":
             log.warning(
                 "grasp on an image folder scores the first training batch of rank 0, not "
                 "%d images per class (sparsity.grasp_per_class)",
@@ -221,7 +242,7 @@ def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize:
     images, labels = data.train.images, data.train.labels
     g = torch.Generator().manual_seed(derived_seed(cfg.seed, "score-batch"))
     order = torch.randperm(len(labels), generator=g).to(labels.device)
-    if cfg.sparsity.scheme == "grasp":
+    if SCHEMES[cfg.sparsity.scheme].batch == "per_class":
         per_class = cfg.sparsity.grasp_per_class
         picks = [order[labels[order] == c][:per_class] for c in range(data.num_classes)]
         idx = torch.cat(picks)
@@ -272,44 +293,127 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Trial:
+    """What `setup` builds and every phase reads and advances: one trial in memory."""
+
+    cfg: TrialConfig
+    key: str  # the run key: the sweep's stored identity, or run_key(cfg)
+    out_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    bf16: bool
+    data: _Data
+    ood: dict[str, Any]
+    model: nn.Module
+    train_model: nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    normalize: nn.Module
+    masks: Masks
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    flow: metrics.GradientFlow
+    dst: dst.DynamicSparsity | None
+    best: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"val_acc": -1.0, "epoch": -1, "state": None}
+    )
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+
+    def autocast(self):
+        """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
 def run_trial(
     cfg: TrialConfig,
     out_dir: str | os.PathLike,
     *,
+    key: str | None = None,
     resume: str | os.PathLike | None = None,
     on_epoch: EpochCallback | None = None,
     device: str | torch.device | None = None,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     keep_checkpoints: int = 2,
     stop_after: int | None = None,
+    save_weights: bool = False,
 ) -> dict[str, Any]:
     """Train one trial; returns the final metrics.
 
     out_dir: where checkpoints (`checkpoints/epoch_NNNN/`) and `masks.parquet` go.
+    key: the trial's identity (its run key) as the sweep stored it when it started; default
+        `run_key(cfg)`. A sweep resumed by a newer release passes the stored one, so configs
+        that gained fields with defaults still own their checkpoints.
     resume: a checkpoint folder to continue from (see `latest_checkpoint`).
     on_epoch(metrics, checkpoint_dir): called on every rank after every epoch (once more, for
-        the last epoch, when resuming a run that had finished); checkpoint_dir
-      is the folder written this epoch (None on epochs without a checkpoint, and on ranks > 0).
+        the last epoch, when resuming a run that had finished); checkpoint_dir is the folder
+        written this epoch (None on epochs without a checkpoint, and on ranks > 0).
     stop_after: stop (as if interrupted) after this many epochs; for tests and debugging.
+    save_weights: the final checkpoint's artifacts also hold the model's weights.
     """
-    out_dir = Path(out_dir)
+    key = key or run_key(cfg)
+    state = _resume_state(resume, key) if resume is not None else None
+    trial = setup(cfg, Path(out_dir), key, device, wrap_model, masks_from=resume)
+    if state is not None:
+        restore(trial, state, resume)
+    epochs = cfg.train.epochs
+    end = epochs if stop_after is None else min(epochs, trial.start_epoch + stop_after)
+    if state is not None and trial.start_epoch >= epochs and trial.history and on_epoch:
+        # The run had finished, but its driver may not have seen the last epoch (a sweep
+        # stopped between Train's last report and Tune's record of it): hand it over again,
+        # with its checkpoint, so the trial ends finished with its final metrics.
+        log.info("%s had finished: reporting its last epoch again", key)
+        on_epoch(dict(trial.history[-1]), Path(resume) if trial.rank == 0 else None)
+    for epoch in range(trial.start_epoch, end):
+        row = train_epoch(trial, epoch)
+        row.update(validate(trial, epoch))
+        if epoch + 1 == epochs:
+            row.update(final_evaluation(trial))
+        trial.history.append(dict(row))
+        due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 in (epochs, end)
+        folder = None
+        if due and trial.rank == 0:
+            folder = save_checkpoint(trial, epoch + 1, keep_checkpoints, save_weights)
+        report(trial, row, folder, on_epoch)
+    if end < epochs:
+        return {"epoch": end, "stopped": True, "history": trial.history}
+    return {
+        **trial.history[-1],
+        "history": trial.history,
+        "grad_flow": trial.flow.state_dict(),
+        "run_key": key,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------
+
+
+def setup(
+    cfg: TrialConfig,
+    out_dir: Path,
+    key: str,
+    device: str | torch.device | None = None,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    masks_from: str | os.PathLike | None = None,
+) -> Trial:
+    """Data (fails fast: DataError before anything trains), OoD sets, seeded model, masks
+    (drawn from the scheme, or read from the checkpoint being resumed), optimizer, schedule,
+    DST and gradient-flow state. Writes `out_dir/masks.parquet` on rank 0."""
     device = pick_device(cfg, device)
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    t = cfg.train
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    t, sp, ev = cfg.train, cfg.sparsity, cfg.evaluation
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-
-    def autocast():
-        if not use_bf16:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     data = _load_data(cfg, device, rank, world)  # DataError here: nothing trained yet
     ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
     with torch.random.fork_rng(devices=[]):
@@ -319,18 +423,8 @@ def run_trial(
     if device.type == "cuda" and t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(cfg.data.name).to(device)
-
-    ckpt = None
-    if resume is not None:
-        path = Path(resume) / CHECKPOINT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt["run_key"] != run_key(cfg):
-            raise ValueError(
-                f"checkpoint {resume} belongs to run {ckpt['run_key']!r}, not {run_key(cfg)!r}"
-            )
-        masks = Masks.load(Path(resume) / MASKS_FILE, model)
+    if masks_from is not None:
+        masks = Masks.load(checkpoint_masks_file(Path(masks_from)), model)
     else:
         masks = _draw_masks(cfg, model, data, device, normalize)
     masks.bind(model)
@@ -338,197 +432,152 @@ def run_trial(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         masks.save(out_dir / MASKS_FILE)
-        log.info(
+        log.debug(
             "masks (%s, density %.4f):\n%s",
-            cfg.sparsity.scheme,
+            sp.scheme,
             masks.density(),
             format_report(density_report(masks, model)),
         )
-
     train_model = wrap_model(model) if wrap_model is not None else model
     if t.compile:
         train_model = torch.compile(train_model)
     optimizer = make_optimizer(model, cfg)
     steps = data.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    start_epoch, best = 0, {"val_acc": -1.0, "epoch": -1, "state": None}
-    history: list[dict[str, Any]] = []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, best, history = ckpt["epoch"], ckpt["best"], ckpt["history"]
-        log.info("resumed %s at epoch %d from %s", run_key(cfg), start_epoch, resume)
+    weights, float_masks = masks.bound()
+    flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
+    dynamic = None
+    if sp.mode == "dynamic" and sp.density < 1.0:
+        dynamic = dst.DynamicSparsity(
+            masks,
+            growth=sp.growth,
+            update_frequency=sp.update_frequency,
+            initial_rate=sp.death_rate,
+            final_rate=sp.death_rate_final,
+            schedule=sp.drop_schedule,
+            stop_at=sp.stop_at,
+            total_steps=t.epochs * steps,
+            steps_per_epoch=steps,
+            seed=cfg.seed,
+        )
+    return Trial(
+        cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
+        normalize, masks, optimizer, scheduler, flow, dynamic,
+    )  # fmt: skip
 
-    label_smoothing = t.label_smoothing
-    ev = cfg.evaluation
-    grad_flow: list[list[float]] = ckpt.get("grad_flow", []) if ckpt is not None else []
-    masked_weights, float_masks = masks.bound()
-    sp = cfg.sparsity
-    dynamic = sp.mode == "dynamic" and sp.density < 1.0
-    total_steps = t.epochs * steps
-    dst_state = ckpt.get("dst") if ckpt is not None else None
-    if dynamic:
-        # weights ever active (in-time over-parameterisation), on the device
-        ever = (
-            [e.to(device) for e in dst_state["ever"]]
-            if dst_state
-            else [f.detach() > 0 for f in float_masks]
-        )
-        dst_updates: list[list[float]] = list(dst_state["updates"]) if dst_state else []
-    end_epoch = t.epochs if stop_after is None else min(t.epochs, start_epoch + stop_after)
-    if ckpt is not None and start_epoch >= t.epochs and history and on_epoch is not None:
-        # The run had finished, but its driver may not have seen the last epoch (a sweep
-        # stopped between Train's last report and Tune's record of it): hand it over again,
-        # with its checkpoint, so the trial ends finished with its final metrics.
-        log.info("%s had finished: reporting its last epoch again", run_key(cfg))
-        on_epoch(dict(history[-1]), Path(resume) if rank == 0 else None)
-    for epoch in range(start_epoch, end_epoch):
-        train_model.train()
-        t0 = time.perf_counter()
-        stats = torch.zeros(3, device=device, dtype=torch.float64)
-        flow: list[tuple[int, torch.Tensor]] = []
-        for i, (x, y) in enumerate(_batches(data.train, epoch, device, data.resident)):
-            with autocast():
-                logits = train_model(normalize(x))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            step = epoch * steps + i
-            if ev.grad_flow_every and step < ev.grad_flow_steps and step % ev.grad_flow_every == 0:
-                grads = [w.grad for w in masked_weights]
-                flow.append((step, metrics.kept_grad_norm(grads, float_masks)))
-            optimizer.step()
-            scheduler.step()
-            masks.apply_()
-            if dynamic and dst.is_update_step(
-                step, sp.update_frequency, total_steps, sp.stop_at, sp.drop_schedule
-            ):
-                rate = dst.death_rate(
-                    step,
-                    total_steps,
-                    sp.death_rate,
-                    sp.death_rate_final,
-                    schedule=sp.drop_schedule,
-                    stop_at=sp.stop_at,
-                )
-                gen = torch.Generator(device=device).manual_seed(
-                    derived_seed(cfg.seed, "dst", step)
-                )
-                momenta = [
-                    optimizer.state.get(w, {}).get("momentum_buffer") for w in masked_weights
-                ]
-                upd = dst.update_masks_(
-                    masked_weights,
-                    float_masks,
-                    [w.grad for w in masked_weights],
-                    rate,
-                    sp.growth,
-                    gen,
-                    momenta,
-                )
-                for e, f in zip(ever, float_masks):
-                    e |= f.detach() > 0
-                dst_updates.append([step, rate, upd.changed])
-            stats[0] += loss.detach().double() * len(y)
-            stats[1] += (logits.detach().argmax(1) == y).sum()
-            stats[2] += len(y)
-        loss_sum, correct, n = all_sum(stats).tolist()  # the one host sync of the epoch
-        grad_flow.extend([step, float(v)] for step, v in flow)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        val = evaluate(model, normalize, data.val, device, data.resident, autocast, with_ece=ev.ece)
-        val_seconds = time.perf_counter() - t1
-        row = {
+
+def _resume_state(resume: str | os.PathLike, key: str) -> dict[str, Any]:
+    path = Path(resume) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["run_key"] != key:
+        raise ValueError(f"checkpoint {resume} belongs to run {state['run_key']!r}, not {key!r}")
+    return state
+
+
+def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> None:
+    """Model, optimizer, schedule, RNG, best-validation state, history, gradient flow and
+    DST state from a checkpoint's state (its masks were read at setup)."""
+    trial.model.load_state_dict(state["model"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    trial.start_epoch, trial.best, trial.history = state["epoch"], state["best"], state["history"]
+    trial.flow.history = [list(h) for h in state.get("grad_flow", [])]
+    if trial.dst is not None and state.get("dst"):
+        trial.dst.load_state_dict(state["dst"])
+    log.info("resumed %s at epoch %d from %s", trial.key, trial.start_epoch, folder)
+
+
+def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
+    """One pass over this rank's shard: forward, backward, gradient flow, SGD step, masks
+    re-applied (one fused multiply), DST update; one host sync at the end."""
+    t, model, opt = trial, trial.train_model, trial.optimizer
+    smoothing = t.cfg.train.label_smoothing
+    model.train()
+    t0 = time.perf_counter()
+    stats = torch.zeros(3, device=t.device, dtype=torch.float64)
+    for i, (x, y) in enumerate(_batches(t.data.train, epoch, t.device, t.data.resident)):
+        step = epoch * t.data.steps + i
+        with t.autocast():
+            logits = model(t.normalize(x))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.flow.after_backward(step)
+        opt.step()
+        t.scheduler.step()
+        t.masks.apply_()
+        if t.dst is not None:
+            t.dst.after_step(step, opt)
+        stats[0] += loss.detach().double() * len(y)
+        stats[1] += (logits.detach().argmax(1) == y).sum()
+        stats[2] += len(y)
+    loss_sum, correct, n = all_sum(stats).tolist()  # the one host sync of the epoch
+    t.flow.end_epoch()
+    if t.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / n,
+        "train_acc": correct / n,
+        "lr": opt.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "images_per_second": n / seconds,
+    }
+    if t.dst is not None:
+        row.update(t.dst.end_epoch(epoch))
+    return row
+
+
+def validate(trial: Trial, epoch: int) -> dict[str, Any]:
+    """Validation loss, accuracy (and ECE) on the held-out split, and the best-validation
+    state; nothing where there is no validation split (data.val_fraction=0)."""
+    t, ev = trial, trial.cfg.evaluation
+    t0 = time.perf_counter()
+    val = evaluate(
+        t.model, t.normalize, t.data.val, t.device, t.data.resident, t.autocast, with_ece=ev.ece
+    )
+    if val["n"] == 0:
+        return {}
+    row = {"val_loss": val["loss"], "val_acc": val["acc"], "val_seconds": time.perf_counter() - t0}
+    if ev.ece and "ece" in val:
+        row["val_ece"] = val["ece"]
+    if val["acc"] > t.best["val_acc"]:
+        t.best = {
+            "val_acc": val["acc"],
             "epoch": epoch + 1,
-            "train_loss": loss_sum / n,
-            "train_acc": correct / n,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": seconds,
-            "images_per_second": n / seconds,
+            "state": {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()},
         }
-        if val["n"] > 0:  # no validation split (data.val_fraction=0): no val metrics at all
-            row.update(val_loss=val["loss"], val_acc=val["acc"], val_seconds=val_seconds)
-            if ev.ece and "ece" in val:
-                row["val_ece"] = val["ece"]
-        if dynamic:
-            masks.sync_from_bound()
-            this_epoch = [u for u in dst_updates if epoch * steps <= u[0] < (epoch + 1) * steps]
-            row["dst_updates"] = len(this_epoch)
-            row["dst_changed"] = sum(u[2] for u in this_epoch)
-            row["death_rate"] = this_epoch[-1][1] if this_epoch else 0.0
-            row["itop_rate"] = sum(int(e.sum()) for e in ever) / masks.total()
-        if val["n"] > 0 and val["acc"] > best["val_acc"]:
-            best = {
-                "val_acc": val["acc"],
-                "epoch": epoch + 1,
-                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            }
-        last = epoch + 1 == t.epochs
-        if last:
-            t2 = time.perf_counter()
-            row.update(
-                _final(
-                    cfg,
-                    model,
-                    normalize,
-                    data,
-                    device,
-                    autocast,
-                    best,
-                    masks,
-                    images_seen=t.epochs * steps * t.batch_size * world,
-                    ood=ood,
-                )
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            row["final_eval_seconds"] = time.perf_counter() - t2
-        history.append(dict(row))
-        ckpt_dir = None
-        if (epoch + 1) % t.checkpoint_every == 0 or last or epoch + 1 == end_epoch:
-            if rank == 0:
-                ckpt_dir = _save_checkpoint(
-                    out_dir,
-                    cfg,
-                    epoch + 1,
-                    model,
-                    optimizer,
-                    scheduler,
-                    masks,
-                    best,
-                    history,
-                    grad_flow,
-                    keep_checkpoints,
-                    extra=(
-                        {"dst": {"ever": [e.cpu() for e in ever], "updates": dst_updates}}
-                        if dynamic
-                        else {}
-                    ),
-                )
-        log.info(
-            "%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  "
-            "%.1fs  %.0f img/s%s",
-            run_key(cfg),
-            epoch + 1,
-            t.epochs,
-            row["train_loss"],
-            row["train_acc"],
-            row.get("val_loss", float("nan")),
-            row.get("val_acc", float("nan")),
-            row["lr"],
-            seconds,
-            row["images_per_second"],
-            f"  test acc {row['test_acc']:.4f}" if last else "",
-        )
-        if on_epoch is not None:
-            on_epoch(row, ckpt_dir)
-    if end_epoch < t.epochs:
-        return {"epoch": end_epoch, "stopped": True, "history": history}
-    return {**history[-1], "history": history, "grad_flow": grad_flow, "run_key": run_key(cfg)}
+    return row
+
+
+def report(
+    trial: Trial, row: dict[str, Any], folder: Path | None, on_epoch: EpochCallback | None
+) -> None:
+    """The epoch's one log line, and the row (with its checkpoint folder) to `on_epoch`."""
+    unknown = metrics.unregistered(row)
+    if unknown and trial.rank == 0 and row["epoch"] == trial.start_epoch + 1:
+        log.warning("metrics not in rp_tune.metrics.METRICS (not tracked): %s", unknown)
+    log.info(
+        "%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  "
+        "%.1fs  %.0f img/s%s",
+        trial.key,
+        row["epoch"],
+        trial.cfg.train.epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row.get("val_loss", float("nan")),
+        row.get("val_acc", float("nan")),
+        row["lr"],
+        row["epoch_seconds"],
+        row["images_per_second"],
+        f"  test acc {row['test_acc']:.4f}" if "test_acc" in row else "",
+    )
+    if on_epoch is not None:
+        on_epoch(row, folder)
 
 
 def _draw_masks(
@@ -547,17 +596,20 @@ def _draw_masks(
     specs = layer_specs(model)
     kept: list[Any] = [None]
     if rank == 0:
-        kwargs: dict[str, Any] = {}
-        if s.scheme == "erk_plus":
-            kwargs["fc_density"] = s.fc_density
+        kwargs: dict[str, Any] = scheme_options(s.scheme, s)
         if SCHEMES[s.scheme].needs_model and s.density < 1.0:
             kwargs["model"] = model
             if SCHEMES[s.scheme].needs_batch:
                 kwargs["batch"] = _score_batch(cfg, data, device, normalize)
             else:
-                size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
-                kwargs["input_shape"] = (3, size, size)
-        kept = [layer_densities(s.scheme, specs, s.density, **kwargs).kept]
+                kwargs["input_shape"] = (3, *input_size(cfg))
+        try:
+            overrides = layer_overrides(
+                specs, layer_density_map(s.layer_density), s.classifier_density
+            )
+            kept = [layer_densities(s.scheme, specs, s.density, overrides=overrides, **kwargs).kept]
+        except ValueError as e:  # overrides that do not fit this model or budget
+            raise ConfigError(str(e)) from None
     if distributed:
         dist.broadcast_object_list(kept, src=0)
     plan = DensityPlan(s.scheme, s.density, tuple(specs), tuple(kept[0]))
@@ -617,97 +669,112 @@ def _ood_loader(name: str, source: Any, cfg: TrialConfig, n_in: int, device: tor
     return DataLoader(source, e_bs, num_workers=cfg.data.num_workers), False
 
 
-def _final(
-    cfg, model, normalize, data, device, autocast, best, masks, images_seen: int, ood
-) -> dict[str, Any]:
-    """End-of-trial metrics on the full test set (every rank computes the same numbers)."""
-    ev = cfg.evaluation
-    test = data.test_full
-    logits, labels = _logits(model, normalize, test, device, data.resident, autocast)
+def final_evaluation(trial: Trial) -> dict[str, Any]:
+    """End-of-trial metrics on the full test set (every rank computes the same numbers):
+    every registered test-logit metric that applies (`metrics.METRICS`), the best-validation
+    model's accuracy and NLL, FGSM, OoD ROC-AUC, achieved density and cost."""
+    t, cfg, ev = trial, trial.cfg, trial.cfg.evaluation
+    t0 = time.perf_counter()
+    test, resident = t.data.test_full, t.data.resident
+    logits, labels = _logits(t.model, t.normalize, test, t.device, resident, t.autocast)
     out: dict[str, Any] = {
-        "test_acc": metrics.accuracy(logits, labels),
-        "test_loss": metrics.nll(logits, labels),
-        "achieved_density": masks.density(),
+        m.name: m.of_test_logits(logits, labels)
+        for m in metrics.METRICS.values()
+        if m.of_test_logits is not None and (m.applies is None or m.applies(cfg))
     }
-    if best["epoch"] > 0:  # model selection only where there is a validation split
-        out.update(best_val_acc=best["val_acc"], best_epoch=best["epoch"])
-    if ev.ece:
-        out["test_ece"] = metrics.ece(logits, labels)
-    if best["state"] is not None:
-        best_model = copy.deepcopy(model)
-        best_model.load_state_dict(best["state"])
-        bl, by = _logits(best_model, normalize, test, device, data.resident, autocast)
+    out["achieved_density"] = t.masks.density()
+    if t.best["epoch"] > 0:  # model selection only where there is a validation split
+        out.update(best_val_acc=t.best["val_acc"], best_epoch=t.best["epoch"])
+    if t.best["state"] is not None:
+        best_model = copy.deepcopy(t.model)
+        best_model.load_state_dict(t.best["state"])
+        bl, by = _logits(best_model, t.normalize, test, t.device, resident, t.autocast)
         out["test_acc_best_val"] = metrics.accuracy(bl, by)
         out["test_loss_best_val"] = metrics.nll(bl, by)
     if ev.fgsm:
-        model.eval()
+        t.model.eval()
 
         def forward(px: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return model(normalize(px))
+            with t.autocast():
+                return t.model(t.normalize(px))
 
-        correct, n = torch.zeros((), device=device), 0
-        for x, y in _batches(test, 0, device, data.resident):
+        correct, n = torch.zeros((), device=t.device), 0
+        for x, y in _batches(test, 0, t.device, resident):
             adv = metrics.fgsm(forward, x, y, ev.fgsm_eps)
             with torch.no_grad():
                 correct += (forward(adv).argmax(1) == y).sum()
             n += len(y)
         out["fgsm_acc"] = correct.item() / max(n, 1)
-    if ood:
+    if t.ood:
         in_scores = metrics.max_softmax(logits)
-        for name, source in ood.items():
-            loader, resident = _ood_loader(name, source, cfg, len(labels), device)
-            ood_logits, _ = _logits(model, normalize, loader, device, resident, autocast)
+        for name, source in t.ood.items():
+            loader, res = _ood_loader(name, source, cfg, len(labels), t.device)
+            ood_logits, _ = _logits(t.model, t.normalize, loader, t.device, res, t.autocast)
             out[f"ood_auroc_{name}"] = metrics.ood_auroc(in_scores, metrics.max_softmax(ood_logits))
-        out["ood_used"] = ",".join(ood)
-    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
-    densities = {n: int(m.sum()) / m.numel() for n, m in masks.masks.items()}
-    out.update(metrics.cost(model, densities, (3, size, size), images_seen))
+        out["ood_used"] = ",".join(t.ood)
+    densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
+    images_seen = cfg.train.epochs * t.data.steps * cfg.train.batch_size * t.world
+    out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
+    if t.device.type == "cuda":
+        torch.cuda.synchronize()
+    out["final_eval_seconds"] = time.perf_counter() - t0
     return out
 
 
-def _save_checkpoint(
-    out_dir: Path,
-    cfg: TrialConfig,
-    epoch: int,
-    model,
-    optimizer,
-    scheduler,
-    masks: Masks,
-    best,
-    history,
-    grad_flow,
-    keep: int,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write checkpoints/epoch_NNNN atomically (temp folder, then rename); keep the last `keep`."""
-    root = out_dir / "checkpoints"
+def input_size(cfg: TrialConfig) -> tuple[int, int]:
+    """(height, width) of the images the model sees: 32x32 for CIFAR nets, else
+    data.image_size (ImageNet's crop)."""
+    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+    return size, size
+
+
+def checkpoint_masks_file(folder: Path) -> Path:
+    """A checkpoint's masks: `artifacts/masks.parquet` (checkpoints of releases before the
+    artifacts folder kept it at the top: read either)."""
+    new = folder / ARTIFACTS_DIR / MASKS_FILE
+    return new if new.is_file() or not (folder / MASKS_FILE).is_file() else folder / MASKS_FILE
+
+
+def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = False) -> Path:
+    """Write checkpoints/epoch_NNNN atomically (temp folder, then rename); keep the last `keep`.
+
+    `state.pt` holds what resuming needs (model, optimizer, schedule, RNG, best-validation
+    state, history, gradient flow, DST state; read by `read_checkpoint`). `artifacts/` holds
+    what trackers log, in open formats, so that they need not know `state.pt`: the masks
+    (Parquet), the per-layer density report (CSV), the history (JSON), the gradient flow
+    (CSV), and with save_weights on the last epoch the weights (`final_weights.pt`).
+    """
+    t = trial
+    root = t.out_dir / "checkpoints"
     final = root / f"epoch_{epoch:04d}"
     tmp = root / f".tmp_epoch_{epoch:04d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    (tmp / ARTIFACTS_DIR).mkdir(parents=True)
     torch.save(
         {
-            "run_key": run_key(cfg),
-            "config": cfg.to_flat(),
+            "run_key": t.key,
+            "config": t.cfg.to_flat(),
             "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(),
             "rng": rng_state(),
-            "best": best,
-            "history": history,
-            "grad_flow": grad_flow,
-            **(extra or {}),
+            "best": t.best,
+            "history": t.history,
+            "grad_flow": t.flow.state_dict(),
+            **({"dst": t.dst.state_dict()} if t.dst is not None else {}),
         },
         tmp / CHECKPOINT_FILE,
     )
-    masks.save(tmp / MASKS_FILE)
-    # readable copies for trackers and reports, which should not need to unpickle state.pt
-    (tmp / HISTORY_FILE).write_text(json.dumps(history, default=float))
-    (tmp / GRAD_FLOW_FILE).write_text(
-        "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in grad_flow)
+    art = tmp / ARTIFACTS_DIR
+    t.masks.save(art / MASKS_FILE)
+    pacsv.write_csv(report_table(density_report(t.masks, t.model)), art / DENSITY_REPORT_FILE)
+    (art / HISTORY_FILE).write_text(json.dumps(t.history, default=float))
+    (art / GRAD_FLOW_FILE).write_text(
+        "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.flow.history)
     )
+    if save_weights and epoch == t.cfg.train.epochs:
+        torch.save(t.model.state_dict(), art / WEIGHTS_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob("epoch_*") if p != final)[: -max(keep - 1, 0) or None]:
@@ -759,11 +826,7 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
         flat["data.root"] = args.data_root
     if args.data == "imagenet":
         flat["train.recipe"] = "imagenet"
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        flat[key.strip()] = value.strip()
+    flat.update(parse_set(args.set))
     return from_flat(flat)
 
 

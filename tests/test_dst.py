@@ -116,7 +116,7 @@ def test_bad_growth():
 
 from rp_tune.config import from_flat  # noqa: E402
 from rp_tune.masks import Masks  # noqa: E402
-from rp_tune.sweep import expand_space  # noqa: E402
+from rp_tune.plan import expand_space  # noqa: E402
 from rp_tune.train import latest_checkpoint, run_trial  # noqa: E402
 
 
@@ -146,7 +146,7 @@ def test_dynamic_trial_rewires_with_exact_counts(tmp_path, growth):
     cfg = _cfg(**{"sparsity.growth": growth})
     r = run_trial(cfg, tmp_path)
     initial = Masks.load(tmp_path / "masks.parquet")
-    final = Masks.load(latest_checkpoint(tmp_path) / "masks.parquet")
+    final = Masks.load(latest_checkpoint(tmp_path) / "artifacts" / "masks.parquet")
     assert final.kept() == initial.kept()  # per-layer counts exact
     assert not final.equals(initial)  # the checkpoint follows the current mask
     # 9 steps/epoch, 27 in all, updates at 4, 8, 12, 16, 20 (stop_at 0.75 -> before 20.25)
@@ -171,7 +171,9 @@ def test_dynamic_resume_across_an_update_boundary(tmp_path):
         assert a["train_loss"] == b["train_loss"] and a["itop_rate"] == b["itop_rate"]
     fa = latest_checkpoint(tmp_path / "full")
     fb = latest_checkpoint(tmp_path / "part")
-    assert Masks.load(fa / "masks.parquet").equals(Masks.load(fb / "masks.parquet"))
+    assert Masks.load(fa / "artifacts/masks.parquet").equals(
+        Masks.load(fb / "artifacts/masks.parquet")
+    )
     sa = torch.load(fa / "state.pt", weights_only=False)["model"]
     sb = torch.load(fb / "state.pt", weights_only=False)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

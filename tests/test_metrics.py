@@ -1,6 +1,7 @@
 """Every metric against values computed by hand on a handful of examples."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -201,3 +202,36 @@ def test_cifar10_trial_uses_cifar100_ood(tmp_path):
     r = run_trial(cfg, tmp_path / "run")
     assert r["ood_used"] == "gaussian" and "fgsm_acc" not in r
     assert 0.0 <= r["ood_auroc_gaussian"] <= 1.0
+
+
+def test_top5_accuracy_by_hand():
+    from rp_tune.metrics import top5_accuracy
+
+    logits = torch.tensor(
+        [
+            [9.0, 8, 7, 6, 5, 4, 3],  # label 4: 5th largest -> counted
+            [9.0, 8, 7, 6, 5, 4, 3],  # label 5: 6th -> not
+            [0.0, 0, 0, 0, 0, 0, 1],  # label 6: top-1
+            [1.0, 2, 3, 4, 5, 6, 7],  # label 0: last -> not
+        ]
+    )
+    assert top5_accuracy(logits, torch.tensor([4, 5, 6, 0])) == 0.5
+    # fewer than 5 classes: every label is in the top k
+    assert top5_accuracy(torch.randn(3, 4), torch.tensor([0, 1, 3])) == 1.0
+
+
+def test_the_registry_declares_each_metric_once_and_finds_families():
+    from rp_tune.metrics import EPOCH, FINAL, METRICS, metric, numeric_metrics, unregistered
+
+    assert all(m.when in (EPOCH, FINAL) for m in METRICS.values())
+    assert all(m.better in ("higher", "lower", None) for m in METRICS.values())
+    assert metric("ood_auroc_svhn").name == "ood_auroc_" and metric("nope") is None
+    row = {"epoch": 3, "train_loss": 0.5, "test_acc": 0.9, "ood_used": "svhn", "flag": True,
+           "my_new_metric": 1.0}  # fmt: skip
+    assert numeric_metrics(row, EPOCH) == {"train_loss": 0.5}
+    assert numeric_metrics(row, FINAL) == {"test_acc": 0.9}
+    assert unregistered(row) == ["my_new_metric"]
+    # the ImageNet-only entry: computed where it applies
+    top5 = METRICS["test_top5"]
+    assert top5.applies(types.SimpleNamespace(data=types.SimpleNamespace(name="imagenet")))
+    assert not top5.applies(types.SimpleNamespace(data=types.SimpleNamespace(name="cifar10")))

@@ -12,7 +12,8 @@ import torch
 
 from rp_tune.config import from_flat
 from rp_tune.masks import Masks
-from rp_tune.train import latest_checkpoint, run_trial
+from rp_tune.metrics import unregistered
+from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
 
 
 def _cfg(**over):
@@ -86,12 +87,13 @@ def test_a_short_run_gives_the_pinned_numbers(name, tmp_path):
     assert result["test_acc"] == pytest.approx(test_acc, abs=1e-9)
     expected_keys = FINAL_KEYS | (DST_KEYS if changed else set())
     assert expected_keys <= set(history[-1]), expected_keys - set(history[-1])
+    assert unregistered(history[-1]) == []  # every number a trial reports is tracked
     assert len(result["grad_flow"]) == 7  # steps 0, 2, ..., 12 of 16
     ckpt = latest_checkpoint(tmp_path / "run")
     state = torch.load(ckpt / "state.pt", weights_only=False)["model"]
     total = float(sum(v.double().abs().sum() for v in state.values() if v.is_floating_point()))
     assert total == pytest.approx(weight_sum, rel=1e-6)
-    masks = Masks.load(ckpt / "masks.parquet")
+    masks = Masks.load(checkpoint_masks_file(ckpt))
     bits = b"".join(masks.masks[k].numpy().tobytes() for k in sorted(masks.masks))
     assert hashlib.sha256(bits).hexdigest()[:16] == mask_digest
     if changed is not None:

@@ -178,3 +178,81 @@ def test_unknown_scheme_lists_choices():
         layer_densities("nope", [LayerSpec("a", (4, 4))], 0.5)
     for name in SCHEMES:
         assert name in str(e.value)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_per_layer_overrides_hold_and_the_rest_meets_the_budget(scheme):
+    """RigL's custom_sparsity_map for every scheme: the named layers keep round(p n), the
+    scheme shares the rest, the total stays round(d N)."""
+    model = build_model("cifar_resnet_20")
+    specs = layer_specs(model)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(100, 3, 32, 32, generator=g), torch.arange(100) % 10)
+    overrides = {"conv1": 1.0, "fc": 0.5}
+    plan = layer_densities(scheme, specs, 0.1, model=model, batch=batch, overrides=overrides)
+    kept = dict(zip((s.name for s in specs), plan.kept))
+    assert kept["conv1"] == 432 and kept["fc"] == 320
+    assert plan.total_kept == round(0.1 * plan.total)
+
+
+def test_overrides_that_name_no_layer_or_break_the_budget_are_refused():
+    from rp_tune.sparsity import layer_overrides
+
+    specs = layer_specs(build_model("cifar_resnet_20"))
+    with pytest.raises(ValueError, match=r"names \['layer9.conv'\], not layers of this model"):
+        layer_overrides(specs, {"layer9.conv": 0.5})
+    assert layer_overrides(specs, {"conv1": 1.0}, classifier_density=0.2) == {
+        "conv1": 1.0,
+        "fc": 0.2,
+    }
+    big = {s.name: 1.0 for s in specs[1:]}  # everything but the stem dense: over budget
+    with pytest.raises(ValueError, match="valid: overrides that leave between 1 and all"):
+        layer_densities("erk", specs, 0.1, overrides=big)
+
+
+def test_erk_power_scale_zero_is_uniform_and_one_is_erk():
+    specs = layer_specs(build_model("cifar_resnet_20"))
+    flat = layer_densities("erk", specs, 0.1, erk_power_scale=0.0)
+    uniform = layer_densities("uniform", specs, 0.1)
+    assert all(abs(a - b) <= 1 for a, b in zip(flat.kept, uniform.kept))
+    assert (
+        layer_densities("erk", specs, 0.1, erk_power_scale=1.0).kept
+        == plan_for("cifar_resnet_20", "erk", 0.1).kept
+    )
+    half = layer_densities("erk", specs, 0.1, erk_power_scale=0.5)
+    assert half.total_kept == uniform.total_kept and half.kept != flat.kept
+
+
+def test_scheme_options_and_per_layer_keys_are_validated_in_the_config():
+    from rp_tune.config import ConfigError, from_flat
+
+    with pytest.raises(ConfigError, match="sparsity.layer_density='conv1:1'"):
+        from_flat({"sparsity.layer_density": "conv1:1"})
+    with pytest.raises(ConfigError, match="sparsity.layer_density='fc=2'"):
+        from_flat({"sparsity.layer_density": "fc=2"})
+    with pytest.raises(ConfigError, match=r"erk_power_scale=0.5 is invalid; valid: 1.0 with"):
+        from_flat({"sparsity.scheme": "uniform", "sparsity.erk_power_scale": 0.5})
+    with pytest.raises(ConfigError, match="erk_plus sets the classifier by sparsity.fc_density"):
+        from_flat({"sparsity.scheme": "erk_plus", "sparsity.classifier_density": 0.5})
+    cfg = from_flat({"sparsity.layer_density": "conv1=1, fc=0.5", "sparsity.erk_power_scale": 2})
+    assert cfg.sparsity.erk_power_scale == 2.0
+
+
+def test_a_trial_with_a_dense_classifier_under_snip(tmp_path):
+    from rp_tune.config import ConfigError, from_flat
+    from rp_tune.masks import Masks
+    from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
+
+    cfg = from_flat({
+        "model.name": "cifar_resnet_8", "data.name": "synthetic", "data.synthetic_train": 128,
+        "data.synthetic_test": 32, "train.epochs": 1, "train.batch_size": 32,
+        "sparsity.scheme": "snip", "sparsity.density": 0.2,
+        "sparsity.classifier_density": 1.0, "evaluation.fgsm": False, "evaluation.ood": False,
+    })  # fmt: skip
+    result = run_trial(cfg, tmp_path)
+    masks = Masks.load(checkpoint_masks_file(latest_checkpoint(tmp_path)))
+    assert bool(masks.masks["fc"].all())
+    assert result["achieved_density"] == pytest.approx(0.2, abs=1e-4)
+    bad = cfg.replace(**{"sparsity.layer_density": "nope=0.5"})
+    with pytest.raises(ConfigError, match="not layers of this model"):
+        run_trial(bad, tmp_path / "bad")

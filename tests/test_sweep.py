@@ -13,12 +13,26 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.config import run_key
-from rp_tune.sweep import SweepError, expand_space
+from rp_tune.config import from_flat, run_key
+from rp_tune.plan import SweepError, expand_space
 from search_spaces import space_names
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SMOKE = len(expand_space("smoke"))
+
+
+def incli(capsys, *args):
+    """run_sweep.py's main() in this process (no interpreter start: the quick loop stays
+    quick); the same result shape as `cli`. For paths that never start Ray."""
+    import run_sweep
+
+    capsys.readouterr()
+    try:
+        rc = run_sweep.main(list(args))
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
 
 
 def cli(*args, timeout=600, **kw):
@@ -32,12 +46,30 @@ def cli(*args, timeout=600, **kw):
     )
 
 
-def driver(*args, stdout: Path | None = None):
+# run_sweep.py as a release before the config field `{field}` existed: its flat configs,
+# run keys and stored trials lack the field (the Ray workers run the current code).
+OLDER_RELEASE = """
+import runpy, sys
+import rp_tune.config as c
+current = c.to_flat
+def to_flat(cfg):
+    flat = current(cfg)
+    flat.pop({field!r})
+    return flat
+c.to_flat = to_flat
+sys.argv = ["run_sweep.py", *sys.argv[1:]]
+runpy.run_path("run_sweep.py", run_name="__main__")
+"""
+
+
+def driver(*args, stdout: Path | None = None, without_field: str | None = None):
     """run_sweep.py in the background, in its own process group; its stdout to a file (a
-    pipe nobody reads while it runs would fill and stop it)."""
+    pipe nobody reads while it runs would fill and stop it). without_field: as an older
+    release that did not have that config field."""
     out = open(stdout, "w") if stdout is not None else subprocess.DEVNULL
+    code = ["-c", OLDER_RELEASE.format(field=without_field)] if without_field else ["run_sweep.py"]
     return subprocess.Popen(
-        [sys.executable, "run_sweep.py", *args],
+        [sys.executable, *code, *args],
         cwd=ROOT,
         stdout=out,
         stderr=subprocess.DEVNULL,
@@ -65,8 +97,8 @@ def test_overrides_apply_to_every_trial():
     assert {c.data.name for c in cfgs} == {"cifar100"} and {c.train.epochs for c in cfgs} == {3}
 
 
-def test_dry_run_lists_the_trials(tmp_path):
-    r = cli("--space", "width_scan", "--dry-run", "--storage", str(tmp_path / "res"))
+def test_dry_run_lists_the_trials(tmp_path, capsys):
+    r = incli(capsys, "--space", "width_scan", "--dry-run", "--storage", str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr
     assert "828 trials; estimated" in r.stdout and "GPU-hours" in r.stdout
     assert (
@@ -122,9 +154,9 @@ def test_dry_run_lists_the_trials(tmp_path):
         ),
     ],
 )
-def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, args, message):
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys, args, message):
     storage = [] if "--storage" in args else ["--storage", str(tmp_path / "res")]
-    r = cli(*args, *storage, timeout=120)
+    r = incli(capsys, *args, *storage)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -160,13 +192,13 @@ def test_absent_dataset_that_cannot_be_downloaded_stops_the_sweep_at_once(tmp_pa
     assert not (tmp_path / "res").exists() and not data.exists()
 
 
-def test_a_root_left_with_only_a_lock_file_is_not_a_dataset(tmp_path):
+def test_a_root_left_with_only_a_lock_file_is_not_a_dataset(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     (data / ".cifar10.lock").write_text("")
-    r = cli(
-        "--space", "smoke", "--set", "data.name=cifar10", "--set", "data.download=false",
-        "--set", f"data.root={data}", "--storage", str(tmp_path / "res"), timeout=120,
+    r = incli(
+        capsys, "--space", "smoke", "--set", "data.name=cifar10", "--set", "data.download=false",
+        "--set", f"data.root={data}", "--storage", str(tmp_path / "res"),
     )  # fmt: skip
     assert r.returncode == 2, r.stdout + r.stderr
     assert "dataset cifar10 at data.root=" in r.stderr and "missing or corrupt" in r.stderr
@@ -174,16 +206,16 @@ def test_a_root_left_with_only_a_lock_file_is_not_a_dataset(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == [".cifar10.lock"]  # nothing added
 
 
-def test_report_needs_the_results_not_the_data(tmp_path):
-    r = cli("--space", "smoke", "--set", "data.name=cifar10", "--set", "data.download=false",
-            "--set", f"data.root={tmp_path / 'none'}", "--storage", str(tmp_path / "res"),
-            "--report", timeout=120)  # fmt: skip
+def test_report_needs_the_results_not_the_data(tmp_path, capsys):
+    r = incli(capsys, "--space", "smoke", "--set", "data.name=cifar10", "--set",
+              "data.download=false", "--set", f"data.root={tmp_path / 'none'}", "--storage",
+              str(tmp_path / "res"), "--report")  # fmt: skip
     assert r.returncode == 2 and "no sweep at" in r.stderr and "dataset" not in r.stderr
 
 
 def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
     """CIFAR-10's default OoD sets (CIFAR-100, SVHN) are data the sweep needs."""
-    from rp_tune.sweep import check_data_roots
+    from rp_tune.plan import check_data_roots
     from tests.helpers import write_tiny_cifar10
 
     data = tmp_path / "data"
@@ -305,16 +337,19 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
-    """Ctrl-C once the first trial has two checkpoints (the second trial not started): the
-    sweep stops cleanly, is recorded as interrupted (summary with every trial, the parent run
-    KILLED) and prints the --resume command. Its newest checkpoint then damaged, --resume
-    reports it by path, continues from the one before, and MLflow ends with every epoch of
-    every trial exactly once."""
+def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
+    """A sweep started by a release without the config field `sparsity.grasp_per_class`
+    (its stored configs and run keys lack it) is stopped by Ctrl-C once the first trial has
+    two checkpoints (the second trial not started): it stops cleanly, is recorded as
+    interrupted (summary with every trial, the parent run KILLED) and prints the --resume
+    command. --resume with a --set that changes the trials is refused, naming the key. The
+    newest checkpoint then damaged, --resume by this release reports it by path, continues
+    each trial from its own checkpoint under its stored run key, and MLflow ends with every
+    epoch of every trial exactly once."""
     res = tmp_path / "res"
     args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
             "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
-    proc = driver(*args, stdout=tmp_path / "first.out")
+    proc = driver(*args, stdout=tmp_path / "first.out", without_field="sparsity.grasp_per_class")
     deadline, ckpts = time.time() + 240, []
     try:
         while time.time() < deadline and len(ckpts) < 2:
@@ -343,6 +378,14 @@ def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
     ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
     assert parent[0].info.status == "KILLED"
     assert parent[0].data.tags["rp_tune.status"] == "interrupted"
+    stored = json.loads((res / "smoke" / "trials.json").read_text())
+    assert all("sparsity.grasp_per_class" not in e["flat"] for e in stored)
+    # this release would name every trial otherwise: the stored identity is what counts
+    assert all(run_key(from_flat(e["flat"])) != e["run_key"] for e in stored)
+    refused = cli(*args, "--set", "train.epochs=5", "--resume")
+    assert refused.returncode == 2 and "keys differ from what it stored: train.epochs" in (
+        refused.stderr
+    ), refused.stderr
     import torch
 
     run_dir = sorted(ckpts)[0].parent  # the first trial's Train run; the second is pending
@@ -356,6 +399,7 @@ def test_ctrl_c_then_a_damaged_checkpoint_loses_nothing(tmp_path):
     assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
     trials = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
     assert sorted(t["resumed_from_epoch"] for t in trials) == [0, before]
+    assert {t["run_key"] for t in trials} == {e["run_key"] for e in stored}
     client = MlflowClient(db)
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert len(runs) == N_SMOKE + 1
@@ -525,9 +569,13 @@ def test_classifier_sparsity_space_holds_the_overall_density_at_70_percent_spars
 
     specs = layer_specs(build_model("wide_resnet50_2", 1000))
     for c in expand_space("classifier_sparsity"):
-        plan = layer_densities("erk_plus", specs, 0.3, fc_density=c.sparsity.fc_density)
+        fc = c.sparsity.classifier_density
+        plan = layer_densities("erk", specs, 0.3, overrides={"fc": fc})
         assert plan.achieved_density == pytest.approx(0.3, abs=1e-6)
-        assert plan.as_dict()["fc"] == pytest.approx(c.sparsity.fc_density, abs=1e-4)
+        assert plan.as_dict()["fc"] == pytest.approx(fc, abs=1e-4)
+        # the erk_plus preset is the same plan, up to one weight of rounding per layer
+        preset = layer_densities("erk_plus", specs, 0.3, fc_density=fc)
+        assert all(abs(a - b) <= 1 for a, b in zip(plan.kept, preset.kept))
 
 
 def test_er_width_space_widens_each_density_up_to_its_factor():
@@ -548,7 +596,7 @@ def test_er_width_space_widens_each_density_up_to_its_factor():
 def test_gpus_by_default_wherever_the_cluster_has_them():
     """No flag: one GPU per training worker where there are GPUs, the CPU where there are
     none; an explicit value (a flag, a space, --set; 0 = CPU) is kept."""
-    from rp_tune.sweep import resolve_gpus
+    from rp_tune.plan import resolve_gpus
 
     cfgs = expand_space("width_scan", smoke=True)
     assert {c.resources.gpus_per_worker for c in cfgs} == {None}  # unset: the sweep decides
@@ -565,8 +613,8 @@ def test_gpus_by_default_wherever_the_cluster_has_them():
     assert len({run_key(c) for c in on_gpus}) == len(cfgs)
 
 
-def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path):
-    r = cli("--space", "smoke", "--dry-run", "--storage", str(tmp_path / "res"))
+def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path, capsys, monkeypatch):
+    r = incli(capsys, "--space", "smoke", "--dry-run", "--storage", str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr
     import torch
 
@@ -579,13 +627,13 @@ def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path):
         "  head: {resources: {CPU: 8}, max_workers: 0}\n"
         "  gpu: {resources: {CPU: 48, GPU: 4}, max_workers: 2}\n"
     )
-    env = {**os.environ, "RP_TUNE_AUTOSCALING_CONFIG": str(conf)}
-    r = cli("--space", "smoke", "--dry-run", "--address", "auto", env=env)
+    monkeypatch.setenv("RP_TUNE_AUTOSCALING_CONFIG", str(conf))
+    r = incli(capsys, "--space", "smoke", "--dry-run", "--address", "auto")
     assert r.returncode == 0, r.stderr
     assert "GPUs: the cluster's node types" in r.stdout and "has 8, so each" in r.stdout
     rows = [ln.split() for ln in r.stdout.splitlines() if "-s0-" in ln]
     assert rows and all(row[4] == "1" for row in rows)  # the gpu/w column
-    r = cli("--space", "smoke", "--dry-run", "--gpus-per-trial", "0")
+    r = incli(capsys, "--space", "smoke", "--dry-run", "--gpus-per-trial", "0")
     assert "GPUs per training worker as set: 0" in r.stdout
 
 
@@ -595,7 +643,8 @@ def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
     reads gives every unset trial one GPU per worker."""
     import ray
 
-    from rp_tune.sweep import cluster_capacity, default_concurrency, resolve_gpus
+    from rp_tune.plan import default_concurrency, resolve_gpus
+    from rp_tune.sweep import cluster_capacity
 
     ray.init(num_cpus=1, num_gpus=3, include_dashboard=False)
     try:

@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from rp_tune.masks import Masks
 from rp_tune.models import build_model, layer_specs
+from rp_tune.plan import expand_space
 from rp_tune.sparsity import layer_densities
-from rp_tune.sweep import expand_space
 from rp_tune.tracking import PENDING_FILE, SweepTracker
+from rp_tune.train import checkpoint_masks_file
 from tests.helpers import free_port, mlflow_runs, start_mlflow_server, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
         parents, children = mlflow_runs(client, "smoke")
         assert len(parents) == 1 and len(children) == n
-        from rp_tune.sweep import resolve_gpus
+        from rp_tune.plan import resolve_gpus
 
         # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
         cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3"}), {"GPU": 0}, "")
@@ -198,7 +199,7 @@ def test_server_restart_and_killed_workers(tmp_path):
                 if p.is_dir()
             ]
             assert ckpts and all(
-                Masks.load(p / "masks.parquet", model).equals(Masks.random(plan, cfg.seed))
+                Masks.load(checkpoint_masks_file(p), model).equals(Masks.random(plan, cfg.seed))
                 for p in ckpts
             )
             assert run.data.metrics["resumed_from_epoch"] == 1.0

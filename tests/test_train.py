@@ -58,7 +58,7 @@ def test_trial_trains_loss_falls_masks_hold(cifar_root, tmp_path):
     # masked weights are exactly zero after training, kept ones trained
     ckpt = latest_checkpoint(tmp_path / "run")
     state = torch.load(ckpt / "state.pt", weights_only=False)["model"]
-    masks = Masks.load(ckpt / "masks.parquet")
+    masks = Masks.load(ckpt / "artifacts" / "masks.parquet")
     for name, m in masks.masks.items():
         w = state[f"{name}.weight"]
         assert torch.all(w[~m] == 0), name
@@ -289,7 +289,7 @@ def test_a_damaged_newest_checkpoint_is_passed_over_by_path(three_checkpoints, t
     state.write_bytes(state.read_bytes()[:1000])
     assert latest_checkpoint(out) == out / "checkpoints" / "epoch_0002"
     assert f"{state}" in caplog.text
-    (out / "checkpoints" / "epoch_0002" / "masks.parquet").write_bytes(b"PAR1 broken")
+    (out / "checkpoints" / "epoch_0002" / "artifacts" / "masks.parquet").write_bytes(b"PAR1 broken")
     assert latest_checkpoint(out) == out / "checkpoints" / "epoch_0001"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,8 @@ __all__ = [
     "LayerSpec",
     "Scheme",
     "layer_densities",
+    "layer_overrides",
+    "scheme_options",
     "scheme_names",
     "check_no_empty_layers",
     "empty_layers",
@@ -43,26 +45,70 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Scheme:
+    """A scheme and what it needs.
+
+    needs_model: scores the model itself (saliency ratios); data-free schemes need only the
+        layer shapes. batch: the data it scores: None (none), "random" (`sparsity.score_batch`
+        images) or "per_class" (`sparsity.grasp_per_class` images of every class).
+    options: the `sparsity.<name>` config keys it reads, handed to it as keyword arguments.
+    Every scheme also takes per-layer overrides (`layer_densities(overrides=...)`).
+    """
+
     name: str
     needs_model: bool
-    needs_batch: bool
+    batch: str | None
     description: str
+    options: tuple[str, ...] = ()
+
+    @property
+    def needs_batch(self) -> bool:
+        return self.batch is not None
 
 
 SCHEMES: dict[str, Scheme] = {
-    "uniform": Scheme("uniform", False, False, "p_l = d"),
+    "uniform": Scheme("uniform", False, None, "p_l = d"),
     "uniform_plus": Scheme(
-        "uniform_plus", False, False, "first conv dense, classifier >= 0.2, rest uniform"
+        "uniform_plus", False, None, "first conv dense, classifier >= 0.2, rest uniform"
     ),
-    "er": Scheme("er", False, False, "Erdos-Renyi: (c_out + c_in) / (c_out c_in)"),
-    "erk": Scheme("erk", False, False, "Erdos-Renyi-Kernel with iterative dense cap"),
-    "erk_plus": Scheme("erk_plus", False, False, "ERK with a dense classifier"),
-    "snip": Scheme("snip", True, True, "SNIP ratio on one batch, random positions"),
-    "grasp": Scheme("grasp", True, True, "GraSP ratio, class-balanced batch, T = 200"),
-    "synflow": Scheme("synflow", True, False, "SynFlow ratio, 100 rounds, data-free"),
-    "balanced": Scheme("balanced", False, False, "same kept count in every layer"),
-    "pyramidal": Scheme("pyramidal", False, False, "p_l = r^l in layer order"),
+    "er": Scheme("er", False, None, "Erdos-Renyi: (c_out + c_in) / (c_out c_in)"),
+    "erk": Scheme(
+        "erk", False, None, "Erdos-Renyi-Kernel with iterative dense cap", ("erk_power_scale",)
+    ),
+    "erk_plus": Scheme(
+        "erk_plus", False, None, "ERK with a dense classifier", ("fc_density", "erk_power_scale")
+    ),
+    "snip": Scheme("snip", True, "random", "SNIP ratio on one batch, random positions"),
+    "grasp": Scheme("grasp", True, "per_class", "GraSP ratio, class-balanced batch, T = 200"),
+    "synflow": Scheme("synflow", True, None, "SynFlow ratio, 100 rounds, data-free"),
+    "balanced": Scheme("balanced", False, None, "same kept count in every layer"),
+    "pyramidal": Scheme("pyramidal", False, None, "p_l = r^l in layer order"),
 }
+
+
+def scheme_options(scheme: str, sparsity: Any) -> dict[str, Any]:
+    """The keyword options `scheme` reads, from a SparsityConfig (or anything with them)."""
+    return {name: getattr(sparsity, name) for name in SCHEMES[scheme].options}
+
+
+def layer_overrides(
+    layers: Sequence[LayerSpec],
+    layer_density: Mapping[str, float] | None = None,
+    classifier_density: float | None = None,
+) -> dict[str, float]:
+    """Per-layer densities set by hand: a map of layer name to density (RigL's
+    `custom_sparsity_map`) and/or the classifier's (the last layer); ValueError naming an
+    unknown layer and some valid names."""
+    out = dict(layer_density or {})
+    names = [s.name for s in layers]
+    unknown = sorted(set(out) - set(names))
+    if unknown:
+        raise ValueError(
+            f"sparsity.layer_density names {unknown}, not layers of this model; valid: "
+            f"{names[:3] + ['...'] + names[-2:] if len(names) > 5 else names}"
+        )
+    if classifier_density is not None:
+        out[names[-1]] = classifier_density
+    return out
 
 
 def scheme_names() -> list[str]:
@@ -130,12 +176,17 @@ def layer_densities(
     model: Any = None,
     batch: tuple | None = None,
     input_shape: tuple[int, ...] | None = None,
+    overrides: Mapping[str, float] | None = None,
     **options: Any,
 ) -> DensityPlan:
     """Per-layer kept counts of `scheme` at global `density` (sum == round(d N) exactly).
 
-    options: `fc_density` (erk_plus), `min_fc_density` (uniform_plus), `rounds` (synflow),
-    `temperature` (grasp).
+    overrides: {layer name: density} fixed by hand (`layer_overrides`); those layers keep
+        round(p n) weights and the scheme shares the rest of the budget among the others, so
+        the total is unchanged (as RigL's custom_sparsity_map). Density 1.0 is dense whatever
+        they say.
+    options: `fc_density` and `erk_power_scale` (erk_plus), `erk_power_scale` (erk),
+        `min_fc_density` (uniform_plus), `rounds` (synflow), `temperature` (grasp).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown sparsity scheme {scheme!r}; valid choices: {scheme_names()}")
@@ -144,6 +195,9 @@ def layer_densities(
         raise ValueError("no prunable layers given")
     layers = tuple(layers)
     info = SCHEMES[scheme]
+    if overrides and density < 1.0:
+        return _with_overrides(scheme, layers, density, overrides, model, batch, input_shape,
+                               options)  # fmt: skip
     if density == 1.0:
         plan = DensityPlan(scheme, 1.0, layers, tuple(s.numel for s in layers))
     elif scheme in DATA_FREE:
@@ -178,3 +232,32 @@ def layer_densities(
         plan.total,
     )
     return plan
+
+
+def _with_overrides(scheme, layers, density, overrides, model, batch, input_shape, options):
+    """The plan with some layers fixed: the scheme runs on the other layers at the density
+    that keeps the global total exact."""
+    original, options = scheme, dict(options)
+    if scheme == "erk_plus":  # the preset is ERK with the classifier fixed at fc_density
+        overrides = {layers[-1].name: options.pop("fc_density", 1.0), **overrides}
+        scheme = "erk"
+    for name, p in overrides.items():
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"layer {name}: density {p!r} outside [0, 1]")
+    fixed = {s.name: round(overrides[s.name] * s.numel) for s in layers if s.name in overrides}
+    rest = tuple(s for s in layers if s.name not in overrides)
+    total = target_count(layers, density)
+    left = total - sum(fixed.values())
+    n_rest = sum(s.numel for s in rest)
+    if not rest or left <= 0 or left > n_rest:
+        raise ValueError(
+            f"per-layer densities {dict(overrides)} keep {sum(fixed.values())} of the "
+            f"{total} weights that density {density:g} allows, leaving {left} for the other "
+            f"{n_rest} weights; valid: overrides that leave between 1 and all of them"
+        )
+    sub = layer_densities(
+        scheme, rest, left / n_rest, model=model, batch=batch, input_shape=input_shape, **options
+    )
+    kept_rest = dict(zip((s.name for s in rest), sub.kept))
+    kept = tuple(fixed[s.name] if s.name in fixed else kept_rest[s.name] for s in layers)
+    return DensityPlan(original, density, layers, kept)

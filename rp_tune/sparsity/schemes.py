@@ -208,13 +208,20 @@ def erk_raw(layer: LayerSpec) -> float:
     return sum(layer.shape) / layer.numel
 
 
-def erk(layers: Sequence[LayerSpec], density: float) -> DensityPlan:
-    """ERK: p_l = eps * sum(shape) / prod(shape) with the iterative dense cap."""
-    p = water_fill(layers, [erk_raw(s) for s in layers], target_count(layers, density))
+def erk(layers: Sequence[LayerSpec], density: float, erk_power_scale: float = 1.0) -> DensityPlan:
+    """ERK: p_l = eps * (sum(shape) / prod(shape))^power with the iterative dense cap; power
+    1 is Evci et al.'s ERK, 0 is uniform (RigL's `erk_power_scale`)."""
+    raw = [erk_raw(s) ** erk_power_scale for s in layers]
+    p = water_fill(layers, raw, target_count(layers, density))
     return _plan("erk", layers, density, p, fixed=_dense(p))
 
 
-def erk_plus(layers: Sequence[LayerSpec], density: float, fc_density: float = 1.0) -> DensityPlan:
+def erk_plus(
+    layers: Sequence[LayerSpec],
+    density: float,
+    fc_density: float = 1.0,
+    erk_power_scale: float = 1.0,
+) -> DensityPlan:
     """Classifier at fc_density (dense by default), ERK over the other layers, same total."""
     if not 0.0 < fc_density <= 1.0:
         raise ValueError(f"erk_plus fc_density must be in (0, 1], got {fc_density!r}")
@@ -226,7 +233,8 @@ def erk_plus(layers: Sequence[LayerSpec], density: float, fc_density: float = 1.
             f"{math.ceil(fc_density * layers[last].numel)} weights, more than the whole budget "
             f"{target} at density {density}; lower fc_density or raise the density"
         )
-    p = water_fill(layers, [erk_raw(s) for s in layers], target, fixed={last: fc_density})
+    raw = [erk_raw(s) ** erk_power_scale for s in layers]
+    p = water_fill(layers, raw, target, fixed={last: fc_density})
     return _plan("erk_plus", layers, density, p, fixed=sorted({last, *_dense(p)}))
 
 
