@@ -214,16 +214,15 @@ def resume_command(argv: list[str] | None = None) -> str:
 
 def report(args: argparse.Namespace, name: str) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
-    from pathlib import Path
 
     from rp_tune import storage
     from rp_tune.report import main as report_main
+    from rp_tune.tracking import default_tracking_uri, local_store
 
     sweep_dir = storage.join(storage.resolve(args.storage), name)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    db = Path(sweep_dir, "mlflow.db")
-    if uri is None and not args.no_tracking and not storage.is_uri(sweep_dir) and db.is_file():
-        uri = f"sqlite:///{db}"
+    if uri is None and not args.no_tracking and not storage.is_uri(sweep_dir):
+        uri = default_tracking_uri(sweep_dir) if local_store(sweep_dir).is_file() else None
     return report_main(
         [sweep_dir, *(["--tracking-uri", uri] if uri and not args.no_tracking else [])]
     )

@@ -266,22 +266,30 @@ class SweepSummary:
         return sum(t.resumed_from_epoch > 0 for t in self.trials)
 
     def table(self) -> str:
-        head = (
-            f"{'run_key':<52} {'status':<10} {'epoch':>7} {'test_acc':>8} {'fgsm':>6} "
-            f"{'ece':>6} {'density':>7} {'resumed@':>8}"
-        )
+        """One row per trial: status, epoch, the registry's console columns (those some
+        trial reported: `metrics.Metric.column`), the epoch it resumed from."""
+        from .metrics import METRICS
+
+        shown = [m for m in METRICS.values() if m.column and any(m.name in t.metrics
+                 for t in self.trials)]  # fmt: skip
+        if not shown:  # nothing finished yet: the usual columns, empty
+            shown = [m for m in METRICS.values() if m.column and m.applies is None]
+        widths = [max(len(m.column), 7) for m in shown]
+        head = f"{'run_key':<52} {'status':<10} {'epoch':>7} " + " ".join(
+            f"{m.column:>{w}}" for m, w in zip(shown, widths)
+        ) + f" {'resumed@':>8}"  # fmt: skip
         rows = [head, "-" * len(head)]
         for t in sorted(self.trials, key=lambda t: t.run_key):
-            m = t.metrics
-
-            def num(k: str, fmt: str, m: dict = m) -> str:
-                return format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "-"
-
+            values = [
+                format(t.metrics[m.name], m.fmt)
+                if isinstance(t.metrics.get(m.name), (int, float))
+                else "-"
+                for m in shown
+            ]
             rows.append(
                 f"{t.run_key:<52} {t.status:<10} {f'{t.epoch}/{t.epochs}':>7} "
-                f"{num('test_acc', '.4f'):>8} {num('fgsm_acc', '.3f'):>6} "
-                f"{num('test_ece', '.3f'):>6} {num('achieved_density', '.4f'):>7} "
-                f"{t.resumed_from_epoch or '-':>8}"
+                + " ".join(f"{v:>{w}}" for v, w in zip(values, widths))
+                + f" {t.resumed_from_epoch or '-':>8}"
             )
         rows.append(
             f"trials: {len(self.trials)}  finished: {self.finished}  failed: "

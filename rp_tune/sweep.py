@@ -22,7 +22,7 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +136,13 @@ def _stop_on_recurring_error():
     return StopOnRecurringError()
 
 
-def _train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs in every Ray Train worker: one trial, resuming from Train's latest checkpoint."""
+def _train_loop(
+    loop_config: dict[str, Any], before_report: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Runs in every Ray Train worker: one trial, resuming from Train's latest checkpoint.
+
+    before_report(metrics): called on every rank before each epoch's report (tests inject
+    faults there: `_train_loop_with_fault`)."""
     import ray.train
     import ray.train.torch
 
@@ -146,9 +151,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = from_flat(loop_config["flat"])
     key = loop_config.get("run_key") or run_key(cfg)  # as stored when the sweep started
-    ctx = ray.train.get_context()
-    world = ctx.get_world_size()
-    fault = loop_config.get("fault")
+    world = ray.train.get_context().get_world_size()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("run_dir"):
         checkpoint = _unregistered_checkpoint(loop_config["run_dir"])
@@ -158,19 +161,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             resume, resumed_from = _readable_checkpoint(checkpoint, Path(tmp))
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
-            if fault is not None and metrics["epoch"] == fault["epoch"]:
-                marker = store.join(fault["dir"], FAULT_MARKER.format(key=key))
-                if ctx.get_world_rank() == 0 and not store.exists(marker):
-                    store.write_text(marker, str(os.getpid()))
-                    # Crash mid-epoch, as a real fault would: Train collects reports on its
-                    # health-check poll (2 s), so give it time to register the last one.
-                    time.sleep(fault.get("delay_s", 6.0))
-                    log.warning(
-                        "injected fault: SIGKILL to training worker %d at epoch %d",
-                        os.getpid(),
-                        metrics["epoch"],
-                    )
-                    os.kill(os.getpid(), signal.SIGKILL)
+            if before_report is not None:
+                before_report(metrics)
             report = {
                 k: v
                 for k, v in metrics.items()
@@ -200,6 +192,31 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
+
+
+def _train_loop_with_fault(loop_config: dict[str, Any]) -> None:
+    """The worker loop of a sweep run with --inject-fault EPOCH (fault-tolerance tests): the
+    rank-0 worker of each trial SIGKILLs itself once, at that epoch, before reporting it."""
+    import ray.train
+
+    fault = loop_config["fault"]
+    key = loop_config["run_key"]
+    rank = ray.train.get_context().get_world_rank()
+
+    def kill_once(metrics: dict[str, Any]) -> None:
+        marker = store.join(fault["dir"], FAULT_MARKER.format(key=key))
+        if metrics["epoch"] != fault["epoch"] or rank != 0 or store.exists(marker):
+            return
+        store.write_text(marker, str(os.getpid()))
+        # Crash mid-epoch, as a real fault would: Train collects reports on its health-check
+        # poll (2 s), so give it time to register the last one.
+        time.sleep(fault.get("delay_s", 6.0))
+        log.warning(
+            "injected fault: SIGKILL to training worker %d at epoch %d", os.getpid(), fault["epoch"]
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _train_loop(loop_config, before_report=kill_once)
 
 
 def _checkpoint_folders(fs: Any, parent: str) -> list[str]:
@@ -287,7 +304,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     if r.gpus_per_worker > 0:
         per_worker["GPU"] = r.gpus_per_worker
     trainer = TorchTrainer(
-        _train_loop,
+        _train_loop_with_fault if config.get("fault") else _train_loop,
         train_loop_config={
             "flat": trial["flat"],
             "run_key": trial["run_key"],

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 PENDING_FILE = "mlflow-pending.jsonl"
 
 
+def local_store(sweep_dir: str) -> Path:
+    """Where a sweep on a local path keeps its MLflow database by default (the one place that
+    says so)."""
+    return Path(sweep_dir).resolve() / "mlflow.db"
+
+
 def default_tracking_uri(sweep_dir: str) -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite file in the sweep's results folder."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -48,7 +54,7 @@ def default_tracking_uri(sweep_dir: str) -> str:
             "server) so the tracking database does not live on object storage"
         )
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{local_store(sweep_dir)}"
 
 
 def _git_commit() -> str:

@@ -1,5 +1,7 @@
-"""Test helpers: tiny datasets in the real on-disk formats, an MLflow server on loopback."""
+"""Test helpers: tiny datasets in the real on-disk formats, an MLflow server on loopback, the
+sweep CLI in a subprocess (as a user runs it, or as an older release)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -77,3 +79,60 @@ def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
 def stop_process_group(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 9)
     proc.wait()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# run_sweep.py as a release before the config field `{field}` existed: its flat configs,
+# run keys and stored trials lack the field (the Ray workers run the current code).
+OLDER_RELEASE = """
+import runpy, sys
+import rp_tune.config as c
+current = c.to_flat
+def to_flat(cfg):
+    flat = current(cfg)
+    flat.pop({field!r})
+    return flat
+c.to_flat = to_flat
+sys.argv = ["run_sweep.py", *sys.argv[1:]]
+runpy.run_path("run_sweep.py", run_name="__main__")
+"""
+
+
+def driver(*args, stdout: Path | None = None, without_field: str | None = None):
+    """run_sweep.py in the background, in its own process group; its stdout to a file (a
+    pipe nobody reads while it runs would fill and stop it). without_field: as an older
+    release that did not have that config field."""
+    out = open(stdout, "w") if stdout is not None else subprocess.DEVNULL
+    code = ["-c", OLDER_RELEASE.format(field=without_field)] if without_field else ["run_sweep.py"]
+    return subprocess.Popen(
+        [sys.executable, *code, *args],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def cli(*args, timeout=600, **kw):
+    return subprocess.run(
+        [sys.executable, "run_sweep.py", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def epochs_reported(sweep: Path) -> dict[str, int]:
+    """Trial folder -> last epoch Tune has recorded in result.json."""
+    out = {}
+    if not sweep.is_dir():
+        return out
+    for trial in sweep.iterdir():
+        f = trial / "result.json"
+        if f.is_file():
+            rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+            out[trial.name] = max((int(r.get("epoch", 0)) for r in rows), default=0)
+    return out

@@ -93,3 +93,21 @@ def test_training_curves_without_a_validation_split(tmp_path):
                for e in (1, 2, 3)]  # fmt: skip
     plot_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_report_reads_a_sweep_on_a_uri(tmp_path):
+    from rp_tune.report import build_report
+
+    sweep = tmp_path / "bucket" / "smoke"
+    for cfg in expand_space("smoke"):
+        key = run_key(cfg)
+        (sweep / key).mkdir(parents=True)
+        (sweep / key / "params.json").write_text(
+            json.dumps({"trial": {"flat": cfg.to_flat(), "run_key": key}})
+        )
+        rows = [{"epoch": 1}, {"epoch": 2, "test_acc": 0.5, "test_ece": 0.1}]
+        (sweep / key / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = build_report(sweep.as_uri(), tmp_path / "out")
+    assert rep["trials"] == len(expand_space("smoke"))
+    table = pq.read_table(rep["table"]).to_pylist()
+    assert {r["status"] for r in table} == {"finished"} and {r["test_acc"] for r in table} == {0.5}

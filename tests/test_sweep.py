@@ -2,22 +2,17 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import types
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.config import from_flat, run_key
+from rp_tune.config import run_key
 from rp_tune.plan import SweepError, expand_space
 from search_spaces import space_names
+from tests.helpers import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 N_SMOKE = len(expand_space("smoke"))
 
 
@@ -33,48 +28,6 @@ def incli(capsys, *args):
         rc = e.code
     out = capsys.readouterr()
     return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
-
-
-def cli(*args, timeout=600, **kw):
-    return subprocess.run(
-        [sys.executable, "run_sweep.py", *args],
-        cwd=ROOT,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        **kw,
-    )
-
-
-# run_sweep.py as a release before the config field `{field}` existed: its flat configs,
-# run keys and stored trials lack the field (the Ray workers run the current code).
-OLDER_RELEASE = """
-import runpy, sys
-import rp_tune.config as c
-current = c.to_flat
-def to_flat(cfg):
-    flat = current(cfg)
-    flat.pop({field!r})
-    return flat
-c.to_flat = to_flat
-sys.argv = ["run_sweep.py", *sys.argv[1:]]
-runpy.run_path("run_sweep.py", run_name="__main__")
-"""
-
-
-def driver(*args, stdout: Path | None = None, without_field: str | None = None):
-    """run_sweep.py in the background, in its own process group; its stdout to a file (a
-    pipe nobody reads while it runs would fill and stop it). without_field: as an older
-    release that did not have that config field."""
-    out = open(stdout, "w") if stdout is not None else subprocess.DEVNULL
-    code = ["-c", OLDER_RELEASE.format(field=without_field)] if without_field else ["run_sweep.py"]
-    return subprocess.Popen(
-        [sys.executable, *code, *args],
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
 
 def test_every_space_expands_and_validates_full_and_smoke():
@@ -260,15 +213,6 @@ def test_density_out_of_range_inside_a_space():
         expand_space(space)
 
 
-def _results(path: Path) -> dict[str, list[dict]]:
-    out = {}
-    for trial in path.iterdir():
-        f = trial / "result.json"
-        if f.is_file():
-            out[trial.name] = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
-    return out
-
-
 @pytest.mark.slow
 def test_smoke_sweep_runs_with_defaults(tmp_path):
     r = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
@@ -305,229 +249,6 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     # a second run without --resume refuses to touch the finished sweep
     again = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
     assert again.returncode == 2 and "pass --resume" in again.stderr
-
-
-@pytest.mark.slow
-def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_path, monkeypatch):
-    """A node's copy of the data is corrupt (here: after the driver's check passed, as on
-    another node): the trial fails on its first attempt with the data message; Ray Train
-    does not restart its workers, and Tune's retries fail at once without training."""
-    import ray
-    from ray.train.v2._internal.state.state_actor import get_state_actor
-
-    from rp_tune.sweep import run_sweep
-    from tests.helpers import write_tiny_cifar10
-
-    folder = write_tiny_cifar10(tmp_path / "data", n_train=100, n_test=20)
-    over = {"data.name": "cifar10", "data.root": str(tmp_path / "data"),
-            "data.download": "false", "sparsity.scheme": ["erk"]}  # fmt: skip
-    cfgs = expand_space("smoke", over)
-    batch = folder / "data_batch_1"
-    batch.write_bytes(batch.read_bytes()[:100])
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # Train records its attempts
-    try:
-        summary = run_sweep(cfgs, name="bad", storage=str(tmp_path / "res"), tracking=False,
-                            train_max_failures=3, num_cpus=2)  # fmt: skip
-        attempts = ray.get(get_state_actor().get_train_run_attempts.remote())
-    finally:
-        ray.shutdown()
-    (t,) = summary.trials
-    assert t.status == "failed" and "dataset cifar10 at data.root=" in t.error, t.error
-    assert sum(len(a) for a in attempts.values()) == 1  # one worker start, no retries
-
-
-@pytest.mark.slow
-def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
-    """A sweep started by a release without the config field `sparsity.grasp_per_class`
-    (its stored configs and run keys lack it) is stopped by Ctrl-C once the first trial has
-    two checkpoints (the second trial not started): it stops cleanly, is recorded as
-    interrupted (summary with every trial, the parent run KILLED) and prints the --resume
-    command. --resume with a --set that changes the trials is refused, naming the key. The
-    newest checkpoint then damaged, --resume by this release reports it by path, continues
-    each trial from its own checkpoint under its stored run key, and MLflow ends with every
-    epoch of every trial exactly once."""
-    res = tmp_path / "res"
-    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
-            "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
-    proc = driver(*args, stdout=tmp_path / "first.out", without_field="sparsity.grasp_per_class")
-    deadline, ckpts = time.time() + 240, []
-    try:
-        while time.time() < deadline and len(ckpts) < 2:
-            time.sleep(0.5)
-            ckpts = [
-                p
-                for p in res.glob("smoke-train/train-*/checkpoint_*")
-                if (p / "state.pt").is_file()
-            ]
-        assert len(ckpts) >= 2, "no two checkpoints before the deadline"
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-        out = (tmp_path / "first.out").read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 1, out[-3000:]
-    assert f"trials: {N_SMOKE}  finished: 0" in out and "pending" in out
-    assert f"continue it with: python run_sweep.py {' '.join(args)} --resume" in out
-    summary = json.loads((res / "smoke" / "summary.json").read_text())
-    assert len(summary["trials"]) == N_SMOKE
-    db = f"sqlite:///{res / 'smoke' / 'mlflow.db'}"
-    parent = [r for r in MlflowClient(db).search_runs(
-        [MlflowClient(db).get_experiment_by_name("smoke").experiment_id]
-    ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
-    assert parent[0].info.status == "KILLED"
-    assert parent[0].data.tags["rp_tune.status"] == "interrupted"
-    stored = json.loads((res / "smoke" / "trials.json").read_text())
-    assert all("sparsity.grasp_per_class" not in e["flat"] for e in stored)
-    # this release would name every trial otherwise: the stored identity is what counts
-    assert all(run_key(from_flat(e["flat"])) != e["run_key"] for e in stored)
-    refused = cli(*args, "--set", "train.epochs=5", "--resume")
-    assert refused.returncode == 2 and "keys differ from what it stored: train.epochs" in (
-        refused.stderr
-    ), refused.stderr
-    import torch
-
-    run_dir = sorted(ckpts)[0].parent  # the first trial's Train run; the second is pending
-    ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
-    before = torch.load(ckpts[-2] / "state.pt", weights_only=False)["epoch"]
-    bad = ckpts[-1] / "state.pt"
-    bad.write_bytes(bad.read_bytes()[:2000])
-    r = cli(*args, "--resume")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"finished: {N_SMOKE}  failed: 0  unfinished: 0" in r.stdout
-    assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
-    trials = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
-    assert sorted(t["resumed_from_epoch"] for t in trials) == [0, before]
-    assert {t["run_key"] for t in trials} == {e["run_key"] for e in stored}
-    client = MlflowClient(db)
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    assert len(runs) == N_SMOKE + 1
-    for run in runs:
-        if "rp_tune.run_key" in run.data.tags:
-            for key in ("train_loss", "val_acc", "lr"):
-                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-                assert sorted(steps) == [1, 2, 3, 4], (run.info.run_name, key, steps)
-        else:
-            assert run.info.status == "FINISHED"
-            assert run.data.metrics["trials_finished"] == N_SMOKE
-
-
-@pytest.mark.slow
-def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
-    """Two run_sweep.py on one storage: the second (and a --resume) is refused with who holds
-    it; the first trains every trial once and leaves no lock behind."""
-    res = tmp_path / "res"
-    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
-            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024"]  # fmt: skip
-    first = driver(*args, stdout=tmp_path / "first.out")
-    lock = res / ".smoke.driver.json"
-    try:
-        deadline = time.time() + 60
-        while not lock.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert lock.exists()
-        for extra in ([], ["--resume"]):
-            r = cli(*args, *extra, timeout=120)
-            assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-            assert f"is held by another driver: pid {first.pid}" in r.stderr, r.stderr[-2000:]
-        first.wait(timeout=400)
-        out = (tmp_path / "first.out").read_text()
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert first.returncode == 0 and f"finished: {N_SMOKE}  failed: 0" in out
-    assert not lock.exists()
-    client = MlflowClient(f"sqlite:///{res / 'smoke' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    for r in runs:
-        if "rp_tune.run_key" in r.data.tags:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
-            assert steps == [1, 2, 3]
-
-
-def _terminated(path: Path) -> set[str]:
-    """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
-    states = sorted(path.glob("experiment_state-*.json"))
-    if not states:
-        return set()
-    try:
-        data = json.loads(states[-1].read_text())
-    except ValueError:  # being written
-        return set()
-    trials = [json.loads(entry[0]) for entry in data.get("trial_data", [])]
-    return {t["relative_logdir"] for t in trials if t.get("status") == "TERMINATED"}
-
-
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_without_retraining(tmp_path):
-    res = tmp_path / "res"
-    args = [
-        "--space",
-        "smoke",
-        "--storage",
-        str(res),
-        "--num-cpus",
-        "2",
-        "--max-concurrent",
-        "1",
-        "--set",
-        "train.epochs=2",
-    ]
-    proc = driver(*args)
-    exp = res / "smoke"
-    deadline = time.time() + 300
-    finished: dict[str, bytes] = {}
-    try:
-        while time.time() < deadline:
-            time.sleep(1)
-            if exp.is_dir():
-                # finished, and saved as finished in Tune's experiment state (written every
-                # ~10 s): a trial killed before that is unfinished for --resume, and Tune
-                # starts its result.json again
-                terminated = _terminated(exp)
-                done = {
-                    k: v
-                    for k, v in _results(exp).items()
-                    if any("test_acc" in row for row in v) and k in terminated
-                }
-                if len(done) >= 1:
-                    finished = {k: (exp / k / "result.json").read_bytes() for k in done}
-                    break
-        assert finished, "no trial finished before the deadline"
-        session = json.loads((res / ".smoke.driver.json").read_text())["ray_session"]
-        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes run on
-        proc.wait()
-        r = cli(*args, "--resume")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    import psutil
-
-    name = os.path.basename(session)
-    left = [p.pid for p in psutil.process_iter(["cmdline"])
-            if any(name in a for a in p.info["cmdline"] or [])]  # fmt: skip
-    if left:  # do not leave them to the rest of the test run
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not left, f"the killed driver's Ray still runs: {left}"
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
-    results = _results(exp)
-    assert len(results) == N_SMOKE
-    for key, rows in results.items():
-        assert sum("test_acc" in row for row in rows) == 1, key  # finished exactly once
-    for key, before in finished.items():
-        assert (exp / key / "result.json").read_bytes() == before, f"{key} was retrained"
-    # MLflow: still one parent and one child per trial, each with one value per epoch
-    client = MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    children = [r for r in runs if "rp_tune.run_key" in r.data.tags]
-    assert len(runs) == N_SMOKE + 1 and len(children) == N_SMOKE
-    assert len({r.data.tags["rp_tune.run_key"] for r in children}) == N_SMOKE
-    for r in children:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
-        assert steps == [1, 2], (r.info.run_name, steps)
 
 
 @pytest.mark.parametrize(

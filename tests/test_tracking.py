@@ -1,23 +1,13 @@
 """MLflow tracking: tracker logic on an embedded store, and a real server on loopback."""
 
-import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.masks import Masks
-from rp_tune.models import build_model, layer_specs
-from rp_tune.plan import expand_space
-from rp_tune.sparsity import layer_densities
 from rp_tune.tracking import PENDING_FILE, SweepTracker
-from rp_tune.train import checkpoint_masks_file
-from tests.helpers import free_port, mlflow_runs, start_mlflow_server, stop_process_group
+from tests.helpers import mlflow_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,112 +94,6 @@ def test_unreachable_server_loses_nothing(tmp_path, monkeypatch):
     assert not (sweep / PENDING_FILE).exists()
     _, children = mlflow_runs(MlflowClient(uri), "exp")
     assert len(children) == 1 and children[0].data.metrics["test_acc"] == 0.25
-
-
-@pytest.mark.slow
-def test_server_restart_and_killed_workers(tmp_path):
-    """The smoke sweep against a real server that goes down midway, every trial's training
-    worker SIGKILLed once at epoch 2: all trials resume from their epoch-1 checkpoint with the
-    same masks, and MLflow holds one child per trial with one value per epoch."""
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_mlflow_server(folder, port)
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    log_file = open(tmp_path / "sweep.log", "w")  # a pipe would fill up and stall the sweep
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "run_sweep.py",
-            "--space",
-            "smoke",
-            "--storage",
-            str(tmp_path / "res"),
-            "--num-cpus",
-            "2",
-            "--tracking-uri",
-            uri,
-            "--set",
-            "train.epochs=3",
-            "--inject-fault",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    client = MlflowClient(uri)
-    restarted_at = None
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # wait for the first child run, then take the server down
-            time.sleep(1)
-            if sweep.poll() is not None:
-                break
-            exp = client.get_experiment_by_name("smoke")
-            if exp and mlflow_runs(client, "smoke")[1]:
-                break
-        stop_process_group(server)
-        time.sleep(8)  # trials keep training while the server is down
-        server = start_mlflow_server(folder, port)
-        restarted_at = time.time() * 1000
-        sweep.wait(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    try:
-        out = (tmp_path / "sweep.log").read_text()
-        assert sweep.returncode == 0, out[-4000:]
-        n = len(expand_space("smoke"))
-        assert (
-            f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
-            in out
-        )
-        assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
-        parents, children = mlflow_runs(client, "smoke")
-        assert len(parents) == 1 and len(children) == n
-        from rp_tune.plan import resolve_gpus
-
-        # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
-        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3"}), {"GPU": 0}, "")
-        configs = {c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c for c in cpu}
-        late = 0
-        for run in children:
-            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-            assert run.data.tags["rp_tune.status"] == "finished"
-            cfg = configs[run.data.params["sparsity.scheme"] + run.data.params["sparsity.density"]]
-            assert run.info.run_name == run.data.tags["rp_tune.run_key"]
-            for key, value in cfg.to_flat().items():
-                expect = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                assert run.data.params[key] == expect, key
-            hist = client.get_metric_history(run.info.run_id, "val_acc")
-            assert [m.step for m in hist] == [1, 2, 3]
-            late += any(m.timestamp >= restarted_at for m in hist)
-            local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
-            model = build_model(cfg.model.name)
-            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
-            assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
-            ckpts = [
-                p
-                for p in (tmp_path / "res" / "smoke-train" / f"train-{run.info.run_name}").glob(
-                    "checkpoint_*"
-                )
-                if p.is_dir()
-            ]
-            assert ckpts and all(
-                Masks.load(checkpoint_masks_file(p), model).equals(Masks.random(plan, cfg.seed))
-                for p in ckpts
-            )
-            assert run.data.metrics["resumed_from_epoch"] == 1.0
-            arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-            assert {"density_report.csv", "grad_flow.csv", "training_curves.png"} <= arts
-        assert late >= 1, "nothing was logged after the server came back"
-        summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
-        assert len(summary["trials"]) == n
-    finally:
-        stop_process_group(server)
 
 
 def _row(model, scheme, density, seed, acc):

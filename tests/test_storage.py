@@ -1,4 +1,5 @@
-"""One driver per sweep: the lease file beside the sweep's storage (path or URI)."""
+"""The sweep's storage on a path or a URI (file://, s3:// on a loopback S3 server), data read
+through URIs, and one driver per sweep: the lease file beside the sweep's storage."""
 
 import json
 import os
@@ -6,11 +7,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from rp_tune import storage
+from rp_tune.plan import expand_space
 from rp_tune.storage import DriverLock, LockHeld
+from tests.helpers import ROOT
 
 
 def _lease(path, **over):
@@ -122,3 +127,107 @@ def test_a_live_driver_on_this_host_holds_its_lease_whatever_its_heartbeat(tmp_p
     _lease(tmp_path / ".s.driver.json", heartbeat=time.time() - 3600)  # this pid: alive
     with pytest.raises(LockHeld):
         DriverLock(str(tmp_path / ".s.driver.json"), settle_s=0).acquire()
+
+
+@pytest.mark.parametrize("kind", ["path", "file", "s3"])
+def test_storage_reads_and_writes_paths_and_uris(tmp_path, kind, request):
+    base = {"path": str(tmp_path), "file": tmp_path.as_uri()}.get(kind) or request.getfixturevalue(
+        "s3_bucket"
+    )
+    f = storage.join(base, "sweep", "summary.json")
+    assert not storage.exists(f) and storage.list_names(storage.join(base, "sweep")) == []
+    storage.write_text(f, "a\n")
+    storage.append_text(f, "b\n")
+    assert storage.read_text(f) == "a\nb\n"
+    assert storage.list_names(storage.join(base, "sweep")) == ["summary.json"]
+    storage.copy_to_local(storage.join(base, "sweep"), tmp_path / "copy")
+    assert (tmp_path / "copy" / "summary.json").read_text() == "a\nb\n"
+    storage.delete(f)
+    assert not storage.exists(f)
+    if kind != "s3":
+        assert not (tmp_path / "sweep" / "summary.json").exists()
+    assert storage.resolve("rel") == str(Path("rel").resolve())
+    assert storage.resolve("s3://bucket/prefix/") == "s3://bucket/prefix"
+
+
+def test_a_dataset_in_s3_is_copied_to_the_node_cache_and_loads(tmp_path, s3_bucket, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from rp_tune import data
+    from rp_tune.config import DataConfig
+    from tests.helpers import write_tiny_cifar10
+
+    local = tmp_path / "datasets"
+    write_tiny_cifar10(local, n_train=50, n_test=10)
+    s3, prefix = pafs.FileSystem.from_uri(storage.join(s3_bucket, "datasets"))
+    pafs.copy_files(
+        str(local), prefix, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3
+    )
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "cache"))
+    root = storage.join(s3_bucket, "datasets")
+    got = data.load_arrays(DataConfig(name="cifar10", root=root, download=False))
+    want = data.load_arrays(DataConfig(name="cifar10", root=str(local), download=False))
+    assert all(torch.equal(a, b) for a, b in zip(got.train, want.train))
+    assert (data.data_cache(root) / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_uri_helpers_keep_the_query_and_map_rays_paths():
+    uri = "s3://bucket/rp?endpoint_override=h:9000&scheme=http"
+    assert storage.join(uri, "smoke", "summary.json") == (
+        "s3://bucket/rp/smoke/summary.json?endpoint_override=h:9000&scheme=http"
+    )
+    assert storage.join("s3://bucket", "smoke") == "s3://bucket/smoke"
+    assert storage.basename(storage.join(uri, "smoke")) == "smoke"
+    # Ray reports checkpoints as its filesystem's paths: `bucket/key` on S3
+    assert storage.on_storage_of("bucket/rp/smoke-train/c1", storage.join(uri, "smoke")) == (
+        "s3://bucket/rp/smoke-train/c1?endpoint_override=h:9000&scheme=http"
+    )
+    assert storage.on_storage_of("/data/c1", "/data/smoke") == "/data/c1"
+    assert storage.on_storage_of("/data/c1", "file:///data/smoke") == "/data/c1"
+
+
+def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
+    from rp_tune.plan import SweepError, check_data_roots
+    from tests.helpers import write_tiny_cifar10
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    flat = {"data.name": "cifar10", "data.root": bucket.as_uri(), "data.download": "false"}
+    with pytest.raises(
+        SweepError, match=r"dataset cifar10 at .*: not there: \['cifar-10-batches-py'\] missing"
+    ):
+        check_data_roots(expand_space("smoke", flat))
+    imagenet = {**flat, "data.name": "imagenet", "model.name": "resnet18"}
+    with pytest.raises(SweepError, match=r"dataset imagenet at .*: not there: \['imagenet/train'"):
+        check_data_roots(expand_space("smoke", imagenet))
+    write_tiny_cifar10(bucket)
+    check_data_roots(expand_space("smoke", flat))  # present: no error
+
+
+def test_remote_storage_without_a_tracking_server_fails_before_ray(tmp_path):
+    shared = tmp_path / "bucket"
+    r = subprocess.run(
+        [sys.executable, "run_sweep.py", "--space", "smoke", "--storage", shared.as_uri()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "is remote: pass --tracking-uri" in r.stderr and "Traceback" not in r.stderr
+    assert "Started a local Ray instance" not in r.stdout + r.stderr
+    assert not shared.exists()
+
+
+def test_storage_default_comes_from_the_environment(tmp_path):
+    env = {**os.environ, "RP_TUNE_STORAGE": str(tmp_path / "shared")}
+    r = subprocess.run(
+        [sys.executable, "run_sweep.py", "--space", "smoke", "--report"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 2 and f"no sweep at {tmp_path / 'shared' / 'smoke'}" in r.stderr

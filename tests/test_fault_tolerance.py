@@ -1,0 +1,555 @@
+"""Nothing lost, tested for real: the sweep CLI and Ray on this machine, with its workers,
+driver, MLflow server or a whole worker node killed, interrupted by Ctrl-C, a second driver
+started, an upgrade between start and --resume, a damaged checkpoint, a corrupt dataset.
+
+All `slow`: each starts Ray (and most an MLflow store or server)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from rp_tune import storage
+from rp_tune.config import from_flat, run_key
+from rp_tune.masks import Masks
+from rp_tune.models import build_model, layer_specs
+from rp_tune.plan import expand_space
+from rp_tune.sparsity import layer_densities
+from rp_tune.train import checkpoint_masks_file
+from tests.helpers import (
+    ROOT,
+    cli,
+    driver,
+    epochs_reported,
+    free_port,
+    mlflow_runs,
+    start_mlflow_server,
+    stop_process_group,
+)
+
+N_SMOKE = len(expand_space("smoke"))
+
+
+def _results(path: Path) -> dict[str, list[dict]]:
+    out = {}
+    for trial in path.iterdir():
+        f = trial / "result.json"
+        if f.is_file():
+            out[trial.name] = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+    return out
+
+
+def _terminated(path: Path) -> set[str]:
+    """Trial folders that Tune's newest saved experiment state holds as TERMINATED."""
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # being written
+        return set()
+    trials = [json.loads(entry[0]) for entry in data.get("trial_data", [])]
+    return {t["relative_logdir"] for t in trials if t.get("status") == "TERMINATED"}
+
+
+@pytest.mark.slow
+def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_path, monkeypatch):
+    """A node's copy of the data is corrupt (here: after the driver's check passed, as on
+    another node): the trial fails on its first attempt with the data message; Ray Train
+    does not restart its workers, and Tune's retries fail at once without training."""
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    from rp_tune.sweep import run_sweep
+    from tests.helpers import write_tiny_cifar10
+
+    folder = write_tiny_cifar10(tmp_path / "data", n_train=100, n_test=20)
+    over = {"data.name": "cifar10", "data.root": str(tmp_path / "data"),
+            "data.download": "false", "sparsity.scheme": ["erk"]}  # fmt: skip
+    cfgs = expand_space("smoke", over)
+    batch = folder / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:100])
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # Train records its attempts
+    try:
+        summary = run_sweep(cfgs, name="bad", storage=str(tmp_path / "res"), tracking=False,
+                            train_max_failures=3, num_cpus=2)  # fmt: skip
+        attempts = ray.get(get_state_actor().get_train_run_attempts.remote())
+    finally:
+        ray.shutdown()
+    (t,) = summary.trials
+    assert t.status == "failed" and "dataset cifar10 at data.root=" in t.error, t.error
+    assert sum(len(a) for a in attempts.values()) == 1  # one worker start, no retries
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
+    """A sweep started by a release without the config field `sparsity.grasp_per_class`
+    (its stored configs and run keys lack it) is stopped by Ctrl-C once the first trial has
+    two checkpoints (the second trial not started): it stops cleanly, is recorded as
+    interrupted (summary with every trial, the parent run KILLED) and prints the --resume
+    command. --resume with a --set that changes the trials is refused, naming the key. The
+    newest checkpoint then damaged, --resume by this release reports it by path, continues
+    each trial from its own checkpoint under its stored run key, and MLflow ends with every
+    epoch of every trial exactly once."""
+    res = tmp_path / "res"
+    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
+            "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
+    proc = driver(*args, stdout=tmp_path / "first.out", without_field="sparsity.grasp_per_class")
+    deadline, ckpts = time.time() + 240, []
+    try:
+        while time.time() < deadline and len(ckpts) < 2:
+            time.sleep(0.5)
+            ckpts = [
+                p
+                for p in res.glob("smoke-train/train-*/checkpoint_*")
+                if (p / "state.pt").is_file()
+            ]
+        assert len(ckpts) >= 2, "no two checkpoints before the deadline"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        out = (tmp_path / "first.out").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    assert f"trials: {N_SMOKE}  finished: 0" in out and "pending" in out
+    assert f"continue it with: python run_sweep.py {' '.join(args)} --resume" in out
+    summary = json.loads((res / "smoke" / "summary.json").read_text())
+    assert len(summary["trials"]) == N_SMOKE
+    db = f"sqlite:///{res / 'smoke' / 'mlflow.db'}"
+    parent = [r for r in MlflowClient(db).search_runs(
+        [MlflowClient(db).get_experiment_by_name("smoke").experiment_id]
+    ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
+    assert parent[0].info.status == "KILLED"
+    assert parent[0].data.tags["rp_tune.status"] == "interrupted"
+    stored = json.loads((res / "smoke" / "trials.json").read_text())
+    assert all("sparsity.grasp_per_class" not in e["flat"] for e in stored)
+    # this release would name every trial otherwise: the stored identity is what counts
+    assert all(run_key(from_flat(e["flat"])) != e["run_key"] for e in stored)
+    refused = cli(*args, "--set", "train.epochs=5", "--resume")
+    assert refused.returncode == 2 and "keys differ from what it stored: train.epochs" in (
+        refused.stderr
+    ), refused.stderr
+
+    run_dir = sorted(ckpts)[0].parent  # the first trial's Train run; the second is pending
+    ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    before = torch.load(ckpts[-2] / "state.pt", weights_only=False)["epoch"]
+    bad = ckpts[-1] / "state.pt"
+    bad.write_bytes(bad.read_bytes()[:2000])
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"finished: {N_SMOKE}  failed: 0  unfinished: 0" in r.stdout
+    assert str(bad.parent.name) in r.stdout + r.stderr  # reported by path
+    trials = json.loads((res / "smoke" / "summary.json").read_text())["trials"]
+    assert sorted(t["resumed_from_epoch"] for t in trials) == [0, before]
+    assert {t["run_key"] for t in trials} == {e["run_key"] for e in stored}
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == N_SMOKE + 1
+    for run in runs:
+        if "rp_tune.run_key" in run.data.tags:
+            for key in ("train_loss", "val_acc", "lr"):
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                assert sorted(steps) == [1, 2, 3, 4], (run.info.run_name, key, steps)
+        else:
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["trials_finished"] == N_SMOKE
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
+    """Two run_sweep.py on one storage: the second (and a --resume) is refused with who holds
+    it; the first trains every trial once and leaves no lock behind."""
+    res = tmp_path / "res"
+    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
+            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024"]  # fmt: skip
+    first = driver(*args, stdout=tmp_path / "first.out")
+    lock = res / ".smoke.driver.json"
+    try:
+        deadline = time.time() + 60
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert lock.exists()
+        for extra in ([], ["--resume"]):
+            r = cli(*args, *extra, timeout=120)
+            assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+            assert f"is held by another driver: pid {first.pid}" in r.stderr, r.stderr[-2000:]
+        first.wait(timeout=400)
+        out = (tmp_path / "first.out").read_text()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0 and f"finished: {N_SMOKE}  failed: 0" in out
+    assert not lock.exists()
+    client = MlflowClient(f"sqlite:///{res / 'smoke' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    for r in runs:
+        if "rp_tune.run_key" in r.data.tags:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+            assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_retraining(tmp_path):
+    res = tmp_path / "res"
+    args = [
+        "--space",
+        "smoke",
+        "--storage",
+        str(res),
+        "--num-cpus",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--set",
+        "train.epochs=2",
+    ]
+    proc = driver(*args)
+    exp = res / "smoke"
+    deadline = time.time() + 300
+    finished: dict[str, bytes] = {}
+    try:
+        while time.time() < deadline:
+            time.sleep(1)
+            if exp.is_dir():
+                # finished, and saved as finished in Tune's experiment state (written every
+                # ~10 s): a trial killed before that is unfinished for --resume, and Tune
+                # starts its result.json again
+                terminated = _terminated(exp)
+                done = {
+                    k: v
+                    for k, v in _results(exp).items()
+                    if any("test_acc" in row for row in v) and k in terminated
+                }
+                if len(done) >= 1:
+                    finished = {k: (exp / k / "result.json").read_bytes() for k in done}
+                    break
+        assert finished, "no trial finished before the deadline"
+        session = json.loads((res / ".smoke.driver.json").read_text())["ray_session"]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes run on
+        proc.wait()
+        r = cli(*args, "--resume")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    import psutil
+
+    name = os.path.basename(session)
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(name in a for a in p.info["cmdline"] or [])]  # fmt: skip
+    if left:  # do not leave them to the rest of the test run
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, f"the killed driver's Ray still runs: {left}"
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
+    results = _results(exp)
+    assert len(results) == N_SMOKE
+    for key, rows in results.items():
+        assert sum("test_acc" in row for row in rows) == 1, key  # finished exactly once
+    for key, before in finished.items():
+        assert (exp / key / "result.json").read_bytes() == before, f"{key} was retrained"
+    # MLflow: still one parent and one child per trial, each with one value per epoch
+    client = MlflowClient(f"sqlite:///{exp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    children = [r for r in runs if "rp_tune.run_key" in r.data.tags]
+    assert len(runs) == N_SMOKE + 1 and len(children) == N_SMOKE
+    assert len({r.data.tags["rp_tune.run_key"] for r in children}) == N_SMOKE
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert steps == [1, 2], (r.info.run_name, steps)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
+    """Results and checkpoints on an S3-compatible server: every trial's worker is SIGKILLed
+    once at epoch 2 and resumes from its epoch-1 checkpoint read back from S3; summary,
+    MLflow artifacts (masks from the S3 checkpoint) and the report all work from the URI."""
+    overrides = {"train.epochs": "3"}
+    db = tmp_path / "mlflow.db"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "run_sweep.py",
+            "--space",
+            "smoke",
+            "--num-cpus",
+            "2",
+            "--storage",
+            s3_bucket,
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--inject-fault",
+            "2",
+            *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    n = len(expand_space("smoke", overrides))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (
+        f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
+        in r.stdout
+    )
+    sweep = storage.join(s3_bucket, "smoke")
+    summary = json.loads(storage.read_text(storage.join(sweep, "summary.json")))
+    assert {t["status"] for t in summary["trials"]} == {"finished"}
+    assert len(storage.list_names(storage.join(s3_bucket, "smoke-train", "_faults"))) == n
+    client = MlflowClient(f"sqlite:///{db}")
+    parents, children = mlflow_runs(client, "smoke")
+    assert [p.info.run_name for p in parents] == ["smoke"] and len(children) == n
+    configs = {c.sparsity.scheme: c for c in expand_space("smoke", overrides)}
+    for run in children:
+        cfg = configs[run.data.params["sparsity.scheme"]]
+        model = build_model(cfg.model.name)
+        plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+        local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
+        assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+    rep = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_sweep.py"),
+            "--space",
+            "smoke",
+            "--storage",
+            s3_bucket,
+            "--report",
+            "--no-tracking",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    table = pq.read_table(tmp_path / "smoke-report" / "results.parquet").to_pylist()
+    assert sorted(row["run_key"] for row in table) == sorted(
+        t["run_key"] for t in summary["trials"]
+    )
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_a_multinode_cluster_survives_losing_a_worker_node(tmp_path):
+    """Head (1 CPU: trial drivers, no room for a training worker) + two worker nodes (3 CPUs:
+    two 1.5-CPU training workers each), storage shared through a file:// URI, MLflow on a
+    server. Once every trial has checkpointed, the node running training workers is killed
+    (SIGKILL, no warning): its trials restart on the other node from their checkpoints, every
+    trial finishes, and MLflow holds each trial once with one value per epoch."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    epochs = 8
+    overrides = {
+        "train.epochs": str(epochs),
+        "data.synthetic_train": "3072",
+        "resources.cpus_per_worker": "1.5",
+    }
+    n = len(expand_space("smoke", overrides))
+    server_dir = tmp_path / "mlflow"
+    server_dir.mkdir()
+    port = free_port()
+    server = start_mlflow_server(server_dir, port)
+    uri = f"http://127.0.0.1:{port}"
+    shared = tmp_path / "shared"
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+        },
+    )
+    sweep = None
+    try:
+        workers = [cluster.add_node(num_cpus=3) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        log_file = open(tmp_path / "sweep.log", "w")
+        sweep = subprocess.Popen(
+            [
+                sys.executable,
+                "run_sweep.py",
+                "--space",
+                "smoke",
+                "--address",
+                cluster.address,
+                "--storage",
+                shared.as_uri(),
+                "--tracking-uri",
+                uri,
+                "--max-concurrent",
+                str(n),
+                *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
+            ],
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 300
+        reported: dict[str, int] = {}
+        while time.time() < deadline and sweep.poll() is None:
+            reported = epochs_reported(shared / "smoke")
+            if len(reported) == n and min(reported.values()) >= 1:
+                break
+            time.sleep(0.2)
+        assert sweep.poll() is None, (tmp_path / "sweep.log").read_text()[-4000:]
+        assert len(reported) == n and min(reported.values()) >= 1, reported
+        assert max(reported.values()) < epochs, f"trials finished too early: {reported}"
+        # the trial drivers sit on the head node; the training workers on the worker nodes
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        train_workers = [a for a in actors if "RayTrainWorker" in a.class_name]
+        head_id = cluster.head_node.node_id
+        assert len(train_workers) == n and all(a.node_id != head_id for a in train_workers)
+        victim = max(workers, key=lambda w: sum(a.node_id == w.node_id for a in train_workers))
+        killed = sum(a.node_id == victim.node_id for a in train_workers)
+        assert killed >= 1
+        cluster.remove_node(victim, allow_graceful=False)
+        sweep.wait(timeout=600)
+    finally:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
+        ray.shutdown()
+        cluster.shutdown()
+    try:
+        out = (tmp_path / "sweep.log").read_text()
+        assert sweep.returncode == 0, out[-4000:]
+        assert f"trials: {n}  finished: {n}  failed: 0" in out, out[-3000:]
+        summary = json.loads(storage.read_text(storage.join(shared.as_uri(), "smoke/summary.json")))
+        resumed = [t for t in summary["trials"] if t["resumed_from_epoch"] >= 1]
+        assert len(resumed) >= killed, summary
+        assert all(t["status"] == "finished" and t["epoch"] == epochs for t in summary["trials"])
+        client = MlflowClient(uri)
+        parents, children = mlflow_runs(client, "smoke")
+        assert len(parents) == 1 and len(children) == n
+        assert len({r.data.tags["rp_tune.run_key"] for r in children}) == n
+        configs = {c.sparsity.scheme: c for c in expand_space("smoke", overrides)}
+        for run in children:
+            assert run.data.tags["rp_tune.status"] == "finished"
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+            assert sorted(steps) == list(range(1, epochs + 1)), (run.info.run_name, steps)
+            cfg = configs[run.data.params["sparsity.scheme"]]
+            model = build_model(cfg.model.name)
+            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+            local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
+            assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+    finally:
+        stop_process_group(server)
+
+
+@pytest.mark.slow
+def test_server_restart_and_killed_workers(tmp_path):
+    """The smoke sweep against a real server that goes down midway, every trial's training
+    worker SIGKILLed once at epoch 2: all trials resume from their epoch-1 checkpoint with the
+    same masks, and MLflow holds one child per trial with one value per epoch."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(folder, port)
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    log_file = open(tmp_path / "sweep.log", "w")  # a pipe would fill up and stall the sweep
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "run_sweep.py",
+            "--space",
+            "smoke",
+            "--storage",
+            str(tmp_path / "res"),
+            "--num-cpus",
+            "2",
+            "--tracking-uri",
+            uri,
+            "--set",
+            "train.epochs=3",
+            "--inject-fault",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    client = MlflowClient(uri)
+    restarted_at = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait for the first child run, then take the server down
+            time.sleep(1)
+            if sweep.poll() is not None:
+                break
+            exp = client.get_experiment_by_name("smoke")
+            if exp and mlflow_runs(client, "smoke")[1]:
+                break
+        stop_process_group(server)
+        time.sleep(8)  # trials keep training while the server is down
+        server = start_mlflow_server(folder, port)
+        restarted_at = time.time() * 1000
+        sweep.wait(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    try:
+        out = (tmp_path / "sweep.log").read_text()
+        assert sweep.returncode == 0, out[-4000:]
+        n = len(expand_space("smoke"))
+        assert (
+            f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
+            in out
+        )
+        assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
+        parents, children = mlflow_runs(client, "smoke")
+        assert len(parents) == 1 and len(children) == n
+        from rp_tune.plan import resolve_gpus
+
+        # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
+        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3"}), {"GPU": 0}, "")
+        configs = {c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c for c in cpu}
+        late = 0
+        for run in children:
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert run.data.tags["rp_tune.status"] == "finished"
+            cfg = configs[run.data.params["sparsity.scheme"] + run.data.params["sparsity.density"]]
+            assert run.info.run_name == run.data.tags["rp_tune.run_key"]
+            for key, value in cfg.to_flat().items():
+                expect = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                assert run.data.params[key] == expect, key
+            hist = client.get_metric_history(run.info.run_id, "val_acc")
+            assert [m.step for m in hist] == [1, 2, 3]
+            late += any(m.timestamp >= restarted_at for m in hist)
+            local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
+            model = build_model(cfg.model.name)
+            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+            assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+            ckpts = [
+                p
+                for p in (tmp_path / "res" / "smoke-train" / f"train-{run.info.run_name}").glob(
+                    "checkpoint_*"
+                )
+                if p.is_dir()
+            ]
+            assert ckpts and all(
+                Masks.load(checkpoint_masks_file(p), model).equals(Masks.random(plan, cfg.seed))
+                for p in ckpts
+            )
+            assert run.data.metrics["resumed_from_epoch"] == 1.0
+            arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"density_report.csv", "grad_flow.csv", "training_curves.png"} <= arts
+        assert late >= 1, "nothing was logged after the server came back"
+        summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
+        assert len(summary["trials"]) == n
+    finally:
+        stop_process_group(server)
