@@ -80,6 +80,13 @@ DYNAMIC_KEYS = (
     "sparsity.death_rate_final",
     "sparsity.stop_at",
 )
+# Keys that only shape a sparse plan (dropped at density 1.0: a dense net is one trial).
+SCHEME_OPTION_KEYS = (
+    "sparsity.fc_density",
+    "sparsity.classifier_density",
+    "sparsity.layer_density",
+    "sparsity.erk_power_scale",
+)
 # Drop-fraction schedules of dynamic sparse training (rp_tune.dst.death_rate).
 DROP_SCHEDULES = ("rigl", "cosine_whole_run")
 # Keys that change where or how fast a trial runs, never its result: left out of run_key so
@@ -183,12 +190,16 @@ class SparsityConfig:
         if self.classifier_density is not None:
             if not 0.0 <= self.classifier_density <= 1.0:
                 _fail("sparsity.classifier_density", self.classifier_density, "a number in [0, 1]")
-            if self.scheme == "erk_plus":
+            if "fc_density" in SCHEMES[self.scheme].options:
                 raise ConfigError(
-                    "sparsity.classifier_density with sparsity.scheme='erk_plus': erk_plus sets "
-                    "the classifier by sparsity.fc_density; use one of them"
+                    f"sparsity.classifier_density with sparsity.scheme={self.scheme!r}: "
+                    f"{self.scheme} sets the classifier by sparsity.fc_density; use one of them"
                 )
-        layer_density_map(self.layer_density)  # ConfigError if malformed
+        # ConfigError if malformed; one spelling per map, so one trial has one run key
+        canonical = ",".join(
+            f"{k}={v!r}" for k, v in sorted(layer_density_map(self.layer_density).items())
+        )
+        object.__setattr__(self, "layer_density", canonical)
         if self.erk_power_scale != 1.0 and "erk_power_scale" not in SCHEMES[self.scheme].options:
             _fail(
                 "sparsity.erk_power_scale",

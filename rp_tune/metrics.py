@@ -195,10 +195,9 @@ class GradientFlow:
         masks: Sequence[torch.Tensor],
         every: int,
         until: int,
-        history: Sequence[Sequence[float]] = (),
     ) -> None:
         self.weights, self.masks, self.every, self.until = weights, masks, every, until
-        self.history: list[list[float]] = [list(h) for h in history]
+        self.history: list[list[float]] = []
         self._pending: list[tuple[int, torch.Tensor]] = []
 
     def after_backward(self, step: int) -> None:
@@ -212,6 +211,10 @@ class GradientFlow:
 
     def state_dict(self) -> list[list[float]]:
         return [list(h) for h in self.history]
+
+    def load_state_dict(self, history: Sequence[Sequence[float]]) -> None:
+        self.history = [list(h) for h in history]
+        self._pending = []
 
 
 def _is_imagenet(cfg: Any) -> bool:

@@ -6,6 +6,7 @@ themselves are built by `rp_tune.models.build_model`.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
 CIFAR_RESNET = re.compile(r"^cifar_resnet_(\d+)(?:_(\d+))?$")
@@ -51,3 +52,10 @@ def check_model_name(name: str) -> None:
 def input_kind(name: str) -> str:
     """'imagenet' for the torchvision nets, 'cifar' (32x32 inputs) for the rest."""
     return "imagenet" if name in IMAGENET_MODELS else "cifar"
+
+
+def input_size(cfg: Any) -> tuple[int, int]:
+    """(height, width) of the images a trial's model sees: 32x32 for the CIFAR nets, else
+    data.image_size (ImageNet's crop)."""
+    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+    return size, size

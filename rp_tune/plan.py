@@ -24,6 +24,7 @@ from . import storage as store
 from .config import (
     DYNAMIC_KEYS,
     NOT_HASHED,
+    SCHEME_OPTION_KEYS,
     ConfigError,
     DataConfig,
     TrialConfig,
@@ -32,6 +33,7 @@ from .config import (
     run_key,
 )
 from .data import absolute_data_root
+from .model_names import input_size
 from .models import build_model
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
         if float(flat.get("sparsity.density", 0.1)) == 1.0:
             flat["sparsity.scheme"] = "uniform"
             flat["sparsity.mode"] = "static"
+            for key in SCHEME_OPTION_KEYS:  # meaningless for a dense net: one trial, not several
+                flat.pop(key, None)
         # Ray workers do not run in this folder: a relative data root is made absolute here.
         flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
         if flat.get("sparsity.mode", "static") == "static":
@@ -190,8 +194,6 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     from .metrics import layer_flops
 
     images = {cfg.data.name: training_images(cfg)}
-    from .train import input_size
-
     size = input_size(cfg)
     key = (cfg.model.name, size[0])
     if key not in _FLOPS:
@@ -224,11 +226,7 @@ TRIALS_FILE = "trials.json"  # <sweep>/trials.json: every trial's flat config, a
 
 def stored_epochs(path: str) -> dict[str, int]:
     """run key -> epochs of every trial of the sweep at `path`, as stored when it started."""
-    location = store.join(path, TRIALS_FILE)
-    if not store.exists(location):  # a sweep started before this file existed
-        return {}
-    entries = json.loads(store.read_text(location))
-    return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
+    return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in stored_trials(path)}
 
 
 @dataclass

@@ -487,6 +487,11 @@ def run_sweep(
             log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
         trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
         if resume:
+            if log_weights:
+                log.warning(
+                    "--log-weights is set when a sweep starts and kept by --resume: this sweep "
+                    "keeps the setting it started with"
+                )
             tuner = tune.Tuner.restore(
                 path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )

@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
+from .layout import (
+    ARTIFACTS_DIR,
+    DENSITY_REPORT_FILE,
+    HISTORY_FILE,
+    LEGACY_ARTIFACTS,
+    MASKS_FILE,
+)
 from .metrics import EPOCH, FINAL, numeric_metrics
-from .train import ARTIFACTS_DIR, HISTORY_FILE, LEGACY_ARTIFACTS
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +492,13 @@ def _fetch_artifacts(checkpoint: str, tmp: Path) -> Path:
     for name in LEGACY_ARTIFACTS:
         if storage.exists(storage.join(checkpoint, name)):
             storage.copy_to_local(storage.join(checkpoint, name), out / name)
+    if (out / MASKS_FILE).is_file():  # the report those releases' trackers wrote themselves
+        import pyarrow.csv as pacsv
+
+        from .masks import Masks, density_report, report_table
+
+        rows = density_report(Masks.load(out / MASKS_FILE))
+        pacsv.write_csv(report_table(rows), out / DENSITY_REPORT_FILE)
     return out
 
 

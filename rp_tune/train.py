@@ -61,8 +61,18 @@ from .data import (
     local_data_root,
     read_split,
 )
+from .layout import (
+    ARTIFACTS_DIR,
+    CHECKPOINT_FILE,
+    DENSITY_REPORT_FILE,
+    GRAD_FLOW_FILE,
+    HISTORY_FILE,
+    MASKS_FILE,
+    WEIGHTS_FILE,
+)
 from .masks import Masks, density_report, format_report, report_table
-from .models import build_model, input_kind, layer_specs
+from .model_names import input_size
+from .models import build_model, layer_specs
 from .seeds import derived_seed
 from .sparsity import (
     SCHEMES,
@@ -75,15 +85,6 @@ from .sparsity import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "state.pt"
-ARTIFACTS_DIR = "artifacts"  # of a checkpoint: what trackers log (see save_checkpoint)
-MASKS_FILE = "masks.parquet"
-DENSITY_REPORT_FILE = "density_report.csv"
-HISTORY_FILE = "history.json"
-GRAD_FLOW_FILE = "grad_flow.csv"
-WEIGHTS_FILE = "final_weights.pt"
-# what checkpoints of releases before the artifacts folder kept at their top, for trackers
-LEGACY_ARTIFACTS = (MASKS_FILE, HISTORY_FILE, GRAD_FLOW_FILE)
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
 
 
@@ -484,7 +485,7 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
     trial.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     trial.start_epoch, trial.best, trial.history = state["epoch"], state["best"], state["history"]
-    trial.flow.history = [list(h) for h in state.get("grad_flow", [])]
+    trial.flow.load_state_dict(state.get("grad_flow", []))
     if trial.dst is not None and state.get("dst"):
         trial.dst.load_state_dict(state["dst"])
     log.info("resumed %s at epoch %d from %s", trial.key, trial.start_epoch, folder)
@@ -559,7 +560,8 @@ def report(
 ) -> None:
     """The epoch's one log line, and the row (with its checkpoint folder) to `on_epoch`."""
     unknown = metrics.unregistered(row)
-    if unknown and trial.rank == 0 and row["epoch"] == trial.start_epoch + 1:
+    first, last = row["epoch"] == trial.start_epoch + 1, row["epoch"] == trial.cfg.train.epochs
+    if unknown and trial.rank == 0 and (first or last):  # epoch metrics, then final ones
         log.warning("metrics not in rp_tune.metrics.METRICS (not tracked): %s", unknown)
     log.info(
         "%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.4g  "
@@ -721,13 +723,6 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
     return out
 
 
-def input_size(cfg: TrialConfig) -> tuple[int, int]:
-    """(height, width) of the images the model sees: 32x32 for CIFAR nets, else
-    data.image_size (ImageNet's crop)."""
-    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
-    return size, size
-
-
 def checkpoint_masks_file(folder: Path) -> Path:
     """A checkpoint's masks: `artifacts/masks.parquet` (checkpoints of releases before the
     artifacts folder kept it at the top: read either)."""
@@ -830,6 +825,38 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
     return from_flat(flat)
 
 
+def _own_checkpoint(cfg: TrialConfig, out: Path, searched: bool) -> tuple[Path, str, Path | None]:
+    """(folder, run key, checkpoint) to resume `cfg` from: the newest readable checkpoint in
+    `out`, or, when `out` is the default `runs/<run key>` (searched), in the `runs/` folder of
+    the same trial written by a release whose run keys differed (a config field added since):
+    its stored config reads as `cfg` does, so it keeps the key it was saved under.
+    ConfigError naming the differing keys for a checkpoint of another config in `out`."""
+    from .plan import config_differences
+
+    prefix = run_key(cfg).rsplit("-", 1)[0]  # the readable part: model, scheme, density, seed
+    others = sorted(p for p in out.parent.glob(f"{prefix}-*") if p != out) if searched else []
+    candidates = [out, *others]
+    for folder in candidates:
+        ckpt = latest_checkpoint(folder)
+        if ckpt is None:
+            continue
+        state = read_checkpoint(ckpt)
+        if state["run_key"] == run_key(cfg):
+            return folder, state["run_key"], ckpt
+        differ = config_differences([state.get("config", {})], [cfg])
+        if not differ:
+            log.info(
+                "resuming %s, saved as %s by an earlier release", run_key(cfg), state["run_key"]
+            )
+            return folder, state["run_key"], ckpt
+        if folder == out:
+            raise ConfigError(
+                f"the checkpoint {ckpt} is of another trial ({state['run_key']}); these keys "
+                f"differ: {', '.join(differ)}; pass another --out or drop --resume"
+            )
+    return out, run_key(cfg), None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
@@ -844,11 +871,17 @@ def main(argv: list[str] | None = None) -> int:
         cuda = torch.cuda.is_available() if args.device is None else "cuda" in args.device
         cfg = cfg.replace(**{"resources.gpus_per_worker": 1.0 if cuda else 0.0})
     out = Path(args.out or Path("runs") / run_key(cfg))
-    resume = latest_checkpoint(out) if args.resume else None
-    if args.resume and resume is None:
-        log.info("no checkpoint under %s: starting from scratch", out)
+    key, resume = run_key(cfg), None
+    if args.resume:
+        try:
+            out, key, resume = _own_checkpoint(cfg, out, searched=args.out is None)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if resume is None:
+            log.info("no checkpoint under %s: starting from scratch", out)
     try:
-        result = run_trial(cfg, out, resume=resume, device=args.device)
+        result = run_trial(cfg, out, key=key, resume=resume, device=args.device)
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

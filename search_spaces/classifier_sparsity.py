@@ -5,13 +5,14 @@ DESCRIPTION = (
     "classifier's sparsity 0.8/0.5/0.4/0.1/0.0 (the other layers take up the budget)"
 )
 GRID = {
-    # classifier density = 1 - its sparsity; ERK shares the rest of the 0.3 budget
-    "sparsity.classifier_density": [0.2, 0.5, 0.6, 0.9, 1.0],
+    # classifier density = 1 - its sparsity; erk_plus keeps the overall density at 0.3
+    # (the same plan as erk with sparsity.classifier_density)
+    "sparsity.fc_density": [0.2, 0.5, 0.6, 0.9, 1.0],
 }
 FIXED = {
     **IMAGENET_FIXED,
     "model.name": "wide_resnet50_2",
-    "sparsity.scheme": "erk",
+    "sparsity.scheme": "erk_plus",
     "sparsity.density": 0.3,
 }
-SMOKE = {**IMAGENET_SMOKE, "sparsity.classifier_density": [0.2, 1.0]}
+SMOKE = {**IMAGENET_SMOKE, "sparsity.fc_density": [0.2, 1.0]}

@@ -79,13 +79,19 @@ BAD_OR_PLANNING = [
      "--set", "data.root=/nonexistent-rp-tune-root"],
     ["--space", "smoke", "--resume"],
     ["--space", "smoke", "--set", "sparsity.layer_density=nope=0.5"],
+    ["--space", "smoke", "--resume", "--set", "train.epochs=9"],  # against the stored sweep
 ]  # fmt: skip
 
 
 def test_planning_and_bad_input_never_import_ray(tmp_path):
     """One fresh interpreter runs every case in turn: the dry run exits 0, each bad input 2,
     and after all of them neither ray nor mlflow was ever imported."""
-    cases = [[*args, "--storage", str(tmp_path / "results")] for args in BAD_OR_PLANNING]
+    from rp_tune.plan import expand_space, write_stored_trials
+
+    stored = tmp_path / "stored"
+    write_stored_trials(str(stored / "smoke"), expand_space("smoke"))
+    cases = [[*args, "--storage", str(tmp_path / "results")] for args in BAD_OR_PLANNING[:-1]]
+    cases.append([*BAD_OR_PLANNING[-1], "--storage", str(stored)])
     code = (
         "import contextlib, io, json, sys; sys.argv = ['run_sweep.py']\n"
         "import run_sweep\n"

@@ -353,3 +353,33 @@ def test_replacing_the_dataset_takes_its_validation_default():
     assert cfg.replace(**{"data.name": "imagenet", "model.name": "resnet18"}).data.val_fraction == 0
     kept = from_flat({"data.name": "cifar10", "data.val_fraction": 0.2})
     assert kept.replace(**{"data.name": "svhn"}).data.val_fraction == 0.2
+
+
+def test_an_imagenet_trial_reports_top5_from_the_registry(tmp_path):
+    """top-5 is declared once (metrics.METRICS, ImageNet only): an ImageNet trial computes it,
+    the console table shows its column, a CIFAR-style trial has neither."""
+    from rp_tune.config import from_flat
+    from rp_tune.metrics import unregistered
+    from rp_tune.plan import SweepSummary, TrialOutcome
+    from rp_tune.train import run_trial
+
+    classes = [f"n{i:02d}" for i in range(7)]
+    _write_image_folder(tmp_path / "imagenet" / "train", classes, 4)
+    _write_image_folder(tmp_path / "imagenet" / "val", classes, 2)
+    cfg = from_flat({
+        "model.name": "resnet18", "data.name": "imagenet", "data.root": str(tmp_path),
+        "data.image_size": 32, "data.num_workers": 0, "train.recipe": "imagenet",
+        "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 7,
+        "evaluation.batch_size": 14, "evaluation.ood": False, "evaluation.fgsm": False,
+        "resources.gpus_per_worker": 0,
+    })  # fmt: skip
+    result = run_trial(cfg, tmp_path / "run")
+    assert 0.0 <= result["test_acc"] <= result["test_top5"] <= 1.0
+    assert unregistered(result["history"][-1]) == []
+    table = SweepSummary("x", "p", [TrialOutcome("k", "finished", 1, 1, 0, result)]).table()
+    assert "top5" in table.splitlines()[0]
+    synthetic = cfg.replace(**{"data.name": "synthetic", "model.name": "cifar_resnet_8",
+                               "train.recipe": "cifar", "data.synthetic_train": 64,
+                               "data.synthetic_test": 32, "train.batch_size": 16,
+                               "train.epochs": 1})  # fmt: skip
+    assert "test_top5" not in run_trial(synthetic, tmp_path / "cifar")

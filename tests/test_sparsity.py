@@ -189,9 +189,18 @@ def test_per_layer_overrides_hold_and_the_rest_meets_the_budget(scheme):
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(100, 3, 32, 32, generator=g), torch.arange(100) % 10)
     overrides = {"conv1": 1.0, "fc": 0.5}
-    plan = layer_densities(scheme, specs, 0.1, model=model, batch=batch, overrides=overrides)
+    kw = dict(model=model, batch=batch)
+    if scheme == "erk_plus":  # the preset owns its classifier (fc_density)
+        with pytest.raises(ValueError, match="sets the classifier"):
+            layer_densities(scheme, specs, 0.1, overrides=overrides, **kw)
+        overrides = {"conv1": 1.0, "layer2.0.shortcut.0": 0.5}
+    plan = layer_densities(scheme, specs, 0.1, overrides=overrides, **kw)
     kept = dict(zip((s.name for s in specs), plan.kept))
-    assert kept["conv1"] == 432 and kept["fc"] == 320
+    assert kept["conv1"] == 432
+    if scheme == "erk_plus":
+        assert kept["layer2.0.shortcut.0"] == 256 and kept["fc"] == 640  # fc still dense
+    else:
+        assert kept["fc"] == 320
     assert plan.total_kept == round(0.1 * plan.total)
 
 
@@ -232,10 +241,11 @@ def test_scheme_options_and_per_layer_keys_are_validated_in_the_config():
         from_flat({"sparsity.layer_density": "fc=2"})
     with pytest.raises(ConfigError, match=r"erk_power_scale=0.5 is invalid; valid: 1.0 with"):
         from_flat({"sparsity.scheme": "uniform", "sparsity.erk_power_scale": 0.5})
-    with pytest.raises(ConfigError, match="erk_plus sets the classifier by sparsity.fc_density"):
+    with pytest.raises(ConfigError, match="erk_plus sets the classifier by sparsity.fc_density"):  # noqa: E501
         from_flat({"sparsity.scheme": "erk_plus", "sparsity.classifier_density": 0.5})
-    cfg = from_flat({"sparsity.layer_density": "conv1=1, fc=0.5", "sparsity.erk_power_scale": 2})
+    cfg = from_flat({"sparsity.layer_density": "fc=0.50, conv1=1", "sparsity.erk_power_scale": 2})
     assert cfg.sparsity.erk_power_scale == 2.0
+    assert cfg.sparsity.layer_density == "conv1=1.0,fc=0.5"  # one spelling, one run key
 
 
 def test_a_trial_with_a_dense_classifier_under_snip(tmp_path):

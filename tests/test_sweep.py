@@ -290,7 +290,7 @@ def test_classifier_sparsity_space_holds_the_overall_density_at_70_percent_spars
 
     specs = layer_specs(build_model("wide_resnet50_2", 1000))
     for c in expand_space("classifier_sparsity"):
-        fc = c.sparsity.classifier_density
+        fc = c.sparsity.fc_density
         plan = layer_densities("erk", specs, 0.3, overrides={"fc": fc})
         assert plan.achieved_density == pytest.approx(0.3, abs=1e-6)
         assert plan.as_dict()["fc"] == pytest.approx(fc, abs=1e-4)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rp_tune.config import from_flat
+from rp_tune.config import from_flat, run_key
 from rp_tune.data import DataError
 from rp_tune.masks import Masks
 from rp_tune.models import prunable_layers
@@ -329,3 +329,60 @@ def test_the_single_trial_cli_refuses_an_untrainable_config_in_one_line(tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "keeps no weight in 10 of 10 layers" in err
+
+
+def test_a_checkpoint_of_the_layout_before_the_artifacts_folder_still_resumes_and_logs(
+    cifar_root, tmp_path
+):
+    """Releases before the artifacts folder kept masks, history and gradient flow at the top
+    of a checkpoint: resuming reads those masks, and trackers log them (with the density
+    report those releases' trackers wrote themselves)."""
+    import shutil
+
+    from rp_tune.tracking import _fetch_artifacts
+
+    cfg = _cfg(cifar_root, **{"train.epochs": 2})
+    full = run_trial(cfg, tmp_path / "full")
+    run_trial(cfg, tmp_path / "old", stop_after=1)
+    ckpt = latest_checkpoint(tmp_path / "old")
+    for name in ("masks.parquet", "history.json", "grad_flow.csv"):
+        shutil.move(ckpt / "artifacts" / name, ckpt / name)
+    shutil.rmtree(ckpt / "artifacts")
+    logged = _fetch_artifacts(str(ckpt), tmp_path / "fetched")
+    assert sorted(p.name for p in logged.iterdir()) == [
+        "density_report.csv", "grad_flow.csv", "history.json", "masks.parquet"
+    ]  # fmt: skip
+    resumed = run_trial(cfg, tmp_path / "old", resume=latest_checkpoint(tmp_path / "old"))
+    assert resumed["history"][1]["train_loss"] == full["history"][1]["train_loss"]
+
+
+def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
+    cifar_root, tmp_path, monkeypatch, capsys
+):
+    """`--resume` of a run whose checkpoint an earlier release saved (its config lacks a
+    field added since, so its run key differs): found in runs/ by its config, resumed under
+    the key it was saved with."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", "cifar_resnet_8", "--density", "0.1", "--data", "cifar10", "--epochs",
+            "2", "--data-root", str(cifar_root), "--device", "cpu", "--set",
+            "evaluation.ood_sets=gaussian", "--set", "train.batch_size=20"]  # fmt: skip
+    from rp_tune.train import config_from_args
+
+    cfg = config_from_args(_parse_args_for_test(args)).replace(**{"resources.gpus_per_worker": 0.0})
+    old_key = run_key(cfg).rsplit("-", 1)[0] + "-0123456789"  # what the earlier release named it
+    run_trial(cfg, tmp_path / "runs" / old_key, key=old_key, stop_after=1)
+    ckpt = latest_checkpoint(tmp_path / "runs" / old_key)
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    del state["config"]["sparsity.grasp_per_class"]  # the field that release did not have
+    torch.save(state, ckpt / "state.pt")
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"output: runs/{old_key}" in out
+    assert latest_checkpoint(tmp_path / "runs" / old_key).name == "epoch_0002"
+    assert not (tmp_path / "runs" / run_key(cfg)).exists()
+
+
+def _parse_args_for_test(args):
+    from rp_tune.train import _parse_args
+
+    return _parse_args(args)

@@ -235,12 +235,13 @@ def layer_densities(
 
 
 def _with_overrides(scheme, layers, density, overrides, model, batch, input_shape, options):
-    """The plan with some layers fixed: the scheme runs on the other layers at the density
-    that keeps the global total exact."""
-    original, options = scheme, dict(options)
-    if scheme == "erk_plus":  # the preset is ERK with the classifier fixed at fc_density
-        overrides = {layers[-1].name: options.pop("fc_density", 1.0), **overrides}
-        scheme = "erk"
+    """The plan with some layers fixed: the scheme runs on the other layers (in their order,
+    so the classifier stays last) at the density that keeps the global total exact."""
+    if "fc_density" in SCHEMES[scheme].options and layers[-1].name in overrides:
+        raise ValueError(
+            f"scheme {scheme!r} sets the classifier ({layers[-1].name}) by fc_density; "
+            "override other layers, or use erk with sparsity.classifier_density"
+        )
     for name, p in overrides.items():
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"layer {name}: density {p!r} outside [0, 1]")
@@ -260,4 +261,4 @@ def _with_overrides(scheme, layers, density, overrides, model, batch, input_shap
     )
     kept_rest = dict(zip((s.name for s in rest), sub.kept))
     kept = tuple(fixed[s.name] if s.name in fixed else kept_rest[s.name] for s in layers)
-    return DensityPlan(original, density, layers, kept)
+    return DensityPlan(scheme, density, layers, kept)
