@@ -19,7 +19,11 @@ DATA_ROOT_ENV = "RP_TUNE_DATA_ROOT"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=_spaces_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--space", required=True, help="a module of search_spaces/, e.g. width_scan")
     p.add_argument("--smoke", action="store_true", help="the space's tiny SMOKE version")
     p.add_argument(
@@ -73,6 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument(
+        "--status",
+        action="store_true",
+        help="the table of this sweep's trials (finished, running, failed, pending) from its "
+        "storage, without starting Ray; during a run or after",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Ray's, Tune's and the trials' own output on the console (default: in files of "
+        "the sweep folder); with --dry-run, the table of every trial",
+    )
+    p.add_argument(
         "--report",
         action="store_true",
         help="write the results table and figures of an existing sweep; no training",
@@ -102,6 +119,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="testing: SIGKILL each trial's training worker once at EPOCH",
     )
     return p.parse_args(argv)
+
+
+def _spaces_help() -> str:
+    """The search spaces and their one-line descriptions, for --help."""
+    from search_spaces import load_space, space_names
+
+    lines = ["search spaces (--space NAME):"]
+    for name in space_names():
+        try:
+            text = " ".join(str(load_space(name).DESCRIPTION).split())
+        except (ValueError, AttributeError) as e:
+            text = f"(cannot be loaded: {e})"
+        lines.append(f"  {name:<20} {text}")
+    return "\n".join(lines)
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) stops the sweep as Ctrl-C does: Tune saves
+    its state, the summary and the --resume command are printed."""
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--assumed-tflops={args.assumed_tflops:g} is invalid; valid: a number > 0"
             )
         configs = expand_space(args.space, overrides, smoke=args.smoke)
-        check_trials_fit(configs)
         name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+        if args.status:  # reads the storage only: no data, no Ray
+            return status(args, name)
+        check_trials_fit(configs)
         if args.resume and not (args.dry_run or args.report):
             root = storage.resolve(args.storage)
             check_not_held(root, name)
@@ -164,20 +209,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args, name)
     if args.dry_run:
-        from rp_tune.plan import planned_capacity, resolve_gpus
+        from rp_tune.plan import describe_axes, planned_capacity, resolve_gpus
 
         capacity, where = planned_capacity(args.address)
         configs, gpu_choice = resolve_gpus(configs, capacity, where)
         table, hours = trial_table(configs, args.assumed_tflops)
-        print(table)
+        if args.verbose:
+            print(table)
+        print(describe_axes(args.space, configs))
         print(gpu_choice)
         print(
-            f"{len(configs)} trials; estimated {hours:.1f} GPU-hours at "
-            f"{args.assumed_tflops:g} sustained TFLOP/s per GPU (dense training FLOPs)"
+            f"{len(configs)} trials; estimated {hours:.1f} GPU-hours, assuming "
+            f"{args.assumed_tflops:g} sustained TFLOP/s per GPU (--assumed-tflops) on the dense "
+            "training FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed "
+            "up dense kernels)"
         )
+        print(f"results would go to {storage.join(storage.resolve(args.storage), name)}")
+        if not args.verbose:
+            print("every trial with its run key and estimate: add -v")
         return 0
     from rp_tune.sweep import run_sweep
 
+    _console(args.verbose)
+    _sigterm_as_ctrl_c()
     try:
         summary = run_sweep(
             configs,
@@ -194,21 +248,86 @@ def main(argv: list[str] | None = None) -> int:
             train_max_failures=args.max_failures,
             num_cpus=args.num_cpus,
             inject_fault_epoch=args.inject_fault,
+            verbose=args.verbose,
         )
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary.table())
+    print(f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
+          f"{_with(argv, '--report')})")  # fmt: skip
+    if summary.tracking_uri:
+        print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri)}")
     if summary.unfinished or summary.failed:
         print(f"continue it with: {resume_command(argv)}")
+    print(summary.table())
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
+
+
+def _console(verbose: bool) -> None:
+    """The sweep's own lines (rp_tune.console) on stdout, plain; with verbose, every INFO log
+    on stderr as well (without, the driver's log goes to <sweep>/driver.log)."""
+    console = logging.getLogger("rp_tune.console")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    console.addHandler(handler)
+    console.setLevel(logging.INFO)
+    console.propagate = verbose
+    logging.getLogger("rp_tune").setLevel(logging.INFO)
+    if not verbose:
+        for h in logging.getLogger().handlers:  # the root's stderr: warnings and errors only
+            h.setLevel(logging.WARNING)
+
+
+def mlflow_ui_command(uri: str) -> str:
+    """How to look at the runs: `mlflow ui` on a database, the address of a server."""
+    import shlex
+
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} (the sweep's MLflow server)"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then open http://127.0.0.1:5000"
+
+
+def _with(argv: list[str] | None, flag: str) -> str:
+    """This command line with `flag` instead of the run: --status, --report."""
+    return resume_command(argv).replace(" --resume", f" {flag}")
+
+
+def status(args: argparse.Namespace, name: str) -> int:
+    """--status: every trial of the sweep at <storage>/<name> and where it stands."""
+    from rp_tune import storage
+    from rp_tune.plan import driver_lock
+    from rp_tune.progress import counts, status_table, sweep_status
+
+    root = storage.resolve(args.storage)
+    path = storage.join(root, name)
+    holder = None
+    try:
+        driver_lock(root, name).check()
+    except storage.LockHeld as e:
+        holder = str(e)
+    except OSError as e:
+        print(f"warning: cannot read the sweep's lock ({e}); assuming no driver", file=sys.stderr)
+    try:
+        states = sweep_status(path, driver_alive=holder is not None)
+    except FileNotFoundError as e:
+        print(f"error: {e}; start it with: python run_sweep.py --space {args.space}"
+              f"{' --smoke' if args.smoke else ''}", file=sys.stderr)  # fmt: skip
+        return 2
+    print(status_table(states))
+    c = counts(states)
+    if holder is not None:
+        print(f"running: {holder}")
+    elif c["finished"] < len(states):
+        print(f"no driver is running it; continue it with: {resume_command()}")
+    return 0
 
 
 def resume_command(argv: list[str] | None = None) -> str:
     """This command line with --resume: what continues the sweep it started."""
     import shlex
 
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    drop = ("--resume", "--status", "--report", "--dry-run")
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in drop]
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 
 

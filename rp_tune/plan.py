@@ -205,6 +205,60 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
 _FLOPS: dict[tuple[str, int], int] = {}
 
 
+def _sort_key(value: Any) -> tuple:
+    """Numbers in numeric order (8 before 16), then text in natural order (depth and width
+    inside names: cifar_resnet_8_8 before cifar_resnet_8_16)."""
+    import re
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    text = str(value)
+    return (
+        1,
+        0.0,
+        [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)],
+    )
+
+
+def sort_values(values: Sequence[Any]) -> list[Any]:
+    return sorted(values, key=_sort_key)
+
+
+def describe_axes(space: str, configs: Sequence[TrialConfig]) -> str:
+    """What a sweep varies and holds: every flat key whose value differs between its trials
+    (the axes, with their values in order), then the main fixed values."""
+    flats = [c.to_flat() for c in configs]
+    keys = [k for k in flats[0] if k not in NOT_HASHED]
+    axes = {k: sort_values({repr(f[k]): f[k] for f in flats}.values()) for k in keys}
+    varying = {k: v for k, v in axes.items() if len(v) > 1}
+    width = max((len(k) for k in varying), default=10) + 2
+    lines = [f"space {space}: {len(configs)} trials over {len(varying)} axes"]
+    for k, values in varying.items():
+        shown = ", ".join(map(str, values))
+        lines.append(f"  {k:<{width}}{shown if len(shown) < 200 else shown[:197] + '...'}")
+    main = ("data.name", "train.recipe", "train.epochs", "train.batch_size", "resources.workers",
+            "resources.gpus_per_worker", "sparsity.mode")  # fmt: skip
+    fixed = [f"{k}={axes[k][0]}" for k in main if k in axes and len(axes[k]) == 1]
+    lines.append("  fixed: " + ", ".join(fixed))
+    return "\n".join(lines)
+
+
+def space_params(configs: Sequence[TrialConfig]) -> dict[str, str]:
+    """A sweep's grid and fixed values as flat strings (the MLflow parent run's params):
+    `axis.<key>` = the values a key takes (where it varies), `fixed.<key>` = its one value."""
+    flats = [c.to_flat() for c in configs]
+    out = {}
+    for k in flats[0]:
+        if k in NOT_HASHED:
+            continue
+        values = sort_values({repr(f[k]): f[k] for f in flats}.values())
+        if len(values) > 1:
+            out[f"axis.{k}"] = ",".join(map(str, values))
+        else:
+            out[f"fixed.{k}"] = str(values[0])
+    return out
+
+
 def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[str, float]:
     """Text table of the trials and the total estimated GPU-hours."""
     lines = [f"{'#':>4}  {'run_key':<52} {'epochs':>6} {'workers':>7} {'gpu/w':>5} {'gpu-h':>7}"]
@@ -245,6 +299,7 @@ class SweepSummary:
     name: str
     path: str
     trials: list[TrialOutcome]
+    tracking_uri: str | None = None
 
     @property
     def finished(self) -> int:

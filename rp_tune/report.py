@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .config import NOT_HASHED
 from .metrics import METRICS, is_metric
-from .plan import is_finished
+from .plan import is_finished, sort_values
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,83 @@ def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+AGGREGATE_FILE = "aggregate.csv"
+_GROUP_ALWAYS = ("model.name", "scheme", "sparsity.density")
+_NOT_GROUPED = ("seed", "sparsity.scheme", "sparsity.mode", "sparsity.growth")
+
+
+def _aggregated_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The final metrics the aggregated table shows: the plotted ones, the best-validation
+    test accuracy, every OoD AUROC, the achieved density; those some finished trial has."""
+    names = [m.name for m in METRICS.values() if m.plotted]
+    names += ["test_acc_best_val", "achieved_density"]
+    names += sorted({k for r in rows for k in r if k.startswith("ood_auroc_")})
+    return [n for n in names if any(isinstance(r.get(n), float) for r in rows)]
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds of the final metrics of the finished trials, one row per group.
+
+    A group is one model, scheme (SET/RigL marked) and density, and one value of every other
+    config key the sweep varies (a classifier density, a dataset, ...): trials that differ in
+    anything but the seed are never averaged together.
+    """
+    finished = [r for r in rows if r.get("status") == "finished"]
+    if not finished:
+        return []
+    config_keys = sorted({k for r in finished for k in r if "." in k})
+    varying = [
+        k for k in config_keys
+        if k not in _NOT_GROUPED and k not in _GROUP_ALWAYS and k not in NOT_HASHED
+        and len({repr(r.get(k)) for r in finished}) > 1
+    ]  # fmt: skip
+    metrics = _aggregated_metrics(finished)
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in finished:
+        scheme = "dense" if float(r["sparsity.density"]) == 1.0 else _line_label(r)
+        key = (r["model.name"], scheme, float(r["sparsity.density"]),
+               *(r.get(k) for k in varying))  # fmt: skip
+        groups[key].append(r)
+    out = []
+    for key, members in groups.items():
+        row: dict[str, Any] = dict(zip(("model.name", "scheme", "sparsity.density", *varying), key))
+        row["seeds"] = len(members)
+        for m in metrics:
+            values = [r[m] for r in members if isinstance(r.get(m), float)]
+            if values:
+                row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(values)
+        out.append(row)
+    order = {m: i for i, m in enumerate(sort_values({r["model.name"] for r in out}))}
+    out.sort(key=lambda r: (order[r["model.name"]], r["scheme"] != "dense", r["scheme"],
+                            -r["sparsity.density"], [repr(r.get(k)) for k in varying]))  # fmt: skip
+    return out
+
+
+def aggregate_table(agg: list[dict[str, Any]]) -> str:
+    """The aggregated rows as text: mean ± std over the seeds for each metric."""
+    if not agg:
+        return "no finished trials yet"
+    metrics = [k[: -len("_mean")] for k in agg[0] if k.endswith("_mean")]
+    for r in agg[1:]:
+        metrics += [k[: -len("_mean")] for k in r if k.endswith("_mean") and k[:-5] not in metrics]
+    extra = [k for k in agg[0] if "." in k and k not in ("model.name", "sparsity.density")]
+    head = f"{'model':<22} {'scheme':<14} {'density':>7} " + "".join(
+        f"{k.split('.')[-1][:14]:>15}" for k in extra
+    ) + f" {'seeds':>5} " + " ".join(f"{m[:17]:>17}" for m in metrics)  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for r in agg:
+        cells = []
+        for m in metrics:
+            mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
+            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}")
+        lines.append(
+            f"{r['model.name']:<22} {r['scheme']:<14} {r['sparsity.density']:>7g} "
+            + "".join(f"{str(r.get(k))[:14]:>15}" for k in extra)
+            + f" {r['seeds']:>5} " + " ".join(f"{c:>17}" for c in cells)
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
 def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path) -> bool:
     """metric vs sparsity, a panel per model, a line per scheme, dense as a band."""
     data = grouped(rows, metric)
@@ -145,9 +223,11 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted(data)
+    models = sort_values(list(data))  # numeric order of depth and width, not text order
+    schemes = sorted({s for m in data.values() for s in m if s != "dense"})
+    markers = dict(zip(schemes, "osD^v<>pPX*h" * 4))
     fig, axes = plt.subplots(
-        1, len(models), figsize=(max(6.5, 4.2 * len(models)), 3.8), squeeze=False
+        1, len(models), figsize=(max(6.5, 4.2 * len(models)), 3.8), squeeze=False, sharey=True
     )
     for ax, model in zip(axes[0], models):
         for scheme, points in sorted(data[model].items()):
@@ -156,12 +236,14 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path)
                 ax.axhspan(m - s, m + s, color="gray", alpha=0.25)
                 ax.axhline(m, color="gray", linestyle="--", label=f"dense (n={n})")
                 continue
-            xs = [1 - d for d, *_ in points]
+            # schemes at one sparsity side by side, not on top of one another
+            dodge = 0.006 * (schemes.index(scheme) - (len(schemes) - 1) / 2)
+            xs = [1 - d + dodge for d, *_ in points]
             ax.errorbar(
                 xs,
                 [p[1] for p in points],
                 yerr=[p[2] for p in points],
-                marker="o",
+                marker=markers[scheme],
                 capsize=3,
                 label=scheme,
             )
@@ -169,7 +251,10 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path)
         ax.set_xlabel("sparsity (1 - density)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{label} vs sparsity (mean ± std over seeds; gray: dense)", fontsize=10)
+    fig.suptitle(
+        f"{label} vs sparsity (mean ± std over seeds; gray line and band: dense mean ± std)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -197,19 +282,39 @@ def build_report(
         pa.Table.from_pylist(matching) if matching else pa.table({}),
         out / "matching_density.parquet",
     )
+    agg = aggregate(rows)
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(
+        pa.Table.from_pylist(agg) if agg else pa.table({"model.name": pa.array([], pa.string())}),
+        out / AGGREGATE_FILE,
+    )
     if tracking_uri:
         from .tracking import log_report
 
         log_report(
             tracking_uri,
             storage.resolve(str(sweep_dir)),
-            [str(out / TABLE_FILE), str(out / "matching_density.parquet"), *figures],
+            [
+                str(out / TABLE_FILE),
+                str(out / AGGREGATE_FILE),
+                str(out / "matching_density.parquet"),
+                *figures,
+            ],  # fmt: skip
         )
+    no_dense = sorted(
+        {r["model.name"] for r in rows if r.get("status") == "finished"}
+        - {m["model"] for m in matching}
+    )
     return {
         "table": str(out / TABLE_FILE),
+        "aggregate": str(out / AGGREGATE_FILE),
+        "aggregated": agg,
         "figures": figures,
         "matching": matching,
+        "no_dense": no_dense,
         "trials": len(rows),
+        "finished": sum(r.get("status") == "finished" for r in rows),
     }
 
 
@@ -247,15 +352,26 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def print_report(rep: dict[str, Any]) -> None:
-    """What build_report wrote, and the smallest density matching dense per model/scheme."""
-    print(f"{rep['trials']} trials -> {rep['table']}")
+    """The aggregated table (mean ± std over seeds), the smallest density matching dense per
+    model and scheme (or why there is none), and the files written."""
+    print(f"{rep['finished']} of {rep['trials']} trials finished; mean ± std over seeds:")
+    print(aggregate_table(rep["aggregated"]))
+    print()
+    for m in rep["matching"]:
+        found = m["smallest_matching_density"]
+        print(
+            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense "
+            f"({m['dense_acc_mean']:.4f} - {m['dense_acc_std']:.4f}): "
+            f"{'none of those run' if found is None else found}"
+        )
+    for model in rep["no_dense"]:
+        print(
+            f"{model:<24} matching density: none - this sweep has no finished dense trial of "
+            "it (sparsity.density 1.0), the reference a sparse one must match"
+        )
+    print(f"table: {rep['table']}  aggregated: {rep['aggregate']}")
     for f in rep["figures"]:
         print(f"figure: {f}")
-    for m in rep["matching"]:
-        print(
-            f"{m['model']:<24} {m['scheme']:<14} smallest density matching dense: "
-            f"{m['smallest_matching_density']}"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,12 +39,16 @@ from .plan import (
     max_cluster_resources,
     read_autoscaling_config,
     resolve_gpus,
+    space_params,
     stored_epochs,
+    stored_trials,
     trial_status,
     write_stored_trials,
 )
+from .progress import Progress
 
 log = logging.getLogger(__name__)
+console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_sweep.py shows them
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,12 +383,78 @@ def _make_tracking_callback() -> type:
     return TrackingCallback
 
 
+def _make_console_callback() -> type:
+    """ConsoleCallback, built on first use (see `_make_tracking_callback`)."""
+    from ray.tune import Callback
+
+    class ConsoleCallback(Callback):
+        """One console line per trial event and a progress line every so often
+        (`rp_tune.progress.Progress`), on the logger `rp_tune.console`."""
+
+        def __init__(self, progress: Any) -> None:
+            self.progress = progress
+            self._seen: set[str] = set()
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"progress": None, "_seen": set()}
+
+        def _key(self, trial) -> str:
+            return trial.config["trial"]["run_key"]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._seen.discard(self._key(trial))  # its first result says whether it resumed
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.progress is None:
+                return
+            key = self._key(trial)
+            if key not in self._seen:
+                self._seen.add(key)
+                console.info(self.progress.started(key, int(result.get("resumed_from_epoch", 0))))
+            self.progress.result(key, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if self.progress is not None:
+                last = dict(trial.last_result or {})
+                status = trial_status(last, int(trial.config["trial"]["flat"]["train.epochs"]),
+                                      errored=False)  # fmt: skip
+                console.info(self.progress.ended(self._key(trial), last, status))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if self.progress is not None:
+                error = ""
+                if trial.error_file and os.path.isfile(trial.error_file):
+                    error = error_summary_text(Path(trial.error_file).read_text())
+                console.info(self.progress.ended(self._key(trial), {}, "failed", error))
+
+        def on_step_end(self, iteration, trials, **info):
+            if self.progress is not None and self.progress.due():
+                console.info(self.progress.line())
+
+    ConsoleCallback.__module__ = __name__
+    ConsoleCallback.__qualname__ = "ConsoleCallback"
+    return ConsoleCallback
+
+
+_LAZY = {"TrackingCallback": _make_tracking_callback, "ConsoleCallback": _make_console_callback}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "TrackingCallback":
-        cls = _make_tracking_callback()
+    if name in _LAZY:
+        cls = _LAZY[name]()
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def error_summary_text(text: str) -> str:
+    """The line of an error file (a traceback) that says what went wrong: our tagged message
+    where there is one, else the last line."""
+    tagged = _message_after(text, RECURRING_TAG)
+    if tagged:
+        return tagged
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def run_sweep(
@@ -404,8 +474,12 @@ def run_sweep(
     tune_max_failures: int = 2,
     num_cpus: int | None = None,
     inject_fault_epoch: int | None = None,
+    verbose: bool = False,
 ) -> SweepSummary:
-    """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome."""
+    """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome.
+
+    verbose: Ray's, Tune's and the training workers' own output on the console too; without
+    it they go to Ray's session logs, and this module's log to `<sweep>/driver.log`."""
     import ray
     from ray import tune
 
@@ -442,6 +516,14 @@ def run_sweep(
     except OSError as e:  # a read-only or unreachable store
         raise SweepError(f"--storage {storage!r}: cannot write the sweep's lock: {e}") from None
     tracker = None
+    handler, driver_log = None, None
+    if not store.is_uri(path):  # this driver's own log, beside the sweep's results
+        Path(path).mkdir(parents=True, exist_ok=True)
+        driver_log = str(Path(path, "driver.log"))
+        handler = logging.FileHandler(driver_log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        for name_ in ("rp_tune", "ray"):
+            logging.getLogger(name_).addHandler(handler)
     try:
         dead = lock.previous or {}
         if dead.get("ray_session") and dead.get("host") == lock.host:
@@ -460,31 +542,50 @@ def run_sweep(
         if address is None and not ray.is_initialized():
             # address="local": a new Ray of our own, never the cluster that
             # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+            )
             node = getattr(ray._private.worker, "_global_node", None)
             if node is not None:  # so that a successor can stop it if this driver is killed
                 lock.update(ray_session=node.get_session_dir_path())
         elif not ray.is_initialized():
-            ray.init(address=address)
+            ray.init(
+                address=address,
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+            )
+        logs = _ray_logs_dir()
+        console.info(
+            "logs: Ray's and the training workers' in %s; this driver's in %s%s",
+            logs,
+            driver_log or "the console",
+            "" if verbose else " (-v shows them here)",
+        )
         callbacks = []
         if uri is not None:
             from .tracking import SweepTracker
 
             embedded = uri.startswith("sqlite:")
+            exp_name = experiment or space or name
             tracker = SweepTracker(
                 uri,
-                experiment or space or name,
+                exp_name,
                 sweep_path=path,
                 space=space or name,
                 sweep_dir=path,
                 artifact_location=(
-                    Path(path, "mlartifacts").resolve().as_uri()
+                    Path(root, "mlartifacts", exp_name).resolve().as_uri()
                     if embedded and not store.is_uri(path)
                     else None
                 ),
+                space_params=space_params(configs),
             )
             callbacks.append(__getattr__("TrackingCallback")(tracker))
-            log.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
+            console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
         trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
         if resume:
             if log_weights:
@@ -497,20 +598,33 @@ def run_sweep(
             )
             # Callbacks come back unpickled without their tracker: attach the live ones again.
             run_config = tuner._local_tuner.get_run_config()
-            run_config.callbacks = [
-                c
-                for c in run_config.callbacks or []
-                if not isinstance(c, __getattr__("TrackingCallback"))
-            ] + callbacks
             # the trials as stored when the sweep started (Tune does not keep its param space)
             known = stored_epochs(path)
+            stored = [from_flat(e["flat"]) for e in stored_trials(path)]
+            concurrent = max_concurrent or default_concurrency(
+                stored or configs, cluster_capacity(address is not None)
+            )
+            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent)))
+            lazy = (__getattr__("TrackingCallback"), __getattr__("ConsoleCallback"))
+            run_config.callbacks = [
+                c for c in run_config.callbacks or [] if not isinstance(c, lazy)
+            ] + callbacks
+            run_config.verbose = 1 if verbose else 0
+            console.info(
+                "sweep %s: resuming %d trials, at most %d at a time, results in %s",
+                name,
+                len(known),
+                concurrent,
+                path,
+            )
         else:
             capacity = cluster_capacity(address is not None)
             configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
-            log.info("%s", gpu_choice)
+            console.info("%s", gpu_choice)
             entries = write_stored_trials(path, configs)
             known = {e["run_key"]: c.train.epochs for e, c in zip(entries, configs)}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
+            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent)))
             param_space = {
                 "trial": tune.grid_search(entries),
                 "train_storage": train_storage,
@@ -535,10 +649,10 @@ def run_sweep(
                     storage_path=root,
                     failure_config=tune.FailureConfig(max_failures=tune_max_failures),
                     callbacks=callbacks,
-                    verbose=1,
+                    verbose=1 if verbose else 0,
                 ),
             )
-            log.info(
+            console.info(
                 "sweep %s: %d trials, at most %d at a time, results in %s",
                 name,
                 len(entries),
@@ -574,7 +688,7 @@ def run_sweep(
         for key, epochs in known.items():  # not created by Tune yet when the sweep stopped
             if key not in seen:
                 outcomes.append(TrialOutcome(key, "pending", 0, epochs, 0))
-        summary = SweepSummary(name=name, path=path, trials=outcomes)
+        summary = SweepSummary(name=name, path=path, trials=outcomes, tracking_uri=uri)
         store.write_text(store.join(path, "summary.json"), summary.to_json())
         if tracker is not None:
             with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
@@ -597,7 +711,21 @@ def run_sweep(
         if tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
             tracker.sweep_end({"interrupted": 1})
             tracker.close()  # what cannot be delivered goes to the pending file
+        if handler is not None:
+            for name_ in ("rp_tune", "ray"):
+                logging.getLogger(name_).removeHandler(handler)
+            handler.close()
         lock.release()
+
+
+def _ray_logs_dir() -> str:
+    """Where this Ray session keeps its processes' logs (the training workers' included)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None:
+        return str(Path(node.get_session_dir_path(), "logs"))
+    return "the Ray head node's /tmp/ray/session_latest/logs"
 
 
 def stop_ray_session(session_dir: str) -> int:

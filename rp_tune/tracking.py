@@ -46,8 +46,11 @@ PENDING_FILE = "mlflow-pending.jsonl"
 
 def local_store(sweep_dir: str) -> Path:
     """Where a sweep on a local path keeps its MLflow database by default (the one place that
-    says so)."""
-    return Path(sweep_dir).resolve() / "mlflow.db"
+    says so): one database per results root (`results/mlflow.db`), so every sweep under it
+    compares in one UI; a sweep started when each sweep had its own (`results/<sweep>/
+    mlflow.db`) keeps that one, so a --resume continues its runs."""
+    own = Path(sweep_dir).resolve() / "mlflow.db"
+    return own if own.is_file() else Path(sweep_dir).resolve().parent / "mlflow.db"
 
 
 def default_tracking_uri(sweep_dir: str) -> str:
@@ -59,8 +62,9 @@ def default_tracking_uri(sweep_dir: str) -> str:
             f"storage {sweep_dir!r} is remote: pass --tracking-uri (an MLflow "
             "server) so the tracking database does not live on object storage"
         )
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{local_store(sweep_dir)}"
+    db = local_store(sweep_dir)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 def _git_commit() -> str:
@@ -102,6 +106,7 @@ class SweepTracker:
         space: str,
         sweep_dir: str | None = None,
         artifact_location: str | None = None,
+        space_params: dict[str, Any] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -109,6 +114,8 @@ class SweepTracker:
         self.space = space
         self.sweep_dir = sweep_dir  # a folder or a URI (s3://...): where pending events go
         self.artifact_location = artifact_location
+        # the parent run's params: the space's axes and fixed values (plan.space_params)
+        self.space_params = dict(space_params or {})
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._client = None
         self._experiment_id: str | None = None
@@ -281,6 +288,11 @@ class SweepTracker:
                     },
                 )
                 self._parent_id = run.info.run_id
+                from mlflow.entities import Param
+
+                params = [Param(k, _param(v)[:500]) for k, v in sorted(self.space_params.items())]
+                for i in range(0, len(params), 90):
+                    client.log_batch(self._parent_id, params=params[i : i + 90])
         return self._parent_id
 
     def _ensure_child(self, run_key: str, flat: dict[str, Any]) -> str:
@@ -428,9 +440,11 @@ class SweepTracker:
     def _log_sweep_end(self, summary: dict[str, Any], artifacts: list[str]) -> None:
         client = self._client_()
         parent = self._ensure_parent()
-        for key in ("total", "finished", "failed", "unfinished", "resumed"):
+        # plain tags, not metrics: they are counts of the sweep, not curves to chart
+        for key, tag in (("total", "trials"), ("finished", "finished"), ("failed", "failed"),
+                         ("unfinished", "unfinished"), ("resumed", "resumed")):  # fmt: skip
             if key in summary:
-                client.log_metric(parent, f"trials_{key}", float(summary[key]))
+                client.set_tag(parent, tag, str(int(summary[key])))
         for path in artifacts:
             if Path(path).is_file():
                 client.log_artifact(parent, path)

@@ -50,8 +50,42 @@ def test_overrides_apply_to_every_trial():
     assert {c.data.name for c in cfgs} == {"cifar100"} and {c.train.epochs for c in cfgs} == {3}
 
 
-def test_dry_run_lists_the_trials(tmp_path, capsys):
+def test_dry_run_says_what_the_sweep_varies_and_costs(tmp_path, capsys):
     r = incli(capsys, "--space", "width_scan", "--dry-run", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "space width_scan: 828 trials over 4 axes" in out
+    assert "cifar_resnet_20_8, cifar_resnet_20_16, cifar_resnet_20_24" in out  # numeric order
+    assert "seed              0, 1, 2" in out and "fixed: data.name=cifar10" in out
+    assert "828 trials; estimated 69.8 GPU-hours, assuming 25 sustained TFLOP/s" in out
+    assert f"results would go to {tmp_path / 'res' / 'width_scan'}" in out
+    assert len(out.splitlines()) < 15 and "add -v" in out
+    assert not (tmp_path / "res").exists()
+
+
+def test_help_lists_the_spaces_with_what_they_reproduce(capsys):
+    r = incli(capsys, "--help")
+    assert r.returncode == 0
+    assert "width_scan" in r.stdout and "Liu et al. Fig. 2" in r.stdout
+
+
+def test_status_reads_the_sweep_without_ray(tmp_path, capsys):
+    from rp_tune.plan import write_stored_trials
+
+    r = incli(capsys, "--space", "smoke", "--status", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 2 and "no sweep at" in r.stderr
+    write_stored_trials(str(tmp_path / "res" / "smoke"), expand_space("smoke"))
+    r = incli(capsys, "--space", "smoke", "--status", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"trials: {N_SMOKE}  finished: 0  running: 0  failed: 0  stopped: 0  pending: " in r.stdout
+    )
+    assert "no driver is running it; continue it with: python run_sweep.py" in r.stdout
+    assert "--resume" in r.stdout and "--status --resume" not in r.stdout
+
+
+def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
+    r = incli(capsys, "--space", "width_scan", "--dry-run", "-v", "--storage", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "828 trials; estimated" in r.stdout and "GPU-hours" in r.stdout
     assert (
@@ -218,13 +252,26 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     r = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
+    # a quiet console: our event lines and progress, Ray's and the workers' output in files,
+    # the summary table last
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith(f"trials: {N_SMOKE}  finished:"), r.stdout
+    assert sum(" started  " in ln for ln in lines) == N_SMOKE
+    assert sum(" finished " in ln and "test_acc" in ln for ln in lines) == N_SMOKE
+    assert any(" done, " in ln and "ETA" in ln for ln in lines)
+    assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
+    assert "TrainingReport(" not in r.stdout + r.stderr and "Trial status" not in r.stdout
+    assert len(lines) < 40 + N_SMOKE, r.stdout
+    assert (tmp_path / "res" / "smoke" / "driver.log").stat().st_size > 0
+    status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
+    assert status.returncode == 0 and f"finished: {N_SMOKE}" in status.stdout, status.stderr
     summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
     assert {t["status"] for t in summary["trials"]} == {"finished"}
     for t in summary["trials"]:
         assert t["metrics"]["epoch"] == 2 and 0 <= t["metrics"]["test_acc"] <= 1
         assert "ood_auroc_gaussian" in t["metrics"]
     # embedded tracking: SQLite beside the results, one parent, a child per trial
-    client = MlflowClient(f"sqlite:///{tmp_path / 'res' / 'smoke' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'res' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id])
     assert (
@@ -234,6 +281,8 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     # the report: one Parquet row per trial, figures on disk
     rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
     assert rep.returncode == 0, rep.stderr
+    assert "mean ± std over seeds" in rep.stdout and "no finished dense trial" in rep.stdout
+    assert (tmp_path / "res" / "smoke" / "report" / "aggregate.csv").is_file()
     table = pq.read_table(tmp_path / "res" / "smoke" / "report" / "results.parquet")
     assert sorted(table.column("run_key").to_pylist()) == sorted(
         t["run_key"] for t in summary["trials"]
@@ -349,7 +398,7 @@ def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path, capsys, monk
         "  gpu: {resources: {CPU: 48, GPU: 4}, max_workers: 2}\n"
     )
     monkeypatch.setenv("RP_TUNE_AUTOSCALING_CONFIG", str(conf))
-    r = incli(capsys, "--space", "smoke", "--dry-run", "--address", "auto")
+    r = incli(capsys, "--space", "smoke", "--dry-run", "-v", "--address", "auto")
     assert r.returncode == 0, r.stderr
     assert "GPUs: the cluster's node types" in r.stdout and "has 8, so each" in r.stdout
     rows = [ln.split() for ln in r.stdout.splitlines() if "-s0-" in ln]
