@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 import types
 
 import pyarrow.parquet as pq
@@ -448,3 +450,19 @@ def test_a_local_sweep_starts_its_own_ray_rather_than_joining_one(tmp_path, monk
     with pytest.raises(Stop):
         run_sweep(expand_space("smoke"), name="x", storage=str(tmp_path), tracking=False)
     assert calls and calls[0]["address"] == "local"
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does():
+    """A scheduler's SIGTERM becomes the SIGINT Tune handles as Ctrl-C (state saved, summary
+    and --resume command printed); a second SIGTERM is not caught again."""
+    import run_sweep
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        run_sweep._sigterm_as_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
