@@ -13,7 +13,7 @@ FIXED = {"data.name": "cifar10"}  # CIFAR-100: --set data.name=cifar100
 SMOKE = {
     "model.name": ["cifar_resnet_8_8", "cifar_resnet_8_16"],
     "sparsity.scheme": ["erk", "uniform"],
-    "sparsity.density": [0.1, 1.0],
+    "sparsity.density": [0.1, 0.5, 1.0],  # two sparse points: a curve in the figures
     "seed": [0],
     **SMOKE_DATA,
 }
