@@ -276,6 +276,8 @@ def _console(verbose: bool) -> None:
     if not verbose:
         for h in logging.getLogger().handlers:  # the root's stderr: warnings and errors only
             h.setLevel(logging.WARNING)
+        # MLflow sets its loggers' level when imported (later): its environment variable
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def mlflow_ui_command(uri: str) -> str:

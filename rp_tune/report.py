@@ -198,17 +198,19 @@ def aggregate_table(agg: list[dict[str, Any]]) -> str:
     extra = [k for k in agg[0] if "." in k and k not in ("model.name", "sparsity.density")]
     head = f"{'model':<22} {'scheme':<14} {'density':>7} " + "".join(
         f"{k.split('.')[-1][:14]:>15}" for k in extra
-    ) + f" {'seeds':>5} " + " ".join(f"{m[:17]:>17}" for m in metrics)  # fmt: skip
+    ) + f" {'seeds':>5} " + " ".join(f"{m:>{max(17, len(m))}}" for m in metrics)  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in agg:
         cells = []
-        for m in metrics:
+        for m in metrics:  # one seed has no spread to show
             mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
-            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}")
+            spread = f" ± {std:.4f}" if r["seeds"] > 1 else ""
+            cells.append("-" if mean is None else f"{mean:.4f}{spread}")
         lines.append(
             f"{r['model.name']:<22} {r['scheme']:<14} {r['sparsity.density']:>7g} "
             + "".join(f"{str(r.get(k))[:14]:>15}" for k in extra)
-            + f" {r['seeds']:>5} " + " ".join(f"{c:>17}" for c in cells)
+            + f" {r['seeds']:>5} "
+            + " ".join(f"{c:>{max(17, len(m))}}" for c, m in zip(cells, metrics))
         )  # fmt: skip
     return "\n".join(lines)
 

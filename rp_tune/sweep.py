@@ -403,6 +403,8 @@ def _make_console_callback() -> type:
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._seen.discard(self._key(trial))  # its first result says whether it resumed
+            if self.progress is not None:
+                self.progress.running.add(self._key(trial))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.progress is None:
@@ -586,6 +588,8 @@ def run_sweep(
             )
             callbacks.append(__getattr__("TrackingCallback")(tracker))
             console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
+        if not verbose:  # Tune's own reporter: its new one prints a box at any verbosity,
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic one none at 0
         trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
         if resume:
             if log_weights:
