@@ -135,18 +135,6 @@ def _spaces_help() -> str:
     return "\n".join(lines)
 
 
-def _sigterm_as_ctrl_c() -> None:
-    """SIGTERM (a scheduler's or `kill`'s stop) stops the sweep as Ctrl-C does: Tune saves
-    its state, the summary and the --resume command are printed."""
-    import signal
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM stops at once
-        os.kill(os.getpid(), signal.SIGINT)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -231,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     from rp_tune.sweep import run_sweep
 
     _console(args.verbose)
-    _sigterm_as_ctrl_c()
     try:
         summary = run_sweep(
             configs,

@@ -160,9 +160,9 @@ def _train_loop(
     if checkpoint is None and loop_config.get("run_dir"):
         checkpoint = _unregistered_checkpoint(loop_config["run_dir"])
     with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
-        resume, resumed_from = None, 0
+        resume, resumed_from, skipped = None, 0, []
         if checkpoint is not None:
-            resume, resumed_from = _readable_checkpoint(checkpoint, Path(tmp))
+            resume, resumed_from, skipped = _readable_checkpoint(checkpoint, Path(tmp))
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if before_report is not None:
@@ -173,6 +173,9 @@ def _train_loop(
                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)
             }
             report["resumed_from_epoch"] = resumed_from
+            if skipped:  # once, with the first report: the console says what was passed over
+                report["checkpoints_skipped"] = "; ".join(skipped)
+                skipped.clear()
             report["run_key"] = key
             ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             ray.train.report(report, checkpoint=ckpt)
@@ -256,8 +259,9 @@ def _unregistered_checkpoint(run_dir: str) -> Any:
     return ray.train.Checkpoint(found[-1], filesystem=fs) if found else None
 
 
-def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
-    """(local folder, epoch) of the newest of the trial's checkpoints that reads back.
+def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int, list[str]]:
+    """(local folder, epoch, the newer ones passed over) of the newest of the trial's
+    checkpoints that reads back.
 
     Candidates are every checkpoint folder of the Train run, newest first: the one Train
     hands over, and beside it any older one, or a newer one a worker finished writing after
@@ -277,6 +281,7 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
     except OSError:
         found = set()
     candidates = sorted(found | {path}, key=posixpath.basename, reverse=True)
+    skipped: list[str] = []
     for i, candidate in enumerate(candidates):
         ckpt = checkpoint if candidate == path else ray.train.Checkpoint(candidate, filesystem=fs)
         try:
@@ -284,12 +289,13 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int]:
             state = read_checkpoint(local)
         except (CheckpointError, OSError) as e:
             log.warning("checkpoint %s cannot be read (%s); trying the one before it", candidate, e)
+            skipped.append(f"{candidate} ({str(e).splitlines()[0][:200]})")
             continue
         if candidate != path:
             log.warning("resuming from checkpoint %s (Train handed over %s)", candidate, path)
-        return local, int(state["epoch"])
+        return local, int(state["epoch"]), skipped
     log.warning("no checkpoint of this trial reads back: starting it from the beginning")
-    return None, 0
+    return None, 0, skipped
 
 
 def _tune_trial(config: dict[str, Any]) -> None:
@@ -413,6 +419,12 @@ def _make_console_callback() -> type:
             if key not in self._seen:
                 self._seen.add(key)
                 console.info(self.progress.started(key, int(result.get("resumed_from_epoch", 0))))
+            if result.get("checkpoints_skipped"):
+                console.info(
+                    "         %s: passed over the checkpoint(s) that do not read back: %s",
+                    key,
+                    result["checkpoints_skipped"],
+                )
             self.progress.result(key, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -524,7 +536,7 @@ def run_sweep(
         driver_log = str(Path(path, "driver.log"))
         handler = logging.FileHandler(driver_log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        for name_ in ("rp_tune", "ray"):
+        for name_ in _LOGGED:
             logging.getLogger(name_).addHandler(handler)
     try:
         dead = lock.previous or {}
@@ -560,6 +572,7 @@ def run_sweep(
                 log_to_driver=verbose,
                 logging_level=logging.INFO if verbose else logging.ERROR,
             )
+        stop_on_sigterm()  # after ray.init, which sets its own SIGTERM handler
         logs = _ray_logs_dir()
         console.info(
             "logs: Ray's and the training workers' in %s; this driver's in %s%s",
@@ -716,10 +729,32 @@ def run_sweep(
             tracker.sweep_end({"interrupted": 1})
             tracker.close()  # what cannot be delivered goes to the pending file
         if handler is not None:
-            for name_ in ("rp_tune", "ray"):
+            for name_ in _LOGGED:
                 logging.getLogger(name_).removeHandler(handler)
             handler.close()
         lock.release()
+
+
+# loggers whose records also go to <sweep>/driver.log (the console's own does not propagate)
+_LOGGED = ("rp_tune", "rp_tune.console", "ray")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) stops the sweep as Ctrl-C does: it becomes
+    the SIGINT that Tune handles by saving its state and returning, so the summary and the
+    --resume command are printed. A second SIGTERM goes to the handler it replaced (Ray's:
+    stop its processes and exit). Only from the main thread, where signals are handled."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _ray_logs_dir() -> str:

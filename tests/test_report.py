@@ -111,3 +111,30 @@ def test_report_reads_a_sweep_on_a_uri(tmp_path):
     assert rep["trials"] == len(expand_space("smoke"))
     table = pq.read_table(rep["table"]).to_pylist()
     assert {r["status"] for r in table} == {"finished"} and {r["test_acc"] for r in table} == {0.5}
+
+
+def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
+    """Trials that differ in more than the seed (here the classifier's density) are never
+    averaged together; the CSV holds the table; one seed shows no spread."""
+    from rp_tune.report import aggregate, aggregate_table
+
+    folder = tmp_path / "smoke"
+    results = [
+        ({"sparsity.density": 0.5, "seed": s, "sparsity.classifier_density": c},
+         {"test_acc": a, "test_ece": 0.1})
+        for c, s, a in [(0.2, 0, 0.70), (0.2, 1, 0.72), (1.0, 0, 0.80), (1.0, 1, 0.84)]
+    ]  # fmt: skip
+    results.append(({"sparsity.density": 0.1, "seed": 0}, {"test_acc": 0.5, "test_ece": 0.2}))
+    _write_sweep(folder, results)
+    agg = aggregate(read_trials(folder))
+    by = {(r["sparsity.density"], r.get("sparsity.classifier_density")): r for r in agg}
+    assert by[(0.5, 0.2)]["seeds"] == 2 and by[(0.5, 0.2)]["test_acc_mean"] == pytest.approx(0.71)
+    assert by[(0.5, 1.0)]["test_acc_mean"] == pytest.approx(0.82)
+    assert by[(0.5, 1.0)]["test_acc_std"] == pytest.approx(0.0282843, rel=1e-4)
+    text = aggregate_table(agg)
+    assert "0.8200 ± 0.0283" in text and "classifier_den" in text
+    assert "0.5000 ±" not in text  # the one-seed row: its mean alone
+    rep = build_report(folder, tmp_path / "out")
+    csv = (tmp_path / "out" / "aggregate.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(agg) and "test_acc_mean" in csv[0]
+    assert rep["no_dense"] == ["cifar_resnet_8"]  # nothing to match: said, not left blank

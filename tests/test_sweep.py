@@ -454,15 +454,19 @@ def test_a_local_sweep_starts_its_own_ray_rather_than_joining_one(tmp_path, monk
 
 def test_sigterm_stops_a_sweep_as_ctrl_c_does():
     """A scheduler's SIGTERM becomes the SIGINT Tune handles as Ctrl-C (state saved, summary
-    and --resume command printed); a second SIGTERM is not caught again."""
-    import run_sweep
+    and --resume command printed); a second SIGTERM goes to the handler it replaced (Ray's,
+    which stops its processes). The real thing: test_fault_tolerance's SIGTERM of a driver."""
+    from rp_tune.sweep import stop_on_sigterm
 
-    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda *a: seen.append("ray's handler"))
     try:
-        run_sweep._sigterm_as_ctrl_c()
+        stop_on_sigterm()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert seen == ["ray's handler"]
     finally:
         signal.signal(signal.SIGTERM, before)

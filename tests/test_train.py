@@ -309,18 +309,19 @@ def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
     for i, name in enumerate(names, 1):
         shutil.copytree(three_checkpoints / "checkpoints" / f"epoch_{i:04d}", run / name)
     latest = ray.train.Checkpoint.from_directory(str(run / names[2]))
-    folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp")
-    assert epoch == 3 and folder is not None
+    folder, epoch, skipped = _readable_checkpoint(latest, tmp_path / "tmp")
+    assert epoch == 3 and folder is not None and skipped == []
     # Train registered epoch 2, but a whole epoch-3 checkpoint was written after its driver
     # stopped: the trial goes on from the newer one instead of training epoch 3 again
     older = ray.train.Checkpoint.from_directory(str(run / names[1]))
     assert _readable_checkpoint(older, tmp_path / "tmp1")[1] == 3
     (run / names[2] / "state.pt").write_bytes(b"")
-    folder, epoch = _readable_checkpoint(latest, tmp_path / "tmp2")
+    folder, epoch, skipped = _readable_checkpoint(latest, tmp_path / "tmp2")
     assert epoch == 2 and torch.load(folder / "state.pt", weights_only=False)["epoch"] == 2
+    assert len(skipped) == 1 and names[2] in skipped[0]  # what the console reports
     for name in names[:2]:
         (run / name / "state.pt").write_bytes(b"x")
-    assert _readable_checkpoint(latest, tmp_path / "tmp3") == (None, 0)
+    assert _readable_checkpoint(latest, tmp_path / "tmp3")[:2] == (None, 0)
 
 
 def test_the_single_trial_cli_refuses_an_untrainable_config_in_one_line(tmp_path, capsys):
