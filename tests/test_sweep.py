@@ -460,6 +460,8 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does():
 
     seen = []
     before = signal.signal(signal.SIGTERM, lambda *a: seen.append("ray's handler"))
+    # Python's own Ctrl-C (an earlier in-process sweep may have left Tune's handler installed)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         stop_on_sigterm()
         with pytest.raises(KeyboardInterrupt):
@@ -470,3 +472,4 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does():
         assert seen == ["ray's handler"]
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
