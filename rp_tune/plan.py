@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,8 +209,6 @@ _FLOPS: dict[tuple[str, int], int] = {}
 def _sort_key(value: Any) -> tuple:
     """Numbers in numeric order (8 before 16), then text in natural order (depth and width
     inside names: cifar_resnet_8_8 before cifar_resnet_8_16)."""
-    import re
-
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     text = str(value)
@@ -224,12 +223,21 @@ def sort_values(values: Sequence[Any]) -> list[Any]:
     return sorted(values, key=_sort_key)
 
 
+def values_by_key(configs: Sequence[TrialConfig]) -> dict[str, list[Any]]:
+    """Every flat key (less NOT_HASHED) -> the distinct values the trials give it, in order:
+    more than one for an axis of the sweep, one for a fixed value."""
+    flats = [c.to_flat() for c in configs]
+    return {
+        k: sort_values({repr(f[k]): f[k] for f in flats}.values())
+        for k in flats[0]
+        if k not in NOT_HASHED
+    }
+
+
 def describe_axes(space: str, configs: Sequence[TrialConfig]) -> str:
     """What a sweep varies and holds: every flat key whose value differs between its trials
     (the axes, with their values in order), then the main fixed values."""
-    flats = [c.to_flat() for c in configs]
-    keys = [k for k in flats[0] if k not in NOT_HASHED]
-    axes = {k: sort_values({repr(f[k]): f[k] for f in flats}.values()) for k in keys}
+    axes = values_by_key(configs)
     varying = {k: v for k, v in axes.items() if len(v) > 1}
     width = max((len(k) for k in varying), default=10) + 2
     lines = [f"space {space}: {len(configs)} trials over {len(varying)} axes"]
@@ -246,12 +254,8 @@ def describe_axes(space: str, configs: Sequence[TrialConfig]) -> str:
 def space_params(configs: Sequence[TrialConfig]) -> dict[str, str]:
     """A sweep's grid and fixed values as flat strings (the MLflow parent run's params):
     `axis.<key>` = the values a key takes (where it varies), `fixed.<key>` = its one value."""
-    flats = [c.to_flat() for c in configs]
     out = {}
-    for k in flats[0]:
-        if k in NOT_HASHED:
-            continue
-        values = sort_values({repr(f[k]): f[k] for f in flats}.values())
+    for k, values in values_by_key(configs).items():
         if len(values) > 1:
             out[f"axis.{k}"] = ",".join(map(str, values))
         else:
@@ -276,11 +280,6 @@ def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[s
 
 
 TRIALS_FILE = "trials.json"  # <sweep>/trials.json: every trial's flat config, at the start
-
-
-def stored_epochs(path: str) -> dict[str, int]:
-    """run key -> epochs of every trial of the sweep at `path`, as stored when it started."""
-    return {e["run_key"]: int(e["flat"]["train.epochs"]) for e in stored_trials(path)}
 
 
 @dataclass
@@ -500,6 +499,21 @@ def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, 
 # --------------------------------------------------------------------------------------------
 # What the sweep stored when it started: the trials' identities
 # --------------------------------------------------------------------------------------------
+
+
+def last_result(trial_dir: str) -> dict[str, Any]:
+    """The last result Tune recorded for a trial (the last whole line of its result.json,
+    a folder or a URI); {} if none yet. A line being written is passed over."""
+    location = store.join(trial_dir, "result.json")
+    if not store.exists(location):
+        return {}
+    for line in reversed(store.read_text(location).splitlines()):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return {}
 
 
 def stored_trials(path: str) -> list[dict[str, Any]]:

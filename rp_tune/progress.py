@@ -18,7 +18,7 @@ from typing import Any
 
 from . import storage as store
 from .metrics import METRICS, metric
-from .plan import is_finished, stored_trials
+from .plan import is_finished, last_result, stored_trials
 
 STATUSES = ("finished", "running", "failed", "stopped", "pending")
 # Tune's trial statuses, as it saves them in experiment_state-*.json
@@ -49,19 +49,6 @@ def _tune_statuses(path: str) -> dict[str, str]:
     return {t.get("relative_logdir", ""): t.get("status", "") for t in trials}
 
 
-def _last_result(trial_dir: str) -> dict[str, Any]:
-    location = store.join(trial_dir, "result.json")
-    if not store.exists(location):
-        return {}
-    for line in reversed(store.read_text(location).splitlines()):
-        if line.strip():
-            try:
-                return json.loads(line)
-            except ValueError:  # a line being written
-                continue
-    return {}
-
-
 def sweep_status(path: str, driver_alive: bool) -> list[TrialState]:
     """Every trial of the sweep at `path` (a folder or URI) and where it stands.
 
@@ -73,7 +60,7 @@ def sweep_status(path: str, driver_alive: bool) -> list[TrialState]:
     out = []
     for entry in entries:
         key, epochs = entry["run_key"], int(entry["flat"]["train.epochs"])
-        last = _last_result(store.join(path, key))
+        last = last_result(store.join(path, key))
         epoch = int(last.get("epoch", 0) or 0)
         if is_finished(last, epochs):
             status = "finished"

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .config import NOT_HASHED
 from .metrics import METRICS, is_metric
-from .plan import is_finished, sort_values
+from .plan import is_finished, last_result, sort_values
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,11 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for name in storage.list_names(sweep_dir):
         trial = storage.join(sweep_dir, name)
-        params_file, result_file = (storage.join(trial, f) for f in ("params.json", "result.json"))
+        params_file = storage.join(trial, "params.json")
         if not storage.exists(params_file):
             continue
-        params = json.loads(storage.read_text(params_file))
-        entry = params["trial"]
-        lines = []
-        if storage.exists(result_file):
-            lines = [ln for ln in storage.read_text(result_file).splitlines() if ln.strip()]
-        last = json.loads(lines[-1]) if lines else {}
+        entry = json.loads(storage.read_text(params_file))["trial"]
+        last = last_result(trial)
         epochs = int(entry["flat"]["train.epochs"])
         row: dict[str, Any] = {
             "run_key": entry["run_key"],

@@ -40,7 +40,6 @@ from .plan import (
     read_autoscaling_config,
     resolve_gpus,
     space_params,
-    stored_epochs,
     stored_trials,
     trial_status,
     write_stored_trials,
@@ -110,14 +109,19 @@ def error_summary(error: BaseException, limit: int = 1000) -> str:
         if type(e) is RecurringTrialError:  # not Ray's RayTaskError(RecurringTrialError) wrapper
             return str(e)[:limit]
         e = getattr(e, "cause", None) or e.__cause__
-    text = str(error)
+    return error_text_summary(str(error), limit) or repr(error)[:limit]
+
+
+def error_text_summary(text: str, limit: int = 1000) -> str:
+    """The same for an error's text (Tune's error file of a trial): our tagged message, else
+    the last `SomethingError: ...` line, else the first line; "" for no text."""
     for marker in ("RecurringTrialError: ", RECURRING_TAG):
         message = _message_after(text, marker)
         if message is not None:
             return message[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*: ", ln)]
-    return (raised[-1] if raised else lines[0] if lines else repr(error))[:limit]
+    return (raised[-1] if raised else lines[0] if lines else "")[:limit]
 
 
 def _stop_on_recurring_error():
@@ -438,7 +442,7 @@ def _make_console_callback() -> type:
             if self.progress is not None:
                 error = ""
                 if trial.error_file and os.path.isfile(trial.error_file):
-                    error = error_summary_text(Path(trial.error_file).read_text())
+                    error = error_text_summary(Path(trial.error_file).read_text())
                 console.info(self.progress.ended(self._key(trial), {}, "failed", error))
 
         def on_step_end(self, iteration, trials, **info):
@@ -459,16 +463,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def error_summary_text(text: str) -> str:
-    """The line of an error file (a traceback) that says what went wrong: our tagged message
-    where there is one, else the last line."""
-    tagged = _message_after(text, RECURRING_TAG)
-    if tagged:
-        return tagged
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def run_sweep(
@@ -616,8 +610,9 @@ def run_sweep(
             # Callbacks come back unpickled without their tracker: attach the live ones again.
             run_config = tuner._local_tuner.get_run_config()
             # the trials as stored when the sweep started (Tune does not keep its param space)
-            known = stored_epochs(path)
-            stored = [from_flat(e["flat"]) for e in stored_trials(path)]
+            entries = stored_trials(path)  # read once: trial epochs and configs
+            known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
+            stored = [from_flat(e["flat"]) for e in entries]
             concurrent = max_concurrent or default_concurrency(
                 stored or configs, cluster_capacity(address is not None)
             )
