@@ -496,6 +496,18 @@ def default_concurrency(configs: Sequence[TrialConfig], resources: Mapping[str, 
     return max(1, math.floor(min(fits)))
 
 
+def startup_concurrency(configs: Sequence[TrialConfig], concurrent: int) -> int:
+    """Worker processes a local Ray is expected to start at once for this sweep.
+
+    Train V2 runs each trial as three kinds of process: Tune's function trainable, Train's
+    controller, and the trial's training workers, so `concurrent` trials need
+    concurrent x (2 + workers). Ray's raylet throttles startups to its CPU count and prints a
+    warning at 4x that, which on a small machine fires for any sweep of 3 trials at once.
+    """
+    workers = max((c.resources.workers for c in configs), default=1)
+    return max(1, concurrent) * (2 + workers)
+
+
 # --------------------------------------------------------------------------------------------
 # What the sweep stored when it started: the trials' identities
 # --------------------------------------------------------------------------------------------

@@ -249,8 +249,10 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, label: str, path: Path)
         ax.set_xlabel("sparsity (1 - density)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
+    has_dense = any("dense" in m for m in data.values())
     fig.suptitle(
-        f"{label} vs sparsity (mean ± std over seeds; gray line and band: dense mean ± std)",
+        f"{label} vs sparsity (mean ± std over seeds; "
+        + ("gray line and band: dense mean ± std)" if has_dense else "no dense trial)"),
         fontsize=10,
     )
     fig.tight_layout()

@@ -36,10 +36,12 @@ from .plan import (
     check_resume,
     default_concurrency,
     driver_lock,
+    local_gpu_capacity,
     max_cluster_resources,
     read_autoscaling_config,
     resolve_gpus,
     space_params,
+    startup_concurrency,
     stored_trials,
     trial_status,
     write_stored_trials,
@@ -552,6 +554,7 @@ def run_sweep(
             # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
             ray.init(
                 address="local",
+                _system_config=_expected_startups(configs, num_cpus, max_concurrent),
                 num_cpus=num_cpus,
                 include_dashboard=True,
                 log_to_driver=verbose,
@@ -807,6 +810,27 @@ def trial_driver_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, floa
         if node.get("Alive") and HEAD_RESOURCE in res and res.get("CPU", 0) >= 1:
             return {"CPU": 0.01, HEAD_RESOURCE: 0.001}
     return {"CPU": 0.01}
+
+
+def _expected_startups(
+    configs: Sequence[TrialConfig], num_cpus: int | None, max_concurrent: int | None
+) -> dict[str, int]:
+    """Tell the local raylet how many worker processes this sweep starts at once.
+
+    Without it a 2-core machine prints Ray's "8 PYTHON worker processes have been started
+    ... 4x the maximum expected startup concurrency" on the console for a sweep of three
+    trials, the normal shape of Train V2 (see `startup_concurrency`). A user's own
+    RAY_worker_maximum_startup_concurrency wins; never below Ray's own default (the CPUs).
+    Returns the local Ray's `_system_config`.
+    """
+    if "RAY_worker_maximum_startup_concurrency" in os.environ:
+        return {}
+    cpus = num_cpus or os.cpu_count() or 1
+    capacity = {"CPU": float(cpus), **local_gpu_capacity()}
+    resolved, _ = resolve_gpus(configs, capacity, "this machine")
+    concurrent = max_concurrent or default_concurrency(resolved, capacity)
+    expected = max(cpus, startup_concurrency(resolved, concurrent))
+    return {"worker_maximum_startup_concurrency": expected}
 
 
 def cluster_capacity(joined: bool) -> dict[str, float]:

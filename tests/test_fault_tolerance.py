@@ -35,7 +35,9 @@ from tests.helpers import (
     stop_process_group,
 )
 
-N_SMOKE = len(expand_space("smoke"))
+# the smoke space at one density (2 trials): what these tests need, at half the time
+ONE = {"sparsity.density": "0.1"}
+N_SMOKE = len(expand_space("smoke", ONE))
 
 
 def _results(path: Path) -> dict[str, list[dict]]:
@@ -73,7 +75,7 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
 
     folder = write_tiny_cifar10(tmp_path / "data", n_train=100, n_test=20)
     over = {"data.name": "cifar10", "data.root": str(tmp_path / "data"),
-            "data.download": "false", "sparsity.scheme": ["erk"]}  # fmt: skip
+            "data.download": "false", "sparsity.scheme": ["erk"], **ONE}  # fmt: skip
     cfgs = expand_space("smoke", over)
     batch = folder / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:100])
@@ -101,7 +103,8 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
     epoch of every trial exactly once."""
     res = tmp_path / "res"
     args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2", "--max-concurrent",
-            "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024"]  # fmt: skip
+            "1", "--set", "train.epochs=4", "--set", "data.synthetic_train=1024",
+            "--set", "sparsity.density=0.1"]  # fmt: skip
     proc = driver(*args, stdout=tmp_path / "first.out", without_field="sparsity.grasp_per_class")
     deadline, ckpts = time.time() + 240, []
     try:
@@ -173,7 +176,8 @@ def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
     it; the first trains every trial once and leaves no lock behind."""
     res = tmp_path / "res"
     args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
-            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024"]  # fmt: skip
+            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024",
+            "--set", "sparsity.density=0.1"]  # fmt: skip
     first = driver(*args, stdout=tmp_path / "first.out")
     lock = res / ".smoke.driver.json"
     try:
@@ -214,6 +218,8 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         "1",
         "--set",
         "train.epochs=2",
+        "--set",
+        "sparsity.density=0.1",
     ]
     proc = driver(*args)
     exp = res / "smoke"
@@ -276,7 +282,7 @@ def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
     """Results and checkpoints on an S3-compatible server: every trial's worker is SIGKILLed
     once at epoch 2 and resumes from its epoch-1 checkpoint read back from S3; summary,
     MLflow artifacts (masks from the S3 checkpoint) and the report all work from the URI."""
-    overrides = {"train.epochs": "3"}
+    overrides = {"train.epochs": "3", **ONE}
     db = tmp_path / "mlflow.db"
     r = subprocess.run(
         [
@@ -358,6 +364,7 @@ def test_smoke_sweep_on_a_multinode_cluster_survives_losing_a_worker_node(tmp_pa
         "train.epochs": str(epochs),
         "data.synthetic_train": "3072",
         "resources.cpus_per_worker": "1.5",
+        **ONE,
     }
     n = len(expand_space("smoke", overrides))
     server_dir = tmp_path / "mlflow"
@@ -477,6 +484,8 @@ def test_server_restart_and_killed_workers(tmp_path):
             uri,
             "--set",
             "train.epochs=3",
+            "--set",
+            "sparsity.density=0.1",
             "--inject-fault",
             "2",
         ],
@@ -507,7 +516,7 @@ def test_server_restart_and_killed_workers(tmp_path):
     try:
         out = (tmp_path / "sweep.log").read_text()
         assert sweep.returncode == 0, out[-4000:]
-        n = len(expand_space("smoke"))
+        n = N_SMOKE
         assert (
             f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
             in out
@@ -518,7 +527,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         from rp_tune.plan import resolve_gpus
 
         # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
-        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3"}), {"GPU": 0}, "")
+        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3", **ONE}), {"GPU": 0}, "")
         configs = {c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c for c in cpu}
         late = 0
         for run in children:

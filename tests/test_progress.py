@@ -64,7 +64,7 @@ def _trial_folder(sweep, key, rows):
 
 def test_status_reads_every_trial_from_storage(tmp_path):
     sweep = tmp_path / "smoke"
-    configs = expand_space("smoke", {"seed": [0, 1]})
+    configs = expand_space("smoke", {"seed": [0, 1], "sparsity.density": "0.1"})
     entries = write_stored_trials(str(sweep), configs)
     keys = [e["run_key"] for e in entries]
     epochs = configs[0].train.epochs

@@ -263,6 +263,7 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     assert any(" done, " in ln and "ETA" in ln for ln in lines)
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
     assert "TrainingReport(" not in r.stdout + r.stderr and "Trial status" not in r.stdout
+    assert "(raylet)" not in r.stdout + r.stderr  # Ray's worker-startup warning is not ours
     assert len(lines) < 40 + N_SMOKE, r.stdout
     assert (tmp_path / "res" / "smoke" / "driver.log").stat().st_size > 0
     status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
@@ -473,3 +474,22 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does():
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, before_int)
+
+
+def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
+    """Train V2 starts a Tune trainable, a Train controller and the workers per trial: the
+    local raylet is told so, or a 2-core machine prints Ray's "4x the maximum expected
+    startup concurrency" warning for the smoke sweep. A user's own setting wins."""
+    from rp_tune.plan import startup_concurrency
+    from rp_tune.sweep import _expected_startups
+
+    monkeypatch.delenv("RAY_worker_maximum_startup_concurrency", raising=False)
+    smoke = expand_space("smoke")  # 0.5 CPU per worker: 3 trials at once on 2 CPUs
+    assert startup_concurrency(smoke, 3) == 9
+    two = expand_space("smoke", {"resources.workers": "2"})
+    assert startup_concurrency(two, 3) == 12
+    assert _expected_startups(smoke, 2, None) == {"worker_maximum_startup_concurrency": 9}
+    assert _expected_startups(smoke, 2, 1) == {"worker_maximum_startup_concurrency": 3}
+    assert _expected_startups(smoke, 16, 1) == {"worker_maximum_startup_concurrency": 16}
+    monkeypatch.setenv("RAY_worker_maximum_startup_concurrency", "4")
+    assert _expected_startups(smoke, 2, None) == {}
