@@ -102,8 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--assumed-tflops",
         type=float,
-        default=25.0,
-        help="sustained TFLOP/s per GPU for the --dry-run estimate",
+        default=None,
+        help="sustained TFLOP/s per device for the --dry-run estimate (default: measured on "
+        "the finished trials under --storage, else 25)",
     )
     p.add_argument(
         "--address",
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{flag}={value} is invalid; valid: an integer >= "
                     f"{0 if flag == '--max-failures' else 1}"
                 )
-        if not (math.isfinite(args.assumed_tflops) and args.assumed_tflops > 0):
+        if args.assumed_tflops is not None and not (
+            math.isfinite(args.assumed_tflops) and args.assumed_tflops > 0
+        ):
             raise SweepError(
                 f"--assumed-tflops={args.assumed_tflops:g} is invalid; valid: a number > 0"
             )
@@ -197,20 +200,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args, name)
     if args.dry_run:
-        from rp_tune.plan import describe_axes, planned_capacity, resolve_gpus
+        from rp_tune.plan import (
+            ASSUMED_TFLOPS,
+            describe_axes,
+            device_kind,
+            measured_speed,
+            planned_capacity,
+            resolve_gpus,
+            speed_assumption,
+        )
 
         capacity, where = planned_capacity(args.address)
         configs, gpu_choice = resolve_gpus(configs, capacity, where)
-        table, hours = trial_table(configs, args.assumed_tflops)
+        root = storage.resolve(args.storage)
+        measured = measured_speed(root) if args.assumed_tflops is None else None
+        table, hours = trial_table(configs, args.assumed_tflops or ASSUMED_TFLOPS, measured)
         if args.verbose:
             print(table)
         print(describe_axes(args.space, configs))
         print(gpu_choice)
         print(
-            f"{len(configs)} trials; estimated {hours:.1f} GPU-hours, assuming "
-            f"{args.assumed_tflops:g} sustained TFLOP/s per GPU (--assumed-tflops) on the dense "
-            "training FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed "
-            "up dense kernels)"
+            f"{len(configs)} trials; estimated {hours:.1f} device-hours "
+            f"({'/'.join(sorted({device_kind(c) for c in configs}))}) on the dense training "
+            "FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed up dense "
+            f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
         )
         print(f"results would go to {storage.join(storage.resolve(args.storage), name)}")
         if not args.verbose:
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri)}")
     if summary.unfinished or summary.failed:
         print(f"continue it with: {resume_command(argv)}")
+    print(summary.cost_line())
     print(summary.table())
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
 
@@ -332,7 +346,12 @@ def report(args: argparse.Namespace, name: str) -> int:
     if uri is None and not args.no_tracking and not storage.is_uri(sweep_dir):
         uri = default_tracking_uri(sweep_dir) if local_store(sweep_dir).is_file() else None
     return report_main(
-        [sweep_dir, *(["--tracking-uri", uri] if uri and not args.no_tracking else [])]
+        [
+            sweep_dir,
+            "--space",
+            args.space,
+            *(["--tracking-uri", uri] if uri and not args.no_tracking else []),
+        ]
     )
 
 

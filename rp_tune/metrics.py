@@ -264,6 +264,11 @@ _METRICS = [
     Metric("train_flops_dense", FINAL, "training FLOPs (dense)", fmt=".3g"),
     Metric("train_flops_sparse", FINAL, "training FLOPs (sparse)", fmt=".3g"),
     Metric("final_eval_seconds", FINAL, "seconds of the final evaluation"),
+    Metric("train_seconds", FINAL, "seconds of training, all epochs"),
+    Metric("eval_seconds", FINAL, "seconds of validation and the final evaluation"),
+    Metric("wall_seconds", FINAL, "wall-clock seconds of the trial (starts, retries included)"),
+    Metric("retry_seconds", FINAL, "seconds of training lost to failures and trained again"),
+    Metric("device_hours", FINAL, "device-hours: wall-clock x the trial's GPUs (CPUs if none)"),
 ]  # fmt: skip
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 

@@ -11,6 +11,7 @@ from typing import Any
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
 CIFAR_RESNET = re.compile(r"^cifar_resnet_(\d+)(?:_(\d+))?$")
 VGG_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19")  # rp_tune.models.vgg.VGG_CONFIGS
+DEFAULT_WIDTH = 16  # He et al.'s CIFAR ResNets: stages of 16, 32, 64 channels
 
 
 def model_names() -> list[str]:
@@ -23,7 +24,17 @@ def parse_cifar_resnet(name: str) -> tuple[int, int] | None:
     m = CIFAR_RESNET.match(name)
     if not m:
         return None
-    return int(m.group(1)), int(m.group(2) or 16)
+    return int(m.group(1)), int(m.group(2) or DEFAULT_WIDTH)
+
+
+def canonical_model_name(name: str) -> str:
+    """One spelling per network, so one trial has one run key whichever a space uses:
+    cifar_resnet_20_16 (the default width spelled) is cifar_resnet_20; other names as given."""
+    dw = parse_cifar_resnet(name)
+    if dw is None:
+        return name
+    depth, width = dw
+    return f"cifar_resnet_{depth}" + ("" if width == DEFAULT_WIDTH else f"_{width}")
 
 
 def check_model_name(name: str) -> None:

@@ -34,7 +34,7 @@ from .config import (
     run_key,
 )
 from .data import absolute_data_root
-from .model_names import input_size
+from .model_names import input_size, parse_cifar_resnet
 from .models import build_model
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def expand_space(
 
     Precedence: the space's GRID and FIXED, then SMOKE (with smoke=True), then overrides. A list
     value is a grid axis; anything else is fixed. GRID may also be a list of such grids (the
-    union of their products, e.g. widths that depend on the density). Density 1.0 is dense
+    union of their products, e.g. widths that depend on the density), and SMOKE then a list
+    of overrides, one per grid (or one dict for all). Density 1.0 is dense
     whatever the scheme, so it is run once per remaining point (scheme set to `uniform`).
     """
     from search_spaces import load_space
@@ -68,12 +69,26 @@ def expand_space(
             module = load_space(space)
         except ValueError as e:
             raise SweepError(str(e)) from None
+    from .figures import FIGURES
+
+    unknown = [f for f in getattr(module, "FIGURES", ()) if f not in FIGURES]
+    if unknown:
+        raise SweepError(
+            f"search space {space!r}: FIGURES names {unknown}, which rp_tune.figures.FIGURES "
+            f"does not hold; valid: {sorted(FIGURES)}"
+        )
     grids = module.GRID if isinstance(module.GRID, list) else [module.GRID]
+    smokes = module.SMOKE if isinstance(module.SMOKE, list) else [module.SMOKE] * len(grids)
+    if len(smokes) != len(grids):
+        raise SweepError(
+            f"search space {space!r}: SMOKE is a list of {len(smokes)} overrides for "
+            f"{len(grids)} grids; give one per grid, or one dict for all"
+        )
     configs: dict[str, TrialConfig] = {}
-    for grid in grids:
+    for grid, smoke_values in zip(grids, smokes):
         values: dict[str, Any] = {**module.FIXED, **grid}
         if smoke:
-            values.update(module.SMOKE)
+            values.update(smoke_values)
         values.update(overrides or {})
         for cfg in _grid_configs(space, values):
             configs.setdefault(run_key(cfg), cfg)
@@ -206,12 +221,102 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
 _FLOPS: dict[tuple[str, int], int] = {}
 
 
+def device_kind(cfg: TrialConfig) -> str:
+    """ "GPU" for a trial that trains on GPUs, else "CPU" (unresolved: GPU, the default
+    wherever the cluster has one)."""
+    g = cfg.resources.gpus_per_worker
+    return "CPU" if g is not None and g <= 0 else "GPU"
+
+
+@dataclass
+class SpeedCalibration:
+    """Sustained dense-equivalent TFLOP/s per device, measured on finished trials:
+    training FLOPs of the dense net (train_flops_dense) / train_seconds / devices; the median
+    per model and device kind, and over all models per kind."""
+
+    per_model: dict[tuple[str, str], float] = field(default_factory=dict)
+    overall: dict[str, float] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)  # measured trials per kind
+    where: str = ""
+
+    def rate(self, cfg: TrialConfig) -> float | None:
+        kind = device_kind(cfg)
+        return self.per_model.get((cfg.model.name, kind), self.overall.get(kind))
+
+
+ASSUMED_TFLOPS = 25.0  # the estimate's rate per device where nothing was measured
+
+
+def speed_assumption(
+    configs: Sequence[TrialConfig], assumed: float | None, measured: SpeedCalibration | None
+) -> str:
+    """What the estimate's rate rests on, for the dry run: the rate given, or how many of
+    the trials have a measured rate (and from how many finished trials), else the default."""
+    if assumed is not None:
+        return f"at {assumed:g} sustained TFLOP/s per device (--assumed-tflops)"
+    m = measured or SpeedCalibration()
+    rated = [c for c in configs if m.rate(c) is not None]
+    if not rated:
+        return (
+            f"at an assumed {ASSUMED_TFLOPS:g} TFLOP/s per device: no finished trial under "
+            f"{m.where or 'the results root'} measured its speed yet (--assumed-tflops sets it)"
+        )
+    kinds = sorted({device_kind(c) for c in rated})
+    rates = ", ".join(f"{m.overall[k]:.3g} TFLOP/s per {k} (median)" for k in kinds)
+    own = sum((c.model.name, device_kind(c)) in m.per_model for c in rated)
+    rest = len(configs) - len(rated)
+    return (
+        f"at the speed measured on {sum(m.trials.get(k, 0) for k in kinds)} finished trials "
+        f"under {m.where}: {rates}; {own} of {len(configs)} trials at their own model's rate"
+        + (f", {rest} at an assumed {ASSUMED_TFLOPS:g} TFLOP/s" if rest else "")
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def measured_speed(root: str) -> SpeedCalibration:
+    """What the finished trials of every sweep under a results root ran at (see
+    SpeedCalibration); empty where none has reported its training time."""
+    by: dict[tuple[str, str], list[float]] = {}
+    if store.exists(root):
+        for sweep in store.list_names(root):
+            base = store.join(root, sweep)
+            if not store.exists(store.join(base, TRIALS_FILE)):
+                continue
+            for entry in stored_trials(base):
+                last = last_result(store.join(base, entry["run_key"]))
+                flops, seconds = last.get("train_flops_dense"), last.get("train_seconds")
+                if not (isinstance(flops, (int, float)) and isinstance(seconds, (int, float))):
+                    continue
+                if seconds <= 0 or not is_finished(last, int(entry["flat"]["train.epochs"])):
+                    continue
+                cfg = from_flat(entry["flat"])
+                r = cfg.resources
+                devices = r.workers * ((r.gpus_per_worker or 0) or r.cpus_per_worker)
+                rate = flops / seconds / devices / 1e12
+                by.setdefault((cfg.model.name, device_kind(cfg)), []).append(rate)
+    cal = SpeedCalibration(where=root)
+    kinds: dict[str, list[float]] = {}
+    for (model, kind), rates in by.items():
+        cal.per_model[(model, kind)] = _median(rates)
+        kinds.setdefault(kind, []).extend(rates)
+    cal.overall = {k: _median(v) for k, v in kinds.items()}
+    cal.trials = {k: len(v) for k, v in kinds.items()}
+    return cal
+
+
 def _sort_key(value: Any) -> tuple:
     """Numbers in numeric order (8 before 16), then text in natural order (depth and width
     inside names: cifar_resnet_8_8 before cifar_resnet_8_16)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     text = str(value)
+    dw = parse_cifar_resnet(text)
+    if dw is not None:  # the default width unspelled still sorts by width: _20_8, _20, _20_24
+        text = f"cifar_resnet_{dw[0]}_{dw[1]}"
     return (
         1,
         0.0,
@@ -263,12 +368,18 @@ def space_params(configs: Sequence[TrialConfig]) -> dict[str, str]:
     return out
 
 
-def trial_table(configs: Sequence[TrialConfig], tflops: float = 25.0) -> tuple[str, float]:
-    """Text table of the trials and the total estimated GPU-hours."""
-    lines = [f"{'#':>4}  {'run_key':<52} {'epochs':>6} {'workers':>7} {'gpu/w':>5} {'gpu-h':>7}"]
+def trial_table(
+    configs: Sequence[TrialConfig],
+    tflops: float = 25.0,
+    measured: SpeedCalibration | None = None,
+) -> tuple[str, float]:
+    """Text table of the trials and the total estimated device-hours: each trial at the
+    rate measured for its model and device kind where there is one, else `tflops`."""
+    lines = [f"{'#':>4}  {'run_key':<52} {'epochs':>6} {'workers':>7} {'gpu/w':>5} {'dev-h':>7}"]
     total = 0.0
     for i, cfg in enumerate(configs):
-        hours = estimate_gpu_hours(cfg, tflops)
+        rate = measured.rate(cfg) if measured is not None else None
+        hours = estimate_gpu_hours(cfg, rate or tflops)
         total += hours
         r = cfg.resources
         lines.append(
@@ -299,6 +410,30 @@ class SweepSummary:
     path: str
     trials: list[TrialOutcome]
     tracking_uri: str | None = None
+    wall_seconds: float | None = None  # this driver's run of the sweep, start to end
+    code: dict[str, Any] | None = None  # the commit and dirty flag (rp_tune.provenance)
+
+    def cost_line(self) -> str:
+        """One line of what the sweep cost: this run's wall-clock, the trials' training,
+        evaluation and retried time, and device-hours by kind."""
+        from .progress import format_duration as d
+
+        t = self.totals()
+        hours = [f"{t[f'device_hours_{k}']:.3g} {k.upper()}-hours" for k in ("gpu", "cpu")
+                 if t[f"device_hours_{k}"] > 0]  # fmt: skip
+        return (
+            f"cost: {d(t.get('sweep_wall_seconds', 0.0))} wall for the sweep; trials "
+            f"{d(t['train_seconds'])} training, {d(t['eval_seconds'])} evaluation, "
+            f"{d(t['retry_seconds'])} retried, {d(t['wall_seconds'])} wall in all"
+            + (f"; {', '.join(hours)}" if hours else "")
+        )
+
+    def totals(self) -> dict[str, float]:
+        """The trials' costs summed (`cost_totals`), and this run's wall-clock."""
+        out = cost_totals([t.metrics for t in self.trials])
+        if self.wall_seconds is not None:
+            out["sweep_wall_seconds"] = self.wall_seconds
+        return out
 
     @property
     def finished(self) -> int:
@@ -352,7 +487,13 @@ class SweepSummary:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"name": self.name, "path": self.path, "trials": [t.__dict__ for t in self.trials]},
+            {
+                "name": self.name,
+                "path": self.path,
+                "totals": self.totals(),
+                "code": {k: v for k, v in (self.code or {}).items() if k != "diff"},
+                "trials": [t.__dict__ for t in self.trials],
+            },
             indent=1,
             default=str,
         )
@@ -526,6 +667,74 @@ def last_result(trial_dir: str) -> dict[str, Any]:
             except ValueError:
                 continue
     return {}
+
+
+def all_results(trial_dir: str) -> list[dict[str, Any]]:
+    """Every result Tune recorded for a trial, in order (result.json's whole lines)."""
+    location = store.join(trial_dir, "result.json")
+    if not store.exists(location):
+        return []
+    out = []
+    for line in store.read_text(location).splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written
+            continue
+    return out
+
+
+def trial_cost(results: Sequence[Mapping[str, Any]], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial cost, from what Tune recorded of it (its results in order):
+
+    wall_seconds: Tune's time_total_s at the last result (worker starts, checkpoints,
+    retries included); retry_seconds: training and validation time of epochs reported and
+    then trained again after a failure (a result superseded by a later one of the same or an
+    earlier epoch; a finished trial's last epoch handed over again is no retry);
+    device_hours: wall_seconds x the trial's devices / 3600, devices = workers x GPUs per
+    worker, or workers x CPUs per worker for a CPU trial (device = "GPU" or "CPU").
+    {} when Tune recorded nothing.
+    """
+    rows = [r for r in results if isinstance(r.get("epoch"), (int, float))]
+    if not rows:
+        return {}
+    kept: list[Mapping[str, Any]] = []
+    lost = 0.0
+    for r in rows:
+        while kept and kept[-1]["epoch"] >= r["epoch"]:
+            old = kept.pop()
+            again = old["epoch"] == r["epoch"] and old.get("epoch_seconds") == r.get(
+                "epoch_seconds"
+            )
+            if not again:
+                lost += float(old.get("epoch_seconds", 0.0)) + float(old.get("val_seconds", 0.0))
+        kept.append(r)
+    wall = float(rows[-1].get("time_total_s", 0.0) or 0.0)
+    workers = int(flat.get("resources.workers", 1) or 1)
+    gpus = float(flat.get("resources.gpus_per_worker") or 0.0)
+    per = gpus if gpus > 0 else float(flat.get("resources.cpus_per_worker", 1.0) or 1.0)
+    return {
+        "wall_seconds": wall,
+        "retry_seconds": lost,
+        "device_hours": wall * workers * per / 3600.0,
+        "device": "GPU" if gpus > 0 else "CPU",
+    }
+
+
+COST_TOTALS = ("wall_seconds", "train_seconds", "eval_seconds", "retry_seconds", "device_hours")
+
+
+def cost_totals(per_trial: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The sweep's totals of the trials' costs (those that have them), by device kind:
+    device_hours_gpu and device_hours_cpu beside the seconds."""
+    out = {k: 0.0 for k in COST_TOTALS if k != "device_hours"}
+    out["device_hours_gpu"] = out["device_hours_cpu"] = 0.0
+    for m in per_trial:
+        for k in out:
+            if isinstance(m.get(k), (int, float)):
+                out[k] += float(m[k])
+        if isinstance(m.get("device_hours"), (int, float)):
+            out[f"device_hours_{str(m.get('device', 'CPU')).lower()}"] += float(m["device_hours"])
+    return out
 
 
 def stored_trials(path: str) -> list[dict[str, Any]]:

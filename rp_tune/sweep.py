@@ -32,6 +32,7 @@ from .plan import (
     SweepError,
     SweepSummary,
     TrialOutcome,
+    all_results,
     check_not_held,
     check_resume,
     default_concurrency,
@@ -43,10 +44,12 @@ from .plan import (
     space_params,
     startup_concurrency,
     stored_trials,
+    trial_cost,
     trial_status,
     write_stored_trials,
 )
 from .progress import Progress
+from .provenance import CODE_DIFF_FILE, code_state
 
 log = logging.getLogger(__name__)
 console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_sweep.py shows them
@@ -377,6 +380,10 @@ def _make_tracking_callback() -> type:
             if self.tracker is not None:
                 t = trial.config["trial"]
                 last = dict(trial.last_result or {})
+                # its wall-clock, retries and device-hours: Tune's local record of the trial
+                local = getattr(trial, "local_path", None)
+                results = all_results(local) if local and os.path.isdir(local) else []
+                last.update(trial_cost(results or [last], t["flat"]))
                 status = trial_status(last, int(t["flat"]["train.epochs"]), errored=False)
                 self.tracker.trial_end(t["run_key"], t["flat"], last, status)
 
@@ -519,6 +526,7 @@ def run_sweep(
             uri = tracking_uri or default_tracking_uri(path)
         except ValueError as e:
             raise SweepError(str(e)) from None
+    started, code = time.time(), code_state()
     try:
         lock.acquire()
     except store.LockHeld as e:
@@ -686,6 +694,8 @@ def run_sweep(
                 continue
             epochs = int(trial["flat"]["train.epochs"])
             m = dict(result.metrics or {})
+            if result.path:  # wall-clock, retries, device-hours: from all it reported
+                m.update(trial_cost(all_results(result.path) or [m], trial["flat"]))
             epoch = int(m.get("epoch", 0) or 0)
             status = trial_status(m, epochs, errored=result.error is not None)
             outcomes.append(
@@ -703,7 +713,16 @@ def run_sweep(
         for key, epochs in known.items():  # not created by Tune yet when the sweep stopped
             if key not in seen:
                 outcomes.append(TrialOutcome(key, "pending", 0, epochs, 0))
-        summary = SweepSummary(name=name, path=path, trials=outcomes, tracking_uri=uri)
+        summary = SweepSummary(
+            name=name,
+            path=path,
+            trials=outcomes,
+            tracking_uri=uri,
+            wall_seconds=time.time() - started,
+            code=code,
+        )
+        if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
+            store.write_text(store.join(path, CODE_DIFF_FILE), code["diff"])
         store.write_text(store.join(path, "summary.json"), summary.to_json())
         if tracker is not None:
             with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
@@ -718,6 +737,7 @@ def run_sweep(
                         "resumed": summary.resumed,
                     },
                     artifacts=[str(local)],
+                    totals=summary.totals(),
                 )
                 tracker.close()  # waits until the events (and this file) are delivered or saved
                 tracker = None

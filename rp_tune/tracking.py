@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import queue
-import subprocess
 import tempfile
 import threading
 import time
@@ -38,6 +37,7 @@ from .layout import (
     MASKS_FILE,
 )
 from .metrics import EPOCH, FINAL, numeric_metrics
+from .provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +67,6 @@ def default_tracking_uri(sweep_dir: str) -> str:
     return f"sqlite:///{db}"
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    """Installed versions of the packages a result depends on, read from their metadata
-    (importing ray here would break the rule that only rp_tune.sweep imports it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("torch", "ray", "mlflow"):
-        try:
-            out[f"{package}_version"] = version(package)
-        except PackageNotFoundError:
-            out[f"{package}_version"] = "not installed"
-    return out
-
-
 class SweepTracker:
     """Logs a sweep's trials to MLflow from the driver, without ever blocking it."""
 
@@ -122,9 +94,11 @@ class SweepTracker:
         self._parent_id: str | None = None
         self._runs: dict[str, str] = {}  # run_key -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
+        code = code_state()
+        self.code_diff = code["diff"]  # an artifact of the parent run when the code is dirty
         self._tags = {
-            "rp_tune.git_commit": _git_commit(),
-            **{f"rp_tune.{k}": v for k, v in _versions().items()},
+            "rp_tune.git_commit": code["commit"],
+            "rp_tune.git_dirty": str(code["dirty"]).lower(),
         }
         self._thread = threading.Thread(target=self._drain, name="mlflow-tracker", daemon=True)
         self._busy = threading.Event()
@@ -164,9 +138,20 @@ class SweepTracker:
             }
         )
 
-    def sweep_end(self, summary: dict[str, Any], artifacts: list[str] | None = None) -> None:
+    def sweep_end(
+        self,
+        summary: dict[str, Any],
+        artifacts: list[str] | None = None,
+        totals: dict[str, float] | None = None,
+    ) -> None:
+        """The sweep's counts (tags), files (artifacts) and cost totals (parent metrics)."""
         self._queue.put(
-            {"type": "sweep_end", "summary": _jsonable(summary), "artifacts": list(artifacts or [])}
+            {
+                "type": "sweep_end",
+                "summary": _jsonable(summary),
+                "artifacts": list(artifacts or []),
+                "totals": _jsonable(totals or {}),
+            }
         )
 
     def close(self, timeout_s: float = 120.0) -> int:
@@ -247,7 +232,7 @@ class SweepTracker:
             run_id = self._ensure_child(event["run_key"], event["flat"])
             self._log_end(run_id, event["result"], event["status"], event["error"])
         elif kind == "sweep_end":
-            self._log_sweep_end(event["summary"], event["artifacts"])
+            self._log_sweep_end(event["summary"], event["artifacts"], event.get("totals") or {})
 
     def _ensure_experiment(self) -> str:
         if self._experiment_id is None:
@@ -293,6 +278,11 @@ class SweepTracker:
                 params = [Param(k, _param(v)[:500]) for k, v in sorted(self.space_params.items())]
                 for i in range(0, len(params), 90):
                     client.log_batch(self._parent_id, params=params[i : i + 90])
+                if self.code_diff:  # uncommitted changes: what the commit alone does not say
+                    with tempfile.TemporaryDirectory(prefix="rp_tune-code-") as tmp:
+                        diff = Path(tmp, CODE_DIFF_FILE)
+                        diff.write_text(self.code_diff)
+                        client.log_artifact(self._parent_id, str(diff))
         return self._parent_id
 
     def _ensure_child(self, run_key: str, flat: dict[str, Any]) -> str:
@@ -405,6 +395,12 @@ class SweepTracker:
                 client.log_batch(run_id, metrics=final)
             if result.get("ood_used") is not None:
                 client.set_tag(run_id, "rp_tune.ood_used", str(result["ood_used"])[:5000])
+            from mlflow.entities import RunTag
+
+            env = [RunTag(f"rp_tune.{k}", str(v)[:5000]) for k, v in result.items()
+                   if k.startswith(ENV_PREFIX)]  # fmt: skip
+            if env:  # the trial's machine: versions, CUDA, cuDNN, GPU model
+                client.log_batch(run_id, tags=env)
             ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
             if ckpt:
                 self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
@@ -423,7 +419,7 @@ class SweepTracker:
         """The final checkpoint's artifacts folder as the trial wrote it (masks, density
         report, history, gradient flow, weights if asked), plus its training curves (PNG);
         epochs the run lacks are logged from the history first."""
-        from .report import plot_curves
+        from .figures import plot_curves
 
         client = self._client_()
         with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
@@ -437,9 +433,18 @@ class SweepTracker:
                 plot_curves(history, out / "training_curves.png")
             client.log_artifacts(run_id, str(out))
 
-    def _log_sweep_end(self, summary: dict[str, Any], artifacts: list[str]) -> None:
+    def _log_sweep_end(
+        self, summary: dict[str, Any], artifacts: list[str], totals: dict[str, float]
+    ) -> None:
+        from mlflow.entities import Metric
+
         client = self._client_()
         parent = self._ensure_parent()
+        if totals:  # the cost of the whole sweep: seconds and device-hours, summed
+            ts = int(time.time() * 1000)
+            client.log_batch(
+                parent, metrics=[Metric(f"total_{k}", float(v), ts, 0) for k, v in totals.items()]
+            )
         # plain tags, not metrics: they are counts of the sweep, not curves to chart
         for key, tag in (("total", "trials"), ("finished", "finished"), ("failed", "failed"),
                          ("unfinished", "unfinished"), ("resumed", "resumed")):  # fmt: skip

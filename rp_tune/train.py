@@ -73,6 +73,7 @@ from .layout import (
 from .masks import Masks, density_report, format_report, report_table
 from .model_names import input_size
 from .models import build_model, layer_specs
+from .provenance import environment
 from .seeds import derived_seed
 from .sparsity import (
     SCHEMES,
@@ -201,16 +202,18 @@ def _load_data(cfg: TrialConfig, device: torch.device, rank: int, world: int) ->
     t, e = cfg.train, cfg.evaluation
     if cfg.data.name == "imagenet":
         tr, va, te, classes = imagenet_loaders(
-            cfg.data, t.batch_size, e.batch_size, cfg.seed, rank, world
+            cfg.data, t.batch_size, e.batch_size, cfg.seed_of("data"), rank, world
         )
         return _Data(tr, va, te, classes, len(tr), resident=False, test_full=te)
-    arrays = load_arrays(cfg.data, cfg.seed).to(device)
+    arrays = load_arrays(cfg.data, cfg.seed_of("data")).to(device)
     cl = device.type == "cuda" and t.channels_last
-    kw = dict(seed=cfg.seed, rank=rank, world=world, channels_last=cl)
+    kw = dict(seed=cfg.seed_of("data"), rank=rank, world=world, channels_last=cl)
     train = DeviceLoader(*arrays.train, t.batch_size, train=True, **kw)
     val = DeviceLoader(*arrays.val, e.batch_size, train=False, **kw)
     test = DeviceLoader(*arrays.test, e.batch_size, train=False, **kw)
-    full = DeviceLoader(*arrays.test, e.batch_size, train=False, seed=cfg.seed, channels_last=cl)
+    full = DeviceLoader(
+        *arrays.test, e.batch_size, train=False, seed=cfg.seed_of("data"), channels_last=cl
+    )
     return _Data(train, val, test, arrays.num_classes, len(train), resident=True, test_full=full)
 
 
@@ -225,7 +228,7 @@ def _batches(loader: Any, epoch: int, device: torch.device, resident: bool):
 
 
 def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize: nn.Module):
-    """The saliency batch, normalized as training sees it, seeded by the trial seed.
+    """The saliency batch, normalized as training sees it, seeded by the mask seed.
 
     snip: `score_batch` images; grasp: `grasp_per_class` images of every class (GraSP's
     class-balanced batch, 10 per class in Wang et al. 2020). Image-folder data (ImageNet) give
@@ -241,7 +244,7 @@ def _score_batch(cfg: TrialConfig, data: _Data, device: torch.device, normalize:
         x, y = next(iter(data.train))
         return normalize(x.to(device)), y.to(device)
     images, labels = data.train.images, data.train.labels
-    g = torch.Generator().manual_seed(derived_seed(cfg.seed, "score-batch"))
+    g = torch.Generator().manual_seed(derived_seed(cfg.seed_of("mask"), "score-batch"))
     order = torch.randperm(len(labels), generator=g).to(labels.device)
     if SCHEMES[cfg.sparsity.scheme].batch == "per_class":
         per_class = cfg.sparsity.grasp_per_class
@@ -372,6 +375,8 @@ def run_trial(
         row.update(validate(trial, epoch))
         if epoch + 1 == epochs:
             row.update(final_evaluation(trial))
+            row.update(time_spent([*trial.history, row]))
+            row.update(environment(trial.device))  # env_*: versions, CUDA, the GPU model
         trial.history.append(dict(row))
         due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 in (epochs, end)
         folder = None
@@ -418,7 +423,7 @@ def setup(
     data = _load_data(cfg, device, rank, world)  # DataError here: nothing trained yet
     ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(cfg.seed, "init"))
+        torch.manual_seed(derived_seed(cfg.seed_of("init"), "init"))
         model = build_model(cfg.model.name, data.num_classes)
     model.to(device)
     if device.type == "cuda" and t.channels_last:
@@ -459,7 +464,7 @@ def setup(
             stop_at=sp.stop_at,
             total_steps=t.epochs * steps,
             steps_per_epoch=steps,
-            seed=cfg.seed,
+            seed=cfg.seed_of("mask"),
         )
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
@@ -619,7 +624,7 @@ def _draw_masks(
         check_no_empty_layers(plan, s.allow_empty_layers)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return Masks.random(plan, cfg.seed, sampling=s.sampling)
+    return Masks.random(plan, cfg.seed_of("mask"), sampling=s.sampling)
 
 
 def _logits(model, normalize, loader, device, resident, autocast):
@@ -721,6 +726,17 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def time_spent(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The trial's own time, from its epochs (the kept chain, across resumes):
+    train_seconds = sum of epoch_seconds; eval_seconds = sum of val_seconds + the final
+    evaluation. What else its wall-clock holds (worker starts, checkpoints, epochs lost to a
+    failure) only the sweep sees: `rp_tune.plan.trial_cost`."""
+    train = sum(float(h.get("epoch_seconds", 0.0)) for h in history)
+    evaluation = sum(float(h.get("val_seconds", 0.0)) for h in history)
+    evaluation += float(history[-1].get("final_eval_seconds", 0.0)) if history else 0.0
+    return {"train_seconds": train, "eval_seconds": evaluation}
 
 
 def checkpoint_masks_file(folder: Path) -> Path:

@@ -4,6 +4,7 @@ DESCRIPTION = (
     "Liu et al. Fig. 14 left: ImageNet Wide ResNet-50-2, ERK at 70% overall sparsity with the "
     "classifier's sparsity 0.8/0.5/0.4/0.1/0.0 (the other layers take up the budget)"
 )
+FIGURES = ("Liu et al. Fig. 14 left",)
 GRID = {
     # classifier density = 1 - its sparsity; erk_plus keeps the overall density at 0.3
     # (the same plan as erk with sparsity.classifier_density)

@@ -3,6 +3,7 @@ from search_spaces import SMOKE_DATA
 DESCRIPTION = (
     "Liu et al. Fig. 1: ResNet-20/32/44/56/110 x schemes x sparsity 0.1..0.9 + dense, CIFAR-10"
 )
+FIGURES = ("Liu et al. Fig. 1", "Liu et al. Fig. 6 top", "Liu et al. Figs. 8-13, 15-17")
 GRID = {
     "model.name": [f"cifar_resnet_{d}" for d in (20, 32, 44, 56, 110)],
     "sparsity.scheme": ["erk", "uniform", "uniform_plus", "snip", "grasp"],

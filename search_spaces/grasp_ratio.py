@@ -4,6 +4,7 @@ DESCRIPTION = (
     "Liu et al. Appendix C: random pruning with the GraSP ratio vs the SNIP ratio and ERK, "
     "CIFAR-10 ResNet-20/32/44/56/110, sparsity 0.1..0.9 + dense"
 )
+FIGURES = ("Liu et al. App. C",)
 GRID = {
     "model.name": [f"cifar_resnet_{d}" for d in (20, 32, 44, 56, 110)],
     "sparsity.scheme": ["grasp", "snip", "erk"],

@@ -5,6 +5,7 @@ DESCRIPTION = (
     "with the SNIP ratio and ERK+, sparsity 0.3/0.5/0.7, each with its dense model"
 )
 _DENSITIES = [0.7, 0.5, 0.3, 1.0]  # sparsity 0.3 / 0.5 / 0.7, and dense
+FIGURES = ("Liu et al. Fig. 5", "Liu et al. Fig. 5 (FLOPs)")
 GRID = [
     {
         "model.name": ["resnet18", "resnet34", "resnet50", "resnet101"],

@@ -1,4 +1,5 @@
 DESCRIPTION = "VGG-11/13/16 with BN, ERK vs SNIP ratio, sparsity 0.1..0.9 + dense, CIFAR-10"
+FIGURES = ("Liu et al. Figs. 8-13, 15-17",)
 GRID = {
     "model.name": ["vgg11_bn", "vgg13_bn", "vgg16_bn"],
     "sparsity.scheme": ["erk", "snip"],

@@ -5,6 +5,7 @@ DESCRIPTION = (
     "ERK at sparsity 0.3/0.5/0.7/0.9, with dense"
 )
 _WIDTHS = [8, 12, 16, 20, 24, 32]  # multiplier 0.5, 0.75, 1, 1.25, 1.5, 2 of width 16
+FIGURES = ("Liu et al. Fig. 7",)
 GRID = {
     "model.name": [f"cifar_resnet_{d}_{w}" for d in (20, 32, 44) for w in _WIDTHS],
     "sparsity.scheme": ["erk"],

@@ -3,6 +3,7 @@ from search_spaces import SMOKE_DATA
 DESCRIPTION = (
     "Liu et al. Fig. 2: ResNet-20 widths 8..56 x schemes x sparsity 0.1..0.9 + dense, CIFAR-10"
 )
+FIGURES = ("Liu et al. Fig. 2", "Liu et al. Figs. 8-13, 15-17")
 GRID = {
     "model.name": [f"cifar_resnet_20_{w}" for w in (8, 16, 24, 32, 40, 56)],
     "sparsity.scheme": ["erk", "uniform", "uniform_plus", "snip", "grasp"],

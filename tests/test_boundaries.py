@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
 ONLY = {"ray": {"rp_tune/sweep.py"}, "mlflow": {"rp_tune/tracking.py"},
-        "matplotlib": {"rp_tune/report.py"}}  # fmt: skip
+        "matplotlib": {"rp_tune/figures.py"}}  # fmt: skip
 TORCH_FREE = {
     "rp_tune/config.py",
     "rp_tune/model_names.py",

@@ -64,3 +64,17 @@ def test_bad_model_names(name, message):
 def test_bad_num_classes():
     with pytest.raises(ValueError, match="num_classes"):
         build_model("cifar_resnet_20", num_classes=0)
+
+
+def test_imagenet_convs_start_from_kaiming_fan_in():
+    """The ImageNet nets' convs are drawn as the CIFAR nets' are: Kaiming normal with the
+    fan-in, std sqrt(2 / fan_in) (torchvision's default, fan_out, gives ResNet-18's stem
+    std 0.025 instead of 0.117)."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10)
+    stem = model.conv1.weight  # 64 x 3 x 7 x 7: fan_in 147
+    assert stem.std().item() == pytest.approx(math.sqrt(2 / 147), rel=0.05)
+    deep = model.layer4[0].conv2.weight  # 512 x 512 x 3 x 3: fan_in 4608
+    assert deep.std().item() == pytest.approx(math.sqrt(2 / 4608), rel=0.02)

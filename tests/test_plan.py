@@ -63,3 +63,32 @@ def test_one_finished_rule():
     assert is_finished({"epoch": 4, "test_acc": 0.5}, 4)
     assert not is_finished({"epoch": 4}, 4)  # final metrics not reported yet
     assert not is_finished({"epoch": 3, "test_acc": 0.5}, 4)
+
+
+def test_the_estimate_uses_the_speed_measured_on_finished_trials(tmp_path):
+    """Finished trials under the results root that reported their training time give the
+    dry run its rate (per model and device kind, else over all models); without them it
+    assumes 25 TFLOP/s and says so."""
+    from rp_tune.plan import estimate_gpu_hours, measured_speed, speed_assumption, trial_table
+
+    root = tmp_path / "res"
+    done = expand_space("smoke", {"resources.gpus_per_worker": "1", "sparsity.density": "0.1"})
+    entries = write_stored_trials(str(root / "earlier"), done)
+    for e, rate in zip(entries, (2.0, 4.0)):  # TFLOP/s these two trials ran at
+        last = {"epoch": 2, "test_acc": 0.5, "train_flops_dense": rate * 1e12 * 10,
+                "train_seconds": 10.0}  # fmt: skip
+        (root / "earlier" / e["run_key"]).mkdir()
+        (root / "earlier" / e["run_key"] / "result.json").write_text(json.dumps(last) + "\n")
+    cal = measured_speed(str(root))
+    assert cal.per_model == {("cifar_resnet_8", "GPU"): 3.0} and cal.trials == {"GPU": 2}
+    models = ["cifar_resnet_8", "cifar_resnet_14"]
+    planned = expand_space("smoke", {"resources.gpus_per_worker": "1", "model.name": models})
+    _, hours = trial_table(planned, 25.0, cal)
+    assert hours == pytest.approx(sum(estimate_gpu_hours(c, 3.0) for c in planned))
+    text = speed_assumption(planned, None, cal)
+    assert "measured on 2 finished trials" in text and "3 TFLOP/s per GPU (median)" in text
+    assert f"{len(planned) // 2} of {len(planned)} trials at their own model's rate" in text
+    cpu = expand_space("smoke", {"resources.gpus_per_worker": "0"})
+    assert "assumed 25 TFLOP/s per device: no finished trial" in speed_assumption(cpu, None, cal)
+    assert "at 7 sustained TFLOP/s per device (--assumed-tflops)" in speed_assumption(cpu, 7, cal)
+    assert measured_speed(str(tmp_path / "nothing")).overall == {}

@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from rp_tune.config import run_key
+from rp_tune.figures import plot_curves
+from rp_tune.grouping import dense_reference, groups
 from rp_tune.plan import expand_space
 from rp_tune.report import (
+    aggregate,
     build_report,
-    grouped,
-    plot_curves,
     read_trials,
     smallest_matching_density,
 )
@@ -59,12 +60,14 @@ def test_read_trials_gives_one_row_per_trial_with_its_status(sweep):
 
 
 def test_grouping_is_over_seeds_and_dense_is_its_own_reference(sweep):
-    data = grouped(read_trials(sweep), "test_acc")
-    (model,) = data
-    mean, std, n = data[model]["dense"]
+    all_groups = groups(read_trials(sweep))
+    dense = [g for g in all_groups if g.dense]
+    assert len(dense) == 1
+    mean, std, n = dense[0].stat("test_acc")
     assert (mean, n) == (pytest.approx(0.91), 2) and std == pytest.approx(0.0141421, rel=1e-4)
-    points = {d: (m, n) for d, m, _, n in data[model]["erk"]}
+    points = {g.density: g.stat("test_acc")[::2] for g in all_groups if g.label == "erk"}
     assert points == {0.1: (pytest.approx(0.82), 2), 0.5: (pytest.approx(0.91), 2)}
+    assert all(dense_reference(g, all_groups) is dense[0] for g in all_groups)
 
 
 def test_the_smallest_matching_density_is_the_lowest_within_one_dense_std(sweep):
@@ -77,9 +80,13 @@ def test_build_report_writes_the_table_and_the_figures(sweep, tmp_path):
     rep = build_report(sweep, tmp_path / "out")
     table = pq.read_table(rep["table"]).to_pylist()
     assert len(table) == rep["trials"] == len(ACC) + 1
+    assert all(r["device"] == "CPU" and r["retry_seconds"] == 0.0 for r in table)  # cost
     names = sorted(p.rsplit("/", 1)[-1] for p in rep["figures"])
     assert names == ["test_acc_vs_sparsity.png", "test_ece_vs_sparsity.png"]
     assert all((tmp_path / "out" / n).stat().st_size > 1000 for n in names)
+    (panel,) = rep["drawn"]["test_acc_vs_sparsity.png"]
+    assert panel["xlabel"] == "sparsity (1 - density)" and panel["ylabel"] == "test accuracy"
+    assert panel["series"] == ["dense (n=2)", "erk (n=2)"]
 
 
 def test_a_sweep_folder_that_is_not_there_is_named(tmp_path):
@@ -128,13 +135,150 @@ def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
     _write_sweep(folder, results)
     agg = aggregate(read_trials(folder))
     by = {(r["sparsity.density"], r.get("sparsity.classifier_density")): r for r in agg}
-    assert by[(0.5, 0.2)]["seeds"] == 2 and by[(0.5, 0.2)]["test_acc_mean"] == pytest.approx(0.71)
+    assert by[(0.5, 0.2)]["n"] == 2 and by[(0.5, 0.2)]["test_acc_mean"] == pytest.approx(0.71)
     assert by[(0.5, 1.0)]["test_acc_mean"] == pytest.approx(0.82)
     assert by[(0.5, 1.0)]["test_acc_std"] == pytest.approx(0.0282843, rel=1e-4)
     text = aggregate_table(agg)
-    assert "0.8200 ± 0.0283" in text and "classifier_den" in text
+    assert "0.8200 ± 0.0283" in text and "classifier_den" in text and " n " in text
     assert "0.5000 ±" not in text  # the one-seed row: its mean alone
     rep = build_report(folder, tmp_path / "out")
     csv = (tmp_path / "out" / "aggregate.csv").read_text().splitlines()
     assert len(csv) == 1 + len(agg) and "test_acc_mean" in csv[0]
     assert rep["no_dense"] == ["cifar_resnet_8"]  # nothing to match: said, not left blank
+    (panel,) = rep["drawn"]["test_acc_vs_sparsity.png"]  # a line per classifier density
+    assert panel["series"] == [
+        "erk, classifier_density=0.2 (n=2)",
+        "erk, classifier_density=1.0 (n=2)",
+        "erk, classifier_density=default (n=1)",
+    ]
+
+
+def _row(model, scheme, density, seed, acc, **keys):
+    """A finished trial as the report reads it (flat config keys, final metrics)."""
+    return {"run_key": f"{model}-{scheme}-{density}-{seed}-{sorted(keys.items())}",
+            "status": "finished", "model.name": model, "sparsity.scheme": scheme,
+            "sparsity.density": density, "seed": seed, "test_acc": acc, **keys}  # fmt: skip
+
+
+def test_trials_on_two_data_sets_are_never_averaged_and_each_has_its_own_dense(tmp_path):
+    """A scheme sweep over CIFAR-10 and CIFAR-100: two panels, each with its own dense
+    reference and matching density; no group mixes the data sets; n shown beside each."""
+    rows = []
+    for data, base in (("cifar10", 0.90), ("cifar100", 0.60)):
+        for seed, jitter in ((0, 0.0), (1, 0.02)):
+            rows.append(_row("m", "uniform", 1.0, seed, base + jitter, **{"data.name": data}))
+            rows.append(_row("m", "erk", 0.5, seed, base + jitter, **{"data.name": data}))
+            rows.append(_row("m", "erk", 0.1, seed, base - 0.2, **{"data.name": data}))
+    all_groups = groups(rows)
+    assert len(all_groups) == 6 and all(g.n == 2 for g in all_groups)
+    assert all(len({r["data.name"] for r in g.rows}) == 1 for g in all_groups)
+    for g in all_groups:
+        assert dense_reference(g, all_groups).rows[0]["data.name"] == g.rows[0]["data.name"]
+    match = {m["data.name"]: m for m in smallest_matching_density(rows)}
+    assert match["cifar10"]["dense_acc_mean"] == pytest.approx(0.91)
+    assert match["cifar100"]["dense_acc_mean"] == pytest.approx(0.61)
+    assert {m["smallest_matching_density"] for m in match.values()} == {0.5}
+    agg = {(r["data.name"], r["sparsity.density"]): r for r in aggregate(rows)}
+    assert agg[("cifar100", 0.5)]["test_acc_mean"] == pytest.approx(0.61)
+    assert agg[("cifar100", 0.5)]["n"] == 2
+    from rp_tune.figures import plot_vs_sparsity
+
+    drawn = plot_vs_sparsity(rows, "test_acc", "test accuracy", tmp_path / "acc.png")
+    assert [p["title"] for p in drawn] == ["m, name=cifar10", "m, name=cifar100"]
+    assert all(p["series"] == ["dense (n=2)", "erk (n=2)"] for p in drawn)
+
+
+def test_a_classifier_density_sweep_keeps_one_group_per_classifier_density():
+    """Fig. 14 left: five classifier densities at one overall density are five groups, each
+    matched against the one dense model (which has no classifier density of its own)."""
+    rows = [_row("w", "uniform", 1.0, s, 0.78) for s in (0, 1)]
+    for c, acc in ((0.2, 0.744), (0.5, 0.746), (0.6, 0.748), (0.9, 0.75), (1.0, 0.752)):
+        rows += [_row("w", "erk_plus", 0.3, s, acc, **{"sparsity.fc_density": c}) for s in (0, 1)]
+    all_groups = [g for g in groups(rows) if not g.dense]
+    assert len(all_groups) == 5
+    assert sorted(dict(g.line)["sparsity.fc_density"] for g in all_groups) == [
+        0.2, 0.5, 0.6, 0.9, 1.0
+    ]  # fmt: skip
+    matches = smallest_matching_density(rows)
+    assert len(matches) == 5 and {m["dense_n"] for m in matches} == {2}
+
+
+def test_dense_imagenet_nets_on_their_own_recipe_are_the_sparse_ones_reference(tmp_path):
+    """Liu et al. Table 1: dense ImageNet nets train 90 epochs (decay 30/60/80), sparse ones
+    100 (30/60/90). In the imagenet_wrn50 space the dense Wide ResNet-50-2 is still the
+    reference of the sparse ones (one panel, a matching density), and stays one group."""
+    folder = tmp_path / "imagenet_wrn50"
+    cfgs = {(c.model.name, c.sparsity.scheme, c.sparsity.density): c
+            for c in expand_space("imagenet_wrn50")}  # fmt: skip
+    dense = cfgs[("wide_resnet50_2", "uniform", 1.0)]
+    assert (dense.train.epochs, dense.train.milestones) == (90, (30, 60, 80))
+    sparse = cfgs[("wide_resnet50_2", "erk", 0.3)]
+    assert (sparse.train.epochs, sparse.train.milestones) == (100, (30, 60, 90))
+    for cfg, acc in ((dense, 0.78), (sparse, 0.745), (cfgs[("wide_resnet50_2", "erk", 0.4)], 0.79)):
+        key = run_key(cfg)
+        (folder / key).mkdir(parents=True)
+        entry = {"trial": {"flat": cfg.to_flat(), "run_key": key}}
+        (folder / key / "params.json").write_text(json.dumps(entry, default=list))
+        last = {"epoch": cfg.train.epochs, "test_acc": acc}
+        (folder / key / "result.json").write_text(json.dumps(last) + "\n")
+    rows = read_trials(folder)
+    all_groups = groups(rows)
+    assert len(all_groups) == 3 and len({g.panel for g in all_groups}) == 1
+    (match,) = smallest_matching_density(rows)
+    assert match["smallest_matching_density"] == 0.4 and match["dense_acc_mean"] == 0.78
+
+
+def _write_configs(folder, cfgs):
+    for i, cfg in enumerate(cfgs):
+        key = run_key(cfg)
+        (folder / key).mkdir(parents=True)
+        entry = {"trial": {"flat": cfg.to_flat(), "run_key": key}}
+        (folder / key / "params.json").write_text(json.dumps(entry, default=list))
+        last = {"epoch": cfg.train.epochs, "test_acc": 0.5 + i / 100}
+        (folder / key / "result.json").write_text(json.dumps(last) + "\n")
+
+
+def test_the_report_names_the_files_that_show_each_figure_of_the_space(tmp_path, capsys):
+    """width_multiplier serves Fig. 7: its smoke trials (two widths) give test accuracy vs
+    width, and the report says so; a sweep whose trials do not fit says why not."""
+    from rp_tune.report import print_report
+
+    cfgs = expand_space("width_multiplier", smoke=True)
+    _write_configs(tmp_path / "both" / "width_multiplier", cfgs)
+    rep = build_report(tmp_path / "both" / "width_multiplier", tmp_path / "out",
+                       space="width_multiplier")  # fmt: skip
+    fig7 = [str(tmp_path / "out" / "test_acc_vs_width.png")]
+    assert rep["paper_figures"] == {"Liu et al. Fig. 7": fig7}
+    print_report(rep)
+    assert "Liu et al. Fig. 7: test_acc_vs_width.png" in capsys.readouterr().out
+    one_width = [c for c in cfgs if c.model.name == "cifar_resnet_8"]
+    _write_configs(tmp_path / "one" / "width_multiplier", one_width)
+    print_report(build_report(tmp_path / "one" / "width_multiplier", tmp_path / "out2",
+                              space="width_multiplier"))  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Liu et al. Fig. 7: not drawn - the finished trials do not fit it" in out
+
+
+def test_ours_beside_the_papers_numbers():
+    """A reproduced group sits beside the paper's number for it, in percent, with n and the
+    difference; a dense ResNet-20 has two references (Liu et al. Fig. 6 and He et al.)."""
+    from rp_tune.paper_numbers import beside_the_paper, comparison_table
+
+    base = {"status": "finished", "model.name": "cifar_resnet_20", "data.name": "cifar10",
+            "train.epochs": 160}  # fmt: skip
+    rows = [
+        {**base, "run_key": f"e{s}", "sparsity.scheme": "erk", "sparsity.density": 0.5,
+         "seed": s, "test_acc": a} for s, a in ((0, 0.915), (1, 0.917))
+    ] + [{**base, "run_key": "d", "sparsity.scheme": "uniform", "sparsity.density": 1.0,
+          "seed": 0, "test_acc": 0.92}]  # fmt: skip
+    got = {(r["source"].split(" (")[0], r["scheme"]): r for r in beside_the_paper(rows)}
+    assert sorted(got) == [("He et al. 2016", "dense"), ("Liu et al. Fig. 6", "dense"),
+                           ("Liu et al. Fig. 6", "erk")]  # fmt: skip
+    erk = got[("Liu et al. Fig. 6", "erk")]
+    assert erk["paper"] == 91.57 and erk["n"] == 2 and erk["epochs"] == "160"
+    assert erk["ours_mean"] == pytest.approx(91.6) and erk["difference"] == pytest.approx(0.03)
+    assert got[("He et al. 2016", "dense")]["difference"] == pytest.approx(0.75)
+    text = comparison_table(beside_the_paper(rows))
+    assert "91.60 ± 0.14 (2)" in text and "+0.03" in text
+    other = [{**r, "data.name": "cifar100"} for r in rows]  # CIFAR-100: no number to match
+    assert beside_the_paper(other) == []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 import types
@@ -57,9 +58,12 @@ def test_dry_run_says_what_the_sweep_varies_and_costs(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "space width_scan: 828 trials over 4 axes" in out
-    assert "cifar_resnet_20_8, cifar_resnet_20_16, cifar_resnet_20_24" in out  # numeric order
+    # numeric order; the default width 16 is the network's one name, cifar_resnet_20
+    assert "cifar_resnet_20_8, cifar_resnet_20, cifar_resnet_20_24" in out
     assert "seed              0, 1, 2" in out and "fixed: data.name=cifar10" in out
-    assert "828 trials; estimated 69.8 GPU-hours, assuming 25 sustained TFLOP/s" in out
+    # the device kind is this machine's (the CPU here, a GPU where there is one)
+    assert re.search(r"828 trials; estimated 69.8 device-hours \((CPU|GPU)\)", out), out
+    assert "at an assumed 25 TFLOP/s per device: no finished trial under" in out
     assert f"results would go to {tmp_path / 'res' / 'width_scan'}" in out
     assert len(out.splitlines()) < 15 and "add -v" in out
     assert not (tmp_path / "res").exists()
@@ -89,7 +93,7 @@ def test_status_reads_the_sweep_without_ray(tmp_path, capsys):
 def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
     r = incli(capsys, "--space", "width_scan", "--dry-run", "-v", "--storage", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "828 trials; estimated" in r.stdout and "GPU-hours" in r.stdout
+    assert "828 trials; estimated" in r.stdout and "device-hours" in r.stdout
     assert (
         len([ln for ln in r.stdout.splitlines() if "-s0-" in ln or "-s1-" in ln or "-s2-" in ln])
         == 828
@@ -273,6 +277,16 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     for t in summary["trials"]:
         assert t["metrics"]["epoch"] == 2 and 0 <= t["metrics"]["test_acc"] <= 1
         assert "ood_auroc_gaussian" in t["metrics"]
+        # cost and provenance: the trial's own time inside its wall-clock, its machine
+        m = t["metrics"]
+        assert 0 < m["train_seconds"] + m["eval_seconds"] < m["wall_seconds"]
+        assert m["device"] == "CPU" and m["device_hours"] > 0 and m["env_gpu"] == "cpu"
+    totals = summary["totals"]
+    assert totals["train_seconds"] == pytest.approx(
+        sum(t["metrics"]["train_seconds"] for t in summary["trials"])
+    )
+    assert totals["sweep_wall_seconds"] > 0 and len(summary["code"]["commit"]) in (7, 40)
+    assert any(ln.startswith("cost: ") and "CPU-hours" in ln for ln in lines), r.stdout
     # embedded tracking: SQLite beside the results, one parent, a child per trial
     client = MlflowClient(f"sqlite:///{tmp_path / 'res' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
@@ -281,10 +295,18 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
         sorted(r.data.tags.get("rp_tune.role", "trial") for r in runs)
         == ["sweep"] + ["trial"] * N_SMOKE
     )
+    for run in runs:
+        assert run.data.tags["rp_tune.git_dirty"] in ("true", "false", "none")
+        if run.data.tags.get("rp_tune.role") != "sweep":
+            tags = run.data.tags
+            assert tags["rp_tune.env_gpu"] == "cpu" and "rp_tune.env_torch" in tags
+            assert run.data.metrics["wall_seconds"] > run.data.metrics["train_seconds"] > 0
+        else:
+            assert run.data.metrics["total_train_seconds"] > 0
     # the report: one Parquet row per trial, figures on disk
     rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
     assert rep.returncode == 0, rep.stderr
-    assert "mean ± std over seeds" in rep.stdout and "no finished dense trial" in rep.stdout
+    assert "mean ± std (n) over seeds" in rep.stdout and "no finished dense trial" in rep.stdout
     assert (tmp_path / "res" / "smoke" / "report" / "aggregate.csv").is_file()
     table = pq.read_table(tmp_path / "res" / "smoke" / "report" / "results.parquet")
     assert sorted(table.column("run_key").to_pylist()) == sorted(

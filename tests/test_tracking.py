@@ -109,24 +109,25 @@ def _row(model, scheme, density, seed, acc):
 
 
 def test_matching_density_and_grouping_by_hand():
-    from rp_tune.report import grouped, smallest_matching_density
+    from rp_tune.grouping import groups
+    from rp_tune.report import smallest_matching_density
 
     rows = [_row("m", "uniform", 1.0, s, a) for s, a in ((0, 0.90), (1, 0.92))]
     rows += [_row("m", "erk", 0.5, s, a) for s, a in ((0, 0.91), (1, 0.90))]
     rows += [_row("m", "erk", 0.1, s, a) for s, a in ((0, 0.80), (1, 0.82))]
     rows += [_row("m", "snip", 0.5, 0, 0.85)]
-    g = grouped(rows, "test_acc")
-    dense_mean, dense_std, n = g["m"]["dense"]
-    assert (dense_mean, n) == (pytest.approx(0.91), 2)
+    g = groups(rows)
+    dense_mean, dense_std, n = g[0].stat("test_acc")
+    assert g[0].dense and (dense_mean, n) == (pytest.approx(0.91), 2)
     assert dense_std == pytest.approx(0.0141421, rel=1e-4)
-    assert [p[0] for p in g["m"]["erk"]] == [0.1, 0.5]
+    assert [x.density for x in g if x.label == "erk"] == [0.5, 0.1]
     match = {m["scheme"]: m["smallest_matching_density"] for m in smallest_matching_density(rows)}
     # erk at 0.5 averages 0.905 >= 0.91 - 0.0141; at 0.1 it does not; snip never does
     assert match == {"erk": 0.5, "snip": None}
 
 
 def test_report_separates_static_set_and_rigl():
-    from rp_tune.report import grouped
+    from rp_tune.grouping import groups
 
     rows = [
         _row("m", "erk", 0.1, 0, 0.5),
@@ -137,7 +138,7 @@ def test_report_separates_static_set_and_rigl():
         },
         {**_row("m", "erk", 0.1, 0, 0.7), "sparsity.mode": "dynamic", "sparsity.growth": "random"},
     ]
-    assert sorted(grouped(rows, "test_acc")["m"]) == ["erk", "erk+rigl", "erk+set"]
+    assert sorted(g.label for g in groups(rows)) == ["erk", "erk+rigl", "erk+set"]
 
 
 def test_a_child_created_without_its_params_gets_them_when_found_again(tmp_path):

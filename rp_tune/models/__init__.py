@@ -37,7 +37,14 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
         return CifarVGG(name[:-3], num_classes=num_classes)
     import torchvision
 
-    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    # Kaiming normal with fan_in for every conv, as for the CIFAR nets and as Liu et al.'s
+    # code initialises its ImageNet nets; torchvision's own default is fan_out. BatchNorm
+    # (1, 0) and the classifier keep torchvision's init.
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    return model
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,0 +1,468 @@
+"""The report's figures: one kind of plot per kind of figure in Liu et al. (ICLR 2022).
+
+Every plot draws groups (`rp_tune.grouping`: trials that differ only in their seed) as mean
+± std over seeds with n in the legend, and returns what it drew, read back from the axes
+(`describe_figure`), so that tests check the drawing and not only that a file exists.
+
+- sparsity: metric vs sparsity (1 - density), a panel per model and context, a line per
+  scheme, dense as a band: Figs. 1-2 (depth, width), their CIFAR-100 / VGG / metric
+  variants, App. C;
+- params, flops: metric vs kept parameters or inference FLOPs (log x), every model on one
+  axis, a line per model and scheme, dense models as points: Fig. 5, Fig. 14 right;
+- width: metric vs width multiplier (width / 16), a panel per depth, a line per scheme and
+  density: Fig. 7;
+- classifier: metric vs the classifier's sparsity, a line per scheme and density: Fig. 14
+  left;
+- grad_flow: gradient norm vs training iteration, a line per scheme and density: Fig. 6.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .grouping import Group, by_panel, groups, mean_std, panel_title, series_label
+from .model_names import DEFAULT_WIDTH, parse_cifar_resnet
+
+MARKERS = "osD^v<>pPX*h"
+CLASSIFIER_KEYS = ("sparsity.fc_density", "sparsity.classifier_density")
+
+
+def describe_figure(fig: Any) -> list[dict[str, Any]]:
+    """What a drawn figure shows, read back from its axes: per panel the title, the axis
+    labels, the x scale, the legend's series and each series' points (x, y)."""
+    out = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        points = {}  # series label -> (xs, ys) of its line or error bars
+        for c in ax.containers:
+            if hasattr(c, "lines") and c.lines and c.lines[0] is not None:
+                points[c.get_label()] = (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+        for line in ax.get_lines():
+            if not line.get_label().startswith("_"):
+                points.setdefault(
+                    line.get_label(), (list(line.get_xdata()), list(line.get_ydata()))
+                )
+        out.append(
+            {
+                "title": ax.get_title(),
+                "xlabel": ax.get_xlabel(),
+                "ylabel": ax.get_ylabel(),
+                "xscale": ax.get_xscale(),
+                "series": [t.get_text() for t in legend.get_texts()] if legend else [],
+                "points": points,
+            }
+        )
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _n_text(stats: Sequence[tuple[float, float, int]]) -> str:
+    ns = sorted({n for *_, n in stats})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def _finish(fig: Any, title: str, path: Path) -> list[dict[str, Any]]:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    shown = describe_figure(fig)
+    _pyplot().close(fig)
+    return shown
+
+
+def _panels(n: int, sharey: bool = True) -> tuple[Any, list[Any]]:
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, n, figsize=(max(6.5, 4.2 * n), 3.8), squeeze=False, sharey=sharey
+    )  # fmt: skip
+    return fig, list(axes[0])
+
+
+def _dense_band(ax: Any, dense: Group | None, metric: str) -> bool:
+    if dense is None or dense.stat(metric) is None:
+        return False
+    m, s, n = dense.stat(metric)
+    ax.axhspan(m - s, m + s, color="gray", alpha=0.25)
+    ax.axhline(m, color="gray", linestyle="--", label=f"dense (n={n})")
+    return True
+
+
+def _line(ax: Any, xs: list[float], stats: list, label: str, marker: str, **kw: Any) -> None:
+    ax.errorbar(
+        xs,
+        [m for m, _, _ in stats],
+        yerr=[s for _, s, _ in stats],
+        marker=marker,
+        capsize=3,
+        label=f"{label} ({_n_text(stats)})",
+        **kw,
+    )
+
+
+def _dense_caption(has_dense: bool) -> str:
+    return "gray line and band: dense mean ± std" if has_dense else "no dense trial"
+
+
+# --- metric vs sparsity (Figs. 1-2 and their variants) -------------------------------------
+
+
+def plot_vs_sparsity(
+    rows: list[dict[str, Any]], metric: str, label: str, path: Path
+) -> list[dict[str, Any]] | None:
+    """metric vs sparsity: a panel per model and context, a line per scheme (and any other
+    varying sparsity key), dense as a band."""
+    all_groups = [g for g in groups(rows) if g.stat(metric) is not None]
+    if not any(not g.dense for g in all_groups):
+        return None
+    panels = by_panel(all_groups)
+    series_all = sorted({g.series for g in all_groups if not g.dense}, key=repr)
+    markers = dict(zip(series_all, MARKERS * 8))
+    fig, axes = _panels(len(panels))
+    has_dense = False
+    for ax, (panel, members) in zip(axes, panels.items()):
+        has_dense |= _dense_band(ax, next((g for g in members if g.dense), None), metric)
+        lines: dict[tuple, list[Group]] = defaultdict(list)
+        for g in members:
+            if not g.dense:
+                lines[g.series].append(g)
+        for series, points in lines.items():
+            # lines at one sparsity side by side, not on top of one another
+            dodge = 0.006 * (series_all.index(series) - (len(series_all) - 1) / 2)
+            points = sorted(points, key=lambda g: g.density)
+            _line(ax, [1 - g.density + dodge for g in points], [g.stat(metric) for g in points],
+                  series_label(series), markers[series])  # fmt: skip
+        ax.set_title(panel_title(panel), fontsize=9)
+        ax.set_xlabel("sparsity (1 - density)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    title = f"{label} vs sparsity (mean ± std over seeds; {_dense_caption(has_dense)})"
+    return _finish(fig, title, path)
+
+
+# --- metric vs parameters or FLOPs (Fig. 5, Fig. 14 right) --------------------------------
+
+COST_AXES = {
+    "params": ("params_sparse", "parameters kept"),
+    "flops": ("flops_sparse", "inference FLOPs per image"),
+}
+
+
+def plot_vs_cost(
+    rows: list[dict[str, Any]], metric: str, label: str, path: Path, x: str = "params"
+) -> list[dict[str, Any]] | None:
+    """metric vs kept parameters (x="params") or sparse inference FLOPs (x="flops"), every
+    model on one axis (log x): a line per model and scheme through its densities, each
+    dense model a point. Drawn when the sweep has two models or more (Fig. 5: ImageNet
+    ResNets and Wide ResNet-50-2; Fig. 14 right: sparse Wide ResNet-50-2 against dense
+    ResNet-18/34/50)."""
+    key, xlabel = COST_AXES[x]
+    all_groups = [g for g in groups(rows) if g.stat(metric) and g.stat(key)]
+    if len({g.model for g in all_groups}) < 2:
+        return None
+    contexts: dict[tuple, list[Group]] = defaultdict(list)
+    for g in all_groups:
+        contexts[g.context].append(g)
+    fig, axes = _panels(len(contexts))
+    markers = dict(zip(sorted({g.model for g in all_groups}), MARKERS * 8))
+    for ax, (context, members) in zip(axes, contexts.items()):
+        lines: dict[tuple, list[Group]] = defaultdict(list)
+        for g in members:
+            lines[(g.model, *g.series) if not g.dense else (g.model, "dense", ())].append(g)
+        for (model, lab, line), points in lines.items():
+            points = sorted(points, key=lambda g: g.stat(key)[0])
+            stats = [g.stat(metric) for g in points]
+            xs = [g.stat(key)[0] for g in points]
+            text = f"{model} {series_label((lab, line))}"
+            if lab == "dense":
+                ax.errorbar(xs, [m for m, _, _ in stats], yerr=[s for _, s, _ in stats],
+                            marker="*", markersize=11, linestyle="none", color="black",
+                            label=f"{text} ({_n_text(stats)})")  # fmt: skip
+            else:
+                _line(ax, xs, stats, text, markers[model])
+        ax.set_xscale("log")
+        ax.set_title(", ".join(f"{k.split('.')[-1]}={v}" for k, v in context) or "all models",
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=6)
+    return _finish(fig, f"{label} vs {xlabel} (mean ± std over seeds; stars: dense)", path)
+
+
+# --- metric vs width multiplier (Fig. 7) --------------------------------------------------
+
+
+def _depth_width(model: str) -> tuple[int, int] | None:
+    return parse_cifar_resnet(model)
+
+
+def plot_vs_width(
+    rows: list[dict[str, Any]], metric: str, label: str, path: Path
+) -> list[dict[str, Any]] | None:
+    """metric vs width multiplier (width / 16) of the CIFAR ResNets: a panel per depth and
+    context, a line per scheme and density, dense as its own line. Drawn when some depth
+    has two widths or more."""
+    all_groups = [g for g in groups(rows) if g.stat(metric) and _depth_width(g.model)]
+    widths: dict[tuple, set[int]] = defaultdict(set)
+    for g in all_groups:
+        widths[(_depth_width(g.model)[0], g.context)].add(_depth_width(g.model)[1])
+    panels = {p: w for p, w in widths.items() if len(w) >= 2}
+    if not panels:
+        return None
+    fig, axes = _panels(len(panels))
+    for ax, (depth, context) in zip(axes, sorted(panels, key=lambda p: (p[0], repr(p[1])))):
+        lines: dict[tuple, list[Group]] = defaultdict(list)
+        for g in all_groups:
+            if (_depth_width(g.model)[0], g.context) == (depth, context):
+                lines[(g.series, g.density)].append(g)
+        for i, ((series, density), points) in enumerate(sorted(lines.items(), key=repr)):
+            points = sorted(points, key=lambda g: _depth_width(g.model)[1])
+            xs = [_depth_width(g.model)[1] / DEFAULT_WIDTH for g in points]
+            text = "dense" if series[0] == "dense" else f"{series_label(series)}, d={density:g}"
+            style = {"color": "black", "linestyle": "--"} if series[0] == "dense" else {}
+            _line(ax, xs, [g.stat(metric) for g in points], text, MARKERS[i % len(MARKERS)],
+                  **style)  # fmt: skip
+        ax.set_title(panel_title((f"cifar_resnet_{depth}", context)), fontsize=9)
+        ax.set_xlabel(f"width multiplier (width / {DEFAULT_WIDTH})")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return _finish(fig, f"{label} vs width (mean ± std over seeds)", path)
+
+
+# --- metric vs the classifier's sparsity (Fig. 14 left) -----------------------------------
+
+
+def classifier_density(g: Group) -> float | None:
+    """The classifier's density a sparse group sets (erk_plus's fc_density or any scheme's
+    classifier_density), None if it sets none."""
+    line = dict(g.line)
+    for k in CLASSIFIER_KEYS:
+        if line.get(k) is not None:
+            return float(line[k])
+    return None
+
+
+def plot_vs_classifier(
+    rows: list[dict[str, Any]], metric: str, label: str, path: Path
+) -> list[dict[str, Any]] | None:
+    """metric vs the classifier's sparsity (1 - its density) at a fixed overall density: a
+    panel per model and context, a line per scheme and overall density, dense as a band.
+    Drawn when the sweep varies the classifier's density."""
+    all_groups = [g for g in groups(rows) if g.stat(metric) is not None]
+    sparse = [g for g in all_groups if not g.dense and classifier_density(g) is not None]
+    if len({classifier_density(g) for g in sparse}) < 2:
+        return None
+    panels = by_panel(all_groups)
+    panels = {p: m for p, m in panels.items() if any(g in sparse for g in m)}
+    fig, axes = _panels(len(panels))
+    has_dense = False
+    for ax, (panel, members) in zip(axes, panels.items()):
+        has_dense |= _dense_band(ax, next((g for g in members if g.dense), None), metric)
+        lines: dict[tuple, list[Group]] = defaultdict(list)
+        for g in members:
+            if g in sparse:
+                lines[(g.label, g.density)].append(g)
+        for i, ((lab, density), points) in enumerate(sorted(lines.items(), key=repr)):
+            points = sorted(points, key=lambda g: -classifier_density(g))
+            xs = [1 - classifier_density(g) for g in points]
+            _line(ax, xs, [g.stat(metric) for g in points], f"{lab}, d={density:g}",
+                  MARKERS[i % len(MARKERS)])  # fmt: skip
+        ax.set_title(panel_title(panel), fontsize=9)
+        ax.set_xlabel("classifier sparsity (1 - its density)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    title = f"{label} vs the classifier's sparsity ({_dense_caption(has_dense)})"
+    return _finish(fig, title, path)
+
+
+# --- gradient flow (Fig. 6) ---------------------------------------------------------------
+
+
+def plot_grad_flow(
+    rows: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]]], path: Path
+) -> list[dict[str, Any]] | None:
+    """Effective gradient flow (the loss gradient's L2 norm on the kept weights) against
+    the training iteration: a panel per model and context, a line per scheme and density
+    (dense included), the mean over seeds at each logged step. `curves`: run key ->
+    [(step, norm), ...], from the trials' grad_flow.csv."""
+    all_groups = [g for g in groups(rows) if any(curves.get(r["run_key"]) for r in g.rows)]
+    if not all_groups:
+        return None
+    panels = by_panel(all_groups)
+    fig, axes = _panels(len(panels), sharey=False)
+    for ax, (panel, members) in zip(axes, panels.items()):
+        for g in members:
+            per_step: dict[int, list[float]] = defaultdict(list)
+            seeds = 0
+            for r in g.rows:
+                if curves.get(r["run_key"]):
+                    seeds += 1
+                    for step, norm in curves[r["run_key"]]:
+                        per_step[int(step)].append(float(norm))
+            steps = sorted(per_step)
+            text = "dense" if g.dense else f"{series_label(g.series)}, d={g.density:g}"
+            style = {"color": "black", "linestyle": "--"} if g.dense else {}
+            ax.plot(steps, [mean_std(per_step[s])[0] for s in steps],
+                    label=f"{text} (n={seeds})", **style)  # fmt: skip
+        ax.set_title(panel_title(panel), fontsize=9)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel("gradient norm (kept weights)")
+        ax.legend(fontsize=7)
+    return _finish(fig, "effective gradient flow (mean over seeds)", path)
+
+
+# --- one trial's training curves (an MLflow artifact) ---------------------------------
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """One trial's loss and accuracy per epoch (training, and validation where there is a
+    validation split), and the learning rate."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        val = [(h["epoch"], h[f"val_{key}"]) for h in history if f"val_{key}" in h]
+        if val:
+            ax.plot(*zip(*val), "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlotKind:
+    name: str
+    file: str  # file name pattern: {metric} is the metric's name
+    per_metric: bool
+    draw: Callable[..., list[dict[str, Any]] | None]
+    shows: str
+
+
+PLOTS: dict[str, PlotKind] = {
+    p.name: p
+    for p in (
+        PlotKind("sparsity", "{metric}_vs_sparsity.png", True, plot_vs_sparsity,
+                 "metric vs sparsity, a panel per model, a line per scheme"),
+        PlotKind("params", "{metric}_vs_params.png", True,
+                 lambda rows, m, lab, path: plot_vs_cost(rows, m, lab, path, "params"),
+                 "metric vs kept parameters, all models on one axis, dense as points"),
+        PlotKind("flops", "{metric}_vs_flops.png", True,
+                 lambda rows, m, lab, path: plot_vs_cost(rows, m, lab, path, "flops"),
+                 "metric vs inference FLOPs, all models on one axis, dense as points"),
+        PlotKind("width", "{metric}_vs_width.png", True, plot_vs_width,
+                 "metric vs width multiplier, a line per sparsity"),
+        PlotKind("classifier", "{metric}_vs_classifier_sparsity.png", True, plot_vs_classifier,
+                 "metric vs the classifier's sparsity"),
+        PlotKind("grad_flow", "grad_flow.png", False, plot_grad_flow,
+                 "gradient norm vs iteration"),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """A figure of Liu et al. (ICLR 2022) and the plot that draws it; `plot` None for one
+    the report does not draw, with the reason in `shows`."""
+
+    ref: str
+    shows: str
+    plot: str | None
+    metrics: tuple[str, ...] = ("test_acc",)
+
+
+FIGURES: dict[str, PaperFigure] = {
+    f.ref: f
+    for f in (
+        PaperFigure("Liu et al. Fig. 1", "CIFAR ResNet-20..110: test accuracy vs sparsity per "
+                    "scheme, dense as the reference", "sparsity"),
+        PaperFigure("Liu et al. Fig. 2", "CIFAR ResNet-20 at widths 8..56: test accuracy vs "
+                    "sparsity per scheme", "sparsity"),
+        PaperFigure("Liu et al. Fig. 5", "ImageNet ResNet-18/34/50/101 and Wide ResNet-50-2: "
+                    "accuracy, FGSM, ImageNet-O AUROC, ECE, NLL vs parameters and FLOPs",
+                    "params", ("test_acc", "fgsm_acc", "ood_auroc_imagenet_o", "test_ece",
+                               "test_loss")),
+        PaperFigure("Liu et al. Fig. 5 (FLOPs)", "the same against inference FLOPs", "flops",
+                    ("test_acc", "fgsm_acc", "ood_auroc_imagenet_o", "test_ece", "test_loss")),
+        PaperFigure("Liu et al. Fig. 6 top", "gradient norm vs iteration over the first 20k "
+                    "iterations, CIFAR ResNets", "grad_flow", ()),
+        PaperFigure("Liu et al. Fig. 6 bottom", "Wide ResNet-50-2 on ImageNet: gradient norm "
+                    "over the first 40k iterations", "grad_flow", ()),
+        PaperFigure("Liu et al. Fig. 7", "CIFAR-10 ResNet-20/32/44: test accuracy vs width "
+                    "multiplier, a line per sparsity", "width"),
+        PaperFigure("Liu et al. Fig. 14 left", "Wide ResNet-50-2, ERK at 70% sparsity: test "
+                    "accuracy vs the classifier's sparsity", "classifier"),
+        PaperFigure("Liu et al. Fig. 14 right", "sparse Wide ResNet-50-2 against dense "
+                    "ResNet-18/34/50 by parameter count", "params"),
+        PaperFigure("Liu et al. App. C", "GraSP ratio vs SNIP ratio and ERK, CIFAR-10 ResNets",
+                    "sparsity"),
+        PaperFigure("Liu et al. Figs. 8-13, 15-17", "the depth, width and ratio scans on "
+                    "CIFAR-100 (--set data.name=cifar100) and with VGGs; OoD AUROC, ECE and NLL "
+                    "against sparsity (which number shows which variant is not checked here)",
+                    "sparsity", ("test_acc", "test_ece", "test_loss", "fgsm_acc", "ood_auroc_")),
+        PaperFigure("Liu et al. Figs. 3-4", "not drawn: what they plot could not be checked "
+                    "against the paper when this table was written", None),
+    )
+}  # fmt: skip
+
+
+def figure_files(ref: str, drawn: dict[str, Any]) -> list[str]:
+    """The drawn files (names from `draw_all`) that show a paper figure: its plot kind, for
+    each of its metrics (a metric ending in "_" stands for its family, e.g. every OoD set)."""
+    fig = FIGURES[ref]
+    if fig.plot is None:
+        return []
+    kind = PLOTS[fig.plot]
+    if not kind.per_metric:
+        return [kind.file] if kind.file in drawn else []
+    head, tail = kind.file.split("{metric}")
+    out = []
+    for name in drawn:
+        if name.startswith(head) and name.endswith(tail):
+            metric = name[len(head) : len(name) - len(tail)]
+            if any(metric == m or (m.endswith("_") and metric.startswith(m)) for m in fig.metrics):
+                out.append(name)
+    return out
+
+
+def draw_all(
+    rows: list[dict[str, Any]],
+    metrics: dict[str, str],
+    out: Path,
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every plot whose axes the sweep fits, per metric for the per-metric kinds: file name
+    -> what it drew (`describe_figure`)."""
+    drawn: dict[str, list[dict[str, Any]]] = {}
+    for kind in PLOTS.values():
+        if not kind.per_metric:
+            shown = kind.draw(rows, curves or {}, out / kind.file)
+            if shown:
+                drawn[kind.file] = shown
+            continue
+        for metric, label in metrics.items():
+            name = kind.file.format(metric=metric)
+            shown = kind.draw(rows, metric, label, out / name)
+            if shown:
+                drawn[name] = shown
+    return drawn
