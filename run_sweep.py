@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the results table and figures of an existing sweep; no training",
     )
     p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate the sweep's finished trials again from their final checkpoints with "
+        "the --set evaluation.* values (an OoD set, FGSM eps, top-5); no training",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the trial table and estimated GPU-hours; start nothing",
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
         if args.status:  # reads the storage only: no data, no Ray
             return status(args, name)
+        if args.evaluate:  # the finished trials' checkpoints, on this machine: no Ray
+            return evaluate(args, name)
         check_trials_fit(configs)
         if args.resume and not (args.dry_run or args.report):
             root = storage.resolve(args.storage)
@@ -329,9 +337,46 @@ def resume_command(argv: list[str] | None = None) -> str:
     """This command line with --resume: what continues the sweep it started."""
     import shlex
 
-    drop = ("--resume", "--status", "--report", "--dry-run")
+    drop = ("--resume", "--status", "--report", "--dry-run", "--evaluate")
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in drop]
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
+
+
+def evaluate(args: argparse.Namespace, name: str) -> int:
+    """--evaluate: the final evaluation of the finished trials again (rp_tune.evaluate)."""
+    from rp_tune import storage
+    from rp_tune.config import parse_set
+    from rp_tune.evaluate import evaluate_sweep
+    from rp_tune.plan import check_not_held
+
+    root = storage.resolve(args.storage)
+    sweep_dir = storage.join(root, name)
+    check_not_held(root, name)  # a running sweep's trials are its driver's
+    outcomes = evaluate_sweep(sweep_dir, parse_set(args.set or []), _tracking_uri(args, sweep_dir))
+    for o in outcomes:
+        values = "  ".join(f"{k} {v:.4f}" for k, v in sorted(o["metrics"].items()))
+        note = o["error"] or values or "nothing new: the trial had every value"
+        logged = "  (in MLflow)" if o["logged"] else ""
+        print(f"{o['status']:<13} {o['run_key']}  {note}{logged}")
+    failed = sum(o["status"] == "failed" for o in outcomes)
+    done = len(outcomes) - failed
+    print(f"{len(outcomes)} finished trials: {done} evaluated or saved before, {failed} failed")
+    print(f"the report shows the values: {_with(None, '--report')}")
+    return 1 if failed else 0
+
+
+def _tracking_uri(args: argparse.Namespace, sweep_dir: str) -> str | None:
+    """The MLflow store of a finished sweep: --tracking-uri, $MLFLOW_TRACKING_URI, or the
+    results root's own database where there is one; None with --no-tracking."""
+    from rp_tune import storage
+    from rp_tune.tracking import default_tracking_uri, local_store
+
+    if args.no_tracking:
+        return None
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and not storage.is_uri(sweep_dir) and local_store(sweep_dir).is_file():
+        uri = default_tracking_uri(sweep_dir)
+    return uri
 
 
 def report(args: argparse.Namespace, name: str) -> int:
@@ -339,19 +384,11 @@ def report(args: argparse.Namespace, name: str) -> int:
 
     from rp_tune import storage
     from rp_tune.report import main as report_main
-    from rp_tune.tracking import default_tracking_uri, local_store
 
     sweep_dir = storage.join(storage.resolve(args.storage), name)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None and not args.no_tracking and not storage.is_uri(sweep_dir):
-        uri = default_tracking_uri(sweep_dir) if local_store(sweep_dir).is_file() else None
+    uri = _tracking_uri(args, sweep_dir)
     return report_main(
-        [
-            sweep_dir,
-            "--space",
-            args.space,
-            *(["--tracking-uri", uri] if uri and not args.no_tracking else []),
-        ]
+        [sweep_dir, "--space", args.space, *(["--tracking-uri", uri] if uri else [])]
     )
 
 

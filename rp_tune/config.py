@@ -302,6 +302,7 @@ class EvaluationConfig:
     ece: bool = True  # 15-bin ECE on validation (every epoch) and test
     fgsm: bool = True  # FGSM robust test accuracy at the end
     fgsm_eps: float = 8 / 255  # in [0, 1] pixel space
+    top5: bool = False  # top-5 test accuracy on any data set (ImageNet trials always have it)
     ood: bool = True  # OoD ROC-AUC (max softmax probability) at the end; false: none
     # empty: the dataset's defaults (DEFAULT_OOD). Every set named is data the sweep needs:
     # checked before Ray starts like the training set. To run without the real sets, say so:

@@ -221,6 +221,10 @@ def _is_imagenet(cfg: Any) -> bool:
     return cfg.data.name == "imagenet"
 
 
+def _top5_on(cfg: Any) -> bool:
+    return _is_imagenet(cfg) or bool(cfg.evaluation.top5)
+
+
 def _ece_on(cfg: Any) -> bool:
     return bool(cfg.evaluation.ece)
 
@@ -246,7 +250,7 @@ _METRICS = [
     Metric("test_acc", FINAL, "test accuracy", "higher", True, "test_acc", ".4f",
            of_test_logits=accuracy),
     Metric("test_top5", FINAL, "test top-5 accuracy", "higher", True, "top5", ".4f",
-           of_test_logits=top5_accuracy, applies=_is_imagenet),
+           of_test_logits=top5_accuracy, applies=_top5_on),
     Metric("test_loss", FINAL, "NLL", "lower", True, of_test_logits=nll),
     Metric("test_ece", FINAL, "ECE (15 bins)", "lower", True, "ece", ".3f",
            of_test_logits=lambda logits, labels: ece(logits, labels), applies=_ece_on),
@@ -255,6 +259,8 @@ _METRICS = [
     Metric("test_acc_best_val", FINAL, "test accuracy at the best-validation epoch", "higher"),
     Metric("test_loss_best_val", FINAL, "NLL at the best-validation epoch", "lower"),
     Metric("fgsm_acc", FINAL, "FGSM accuracy (eps 8/255)", "higher", True, "fgsm", ".3f"),
+    # FGSM at another eps, from evaluating a finished trial again: fgsm_acc_eps0.0157
+    Metric("fgsm_acc_eps", FINAL, "FGSM accuracy at another eps", "higher", family=True),
     Metric("ood_auroc_", FINAL, "OoD ROC-AUC (max softmax)", "higher", family=True),
     Metric("achieved_density", FINAL, "achieved density", None, False, "density", ".4f"),
     Metric("params_dense", FINAL, "parameters (dense)", fmt=".0f"),

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .evaluate import evaluated_metrics
 from .figures import FIGURES, PLOTS, draw_all, figure_files
 from .grouping import Group, by_panel, finished, groups, panel_title
 from .layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
@@ -67,6 +68,8 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[k] = float(v)
         row.update(trial_cost(results, entry["flat"]))
+        for k, v in evaluated_metrics(trial).items():  # from --evaluate: never over its own
+            row.setdefault(k, float(v))
         if last.get("checkpoint_path"):  # the newest checkpoint (the final one, if finished)
             row["checkpoint"] = storage.on_storage_of(str(last["checkpoint_path"]), sweep_dir)
         row.update({k: str(v) for k, v in last.items() if k.startswith(ENV_PREFIX)})
@@ -144,7 +147,7 @@ def _aggregated_metrics(rows: list[dict[str, Any]]) -> list[str]:
     test accuracy, every OoD AUROC, the achieved density; those some finished trial has."""
     names = [m.name for m in METRICS.values() if m.plotted]
     names += ["test_acc_best_val", "achieved_density"]
-    names += sorted({k for r in rows for k in r if k.startswith("ood_auroc_")})
+    names += sorted({k for r in rows for k in r if k.startswith(("ood_auroc_", "fgsm_acc_eps"))})
     return [n for n in names if any(isinstance(r.get(n), float) for r in rows)]
 
 
@@ -221,6 +224,8 @@ def build_report(
     metrics = {m.name: m.label for m in METRICS.values() if m.plotted}
     for k in sorted({k for r in rows for k in r if k.startswith("ood_auroc_")}):
         metrics[k] = f"{METRICS['ood_auroc_'].label} vs {k[len('ood_auroc_') :]}"
+    for k in sorted({k for r in rows for k in r if k.startswith("fgsm_acc_eps")}):
+        metrics[k] = f"FGSM accuracy (eps {k[len('fgsm_acc_eps') :]})"
     drawn = draw_all(rows, metrics, out, grad_flow_curves(rows))
     figures = [str(out / name) for name in drawn]
     paper = {}

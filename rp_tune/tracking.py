@@ -549,3 +549,36 @@ def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:
         return
     for p in paths:
         client.log_artifact(parent, p, artifact_path="report")
+
+
+def log_evaluation(
+    uri: str, sweep_path: str, run_key: str, metrics: dict[str, float], step: int
+) -> bool:
+    """Add a finished trial's re-evaluated metrics to its run (step = its last epoch),
+    each once: a metric the run already holds is not logged again. False when the sweep or
+    the trial has no run at `uri` (nothing logged, said in the log)."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = find_parent_run(client, sweep_path)
+    if parent is None:
+        log.warning("no MLflow parent run for %s at %s: evaluation not logged", sweep_path, uri)
+        return False
+    exp = client.get_run(parent).info.experiment_id
+    found = client.search_runs(
+        [exp],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+        f"tags.`rp_tune.run_key` = '{run_key}'",
+        max_results=1,
+    )
+    if not found:
+        log.warning("no MLflow run of %s under %s: evaluation not logged", run_key, sweep_path)
+        return False
+    run = found[0]
+    ts = int(time.time() * 1000)
+    todo = [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items())
+            if k not in run.data.metrics]  # fmt: skip
+    if todo:
+        client.log_batch(run.info.run_id, metrics=todo)
+    return True

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -726,6 +727,26 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0
     return out
+
+
+def evaluate_again(
+    cfg: TrialConfig, checkpoint: str | os.PathLike, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """The final evaluation of a finished trial once more, from its final checkpoint, with
+    `cfg`'s evaluation settings (a new OoD set, another FGSM eps, top-5): the same model,
+    masks and best-validation state as at the end of its training. CheckpointError when the
+    folder is not the trial's final checkpoint."""
+    folder = Path(checkpoint)
+    state = read_checkpoint(folder)
+    if int(state["epoch"]) != cfg.train.epochs:
+        raise CheckpointError(
+            f"{folder}: epoch {state['epoch']} of {cfg.train.epochs}, not the trial's final "
+            "checkpoint"
+        )
+    with tempfile.TemporaryDirectory(prefix="rp_tune-evaluate-") as tmp:
+        t = setup(cfg, Path(tmp), str(state["run_key"]), device, masks_from=folder)
+        restore(t, state, folder)
+        return final_evaluation(t)
 
 
 def time_spent(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -231,7 +231,15 @@ def test_the_registry_declares_each_metric_once_and_finds_families():
     assert numeric_metrics(row, EPOCH) == {"train_loss": 0.5}
     assert numeric_metrics(row, FINAL) == {"test_acc": 0.9}
     assert unregistered(row) == ["my_new_metric"]
-    # the ImageNet-only entry: computed where it applies
+    # top-5: on ImageNet always, elsewhere when asked (evaluation.top5)
     top5 = METRICS["test_top5"]
-    assert top5.applies(types.SimpleNamespace(data=types.SimpleNamespace(name="imagenet")))
-    assert not top5.applies(types.SimpleNamespace(data=types.SimpleNamespace(name="cifar10")))
+
+    def cfg(name, top5=False):
+        return types.SimpleNamespace(data=types.SimpleNamespace(name=name),
+                                     evaluation=types.SimpleNamespace(top5=top5))  # fmt: skip
+
+    assert top5.applies(cfg("imagenet")) and top5.applies(cfg("cifar10", top5=True))
+    assert not top5.applies(cfg("cifar10"))
+    assert (
+        metric("fgsm_acc_eps0.0157").name == "fgsm_acc_eps" and metric("fgsm_acc").family is False
+    )

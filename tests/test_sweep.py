@@ -515,3 +515,13 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     assert _expected_startups(smoke, 16, 1) == {"worker_maximum_startup_concurrency": 16}
     monkeypatch.setenv("RAY_worker_maximum_startup_concurrency", "4")
     assert _expected_startups(smoke, 2, None) == {}
+
+
+def test_evaluate_refuses_what_it_cannot_do_and_creates_nothing(tmp_path, capsys):
+    res = tmp_path / "res"
+    r = incli(capsys, "--space", "smoke", "--evaluate", "--storage", str(res))
+    assert r.returncode == 2 and "no sweep at" in r.stderr and "nothing to evaluate" in r.stderr
+    r = incli(capsys, "--space", "smoke", "--evaluate", "--storage", str(res),
+              "--set", "train.epochs=3")  # fmt: skip
+    assert r.returncode == 2 and "are not evaluation.* keys" in r.stderr
+    assert not res.exists()

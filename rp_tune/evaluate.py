@@ -1,0 +1,177 @@
+"""Evaluate a sweep's finished trials again, without retraining them.
+
+    python run_sweep.py --space depth_scan --evaluate --set evaluation.ood_sets=svhn,gaussian
+    python run_sweep.py --space depth_scan --evaluate --set evaluation.fgsm_eps=0.0157
+
+A metric added after a sweep finished (an OoD set, FGSM at another eps, top-5) is computed
+from each finished trial's final checkpoint with the trial's own config, its evaluation
+settings replaced by the overrides (`rp_tune.train.evaluate_again`), on this machine (its GPU
+if it has one). What it adds are the metrics the trial's own final result lacks (FGSM at
+another eps is named fgsm_acc_eps<eps>); they go to `<sweep>/<run key>/evaluations.json`,
+which the report reads into the results table, and to the trial's MLflow run.
+
+Once, whatever interrupts it: a trial's values are saved as soon as they are computed, under
+an id of the evaluation settings, and a run again skips what is saved; MLflow gets each value
+once (a value the run already holds is not logged again), and the entry records that it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import storage as store
+from .config import ConfigError, from_flat
+from .plan import SweepError, check_data_roots, is_finished, last_result, stored_trials
+
+log = logging.getLogger(__name__)
+
+EVALUATIONS_FILE = "evaluations.json"
+DEFAULT_FGSM_EPS = 8 / 255
+
+
+def evaluation_id(flat: Mapping[str, Any]) -> str:
+    """A short hash of a config's evaluation settings: what one evaluation computed."""
+    ev = {k: flat[k] for k in sorted(flat) if k.startswith("evaluation.")}
+    return hashlib.sha256(json.dumps(ev, default=list).encode()).hexdigest()[:10]
+
+
+def read_evaluations(trial_dir: str) -> list[dict[str, Any]]:
+    """The evaluations saved for a trial (a folder or a URI); [] when there are none."""
+    location = store.join(trial_dir, EVALUATIONS_FILE)
+    if not store.exists(location):
+        return []
+    return json.loads(store.read_text(location))
+
+
+def evaluated_metrics(trial_dir: str) -> dict[str, float]:
+    """Every metric the trial's evaluations added (a later evaluation wins)."""
+    out: dict[str, float] = {}
+    for entry in read_evaluations(trial_dir):
+        out.update(entry.get("metrics", {}))
+    return out
+
+
+def _save(trial_dir: str, entries: list[dict[str, Any]]) -> None:
+    store.write_text(store.join(trial_dir, EVALUATIONS_FILE), json.dumps(entries, indent=1))
+
+
+def new_metrics(
+    result: Mapping[str, Any], original: Mapping[str, Any], fgsm_eps: float
+) -> dict[str, float]:
+    """The numeric values of a second final evaluation the trial's own final result lacks;
+    FGSM at an eps other than the paper's 8/255 under its own name, fgsm_acc_eps<eps>."""
+    from .metrics import is_metric
+
+    out = {}
+    for k, v in result.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not is_metric(k):
+            continue
+        if k == "fgsm_acc" and abs(fgsm_eps - DEFAULT_FGSM_EPS) > 1e-9:
+            k = f"fgsm_acc_eps{fgsm_eps:.4g}"
+        if k not in original:
+            out[k] = float(v)
+    return out
+
+
+def evaluate_sweep(
+    sweep_dir: str,
+    overrides: Mapping[str, Any],
+    tracking_uri: str | None = None,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every finished trial of the sweep at `sweep_dir` again with the evaluation
+    overrides; returns one outcome per finished trial: {"run_key", "status" ("evaluated",
+    "saved before", "failed"), "metrics", "logged", "error"}. SweepError for an override
+    outside evaluation.*, a bad value, or data the new evaluation needs and cannot find."""
+    bad = sorted(k for k in overrides if not k.startswith("evaluation."))
+    if bad:
+        raise SweepError(
+            f"--evaluate changes how finished trials are evaluated, not what they trained: "
+            f"{bad} are not evaluation.* keys"
+        )
+    entries = stored_trials(sweep_dir)
+    if not entries:
+        raise SweepError(f"no sweep at {sweep_dir} (no trials.json): nothing to evaluate")
+    todo = []
+    for e in entries:
+        last = last_result(store.join(sweep_dir, e["run_key"]))
+        if not is_finished(last, int(e["flat"]["train.epochs"])):
+            continue
+        try:
+            cfg = from_flat({**e["flat"], **overrides})
+        except ConfigError as err:
+            raise SweepError(f"--evaluate: {err}") from None
+        todo.append((e, cfg, last))
+    if not todo:
+        raise SweepError(f"{sweep_dir}: no finished trial to evaluate")
+    check_data_roots([cfg for _, cfg, _ in todo])
+    outcomes = []
+    for e, cfg, last in todo:
+        outcomes.append(_evaluate_one(sweep_dir, e["run_key"], cfg, last, tracking_uri, device))
+    return outcomes
+
+
+def _evaluate_one(
+    sweep_dir: str,
+    key: str,
+    cfg: Any,
+    last: dict[str, Any],
+    tracking_uri: str | None,
+    device: str | None,
+) -> dict[str, Any]:
+    trial_dir = store.join(sweep_dir, key)
+    ident = evaluation_id(cfg.to_flat())
+    saved = read_evaluations(trial_dir)
+    entry = next((x for x in saved if x["id"] == ident), None)
+    status = "saved before"
+    if entry is None:
+        checkpoint = last.get("checkpoint_path")
+        if not checkpoint:
+            return {"run_key": key, "status": "failed", "metrics": {}, "logged": False,
+                    "error": "its last result names no checkpoint"}  # fmt: skip
+        where = store.on_storage_of(str(checkpoint), sweep_dir)
+        try:
+            result = _evaluate_checkpoint(cfg, where, device)
+        except Exception as err:  # one trial's damaged checkpoint must not stop the rest
+            log.warning("%s: evaluation failed: %s", key, err)
+            return {"run_key": key, "status": "failed", "metrics": {}, "logged": False,
+                    "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+        entry = {
+            "id": ident,
+            "settings": {k: v for k, v in cfg.to_flat().items() if k.startswith("evaluation.")},
+            "checkpoint": where,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "metrics": new_metrics(
+                result, {**last, **evaluated_metrics(trial_dir)}, cfg.evaluation.fgsm_eps
+            ),  # fmt: skip
+            "logged": False,
+        }
+        saved.append(entry)
+        _save(trial_dir, saved)  # saved before MLflow hears of it: nothing computed twice
+        status = "evaluated"
+    if tracking_uri and not entry["logged"] and entry["metrics"]:
+        from .tracking import log_evaluation
+
+        if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.train.epochs):
+            entry["logged"] = True
+            _save(trial_dir, saved)
+    return {"run_key": key, "status": status, "metrics": entry["metrics"],
+            "logged": entry["logged"], "error": ""}  # fmt: skip
+
+
+def _evaluate_checkpoint(cfg: Any, checkpoint: str, device: str | None) -> dict[str, Any]:
+    from .train import evaluate_again
+
+    if not store.is_uri(checkpoint):
+        return evaluate_again(cfg, checkpoint, device)
+    with tempfile.TemporaryDirectory(prefix="rp_tune-checkpoint-") as tmp:
+        local = Path(tmp, "checkpoint")
+        store.copy_to_local(checkpoint, local)
+        return evaluate_again(cfg, local, device)
