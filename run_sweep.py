@@ -77,6 +77,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument(
+        "--extend",
+        action="store_true",
+        help="add trials to a finished sweep (a space edit, --set or --grid that gives more "
+        "seeds or grid values): only those it does not hold are trained",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="make a flat config key an axis of the sweep with these values (repeatable), "
+        "e.g. --grid seed=0,1,2",
+    )
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="train every trial, even one whose config finished in another sweep under "
+        "--storage (by default it is taken from there)",
+    )
+    p.add_argument(
         "--status",
         action="store_true",
         help="the table of this sweep's trials (finished, running, failed, pending) from its "
@@ -153,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         check_resume,
         check_trials_fit,
         expand_space,
+        parse_grid,
         parse_overrides,
         trial_table,
     )
 
     try:
         overrides = parse_overrides(args.set)
+        overrides.update(parse_grid(args.grid))
+        if args.extend and args.resume:
+            raise SweepError("--extend adds trials to a finished sweep, --resume continues an "
+                             "interrupted one: pick one")  # fmt: skip
         if os.environ.get(DATA_ROOT_ENV) and "data.root" not in overrides:
             overrides["data.root"] = os.environ[DATA_ROOT_ENV]
         for key, value in (
@@ -257,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.num_cpus,
             inject_fault_epoch=args.inject_fault,
             verbose=args.verbose,
+            extend=args.extend,
+            reuse=not args.no_reuse,
         )
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -337,7 +364,7 @@ def resume_command(argv: list[str] | None = None) -> str:
     """This command line with --resume: what continues the sweep it started."""
     import shlex
 
-    drop = ("--resume", "--status", "--report", "--dry-run", "--evaluate")
+    drop = ("--resume", "--status", "--report", "--dry-run", "--evaluate", "--extend")
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in drop]
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 

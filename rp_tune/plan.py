@@ -134,6 +134,24 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         raise SweepError(str(e)) from None
 
 
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """--grid KEY=V1,V2,... strings as axes {key: [values]} (strings, coerced per field by
+    `from_flat`); SweepError for an item without '=' or values, or a key whose one value is
+    itself a list (train.milestones: set such axes in a space file)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, text = (t.strip() for t in item.partition("="))
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise SweepError(f"--grid {item!r} is not KEY=V1,V2,... (e.g. --grid seed=0,1,2)")
+        if _tuple_key(key):
+            raise SweepError(
+                f"--grid {key}: its one value is a list; give such an axis in a space file"
+            )
+        out[key] = values
+    return out
+
+
 def check_data_roots(configs: Sequence[TrialConfig]) -> None:
     """Every dataset any trial reads (training and OoD sets) is present and intact before Ray
     starts, downloaded once here where allowed (`rp_tune.data.ensure_datasets`); otherwise one
@@ -402,6 +420,25 @@ class TrialOutcome:
     resumed_from_epoch: int
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    reused_from: str = ""  # the sweep under the same root that trained it, if reused
+
+
+def stored_outcome(path: str, entry: Mapping[str, Any]) -> TrialOutcome:
+    """A trial of the sweep that Tune did not run this time (finished before an --extend,
+    reused from another sweep, or not started yet), from what its folder holds."""
+    trial_dir = store.join(path, entry["run_key"])
+    results = all_results(trial_dir)
+    last = results[-1] if results else {}
+    epochs = int(entry["flat"]["train.epochs"])
+    status = trial_status(last, epochs, errored=False) if last else "pending"
+    metrics = {k: v for k, v in last.items() if not k.startswith(("config", "_"))}
+    if results:
+        metrics.update(trial_cost(results, entry["flat"]))
+    return TrialOutcome(
+        entry["run_key"], status, int(last.get("epoch", 0) or 0), epochs,
+        int(last.get("resumed_from_epoch", 0) or 0), metrics,
+        reused_from=str(entry.get("reused_from", "")),
+    )  # fmt: skip
 
 
 @dataclass
@@ -477,11 +514,13 @@ class SweepSummary:
                 f"{t.run_key:<52} {t.status:<10} {f'{t.epoch}/{t.epochs}':>7} "
                 + " ".join(f"{v:>{w}}" for v, w in zip(values, widths))
                 + f" {t.resumed_from_epoch or '-':>8}"
+                + (f"  reused from {t.reused_from}" if t.reused_from else "")
             )
+        reused = sum(bool(t.reused_from) for t in self.trials)
         rows.append(
             f"trials: {len(self.trials)}  finished: {self.finished}  failed: "
             f"{self.failed}  unfinished: {self.unfinished}  resumed from a checkpoint: "
-            f"{self.resumed}"
+            f"{self.resumed}" + (f"  reused from other sweeps: {reused}" if reused else "")
         )
         return "\n".join(rows)
 
@@ -761,6 +800,99 @@ def _comparable(flat: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def trial_identity(flat: Mapping[str, Any]) -> str:
+    """What makes two trials the same experiment: the flat config as this release reads it,
+    less where it runs (NOT_HASHED), whatever run key a release gave it."""
+    return repr(sorted(_comparable(flat).items()))
+
+
+TRIAL_FILES = ("params.json", "result.json", "evaluations.json")  # what a reused trial copies
+
+
+@dataclass
+class TrialPlan:
+    """The trials of a sweep about to start: all of them as trials.json stores them, and
+    which Tune trains now; the rest finished already, in this sweep before an --extend
+    (`kept`) or in another sweep under the results root (`reused`: their entries name it)."""
+
+    entries: list[dict[str, Any]]
+    train: list[dict[str, Any]]
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    reused: list[dict[str, Any]] = field(default_factory=list)
+
+
+def finished_under(root: str, skip: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
+    """trial identity -> (sweep name, stored entry) of every finished trial of every sweep
+    under a results root but `skip`; trials a sweep reused are found in the sweep that
+    trained them."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    if not store.exists(root):
+        return out
+    for sweep in store.list_names(root):
+        base = store.join(root, sweep)
+        if sweep == skip or not store.exists(store.join(base, TRIALS_FILE)):
+            continue
+        for e in stored_trials(base):
+            if e.get("reused_from"):
+                continue
+            last = last_result(store.join(base, e["run_key"]))
+            try:
+                if is_finished(last, int(e["flat"]["train.epochs"])):
+                    out.setdefault(trial_identity(e["flat"]), (sweep, e))
+            except ConfigError:  # a config this release no longer reads: not reusable
+                continue
+    return out
+
+
+def plan_trials(
+    configs: Sequence[TrialConfig],
+    root: str,
+    name: str,
+    existing: Sequence[Mapping[str, Any]] = (),
+    reuse: bool = True,
+) -> TrialPlan:
+    """Which of `configs` to train: those the sweep does not hold yet (`existing`: what it
+    stored, every one finished, for --extend) and no other sweep under `root` finished
+    (with reuse). Existing entries keep their run keys; a reused trial takes the run key its
+    own sweep gave it, so one experiment has one name under a results root."""
+    have = {trial_identity(e["flat"]): dict(e) for e in existing}
+    others = finished_under(root, skip=name) if reuse else {}
+    entries = [dict(e) for e in existing]
+    train, reused = [], []
+    for c in configs:
+        flat = c.to_flat()
+        ident = trial_identity(flat)
+        if ident in have:
+            continue
+        have[ident] = {}
+        if ident in others:
+            sweep, e = others[ident]
+            entry = {"flat": e["flat"], "run_key": e["run_key"], "reused_from": sweep}
+            reused.append(entry)
+        else:
+            entry = {"flat": flat, "run_key": run_key(c)}
+            train.append(entry)
+        entries.append(entry)
+    return TrialPlan(entries, train, kept=[dict(e) for e in existing], reused=reused)
+
+
+def copy_reused_trials(root: str, name: str, reused: Sequence[Mapping[str, Any]]) -> None:
+    """A reused trial's record (params.json, result.json, evaluations.json) into this
+    sweep's folder, so that its status, summary and report read it like its own; the
+    checkpoint stays where its sweep wrote it (result.json names it)."""
+    for e in reused:
+        src = store.join(root, e["reused_from"], e["run_key"])
+        dst = store.join(root, name, e["run_key"])
+        for f in TRIAL_FILES:
+            if store.exists(store.join(src, f)):
+                store.write_text(store.join(dst, f), store.read_text(store.join(src, f)))
+
+
+def write_trial_entries(path: str, entries: Sequence[Mapping[str, Any]]) -> None:
+    """trials.json: every trial of the sweep (the reused ones name their sweep)."""
+    store.write_text(store.join(path, TRIALS_FILE), json.dumps(list(entries), default=list))
+
+
 def config_differences(
     stored: Sequence[Mapping[str, Any]], configs: Sequence[TrialConfig]
 ) -> list[str]:
@@ -800,6 +932,31 @@ def check_not_held(root: str, name: str) -> None:
         raise SweepError(f"{root}: cannot read the lock of the sweep {name!r}: {e}") from None
 
 
+def _extended(
+    path: str, stored: Sequence[Mapping[str, Any]], configs: Sequence[TrialConfig]
+) -> bool:
+    """True when the sweep holds every one of `configs` and the trials it holds besides are
+    finished: an --extend (or reuse) added them, and --resume with the extension's options
+    continues what is left."""
+
+    def ident(flat: Mapping[str, Any]) -> str:
+        row = _comparable(flat)
+        if any(c.resources.gpus_per_worker is None for c in configs):
+            row.pop("resources.gpus_per_worker", None)
+        return repr(sorted(row.items()))
+
+    held = {ident(e["flat"]): e for e in stored}
+    now = {ident(c.to_flat()) for c in configs}
+    if not now <= set(held):
+        return False
+    for k, e in held.items():
+        if k not in now and not e.get("reused_from"):
+            last = last_result(store.join(path, e["run_key"]))
+            if not is_finished(last, int(e["flat"]["train.epochs"])):
+                return False
+    return True
+
+
 def check_resume(path: str, configs: Sequence[TrialConfig]) -> None:
     """--resume continues the trials the sweep at `path` stored, not others: a SweepError
     naming the keys that differ when the space or a --set now gives other configs (an
@@ -814,6 +971,8 @@ def check_resume(path: str, configs: Sequence[TrialConfig]) -> None:
             raise SweepError(f"--resume: no sweep to resume at {path}")
         stored = stored_trials(path)
         differ = config_differences([e["flat"] for e in stored], configs) if stored else []
+        if differ and _extended(path, stored, configs):
+            differ = []
     except ConfigError as e:  # a stored key this release no longer knows
         raise SweepError(f"--resume: the sweep at {path} stored a config {e}") from None
     except OSError as e:

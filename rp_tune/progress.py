@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,13 @@ class Progress:
         self._last_line = -math.inf
 
     # --- events ---------------------------------------------------------------------------
+    def finished_before(self, keys: Iterable[str]) -> None:
+        """Trials the sweep holds finished already (kept by --extend, reused from another
+        sweep): done from the start, no epochs left."""
+        for key in keys:
+            self.finished.add(key)
+            self.done[key] = self.epochs.get(key, 0)
+
     def started(self, key: str, resumed_from: int = 0) -> str:
         self.running.add(key)
         self.failed.discard(key)

@@ -25,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .config import NOT_HASHED
 from .evaluate import evaluated_metrics
 from .figures import FIGURES, PLOTS, draw_all, figure_files
-from .grouping import Group, by_panel, finished, groups, panel_title
+from .grouping import SEED_KEYS, Group, as_sparse_recipe, by_panel, finished, groups, panel_title
 from .layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
 from .metrics import METRICS, is_metric
 from .paper_numbers import beside_the_paper, comparison_table
-from .plan import all_results, is_finished, trial_cost
+from .plan import TRIALS_FILE, all_results, is_finished, trial_cost
 from .provenance import ENV_PREFIX
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,13 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _has_trials(folder: str) -> bool:
+    """A sweep folder of a release before trials.json: trial folders with params.json."""
+    return any(
+        storage.exists(storage.join(folder, n, "params.json")) for n in storage.list_names(folder)
+    )
+
+
 def grad_flow_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """run key -> [(step, gradient norm), ...] of every finished trial whose final
     checkpoint holds a gradient flow (grad_flow.csv; evaluation.grad_flow_every > 0)."""
@@ -97,6 +105,61 @@ def grad_flow_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, fl
                     out[r["run_key"]] = points
                 break
     return out
+
+
+def sweeps_under(root: str) -> list[str]:
+    """The sweeps under a results root (the folders that hold a trials.json), by name."""
+    if not storage.exists(root):
+        raise FileNotFoundError(f"no results root at {root}")
+    return [
+        storage.join(root, n)
+        for n in sorted(storage.list_names(root))
+        if storage.exists(storage.join(root, n, TRIALS_FILE))
+    ]
+
+
+def read_sweeps(sweep_dirs: list[str]) -> list[dict[str, Any]]:
+    """The trials of several sweeps as one table, each row naming its sweep; a trial two
+    sweeps hold (one reused it from the other) is one row."""
+    rows, seen = [], set()
+    for d in sweep_dirs:
+        for r in read_trials(d):
+            if r["run_key"] not in seen:
+                seen.add(r["run_key"])
+                rows.append({**r, "sweep": storage.basename(d)})
+    return rows
+
+
+def _context_identity(row: dict[str, Any]) -> str:
+    """A trial's model, data and recipe: its config less the sparsity keys, the seeds and
+    where it ran (a dense reference on its own recipe read as its sparse recipe)."""
+    g = as_sparse_recipe(row)
+    keep = {k: g[k] for k in sorted(g) if "." in k and not k.startswith("sparsity.")
+            and k not in SEED_KEYS and k not in NOT_HASHED}  # fmt: skip
+    return repr(keep)
+
+
+def borrow_dense(
+    rows: list[dict[str, Any]], root: str, own: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A sweep without a finished dense trial of some model, data and recipe takes that
+    dense reference from another sweep under the same results root. Returns (the rows with
+    what was borrowed, the borrowed rows); nothing when every panel has its dense."""
+    done = [r for r in rows if r.get("status") == "finished"]
+    have = {_context_identity(r) for r in done if float(r["sparsity.density"]) == 1.0}
+    want = {_context_identity(r) for r in done} - have
+    if not want or storage.is_uri(root) and not storage.exists(root):
+        return rows, []
+    borrowed, keys = [], {r["run_key"] for r in rows}
+    for other in sweeps_under(root):
+        if storage.basename(other) == own:
+            continue
+        for r in read_trials(other):
+            if (r.get("status") == "finished" and float(r["sparsity.density"]) == 1.0
+                    and r["run_key"] not in keys and _context_identity(r) in want):  # fmt: skip
+                borrowed.append({**r, "sweep": storage.basename(other)})
+                keys.add(r["run_key"])
+    return rows + borrowed, borrowed
 
 
 def results_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -210,15 +273,38 @@ def _cell(v: Any) -> str:
 
 
 def build_report(
-    sweep_dir: str | Path,
+    sweep_dir: str | Path | list[str],
     out_dir: str | Path | None = None,
     tracking_uri: str | None = None,
     space: str | None = None,
 ) -> dict[str, Any]:
     """Write the Parquet table, the figures and the matching-density table; returns paths.
-    With the sweep's `space`, also which drawn files show each paper figure it serves."""
-    rows = read_trials(sweep_dir)
-    out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
+    With the sweep's `space`, also which drawn files show each paper figure it serves.
+
+    `sweep_dir`: one sweep (its dense references borrowed from the other sweeps under its
+    results root where it has none), several (their trials as one table), or a results root
+    (every sweep under it)."""
+    dirs = [str(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else None
+    if dirs is None and not storage.exists(storage.join(str(sweep_dir), TRIALS_FILE)):
+        if storage.exists(str(sweep_dir)) and not _has_trials(str(sweep_dir)):
+            dirs = sweeps_under(str(sweep_dir))  # a results root
+    borrowed: list[dict[str, Any]] = []
+    if dirs is None:
+        rows = read_trials(sweep_dir)
+        parent = storage.parent(str(sweep_dir))
+        rows, borrowed = borrow_dense(rows, parent, storage.basename(str(sweep_dir)))
+        out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
+    else:
+        if not dirs:
+            raise FileNotFoundError(f"{sweep_dir}: no sweeps (no */trials.json)")
+        rows = read_sweeps(dirs)
+        out = (
+            Path(out_dir)
+            if out_dir
+            else default_out_dir(
+                dirs[0] if len(dirs) == 1 else storage.join(storage.parent(dirs[0]), "report-all")
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(results_table(rows), out / TABLE_FILE)
     metrics = {m.name: m.label for m in METRICS.values() if m.plotted}
@@ -280,6 +366,7 @@ def build_report(
         "figures": figures,
         "drawn": drawn,
         "paper_figures": paper,
+        "borrowed": borrowed,
         "paper_numbers": paper_rows,
         "paper_table": str(out / PAPER_FILE),
         "matching": matching,
@@ -312,6 +399,8 @@ def print_report(rep: dict[str, Any]) -> None:
             f"({m['dense_acc_mean']:.4f} - {m['dense_acc_std']:.4f}, n={m['dense_n']}): "
             f"{'none of those run' if found is None else found}"
         )
+    for r in rep.get("borrowed", []):
+        print(f"dense reference {r['run_key']} borrowed from the sweep {r['sweep']}")
     for panel in rep["no_dense"]:
         print(
             f"{panel:<24} matching density: none - no finished dense trial (sparsity.density "
@@ -334,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog="python -m rp_tune.report", description=__doc__.split("\n")[0])
     p.add_argument(
-        "sweep_dir", help="a sweep's folder or URI, e.g. results/width_scan, s3://b/r/width_scan"
+        "sweep_dir",
+        nargs="+",
+        help="a sweep's folder or URI (results/width_scan, s3://b/r/width_scan), several "
+        "(one table of their trials), or a results root (every sweep under it)",
     )
     p.add_argument(
         "--out",
@@ -345,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", default=None, help="the sweep's space: name its paper figures")
     args = p.parse_args(argv)
     try:
-        rep = build_report(args.sweep_dir, args.out, args.tracking_uri, args.space)
+        dirs = args.sweep_dir[0] if len(args.sweep_dir) == 1 else args.sweep_dir
+        rep = build_report(dirs, args.out, args.tracking_uri, args.space)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,14 @@ def basename(location: str) -> str:
     return posixpath.basename(path.rstrip("/"))
 
 
+def parent(location: str) -> str:
+    """The folder above a path or a URI's path (its query kept)."""
+    if is_uri(location):
+        u = urlsplit(location)
+        return urlunsplit(u._replace(path=posixpath.dirname(u.path.rstrip("/")) or "/"))
+    return str(Path(location).parent)
+
+
 def on_storage_of(fs_path: str, like: str) -> str:
     """A path as Ray's pyarrow filesystem gives it (on S3 `bucket/key`, no scheme), as a
     location on the same storage as `like` (a path, or a URI whose scheme and query, e.g.

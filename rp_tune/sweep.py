@@ -22,6 +22,7 @@ import re
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,24 +30,28 @@ from typing import Any
 from . import storage as store
 from .config import ConfigError, TrialConfig, from_flat, run_key
 from .plan import (
+    TRIALS_FILE,
     SweepError,
     SweepSummary,
     TrialOutcome,
     all_results,
     check_not_held,
     check_resume,
+    copy_reused_trials,
     default_concurrency,
     driver_lock,
     local_gpu_capacity,
     max_cluster_resources,
+    plan_trials,
     read_autoscaling_config,
     resolve_gpus,
     space_params,
     startup_concurrency,
+    stored_outcome,
     stored_trials,
     trial_cost,
     trial_status,
-    write_stored_trials,
+    write_trial_entries,
 )
 from .progress import Progress
 from .provenance import CODE_DIFF_FILE, code_state
@@ -492,8 +497,14 @@ def run_sweep(
     num_cpus: int | None = None,
     inject_fault_epoch: int | None = None,
     verbose: bool = False,
+    extend: bool = False,
+    reuse: bool = True,
 ) -> SweepSummary:
     """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome.
+
+    extend: add `configs` to a finished sweep and train only those it does not hold.
+    reuse: a trial whose config finished in another sweep under the same results root is
+    taken from there, not trained again (`plan.plan_trials`).
 
     verbose: Ray's, Tune's and the training workers' own output on the console too; without
     it they go to Ray's session logs, and this module's log to `<sweep>/driver.log`."""
@@ -511,11 +522,22 @@ def run_sweep(
         raise SweepError(f"--storage {storage!r} cannot be read: {e}") from None
     if resume and not can_restore:
         raise SweepError(f"--resume: no sweep to resume at {path}")
-    if not resume and can_restore:
+    # a sweep whose every trial was reused has its trials.json and no Tune experiment
+    exists = can_restore or store.exists(store.join(path, TRIALS_FILE))
+    if extend and not exists:
+        raise SweepError(f"--extend: no sweep at {path} to extend; start it without --extend")
+    if not resume and not extend and exists:
         raise SweepError(
-            f"a sweep already exists at {path}: pass --resume to continue it, or "
-            "--name to start another"
+            f"a sweep already exists at {path}: pass --resume to continue it, --extend to add "
+            "trials to it, or --name to start another"
         )
+    if extend:
+        left = [t for t in stored_trials(path) if stored_outcome(path, t).status != "finished"]
+        if left:
+            raise SweepError(
+                f"--extend: {len(left)} trials of the sweep at {path} are not finished "
+                f"(e.g. {left[0]['run_key']}); --resume it first"
+            )
     if resume:
         check_resume(path, configs)
     uri = None
@@ -526,6 +548,14 @@ def run_sweep(
             uri = tracking_uri or default_tracking_uri(path)
         except ValueError as e:
             raise SweepError(str(e)) from None
+    # Where every trial finished already (reused, or kept by --extend), a local sweep has
+    # nothing to train: it records the trials and ends without starting Ray.
+    need_ray = True
+    if not resume and not (address or os.environ.get("RAY_ADDRESS")):
+        local = {"CPU": float(num_cpus or os.cpu_count() or 1), **local_gpu_capacity()}
+        resolved, _ = resolve_gpus(configs, local, "this machine")
+        ahead = plan_trials(resolved, root, name, stored_trials(path) if extend else (), reuse)
+        need_ray = bool(ahead.train)
     started, code = time.time(), code_state()
     try:
         lock.acquire()
@@ -557,7 +587,9 @@ def run_sweep(
                 store.delete(store.join(train_storage, RECURRING_ERRORS, key))
         # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if address is None and not ray.is_initialized():
+        if not need_ray:
+            console.info("every trial of the sweep finished before: nothing to train, no Ray")
+        elif address is None and not ray.is_initialized():
             # address="local": a new Ray of our own, never the cluster that
             # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
             ray.init(
@@ -578,13 +610,13 @@ def run_sweep(
                 logging_level=logging.INFO if verbose else logging.ERROR,
             )
         stop_on_sigterm()  # after ray.init, which sets its own SIGTERM handler
-        logs = _ray_logs_dir()
-        console.info(
-            "logs: Ray's and the training workers' in %s; this driver's in %s%s",
-            logs,
-            driver_log or "the console",
-            "" if verbose else " (-v shows them here)",
-        )
+        if need_ray:
+            console.info(
+                "logs: Ray's and the training workers' in %s; this driver's in %s%s",
+                _ray_logs_dir(),
+                driver_log or "the console",
+                "" if verbose else " (-v shows them here)",
+            )
         callbacks = []
         if uri is not None:
             from .tracking import SweepTracker
@@ -608,7 +640,11 @@ def run_sweep(
             console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
         if not verbose:  # Tune's own reporter: its new one prints a box at any verbosity,
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic one none at 0
-        trainable = tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
+        trainable = (
+            tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
+            if need_ray
+            else None
+        )
         if resume:
             if log_weights:
                 log.warning(
@@ -641,48 +677,78 @@ def run_sweep(
                 path,
             )
         else:
-            capacity = cluster_capacity(address is not None)
-            configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
-            console.info("%s", gpu_choice)
-            entries = write_stored_trials(path, configs)
-            known = {e["run_key"]: c.train.epochs for e, c in zip(entries, configs)}
+            if need_ray:
+                capacity = cluster_capacity(address is not None)
+                configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
+                console.info("%s", gpu_choice)
+                trials = plan_trials(configs, root, name, stored_trials(path) if extend else (),
+                                     reuse=reuse)  # fmt: skip
+            else:
+                capacity, configs, trials = local, resolved, ahead
+            if trials.reused:  # their records join this sweep; their checkpoints stay
+                copy_reused_trials(root, name, trials.reused)
+                by = Counter(e["reused_from"] for e in trials.reused)
+                console.info(
+                    "reused %d trials that finished in other sweeps under %s, not trained "
+                    "again: %s",
+                    len(trials.reused),
+                    root,
+                    ", ".join(f"{n} from {s}" for s, n in sorted(by.items())),
+                )
+                for e in trials.reused:
+                    log.info("reused %s from %s", e["run_key"], e["reused_from"])
+            if extend:
+                console.info(
+                    "sweep %s extended: %d new trials, %d finished before and kept",
+                    name,
+                    len(trials.entries) - len(trials.kept),
+                    len(trials.kept),
+                )
+            write_trial_entries(path, trials.entries)
+            entries = trials.train
+            known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in trials.entries}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
-            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent)))
-            param_space = {
-                "trial": tune.grid_search(entries),
-                "train_storage": train_storage,
-                "train_max_failures": train_max_failures,
-                "save_weights": log_weights,
-                "fault": (
-                    {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
-                    if inject_fault_epoch
-                    else None
-                ),
-            }
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=concurrent,
-                    trial_name_creator=lambda t: t.config["trial"]["run_key"],
-                    trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=root,
-                    failure_config=tune.FailureConfig(max_failures=tune_max_failures),
-                    callbacks=callbacks,
-                    verbose=1 if verbose else 0,
-                ),
-            )
-            console.info(
-                "sweep %s: %d trials, at most %d at a time, results in %s",
-                name,
-                len(entries),
-                concurrent,
-                path,
-            )
-        grid = tuner.fit()
+            progress = Progress(known, concurrent)
+            progress.finished_before(e["run_key"] for e in trials.kept + trials.reused)
+            callbacks.append(__getattr__("ConsoleCallback")(progress))
+            tuner = None
+            if entries:  # else every trial finished before: nothing for Tune
+                param_space = {
+                    "trial": tune.grid_search(entries),
+                    "train_storage": train_storage,
+                    "train_max_failures": train_max_failures,
+                    "save_weights": log_weights,
+                    "fault": (
+                        {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
+                        if inject_fault_epoch
+                        else None
+                    ),
+                }
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space,
+                    tune_config=tune.TuneConfig(
+                        max_concurrent_trials=concurrent,
+                        trial_name_creator=lambda t: t.config["trial"]["run_key"],
+                        trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
+                    ),
+                    run_config=tune.RunConfig(
+                        name=name,
+                        storage_path=root,
+                        failure_config=tune.FailureConfig(max_failures=tune_max_failures),
+                        callbacks=callbacks,
+                        verbose=1 if verbose else 0,
+                    ),
+                )
+                console.info(
+                    "sweep %s: %d trials, %d to train, at most %d at a time, results in %s",
+                    name,
+                    len(trials.entries),
+                    len(entries),
+                    concurrent,
+                    path,
+                )
+        grid = tuner.fit() if tuner is not None else []
         outcomes = []
         for i, result in enumerate(grid):
             trial = (result.config or {}).get("trial")
@@ -710,9 +776,9 @@ def run_sweep(
                 )
             )
         seen = {t.run_key for t in outcomes}
-        for key, epochs in known.items():  # not created by Tune yet when the sweep stopped
-            if key not in seen:
-                outcomes.append(TrialOutcome(key, "pending", 0, epochs, 0))
+        for e in stored_trials(path):  # finished before, reused, or not started by Tune yet
+            if e["run_key"] not in seen:
+                outcomes.append(stored_outcome(path, e))
         summary = SweepSummary(
             name=name,
             path=path,

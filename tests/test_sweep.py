@@ -323,6 +323,20 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     # a second run without --resume refuses to touch the finished sweep
     again = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
     assert again.returncode == 2 and "pass --resume" in again.stderr
+    # --extend: one more density for erk; the four finished trials are kept, not retrained
+    before = {
+        p.parent.name: p.read_bytes() for p in (tmp_path / "res" / "smoke").glob("*/result.json")
+    }
+    more = ["--extend", "--set", "sparsity.scheme=erk", "--grid", "sparsity.density=0.1,0.3"]
+    ext = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2", *more)
+    assert ext.returncode == 0, ext.stdout[-3000:] + ext.stderr[-3000:]
+    assert "extended: 1 new trials, 4 finished before and kept" in ext.stdout
+    assert f"trials: {N_SMOKE + 1}  finished: {N_SMOKE + 1}  failed: 0" in ext.stdout
+    for key, content in before.items():
+        assert (tmp_path / "res" / "smoke" / key / "result.json").read_bytes() == content, key
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("rp_tune.role") != "sweep"]
+    assert len(runs) == N_SMOKE + 2 and len({r.data.tags["rp_tune.run_key"] for r in children}) == 5
 
 
 @pytest.mark.parametrize(
