@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grouping import Group, by_panel, groups, mean_std, panel_title, series_label
+from .grouping import (
+    Group,
+    by_panel,
+    dense_of,
+    groups,
+    lines_of,
+    mean_std,
+    panel_title,
+    series_label,
+)
 from .model_names import DEFAULT_WIDTH, parse_cifar_resnet
 
 MARKERS = "osD^v<>pPX*h"
@@ -132,12 +141,8 @@ def plot_vs_sparsity(
     fig, axes = _panels(len(panels))
     has_dense = False
     for ax, (panel, members) in zip(axes, panels.items()):
-        has_dense |= _dense_band(ax, next((g for g in members if g.dense), None), metric)
-        lines: dict[tuple, list[Group]] = defaultdict(list)
-        for g in members:
-            if not g.dense:
-                lines[g.series].append(g)
-        for series, points in lines.items():
+        has_dense |= _dense_band(ax, dense_of(members), metric)
+        for series, points in lines_of(members, lambda g: g.series).items():
             # lines at one sparsity side by side, not on top of one another
             dodge = 0.006 * (series_all.index(series) - (len(series_all) - 1) / 2)
             points = sorted(points, key=lambda g: g.density)
@@ -177,9 +182,7 @@ def plot_vs_cost(
     fig, axes = _panels(len(contexts))
     markers = dict(zip(sorted({g.model for g in all_groups}), MARKERS * 8))
     for ax, (context, members) in zip(axes, contexts.items()):
-        lines: dict[tuple, list[Group]] = defaultdict(list)
-        for g in members:
-            lines[(g.model, *g.series) if not g.dense else (g.model, "dense", ())].append(g)
+        lines = lines_of(members, lambda g: (g.model, *g.series), keep=lambda g: True)
         for (model, lab, line), points in lines.items():
             points = sorted(points, key=lambda g: g.stat(key)[0])
             stats = [g.stat(metric) for g in points]
@@ -222,10 +225,8 @@ def plot_vs_width(
         return None
     fig, axes = _panels(len(panels))
     for ax, (depth, context) in zip(axes, sorted(panels, key=lambda p: (p[0], repr(p[1])))):
-        lines: dict[tuple, list[Group]] = defaultdict(list)
-        for g in all_groups:
-            if (_depth_width(g.model)[0], g.context) == (depth, context):
-                lines[(g.series, g.density)].append(g)
+        here = [g for g in all_groups if (_depth_width(g.model)[0], g.context) == (depth, context)]
+        lines = lines_of(here, lambda g: (g.series, g.density), keep=lambda g: True)
         for i, ((series, density), points) in enumerate(sorted(lines.items(), key=repr)):
             points = sorted(points, key=lambda g: _depth_width(g.model)[1])
             xs = [_depth_width(g.model)[1] / DEFAULT_WIDTH for g in points]
@@ -268,11 +269,8 @@ def plot_vs_classifier(
     fig, axes = _panels(len(panels))
     has_dense = False
     for ax, (panel, members) in zip(axes, panels.items()):
-        has_dense |= _dense_band(ax, next((g for g in members if g.dense), None), metric)
-        lines: dict[tuple, list[Group]] = defaultdict(list)
-        for g in members:
-            if g in sparse:
-                lines[(g.label, g.density)].append(g)
+        has_dense |= _dense_band(ax, dense_of(members), metric)
+        lines = lines_of(members, lambda g: (g.label, g.density), keep=lambda g: g in sparse)
         for i, ((lab, density), points) in enumerate(sorted(lines.items(), key=repr)):
             points = sorted(points, key=lambda g: -classifier_density(g))
             xs = [1 - classifier_density(g) for g in points]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,12 +171,27 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
     )  # fmt: skip
 
 
+def dense_of(members: Iterable[Group]) -> Group | None:
+    """The dense group among `members` (one panel's groups), if any."""
+    return next((g for g in members if g.dense), None)
+
+
 def dense_reference(group: Group, all_groups: Sequence[Group]) -> Group | None:
     """The dense group of the same model and context (data, recipe, ...), if any."""
-    for g in all_groups:
-        if g.dense and g.panel == group.panel:
-            return g
-    return None
+    return dense_of(g for g in all_groups if g.panel == group.panel)
+
+
+def lines_of(
+    members: Iterable[Group],
+    key: Callable[[Group], tuple],
+    keep: Callable[[Group], bool] = lambda g: not g.dense,
+) -> dict[tuple, list[Group]]:
+    """The groups `keep` takes, by the line `key` puts them on, in order."""
+    out: dict[tuple, list[Group]] = defaultdict(list)
+    for g in members:
+        if keep(g):
+            out[key(g)].append(g)
+    return dict(out)
 
 
 def by_panel(all_groups: Sequence[Group]) -> dict[tuple, list[Group]]:

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,16 @@ from . import storage
 from .config import NOT_HASHED
 from .evaluate import evaluated_metrics
 from .figures import FIGURES, PLOTS, draw_all, figure_files
-from .grouping import SEED_KEYS, Group, as_sparse_recipe, by_panel, finished, groups, panel_title
+from .grouping import (
+    SEED_KEYS,
+    as_sparse_recipe,
+    by_panel,
+    dense_of,
+    finished,
+    groups,
+    lines_of,
+    panel_title,
+)
 from .layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
 from .metrics import METRICS, is_metric
 from .paper_numbers import beside_the_paper, comparison_table
@@ -176,14 +184,13 @@ def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]
     all_groups = groups(rows)
     out = []
     for panel, members in by_panel(all_groups).items():
-        dense = next((g for g in members if g.dense), None)
+        dense = dense_of(members)
         if dense is None or dense.stat("test_acc") is None:
             continue
         d_mean, d_std, d_n = dense.stat("test_acc")
-        lines: dict[tuple, list[Group]] = defaultdict(list)
-        for g in members:
-            if not g.dense and g.stat("test_acc") is not None:
-                lines[g.series].append(g)
+        lines = lines_of(
+            members, lambda g: g.series, keep=lambda g: not g.dense and g.stat("test_acc")
+        )
         for series, points in lines.items():
             ok = [g.density for g in points if g.stat("test_acc")[0] >= d_mean - d_std]
             out.append(
@@ -357,7 +364,7 @@ def build_report(
     no_dense = [
         panel_title(panel)
         for panel, members in by_panel(all_groups).items()
-        if not any(g.dense for g in members)
+        if dense_of(members) is None
     ]
     return {
         "table": str(out / TABLE_FILE),
