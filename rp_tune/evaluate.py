@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from . import storage as store
-from .config import ConfigError, from_flat
+from .config import ConfigError, EvaluationConfig, from_flat
 from .plan import SweepError, check_data_roots, is_finished, last_result, stored_trials
 
 log = logging.getLogger(__name__)
 
 EVALUATIONS_FILE = "evaluations.json"
-DEFAULT_FGSM_EPS = 8 / 255
+DEFAULT_FGSM_EPS = EvaluationConfig.fgsm_eps  # the paper's 8/255: the name fgsm_acc is its
 
 
 def evaluation_id(flat: Mapping[str, Any]) -> str:

@@ -786,24 +786,35 @@ def stored_trials(path: str) -> list[dict[str, Any]]:
 
 
 def write_stored_trials(path: str, configs: Sequence[TrialConfig]) -> list[dict[str, Any]]:
+    """trials.json of a sweep of exactly these configs (each its own run key)."""
     entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
-    store.write_text(store.join(path, TRIALS_FILE), json.dumps(entries, default=list))
+    write_trial_entries(path, entries)
     return entries
 
 
-def _comparable(flat: Mapping[str, Any]) -> dict[str, Any]:
+def _comparable(flat: Mapping[str, Any], drop_gpus: bool = False) -> dict[str, Any]:
     """A flat config as this release reads it (fields it added take their defaults), minus
-    the keys that never change a result (NOT_HASHED), with lists as tuples."""
+    the keys that never change a result (NOT_HASHED), with lists as tuples; drop_gpus: less
+    resources.gpus_per_worker too (compared with configs that leave it to the sweep)."""
     full = from_flat(flat).to_flat()
-    return {
+    out = {
         k: tuple(v) if isinstance(v, list) else v for k, v in full.items() if k not in NOT_HASHED
     }
+    if drop_gpus:
+        out.pop("resources.gpus_per_worker", None)
+    return out
 
 
-def trial_identity(flat: Mapping[str, Any]) -> str:
+def _gpus_unresolved(configs: Sequence[TrialConfig]) -> bool:
+    """Some config leaves resources.gpus_per_worker to the sweep (None): it then matches
+    whatever the sweep chose for it."""
+    return any(c.resources.gpus_per_worker is None for c in configs)
+
+
+def trial_identity(flat: Mapping[str, Any], drop_gpus: bool = False) -> str:
     """What makes two trials the same experiment: the flat config as this release reads it,
     less where it runs (NOT_HASHED), whatever run key a release gave it."""
-    return repr(sorted(_comparable(flat).items()))
+    return repr(sorted(_comparable(flat, drop_gpus).items()))
 
 
 TRIAL_FILES = ("params.json", "result.json", "evaluations.json")  # what a reused trial copies
@@ -902,12 +913,9 @@ def config_differences(
     Fields added by a newer release compare at their defaults; resources.gpus_per_worker left
     to the sweep (None now) matches whatever the sweep chose for it.
     """
-    before = [_comparable(f) for f in stored]
-    now = [_comparable(c.to_flat()) for c in configs]
-    gpus = "resources.gpus_per_worker"
-    if any(c.resources.gpus_per_worker is None for c in configs):
-        for row in before + now:
-            row.pop(gpus, None)
+    drop = _gpus_unresolved(configs)
+    before = [_comparable(f, drop) for f in stored]
+    now = [_comparable(c.to_flat(), drop) for c in configs]
     if sorted(map(repr, before)) == sorted(map(repr, now)):
         return []
     keys = sorted({k for row in before + now for k in row})
@@ -938,15 +946,9 @@ def _extended(
     """True when the sweep holds every one of `configs` and the trials it holds besides are
     finished: an --extend (or reuse) added them, and --resume with the extension's options
     continues what is left."""
-
-    def ident(flat: Mapping[str, Any]) -> str:
-        row = _comparable(flat)
-        if any(c.resources.gpus_per_worker is None for c in configs):
-            row.pop("resources.gpus_per_worker", None)
-        return repr(sorted(row.items()))
-
-    held = {ident(e["flat"]): e for e in stored}
-    now = {ident(c.to_flat()) for c in configs}
+    drop = _gpus_unresolved(configs)
+    held = {trial_identity(e["flat"], drop): e for e in stored}
+    now = {trial_identity(c.to_flat(), drop) for c in configs}
     if not now <= set(held):
         return False
     for k, e in held.items():

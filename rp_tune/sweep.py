@@ -550,7 +550,7 @@ def run_sweep(
             raise SweepError(str(e)) from None
     # Where every trial finished already (reused, or kept by --extend), a local sweep has
     # nothing to train: it records the trials and ends without starting Ray.
-    need_ray = True
+    need_ray, ahead = True, None
     if not resume and not (address or os.environ.get("RAY_ADDRESS")):
         local = {"CPU": float(num_cpus or os.cpu_count() or 1), **local_gpu_capacity()}
         resolved, _ = resolve_gpus(configs, local, "this machine")
@@ -681,8 +681,13 @@ def run_sweep(
                 capacity = cluster_capacity(address is not None)
                 configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
                 console.info("%s", gpu_choice)
-                trials = plan_trials(configs, root, name, stored_trials(path) if extend else (),
-                                     reuse=reuse)  # fmt: skip
+                if ahead is not None and [c.to_flat() for c in configs] == [
+                    c.to_flat() for c in resolved
+                ]:  # the local Ray chose the devices the plan assumed: no second scan
+                    trials = ahead
+                else:
+                    held = stored_trials(path) if extend else ()
+                    trials = plan_trials(configs, root, name, held, reuse=reuse)
             else:
                 capacity, configs, trials = local, resolved, ahead
             if trials.reused:  # their records join this sweep; their checkpoints stay
