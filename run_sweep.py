@@ -137,6 +137,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Ray cluster to join ('auto' on a cluster node); default: local Ray",
     )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K trials that differ only in sparsity and seeds as one fused model "
+        "(one worker, K times wider kernels; each stays its own trial everywhere); DDP, "
+        "dynamic sparse and ImageNet trials run alone (default: 1, every trial alone)",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
     p.add_argument(
         "--inject-fault",
@@ -198,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--max-failures", args.max_failures),
             ("--inject-fault", args.inject_fault),
             ("--num-cpus", args.num_cpus),
+            ("--group-size", args.group_size),
         ):
             if value is not None and value < (0 if flag == "--max-failures" else 1):
                 raise SweepError(
@@ -258,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             "FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed up dense "
             f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
         )
+        if args.group_size > 1:
+            from rp_tune.config import run_key as key_of
+            from rp_tune.trial_groups import describe_units, plan_units
+
+            entries = [{"flat": c.to_flat(), "run_key": key_of(c)} for c in configs]
+            print(describe_units(*plan_units(entries, args.group_size), args.group_size))
         print(f"results would go to {storage.join(storage.resolve(args.storage), name)}")
         if not args.verbose:
             print("every trial with its run key and estimate: add -v")
@@ -284,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
             extend=args.extend,
             reuse=not args.no_reuse,
+            group_size=args.group_size,
         )
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)

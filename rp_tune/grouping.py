@@ -26,9 +26,9 @@ from typing import Any
 
 from .config import DENSE_RECIPE, NOT_HASHED, RECIPES
 from .plan import sort_values
+from .trial_groups import SEED_KEYS
 
 # What mean ± std is over: never a group key.
-SEED_KEYS = ("seed", "seeds.mask", "seeds.init", "seeds.data")
 # Folded into the line's label ("erk", "erk+rigl", "dense") instead of shown as keys.
 LABEL_KEYS = ("sparsity.scheme", "sparsity.mode", "sparsity.growth")
 ALWAYS = ("model.name", "sparsity.density")

@@ -4,6 +4,11 @@ read by the sweep's resume and by trackers); no torch, so trackers and reports n
     checkpoints/epoch_NNNN/state.pt              what resuming needs (read by train.read_checkpoint)
     checkpoints/epoch_NNNN/artifacts/            what trackers log, in open formats:
         masks.parquet, density_report.csv, history.json, grad_flow.csv, [final_weights.pt]
+
+A trial group's checkpoint (rp_tune.fused, in a sweep) holds one such folder per member:
+
+    <group checkpoint>/members/<run key>/state.pt, artifacts/...
+    <group checkpoint>/failed.json               members stopped (diverged): run key -> why
 """
 
 CHECKPOINT_FILE = "state.pt"
@@ -15,3 +20,8 @@ GRAD_FLOW_FILE = "grad_flow.csv"
 WEIGHTS_FILE = "final_weights.pt"
 # what checkpoints of releases before the artifacts folder kept at their top
 LEGACY_ARTIFACTS = (MASKS_FILE, HISTORY_FILE, GRAD_FLOW_FILE)
+
+MEMBERS_DIR = "members"
+FAILED_MEMBERS_FILE = "failed.json"
+GROUP_FILE = "group.json"  # in a member's trial folder of the sweep: its group's folder name
+GROUP_PREFIX = "group-"  # run keys of the Tune trials that train groups

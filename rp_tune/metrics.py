@@ -200,9 +200,14 @@ class GradientFlow:
         self.history: list[list[float]] = []
         self._pending: list[tuple[int, torch.Tensor]] = []
 
-    def after_backward(self, step: int) -> None:
-        if self.every and step < self.until and step % self.every == 0:
-            grads = [w.grad for w in self.weights]
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step < self.until and step % self.every == 0
+
+    def after_backward(self, step: int, grads: Sequence[torch.Tensor] | None = None) -> None:
+        """Record the step's norm if due; `grads` in the order of `weights` (default: their
+        `.grad`; a trial-group member passes its views of the fused gradients)."""
+        if self.due(step):
+            grads = [w.grad for w in self.weights] if grads is None else grads
             self._pending.append((step, kept_grad_norm(grads, self.masks)))
 
     def end_epoch(self) -> None:
@@ -275,6 +280,7 @@ _METRICS = [
     Metric("wall_seconds", FINAL, "wall-clock seconds of the trial (starts, retries included)"),
     Metric("retry_seconds", FINAL, "seconds of training lost to failures and trained again"),
     Metric("device_hours", FINAL, "device-hours: wall-clock x the trial's GPUs (CPUs if none)"),
+    Metric("group_size", FINAL, "trials trained together as one fused model (1: alone)", fmt="d"),
 ]  # fmt: skip
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 

@@ -36,6 +36,7 @@ from .config import (
 from .data import absolute_data_root
 from .model_names import input_size, parse_cifar_resnet
 from .models import build_model
+from .trial_groups import member_group
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +438,7 @@ def stored_outcome(path: str, entry: Mapping[str, Any]) -> TrialOutcome:
     return TrialOutcome(
         entry["run_key"], status, int(last.get("epoch", 0) or 0), epochs,
         int(last.get("resumed_from_epoch", 0) or 0), metrics,
+        error=str(last.get("member_failed", "")),
         reused_from=str(entry.get("reused_from", "")),
     )  # fmt: skip
 
@@ -540,7 +542,7 @@ class SweepSummary:
 
 def trial_status(result: Mapping[str, Any] | None, epochs: int, errored: bool) -> str:
     m = result or {}
-    if errored:
+    if errored or m.get("member_failed"):  # a group member stopped alone (it diverged)
         return "failed"
     if is_finished(m, epochs):
         return "finished"
@@ -693,13 +695,36 @@ def startup_concurrency(configs: Sequence[TrialConfig], concurrent: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _result_lines(trial_dir: str) -> list[str]:
+    """The lines of a trial's result.json: its own, or, for a member of a trial group (its
+    folder holds `group.json`), its lines of the group's result.json (rows are tagged with the
+    member's run key)."""
+    location = store.join(trial_dir, "result.json")
+    if store.exists(location):
+        return store.read_text(location).splitlines()
+    group = member_group(trial_dir)
+    if group is None:
+        return []
+    key = store.basename(trial_dir.rstrip("/"))
+    unit = store.join(store.parent(trial_dir.rstrip("/")), group, "result.json")
+    if not store.exists(unit):
+        return []
+    tag = json.dumps(key)
+    return [ln for ln in store.read_text(unit).splitlines() if tag in ln and _row_of(ln, key)]
+
+
+def _row_of(line: str, key: str) -> bool:
+    try:
+        return json.loads(line).get("run_key") == key
+    except ValueError:  # a line being written
+        return False
+
+
 def last_result(trial_dir: str) -> dict[str, Any]:
     """The last result Tune recorded for a trial (the last whole line of its result.json,
-    a folder or a URI); {} if none yet. A line being written is passed over."""
-    location = store.join(trial_dir, "result.json")
-    if not store.exists(location):
-        return {}
-    for line in reversed(store.read_text(location).splitlines()):
+    a folder or a URI; a trial-group member's from its group's); {} if none yet. A line
+    being written is passed over."""
+    for line in reversed(_result_lines(trial_dir)):
         if line.strip():
             try:
                 return json.loads(line)
@@ -709,12 +734,10 @@ def last_result(trial_dir: str) -> dict[str, Any]:
 
 
 def all_results(trial_dir: str) -> list[dict[str, Any]]:
-    """Every result Tune recorded for a trial, in order (result.json's whole lines)."""
-    location = store.join(trial_dir, "result.json")
-    if not store.exists(location):
-        return []
+    """Every result Tune recorded for a trial, in order (result.json's whole lines; a
+    trial-group member's from its group's)."""
     out = []
-    for line in store.read_text(location).splitlines():
+    for line in _result_lines(trial_dir):
         try:
             out.append(json.loads(line))
         except ValueError:  # a line being written
@@ -730,7 +753,8 @@ def trial_cost(results: Sequence[Mapping[str, Any]], flat: Mapping[str, Any]) ->
     then trained again after a failure (a result superseded by a later one of the same or an
     earlier epoch; a finished trial's last epoch handed over again is no retry);
     device_hours: wall_seconds x the trial's devices / 3600, devices = workers x GPUs per
-    worker, or workers x CPUs per worker for a CPU trial (device = "GPU" or "CPU").
+    worker, or workers x CPUs per worker for a CPU trial (device = "GPU" or "CPU"); a member
+    of a trial group of K takes 1/K of its group's devices (its rows say `group_size`).
     {} when Tune recorded nothing.
     """
     rows = [r for r in results if isinstance(r.get("epoch"), (int, float))]
@@ -751,10 +775,11 @@ def trial_cost(results: Sequence[Mapping[str, Any]], flat: Mapping[str, Any]) ->
     workers = int(flat.get("resources.workers", 1) or 1)
     gpus = float(flat.get("resources.gpus_per_worker") or 0.0)
     per = gpus if gpus > 0 else float(flat.get("resources.cpus_per_worker", 1.0) or 1.0)
+    share = 1.0 / max(int(rows[-1].get("group_size", 1) or 1), 1)
     return {
         "wall_seconds": wall,
         "retry_seconds": lost,
-        "device_hours": wall * workers * per / 3600.0,
+        "device_hours": wall * workers * per * share / 3600.0,
         "device": "GPU" if gpus > 0 else "CPU",
     }
 
@@ -897,6 +922,9 @@ def copy_reused_trials(root: str, name: str, reused: Sequence[Mapping[str, Any]]
         for f in TRIAL_FILES:
             if store.exists(store.join(src, f)):
                 store.write_text(store.join(dst, f), store.read_text(store.join(src, f)))
+            elif f == "result.json" and member_group(src):  # a group member's own rows
+                rows = "".join(json.dumps(r) + "\n" for r in all_results(src))
+                store.write_text(store.join(dst, f), rows)
 
 
 def write_trial_entries(path: str, entries: Sequence[Mapping[str, Any]]) -> None:

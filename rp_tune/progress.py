@@ -19,6 +19,7 @@ from typing import Any
 from . import storage as store
 from .metrics import METRICS, metric
 from .plan import is_finished, last_result, stored_trials
+from .trial_groups import member_group
 
 STATUSES = ("finished", "running", "failed", "stopped", "pending")
 # Tune's trial statuses, as it saves them in experiment_state-*.json
@@ -60,13 +61,15 @@ def sweep_status(path: str, driver_alive: bool) -> list[TrialState]:
     out = []
     for entry in entries:
         key, epochs = entry["run_key"], int(entry["flat"]["train.epochs"])
-        last = last_result(store.join(path, key))
+        folder = store.join(path, key)
+        last = last_result(folder)
         epoch = int(last.get("epoch", 0) or 0)
+        tune_key = member_group(folder) or key  # a group member: its group's Tune trial
         if is_finished(last, epochs):
             status = "finished"
-        elif tune.get(key) == _TUNE_ERROR:
+        elif tune.get(tune_key) == _TUNE_ERROR or last.get("member_failed"):
             status = "failed"
-        elif not last and tune.get(key) != _TUNE_RUNNING:
+        elif not last and tune.get(tune_key) != _TUNE_RUNNING:
             status = "pending"
         else:
             status = "running" if driver_alive else "stopped"

@@ -63,6 +63,8 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
         if not storage.exists(params_file):
             continue
         entry = json.loads(storage.read_text(params_file))["trial"]
+        if "members" in entry:  # a trial group's Tune trial: its members have their own rows
+            continue
         results = all_results(trial)
         last = results[-1] if results else {}
         epochs = int(entry["flat"]["train.epochs"])

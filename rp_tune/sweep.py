@@ -29,6 +29,7 @@ from typing import Any
 
 from . import storage as store
 from .config import ConfigError, TrialConfig, from_flat, run_key
+from .layout import GROUP_PREFIX
 from .plan import (
     TRIALS_FILE,
     SweepError,
@@ -55,6 +56,7 @@ from .plan import (
 )
 from .progress import Progress
 from .provenance import CODE_DIFF_FILE, code_state
+from .trial_groups import describe_units, is_unit, plan_units, write_member_records
 
 log = logging.getLogger(__name__)
 console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_sweep.py shows them
@@ -170,9 +172,7 @@ def _train_loop(
     cfg = from_flat(loop_config["flat"])
     key = loop_config.get("run_key") or run_key(cfg)  # as stored when the sweep started
     world = ray.train.get_context().get_world_size()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("run_dir"):
-        checkpoint = _unregistered_checkpoint(loop_config["run_dir"])
+    checkpoint = _latest_train_checkpoint(loop_config)
     with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
         resume, resumed_from, skipped = None, 0, []
         if checkpoint is not None:
@@ -181,11 +181,7 @@ def _train_loop(
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if before_report is not None:
                 before_report(metrics)
-            report = {
-                k: v
-                for k, v in metrics.items()
-                if isinstance(v, (int, float, str)) and not isinstance(v, bool)
-            }
+            report = _report_row(metrics)
             report["resumed_from_epoch"] = resumed_from
             if skipped:  # once, with the first report: the console says what was passed over
                 report["checkpoints_skipped"] = "; ".join(skipped)
@@ -237,7 +233,124 @@ def _train_loop_with_fault(loop_config: dict[str, Any]) -> None:
         )
         os.kill(os.getpid(), signal.SIGKILL)
 
-    _train_loop(loop_config, before_report=kill_once)
+    loop = _group_loop if loop_config.get("members") else _train_loop
+    loop(loop_config, before_report=kill_once)
+
+
+def _report_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a trial's epoch row goes to Tune: numbers and strings."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
+
+
+def _group_loop(
+    loop_config: dict[str, Any], before_report: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Runs in the one Ray Train worker of a trial group (`rp_tune.fused`): its members
+    trained as one fused model, resuming from the group's latest checkpoint.
+
+    Once per epoch it reports to Train one row per member (`members`) with one checkpoint
+    holding every member's checkpoint folder (`members/<run key>/`) and the members stopped
+    so far (`failed.json`); `_group_report_callback` hands Tune each member's row on its own.
+    A member stopped before (it diverged) stays stopped when the group resumes."""
+    import json
+    import shutil
+
+    import ray.train
+    import ray.train.torch
+
+    from .data import DataError
+    from .fused import read_group_checkpoint, run_group
+    from .layout import FAILED_MEMBERS_FILE, MEMBERS_DIR
+
+    unit = loop_config["run_key"]
+    members = loop_config["members"]
+    checkpoint = _latest_train_checkpoint(loop_config)
+    with tempfile.TemporaryDirectory(prefix="rp_tune-group-") as tmp:
+        resume, resumed_from, skipped = None, 0, []
+        if checkpoint is not None:
+            resume, resumed_from, skipped = _readable_checkpoint(
+                checkpoint, Path(tmp), reader=lambda f: read_group_checkpoint(f)[0]
+            )
+        failed: dict[str, str] = read_group_checkpoint(resume)[1] if resume else {}
+        alive = [m for m in members if m["run_key"] not in failed]
+        if not alive:
+            return
+        keys = [m["run_key"] for m in alive]
+        rows: list[tuple[int, dict[str, Any], Path | None]] = []
+        stopped: list[tuple[int, str]] = []
+        sent: list[Path] = []
+
+        def on_group_epoch(epoch: int) -> None:
+            folder = Path(tmp) / f"report-{epoch:04d}"
+            shutil.rmtree(folder, ignore_errors=True)
+            saved = [(i, f) for i, _, f in rows if f is not None]
+            for i, f in saved:  # hard links: the member folders are not copied
+                shutil.copytree(f, folder / MEMBERS_DIR / keys[i], copy_function=os.link)
+            failed.update({keys[i]: message for i, message in stopped})
+            common = {"resumed_from_epoch": resumed_from, "group": unit,
+                      "group_size": len(members)}  # fmt: skip
+            out = [{**_report_row(row), **common, "run_key": keys[i]} for i, row, _ in rows]
+            out += [{"run_key": keys[i], "epoch": epoch, "member_failed": message, **common}
+                    for i, message in stopped]  # fmt: skip
+            if skipped and out:
+                out[0]["checkpoints_skipped"] = "; ".join(skipped)
+                skipped.clear()
+            report: dict[str, Any] = {"epoch": epoch, "run_key": unit, "members": out}
+            if before_report is not None:
+                before_report(report)
+            ckpt = None
+            if saved and len(saved) == len(rows):  # every member saved this epoch
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / FAILED_MEMBERS_FILE).write_text(json.dumps(failed))
+                ckpt = ray.train.Checkpoint.from_directory(str(folder))
+            ray.train.report(report, checkpoint=ckpt)
+            rows.clear()
+            stopped.clear()
+            for old in sent:  # uploaded by the report before this one
+                shutil.rmtree(old, ignore_errors=True)
+            sent[:] = [folder]
+
+        try:
+            run_group(
+                [from_flat(m["flat"]) for m in alive],
+                [Path(tmp) / "run" / k for k in keys],
+                keys=keys,
+                resume=None if resume is None else [resume / MEMBERS_DIR / k for k in keys],
+                on_epoch=lambda i, row, f: rows.append((i, row, f)),
+                on_failure=lambda i, message: stopped.append((i, message)),
+                on_group_epoch=on_group_epoch,
+                device=ray.train.torch.get_device(),
+                save_weights=bool(loop_config.get("save_weights")),
+            )
+        except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
+            raise type(e)(f"{RECURRING_TAG} {e}") from None
+
+
+def _group_report_callback() -> Any:
+    """Tune's `TuneReportCallback` for a trial group: each of a group report's member rows
+    reaches Tune as a result of its own, with the member's checkpoint folder inside the
+    group's checkpoint as its `checkpoint_path`."""
+    import posixpath
+
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .layout import MEMBERS_DIR
+
+    class GroupReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            for row in metrics[0].get("members", []):
+                row = dict(row)
+                if checkpoint is not None and not row.get("member_failed"):
+                    row["checkpoint_path"] = posixpath.join(
+                        checkpoint.path, MEMBERS_DIR, row["run_key"]
+                    )
+                super().after_report(run_context, [row], None)
+
+    return GroupReportCallback()
 
 
 def _checkpoint_folders(fs: Any, parent: str) -> list[str]:
@@ -258,6 +371,17 @@ def _checkpoint_folders(fs: Any, parent: str) -> list[str]:
     )
 
 
+def _latest_train_checkpoint(loop_config: Mapping[str, Any]) -> Any:
+    """The checkpoint Train hands this run, or else the newest one its workers wrote without
+    registering it (`_unregistered_checkpoint`); None for a first start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("run_dir"):
+        checkpoint = _unregistered_checkpoint(loop_config["run_dir"])
+    return checkpoint
+
+
 def _unregistered_checkpoint(run_dir: str) -> Any:
     """The newest checkpoint folder of a Train run that registered none (its workers wrote
     one after their driver died), as a Checkpoint; None if there is none."""
@@ -273,7 +397,9 @@ def _unregistered_checkpoint(run_dir: str) -> Any:
     return ray.train.Checkpoint(found[-1], filesystem=fs) if found else None
 
 
-def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int, list[str]]:
+def _readable_checkpoint(
+    checkpoint: Any, tmp: Path, reader: Callable[[Path], int] | None = None
+) -> tuple[Path | None, int, list[str]]:
     """(local folder, epoch, the newer ones passed over) of the newest of the trial's
     checkpoints that reads back.
 
@@ -282,6 +408,8 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int, 
     its driver stopped (Train never registered it, but it is whole: `read_checkpoint`
     checks it). A damaged one (a truncated state.pt, a bad masks file) is reported by path
     and passed over. None reads: the trial starts again from the beginning.
+    reader(folder) -> epoch: checks a local checkpoint folder (default: a trial's, by
+    `read_checkpoint`; a trial group's: `rp_tune.fused.read_group_checkpoint`).
     """
     import posixpath
 
@@ -300,14 +428,14 @@ def _readable_checkpoint(checkpoint: Any, tmp: Path) -> tuple[Path | None, int, 
         ckpt = checkpoint if candidate == path else ray.train.Checkpoint(candidate, filesystem=fs)
         try:
             local = Path(ckpt.to_directory(str(tmp / f"restored-{i}")))
-            state = read_checkpoint(local)
+            epoch = reader(local) if reader is not None else int(read_checkpoint(local)["epoch"])
         except (CheckpointError, OSError) as e:
             log.warning("checkpoint %s cannot be read (%s); trying the one before it", candidate, e)
             skipped.append(f"{candidate} ({str(e).splitlines()[0][:200]})")
             continue
         if candidate != path:
             log.warning("resuming from checkpoint %s (Train handed over %s)", candidate, path)
-        return local, int(state["epoch"]), skipped
+        return local, epoch, skipped
     log.warning("no checkpoint of this trial reads back: starting it from the beginning")
     return None, 0, skipped
 
@@ -327,11 +455,15 @@ def _tune_trial(config: dict[str, Any]) -> None:
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker > 0:
         per_worker["GPU"] = r.gpus_per_worker
+    group = trial.get("members")  # a trial group: one worker trains every member
+    loop = _group_loop if group else _train_loop
+    report = _group_report_callback() if group else TuneReportCallback()
     trainer = TorchTrainer(
-        _train_loop_with_fault if config.get("fault") else _train_loop,
+        _train_loop_with_fault if config.get("fault") else loop,
         train_loop_config={
             "flat": trial["flat"],
             "run_key": trial["run_key"],
+            "members": group,
             "save_weights": config.get("save_weights", False),
             "fault": config.get("fault"),
             "run_dir": store.join(config["train_storage"], f"train-{trial['run_key']}"),
@@ -344,7 +476,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
             storage_path=config["train_storage"],
             failure_config=ray.train.FailureConfig(max_failures=config["train_max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback(), _stop_on_recurring_error()],
+            callbacks=[report, _stop_on_recurring_error()],
         ),
     )
     try:
@@ -355,6 +487,34 @@ def _tune_trial(config: dict[str, Any]) -> None:
             raise
         store.write_text(marker, message)
         raise RecurringTrialError(message) from None
+
+
+def _result_trial(trial: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[str, dict]:
+    """(run key, flat config) of the trial a Tune result is of: the Tune trial's own, or for
+    a trial group the member the row names."""
+    key = str(result.get("run_key") or trial["run_key"])
+    for m in trial.get("members") or ():
+        if m["run_key"] == key:
+            return key, m["flat"]
+    return trial["run_key"], trial["flat"]
+
+
+def _trial_ends(trial: Any) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(run key, flat config, last result with its cost) of each trial a Tune trial trained:
+    itself, or every member of its group (each from its own rows of the group's results)."""
+    t = trial.config["trial"]
+    local = getattr(trial, "local_path", None)
+    results = all_results(local) if local and os.path.isdir(local) else []
+    out = []
+    for m in t.get("members") or [t]:
+        rows = (
+            [r for r in results if r.get("run_key") == m["run_key"]] if "members" in t else results
+        )
+        last = dict(rows[-1]) if rows else ({} if "members" in t else dict(trial.last_result or {}))
+        # its wall-clock, retries and device-hours: Tune's local record of the trial
+        last.update(trial_cost(rows or ([last] if last else []), m["flat"]))
+        out.append((m["run_key"], m["flat"], last))
+    return out
 
 
 def _make_tracking_callback() -> type:
@@ -378,29 +538,28 @@ def _make_tracking_callback() -> type:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.tracker is not None:
-                t = trial.config["trial"]
-                self.tracker.trial_result(t["run_key"], t["flat"], dict(result))
+                key, flat = _result_trial(trial.config["trial"], result)
+                self.tracker.trial_result(key, flat, dict(result))
+                if result.get("member_failed"):  # a group member stopped alone
+                    self.tracker.trial_end(key, flat, dict(result), "failed",
+                                           str(result["member_failed"]))  # fmt: skip
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.tracker is not None:
-                t = trial.config["trial"]
-                last = dict(trial.last_result or {})
-                # its wall-clock, retries and device-hours: Tune's local record of the trial
-                local = getattr(trial, "local_path", None)
-                results = all_results(local) if local and os.path.isdir(local) else []
-                last.update(trial_cost(results or [last], t["flat"]))
-                status = trial_status(last, int(t["flat"]["train.epochs"]), errored=False)
-                self.tracker.trial_end(t["run_key"], t["flat"], last, status)
+                for key, flat, last in _trial_ends(trial):
+                    if last.get("member_failed"):
+                        continue  # ended when it failed
+                    status = trial_status(last, int(flat["train.epochs"]), errored=False)
+                    self.tracker.trial_end(key, flat, last, status)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if self.tracker is not None:
-                t = trial.config["trial"]
                 error = ""
                 if trial.error_file and os.path.isfile(trial.error_file):
                     error = Path(trial.error_file).read_text()[-2000:]
-                self.tracker.trial_end(
-                    t["run_key"], t["flat"], dict(trial.last_result or {}), "failed", error
-                )
+                for key, flat, last in _trial_ends(trial):
+                    if not last.get("member_failed"):
+                        self.tracker.trial_end(key, flat, last, "failed", error)
 
     TrackingCallback.__module__ = __name__
     TrackingCallback.__qualname__ = "TrackingCallback"
@@ -422,18 +581,21 @@ def _make_console_callback() -> type:
         def __getstate__(self) -> dict[str, Any]:
             return {"progress": None, "_seen": set()}
 
-        def _key(self, trial) -> str:
-            return trial.config["trial"]["run_key"]
+        def _keys(self, trial) -> list[str]:
+            t = trial.config["trial"]
+            return [m["run_key"] for m in t.get("members") or [t]]
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self._seen.discard(self._key(trial))  # its first result says whether it resumed
-            if self.progress is not None:
-                self.progress.running.add(self._key(trial))
+            for key in self._keys(trial):
+                self._seen.discard(key)  # its first result says whether it resumed
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.progress is None:
                 return
-            key = self._key(trial)
+            key, _ = _result_trial(trial.config["trial"], result)
+            if result.get("member_failed"):
+                console.info(self.progress.ended(key, {}, "failed", str(result["member_failed"])))
+                return
             if key not in self._seen:
                 self._seen.add(key)
                 console.info(self.progress.started(key, int(result.get("resumed_from_epoch", 0))))
@@ -447,17 +609,19 @@ def _make_console_callback() -> type:
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.progress is not None:
-                last = dict(trial.last_result or {})
-                status = trial_status(last, int(trial.config["trial"]["flat"]["train.epochs"]),
-                                      errored=False)  # fmt: skip
-                console.info(self.progress.ended(self._key(trial), last, status))
+                for key, flat, last in _trial_ends(trial):
+                    if not last.get("member_failed"):
+                        status = trial_status(last, int(flat["train.epochs"]), errored=False)
+                        console.info(self.progress.ended(key, last, status))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if self.progress is not None:
                 error = ""
                 if trial.error_file and os.path.isfile(trial.error_file):
                     error = error_text_summary(Path(trial.error_file).read_text())
-                console.info(self.progress.ended(self._key(trial), {}, "failed", error))
+                for key, _, last in _trial_ends(trial):
+                    if not last.get("member_failed"):
+                        console.info(self.progress.ended(key, {}, "failed", error))
 
         def on_step_end(self, iteration, trials, **info):
             if self.progress is not None and self.progress.due():
@@ -499,8 +663,12 @@ def run_sweep(
     verbose: bool = False,
     extend: bool = False,
     reuse: bool = True,
+    group_size: int = 1,
 ) -> SweepSummary:
     """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome.
+
+    group_size: train up to this many trials that differ only in sparsity and seeds as one
+    fused trial group each (`rp_tune.fused`); each stays its own trial in every record.
 
     extend: add `configs` to a finished sweep and train only those it does not hold.
     reuse: a trial whose config finished in another sweep under the same results root is
@@ -710,7 +878,11 @@ def run_sweep(
                     len(trials.kept),
                 )
             write_trial_entries(path, trials.entries)
-            entries = trials.train
+            entries, why_alone = plan_units(trials.train, group_size)
+            for unit in filter(is_unit, entries):  # members' own folders, for status and report
+                write_member_records(path, unit)
+            if group_size > 1:
+                console.info("%s", describe_units(entries, why_alone, group_size))
             known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in trials.entries}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             progress = Progress(known, concurrent)
@@ -749,7 +921,7 @@ def run_sweep(
                     "sweep %s: %d trials, %d to train, at most %d at a time, results in %s",
                     name,
                     len(trials.entries),
-                    len(entries),
+                    len(trials.train),
                     concurrent,
                     path,
                 )
@@ -757,8 +929,18 @@ def run_sweep(
         outcomes = []
         for i, result in enumerate(grid):
             trial = (result.config or {}).get("trial")
+            if trial is not None and is_unit(trial):  # a group: each member from its rows
+                error = "" if result.error is None else error_summary(result.error)
+                for member in trial["members"]:
+                    out = stored_outcome(path, member)
+                    if error and out.status != "finished" and not out.error:
+                        out.status, out.error = "failed", error
+                    outcomes.append(out)
+                continue
             if trial is None:  # stopped before it started (Ctrl-C): Tune kept no config
                 key = store.basename(result.path) if result.path else f"trial-{i}"
+                if key.startswith(GROUP_PREFIX):  # its members: pending, from trials.json
+                    continue
                 error = "" if result.error is None else error_summary(result.error)
                 status = "failed" if error else "pending"
                 outcomes.append(TrialOutcome(key, status, 0, known.get(key, 0), 0, error=error))

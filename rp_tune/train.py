@@ -199,14 +199,28 @@ class _Data:
     test_full: Any = None  # the whole test set on every rank (final metrics)
 
 
-def _load_data(cfg: TrialConfig, device: torch.device, rank: int, world: int) -> _Data:
+def _load_data(
+    cfg: TrialConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    shared: dict[Any, Any] | None = None,
+) -> _Data:
+    """The trial's loaders. `shared` (a trial group's) holds the device arrays already read,
+    keyed by data config and data seed, so K members of one data set hold it once."""
     t, e = cfg.train, cfg.evaluation
     if cfg.data.name == "imagenet":
         tr, va, te, classes = imagenet_loaders(
             cfg.data, t.batch_size, e.batch_size, cfg.seed_of("data"), rank, world
         )
         return _Data(tr, va, te, classes, len(tr), resident=False, test_full=te)
-    arrays = load_arrays(cfg.data, cfg.seed_of("data")).to(device)
+    cache_key = (cfg.data, cfg.seed_of("data"), str(device))
+    if shared is not None and cache_key in shared:
+        arrays = shared[cache_key]
+    else:
+        arrays = load_arrays(cfg.data, cfg.seed_of("data")).to(device)
+        if shared is not None:
+            shared[cache_key] = arrays
     cl = device.type == "cuda" and t.channels_last
     kw = dict(seed=cfg.seed_of("data"), rank=rank, world=world, channels_last=cl)
     train = DeviceLoader(*arrays.train, t.batch_size, train=True, **kw)
@@ -406,10 +420,12 @@ def setup(
     device: str | torch.device | None = None,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     masks_from: str | os.PathLike | None = None,
+    shared_data: dict[Any, Any] | None = None,
 ) -> Trial:
     """Data (fails fast: DataError before anything trains), OoD sets, seeded model, masks
     (drawn from the scheme, or read from the checkpoint being resumed), optimizer, schedule,
-    DST and gradient-flow state. Writes `out_dir/masks.parquet` on rank 0."""
+    DST and gradient-flow state. Writes `out_dir/masks.parquet` on rank 0. `shared_data`:
+    see `_load_data`."""
     device = pick_device(cfg, device)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -421,7 +437,7 @@ def setup(
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    data = _load_data(cfg, device, rank, world)  # DataError here: nothing trained yet
+    data = _load_data(cfg, device, rank, world, shared_data)  # DataError here: nothing trained yet
     ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed_of("init"), "init"))
@@ -760,6 +776,18 @@ def time_spent(history: list[dict[str, Any]]) -> dict[str, float]:
     return {"train_seconds": train, "eval_seconds": evaluation}
 
 
+def owned(state: dict[str, Any]) -> dict[str, Any]:
+    """The state with every tensor that views a larger storage cloned: `torch.save` writes a
+    view's whole storage, so a trial-group member's weights (views into the fused model's)
+    would otherwise carry every member's."""
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.untyped_storage().nbytes() > v.nbytes:
+            v = v.detach().clone()
+        out[k] = v
+    return out
+
+
 def checkpoint_masks_file(folder: Path) -> Path:
     """A checkpoint's masks: `artifacts/masks.parquet` (checkpoints of releases before the
     artifacts folder kept it at the top: read either)."""
@@ -787,7 +815,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
             "run_key": t.key,
             "config": t.cfg.to_flat(),
             "epoch": epoch,
-            "model": t.model.state_dict(),
+            "model": owned(t.model.state_dict()),
             "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(),
             "rng": rng_state(),
@@ -806,7 +834,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
         "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.flow.history)
     )
     if save_weights and epoch == t.cfg.train.epochs:
-        torch.save(t.model.state_dict(), art / WEIGHTS_FILE)
+        torch.save(owned(t.model.state_dict()), art / WEIGHTS_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(p for p in root.glob("epoch_*") if p != final)[: -max(keep - 1, 0) or None]:

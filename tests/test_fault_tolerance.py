@@ -281,9 +281,11 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
-    """Results and checkpoints on an S3-compatible server: every trial's worker is SIGKILLed
-    once at epoch 2 and resumes from its epoch-1 checkpoint read back from S3; summary,
-    MLflow artifacts (masks from the S3 checkpoint) and the report all work from the URI."""
+    """Results and checkpoints on an S3-compatible server, the trials trained as one fused
+    trial group (--group-size 2): the group's worker is SIGKILLed once at epoch 2 and resumes
+    from its epoch-1 checkpoint (every member's, in one) read back from S3; each member's
+    summary row, MLflow run with its masks (from the S3 checkpoint) and report row work from
+    the URI."""
     overrides = {"train.epochs": "3", **ONE}
     db = tmp_path / "mlflow.db"
     r = subprocess.run(
@@ -300,6 +302,8 @@ def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
             f"sqlite:///{db}",
             "--inject-fault",
             "2",
+            "--group-size",
+            "2",
             *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
         ],
         cwd=ROOT,
@@ -308,6 +312,7 @@ def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
         timeout=600,
     )
     n = len(expand_space("smoke", overrides))
+    assert n == 2 and "trial groups of up to 2: 2 trials in 1 groups, 0 alone" in r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (
         f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
@@ -316,7 +321,8 @@ def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
     sweep = storage.join(s3_bucket, "smoke")
     summary = json.loads(storage.read_text(storage.join(sweep, "summary.json")))
     assert {t["status"] for t in summary["trials"]} == {"finished"}
-    assert len(storage.list_names(storage.join(s3_bucket, "smoke-train", "_faults"))) == n
+    assert len(storage.list_names(storage.join(s3_bucket, "smoke-train", "_faults"))) == 1
+    assert all(t["metrics"]["group_size"] == 2 for t in summary["trials"])
     client = MlflowClient(f"sqlite:///{db}")
     parents, children = mlflow_runs(client, "smoke")
     assert [p.info.run_name for p in parents] == ["smoke"] and len(children) == n

@@ -2,7 +2,11 @@
 
 Same config, same results: if one of these moves, a change altered what a trial computes
 (masks, batch order, the DST schedule, gradient flow, final metrics), not only how the code
-reads. Deterministic fp32 on the CPU; tolerances allow only for float summation order.
+reads. Deterministic fp32 on the CPU; tolerances allow only for float summation order,
+which differs between CPUs (oneDNN and BLAS pick kernels by instruction set): pinned on one
+x86 machine, an AMD EPYC gave the first epoch's loss 2e-5 away, the second's 6e-4 (two
+epochs of SGD amplify it) and the weights' sum 4e-5. Another data order (seeds.data=1) moves
+them by 1e-4..7e-4, 30% and 1-2%: the tolerances below tell the two apart.
 """
 
 import hashlib
@@ -83,7 +87,8 @@ def test_a_short_run_gives_the_pinned_numbers(name, tmp_path):
     over, losses, test_acc, weight_sum, mask_digest, changed, itop = PINNED[name]
     result = run_trial(_cfg(**over), tmp_path / "run")
     history = result["history"]
-    assert [h["train_loss"] for h in history] == pytest.approx(losses, rel=1e-5)
+    assert history[0]["train_loss"] == pytest.approx(losses[0], rel=5e-5)
+    assert history[1]["train_loss"] == pytest.approx(losses[1], rel=3e-3)
     assert result["test_acc"] == pytest.approx(test_acc, abs=1e-9)
     expected_keys = FINAL_KEYS | (DST_KEYS if changed else set())
     assert expected_keys <= set(history[-1]), expected_keys - set(history[-1])
@@ -92,7 +97,7 @@ def test_a_short_run_gives_the_pinned_numbers(name, tmp_path):
     ckpt = latest_checkpoint(tmp_path / "run")
     state = torch.load(ckpt / "state.pt", weights_only=False)["model"]
     total = float(sum(v.double().abs().sum() for v in state.values() if v.is_floating_point()))
-    assert total == pytest.approx(weight_sum, rel=1e-6)
+    assert total == pytest.approx(weight_sum, rel=2e-4)
     masks = Masks.load(checkpoint_masks_file(ckpt))
     bits = b"".join(masks.masks[k].numpy().tobytes() for k in sorted(masks.masks))
     assert hashlib.sha256(bits).hexdigest()[:16] == mask_digest

@@ -323,20 +323,41 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     # a second run without --resume refuses to touch the finished sweep
     again = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    # --extend: one more density for erk; the four finished trials are kept, not retrained
+    # --extend: two more densities for erk, trained as one fused trial group of 2; the four
+    # finished trials are kept, not retrained; each member is a trial of its own everywhere
     before = {
         p.parent.name: p.read_bytes() for p in (tmp_path / "res" / "smoke").glob("*/result.json")
     }
-    more = ["--extend", "--set", "sparsity.scheme=erk", "--grid", "sparsity.density=0.1,0.3"]
+    more = ["--extend", "--set", "sparsity.scheme=erk", "--grid", "sparsity.density=0.1,0.3,0.7",
+            "--group-size", "2"]  # fmt: skip
     ext = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2", *more)
     assert ext.returncode == 0, ext.stdout[-3000:] + ext.stderr[-3000:]
-    assert "extended: 1 new trials, 4 finished before and kept" in ext.stdout
-    assert f"trials: {N_SMOKE + 1}  finished: {N_SMOKE + 1}  failed: 0" in ext.stdout
+    assert "extended: 2 new trials, 4 finished before and kept" in ext.stdout
+    assert "trial groups of up to 2: 2 trials in 1 groups, 0 alone" in ext.stdout
+    assert f"trials: {N_SMOKE + 2}  finished: {N_SMOKE + 2}  failed: 0" in ext.stdout
+    assert sum(" finished " in ln and "test_acc" in ln for ln in ext.stdout.splitlines()) == 2
     for key, content in before.items():
         assert (tmp_path / "res" / "smoke" / key / "result.json").read_bytes() == content, key
+    summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
+    members = [t for t in summary["trials"] if t["metrics"].get("group_size") == 2]
+    assert sorted(t["metrics"]["achieved_density"] for t in members) == pytest.approx([0.3, 0.7])
+    assert {t["metrics"]["group"] for t in members} == {members[0]["metrics"]["group"]}
+    assert all(t["metrics"]["device_hours"] > 0 and t["epoch"] == 2 for t in members)
+    status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
+    assert f"finished: {N_SMOKE + 2}" in status.stdout and "group-" not in status.stdout
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("rp_tune.role") != "sweep"]
-    assert len(runs) == N_SMOKE + 2 and len({r.data.tags["rp_tune.run_key"] for r in children}) == 5
+    assert len(runs) == N_SMOKE + 3 and len({r.data.tags["rp_tune.run_key"] for r in children}) == 6
+    for run in children:  # the members' own runs: per-epoch metrics and their masks
+        if run.data.tags["rp_tune.run_key"] in {t["run_key"] for t in members}:
+            assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+            arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert "masks.parquet" in arts
+    rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
+    table = pq.read_table(tmp_path / "res" / "smoke" / "report" / "results.parquet")
+    assert table.num_rows == N_SMOKE + 2 and not any(
+        k.startswith("group-") for k in table.column("run_key").to_pylist()
+    )
 
 
 @pytest.mark.parametrize(
