@@ -312,6 +312,8 @@ def measured_speed(root: str) -> SpeedCalibration:
                     continue
                 if seconds <= 0 or not is_finished(last, int(entry["flat"]["train.epochs"])):
                     continue
+                if int(last.get("group_size", 1) or 1) > 1:  # a fused member's time is its
+                    continue  # group's: another speed than the trial's alone
                 cfg = from_flat(entry["flat"])
                 r = cfg.resources
                 devices = r.workers * ((r.gpus_per_worker or 0) or r.cpus_per_worker)
