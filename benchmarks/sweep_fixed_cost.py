@@ -5,8 +5,9 @@
 
 Runs the smoke space over `--seeds` seeds (2 schemes x 2 densities x 4 seeds = 16 trials of 2
 epochs on the smoke data) once per group size, each as a user runs it (`run_sweep.py`, a
-local Ray it starts itself, MLflow in SQLite) in a fresh storage, and reads its
-`summary.json`:
+local Ray it starts itself, MLflow in SQLite) in a fresh storage, one Tune trial after
+another (`--max-concurrent 1`: with trials overlapping, serial time taken from a parallel
+wall clock would mean nothing), and reads its `summary.json`:
 
     fixed per trial = (sweep wall - own) / trials
     own = the trials' own training and evaluation time; the members of a group train
@@ -50,7 +51,8 @@ def run(k: int, seeds: int, cpus: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="rp_tune-fixed-cost-") as tmp:
         grid = ",".join(str(s) for s in range(seeds))
         cmd = [sys.executable, "run_sweep.py", "--space", "smoke", "--storage", tmp,
-               "--grid", f"seed={grid}", "--group-size", str(k), "--num-cpus", str(cpus)]  # fmt: skip
+               "--grid", f"seed={grid}", "--group-size", str(k), "--num-cpus", str(cpus),
+               "--max-concurrent", "1"]  # fmt: skip
         t0 = time.time()
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
         seconds = time.time() - t0

@@ -492,18 +492,20 @@ def train_group(
             break
         rows = group.train_epoch(epoch)
         group.sync()
+        stopped = []
         for i, (m, row) in enumerate(zip(members, rows)):
-            if not group.alive[i]:
-                continue
-            if not math.isfinite(row["train_loss"]):
+            if group.alive[i] and not math.isfinite(row["train_loss"]):
                 group.alive[i] = False
                 group.errors[i] = (
                     f"{m.key}: training loss is {row['train_loss']} in epoch {epoch + 1}: the "
                     "member diverged and was stopped (the group's other members go on)"
                 )
                 log.error("%s", group.errors[i])
+                stopped.append(i)
                 if on_failure is not None:
                     on_failure(i, group.errors[i])
+        for i, (m, row) in enumerate(zip(members, rows)):
+            if not group.alive[i]:
                 continue
             row.update(validate(m, epoch))
             if epoch + 1 == epochs:
@@ -512,7 +514,10 @@ def train_group(
                 row["group_size"] = group.k
                 row.update(environment(m.device))
             m.history.append(dict(row))
+            # a member stopped this epoch: checkpoint the rest now, so that a resume from
+            # here knows it stopped and never trains it again
             due = (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 in (epochs, end)
+            due = due or bool(stopped)
             folder = save_checkpoint(m, epoch + 1, keep_checkpoints, save_weights) if due else None
             report(m, row, folder, None if on_epoch is None else _bind(on_epoch, i))
         if on_group_epoch is not None:

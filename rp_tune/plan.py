@@ -787,19 +787,33 @@ def trial_cost(results: Sequence[Mapping[str, Any]], flat: Mapping[str, Any]) ->
 
 
 COST_TOTALS = ("wall_seconds", "train_seconds", "eval_seconds", "retry_seconds", "device_hours")
+GROUP_SHARED_COSTS = ("wall_seconds", "train_seconds", "retry_seconds")  # a group's, not a member's
 
 
 def cost_totals(per_trial: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """The sweep's totals of the trials' costs (those that have them), by device kind:
-    device_hours_gpu and device_hours_cpu beside the seconds."""
+    device_hours_gpu and device_hours_cpu beside the seconds. The members of a trial group
+    (`group` in their metrics) trained in one process at once: its training, retried and
+    wall-clock seconds, which every member reports, count once (each member's evaluation and
+    device-hours share are its own)."""
     out = {k: 0.0 for k in COST_TOTALS if k != "device_hours"}
     out["device_hours_gpu"] = out["device_hours_cpu"] = 0.0
+    shared: dict[str, dict[str, float]] = {}
     for m in per_trial:
+        group = m.get("group")
         for k in out:
-            if isinstance(m.get(k), (int, float)):
+            if not isinstance(m.get(k), (int, float)):
+                continue
+            if group and k in GROUP_SHARED_COSTS:
+                once = shared.setdefault(str(group), {})
+                once[k] = max(once.get(k, 0.0), float(m[k]))
+            else:
                 out[k] += float(m[k])
         if isinstance(m.get("device_hours"), (int, float)):
             out[f"device_hours_{str(m.get('device', 'CPU')).lower()}"] += float(m["device_hours"])
+    for once in shared.values():
+        for k, v in once.items():
+            out[k] += v
     return out
 
 

@@ -16,6 +16,7 @@ newer release that added config fields resumes the trial from its own checkpoint
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -72,6 +73,7 @@ console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_swe
 # --------------------------------------------------------------------------------------------
 
 FAULT_MARKER = "injected-fault-{key}"
+GROUPS_DIR = "_groups"  # <train storage>/_groups/<group run key>.json: its members' entries
 # <train storage>/_recurring_errors/<run_key>: why a trial failed in a way a retry repeats
 RECURRING_ERRORS = "_recurring_errors"
 RECURRING_TAG = "[rp_tune: recurs on retry]"
@@ -233,7 +235,7 @@ def _train_loop_with_fault(loop_config: dict[str, Any]) -> None:
         )
         os.kill(os.getpid(), signal.SIGKILL)
 
-    loop = _group_loop if loop_config.get("members") else _train_loop
+    loop = _group_loop if loop_config.get("group_file") else _train_loop
     loop(loop_config, before_report=kill_once)
 
 
@@ -256,7 +258,6 @@ def _group_loop(
     holding every member's checkpoint folder (`members/<run key>/`) and the members stopped
     so far (`failed.json`); `_group_report_callback` hands Tune each member's row on its own.
     A member stopped before (it diverged) stays stopped when the group resumes."""
-    import json
     import shutil
 
     import ray.train
@@ -267,7 +268,9 @@ def _group_loop(
     from .layout import FAILED_MEMBERS_FILE, MEMBERS_DIR
 
     unit = loop_config["run_key"]
-    members = loop_config["members"]
+    # the members' entries, written by the driver beside the Train runs: Tune copies its
+    # config into every result row, and a group's K entries in it would grow K rows per epoch
+    members = json.loads(store.read_text(loop_config["group_file"]))
     checkpoint = _latest_train_checkpoint(loop_config)
     with tempfile.TemporaryDirectory(prefix="rp_tune-group-") as tmp:
         resume, resumed_from, skipped = None, 0, []
@@ -455,7 +458,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker > 0:
         per_worker["GPU"] = r.gpus_per_worker
-    group = trial.get("members")  # a trial group: one worker trains every member
+    group = trial.get("group_file")  # a trial group: one worker trains every member
     loop = _group_loop if group else _train_loop
     report = _group_report_callback() if group else TuneReportCallback()
     trainer = TorchTrainer(
@@ -463,7 +466,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
         train_loop_config={
             "flat": trial["flat"],
             "run_key": trial["run_key"],
-            "members": group,
+            "group_file": group,
             "save_weights": config.get("save_weights", False),
             "fault": config.get("fault"),
             "run_dir": store.join(config["train_storage"], f"train-{trial['run_key']}"),
@@ -489,31 +492,34 @@ def _tune_trial(config: dict[str, Any]) -> None:
         raise RecurringTrialError(message) from None
 
 
-def _result_trial(trial: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[str, dict]:
+def _result_trial(
+    trial: Mapping[str, Any], result: Mapping[str, Any], flats: Mapping[str, dict]
+) -> tuple[str, dict]:
     """(run key, flat config) of the trial a Tune result is of: the Tune trial's own, or for
-    a trial group the member the row names."""
+    a trial group the member the row names (its config from `flats`, the sweep's entries)."""
     key = str(result.get("run_key") or trial["run_key"])
-    for m in trial.get("members") or ():
-        if m["run_key"] == key:
-            return key, m["flat"]
+    if key in (trial.get("members") or ()):
+        return key, flats.get(key, trial["flat"])
     return trial["run_key"], trial["flat"]
 
 
-def _trial_ends(trial: Any) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def _trial_ends(
+    trial: Any, flats: Mapping[str, dict]
+) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(run key, flat config, last result with its cost) of each trial a Tune trial trained:
     itself, or every member of its group (each from its own rows of the group's results)."""
     t = trial.config["trial"]
     local = getattr(trial, "local_path", None)
     results = all_results(local) if local and os.path.isdir(local) else []
+    group = "members" in t
     out = []
-    for m in t.get("members") or [t]:
-        rows = (
-            [r for r in results if r.get("run_key") == m["run_key"]] if "members" in t else results
-        )
-        last = dict(rows[-1]) if rows else ({} if "members" in t else dict(trial.last_result or {}))
+    for key in t.get("members") or [t["run_key"]]:
+        flat = flats.get(key, t["flat"]) if group else t["flat"]
+        rows = [r for r in results if r.get("run_key") == key] if group else results
+        last = dict(rows[-1]) if rows else ({} if group else dict(trial.last_result or {}))
         # its wall-clock, retries and device-hours: Tune's local record of the trial
-        last.update(trial_cost(rows or ([last] if last else []), m["flat"]))
-        out.append((m["run_key"], m["flat"], last))
+        last.update(trial_cost(rows or ([last] if last else []), flat))
+        out.append((key, flat, last))
     return out
 
 
@@ -530,23 +536,26 @@ def _make_tracking_callback() -> type:
         queue) is left out, and `run_sweep` attaches a live one again on --resume.
         """
 
-        def __init__(self, tracker: Any) -> None:
+        def __init__(self, tracker: Any, flats: dict[str, dict] | None = None) -> None:
             self.tracker = tracker
+            self.flats = {} if flats is None else flats  # run key -> flat config, every trial
+            self._ended: set[str] = set()  # group members ended failed by this driver
 
         def __getstate__(self) -> dict[str, Any]:
-            return {"tracker": None}
+            return {"tracker": None, "flats": {}, "_ended": set()}
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.tracker is not None:
-                key, flat = _result_trial(trial.config["trial"], result)
+                key, flat = _result_trial(trial.config["trial"], result, self.flats)
                 self.tracker.trial_result(key, flat, dict(result))
-                if result.get("member_failed"):  # a group member stopped alone
+                if result.get("member_failed") and key not in self._ended:  # a member stopped
+                    self._ended.add(key)
                     self.tracker.trial_end(key, flat, dict(result), "failed",
                                            str(result["member_failed"]))  # fmt: skip
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.tracker is not None:
-                for key, flat, last in _trial_ends(trial):
+                for key, flat, last in _trial_ends(trial, self.flats):
                     if last.get("member_failed"):
                         continue  # ended when it failed
                     status = trial_status(last, int(flat["train.epochs"]), errored=False)
@@ -557,7 +566,7 @@ def _make_tracking_callback() -> type:
                 error = ""
                 if trial.error_file and os.path.isfile(trial.error_file):
                     error = Path(trial.error_file).read_text()[-2000:]
-                for key, flat, last in _trial_ends(trial):
+                for key, flat, last in _trial_ends(trial, self.flats):
                     if not last.get("member_failed"):
                         self.tracker.trial_end(key, flat, last, "failed", error)
 
@@ -574,27 +583,32 @@ def _make_console_callback() -> type:
         """One console line per trial event and a progress line every so often
         (`rp_tune.progress.Progress`), on the logger `rp_tune.console`."""
 
-        def __init__(self, progress: Any) -> None:
+        def __init__(self, progress: Any, flats: dict[str, dict] | None = None) -> None:
             self.progress = progress
+            self.flats = {} if flats is None else flats  # run key -> flat config, every trial
             self._seen: set[str] = set()
 
         def __getstate__(self) -> dict[str, Any]:
-            return {"progress": None, "_seen": set()}
+            return {"progress": None, "flats": {}, "_seen": set()}
 
         def _keys(self, trial) -> list[str]:
             t = trial.config["trial"]
-            return [m["run_key"] for m in t.get("members") or [t]]
+            return list(t.get("members") or [t["run_key"]])
 
         def on_trial_start(self, iteration, trials, trial, **info):
             for key in self._keys(trial):
                 self._seen.discard(key)  # its first result says whether it resumed
+                if self.progress is not None and key not in self.progress.failed:
+                    self.progress.running.add(key)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.progress is None:
                 return
-            key, _ = _result_trial(trial.config["trial"], result)
+            key, _ = _result_trial(trial.config["trial"], result, self.flats)
             if result.get("member_failed"):
-                console.info(self.progress.ended(key, {}, "failed", str(result["member_failed"])))
+                if key not in self.progress.failed:
+                    message = str(result["member_failed"])
+                    console.info(self.progress.ended(key, {}, "failed", message))
                 return
             if key not in self._seen:
                 self._seen.add(key)
@@ -609,7 +623,7 @@ def _make_console_callback() -> type:
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.progress is not None:
-                for key, flat, last in _trial_ends(trial):
+                for key, flat, last in _trial_ends(trial, self.flats):
                     if not last.get("member_failed"):
                         status = trial_status(last, int(flat["train.epochs"]), errored=False)
                         console.info(self.progress.ended(key, last, status))
@@ -619,7 +633,7 @@ def _make_console_callback() -> type:
                 error = ""
                 if trial.error_file and os.path.isfile(trial.error_file):
                     error = error_text_summary(Path(trial.error_file).read_text())
-                for key, _, last in _trial_ends(trial):
+                for key, _, last in _trial_ends(trial, self.flats):
                     if not last.get("member_failed"):
                         console.info(self.progress.ended(key, {}, "failed", error))
 
@@ -732,6 +746,7 @@ def run_sweep(
     except OSError as e:  # a read-only or unreachable store
         raise SweepError(f"--storage {storage!r}: cannot write the sweep's lock: {e}") from None
     tracker = None
+    flats: dict[str, dict] = {}  # run key -> flat config of every trial, for the callbacks
     handler, driver_log = None, None
     if not store.is_uri(path):  # this driver's own log, beside the sweep's results
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -804,7 +819,7 @@ def run_sweep(
                 ),
                 space_params=space_params(configs),
             )
-            callbacks.append(__getattr__("TrackingCallback")(tracker))
+            callbacks.append(__getattr__("TrackingCallback")(tracker, flats))
             console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
         if not verbose:  # Tune's own reporter: its new one prints a box at any verbosity,
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic one none at 0
@@ -831,7 +846,8 @@ def run_sweep(
             concurrent = max_concurrent or default_concurrency(
                 stored or configs, cluster_capacity(address is not None)
             )
-            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent)))
+            flats.update({e["run_key"]: e["flat"] for e in entries})
+            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent), flats))
             lazy = (__getattr__("TrackingCallback"), __getattr__("ConsoleCallback"))
             run_config.callbacks = [
                 c for c in run_config.callbacks or [] if not isinstance(c, lazy)
@@ -878,16 +894,23 @@ def run_sweep(
                     len(trials.kept),
                 )
             write_trial_entries(path, trials.entries)
+            flats.update({e["run_key"]: e["flat"] for e in trials.entries})
             entries, why_alone = plan_units(trials.train, group_size)
-            for unit in filter(is_unit, entries):  # members' own folders, for status and report
-                write_member_records(path, unit)
             if group_size > 1:
                 console.info("%s", describe_units(entries, why_alone, group_size))
+            for i, unit in enumerate(entries):
+                if is_unit(unit):  # members' own folders, for status and report; their
+                    write_member_records(path, unit)  # configs for the group's worker
+                    group_file = store.join(train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
+                    store.write_text(group_file, json.dumps(unit["members"], default=list))
+                    entries[i] = {"run_key": unit["run_key"], "flat": unit["flat"],
+                                  "members": [m["run_key"] for m in unit["members"]],
+                                  "group_file": group_file}  # fmt: skip
             known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in trials.entries}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             progress = Progress(known, concurrent)
             progress.finished_before(e["run_key"] for e in trials.kept + trials.reused)
-            callbacks.append(__getattr__("ConsoleCallback")(progress))
+            callbacks.append(__getattr__("ConsoleCallback")(progress, flats))
             tuner = None
             if entries:  # else every trial finished before: nothing for Tune
                 param_space = {
@@ -932,7 +955,7 @@ def run_sweep(
             if trial is not None and is_unit(trial):  # a group: each member from its rows
                 error = "" if result.error is None else error_summary(result.error)
                 for member in trial["members"]:
-                    out = stored_outcome(path, member)
+                    out = stored_outcome(path, {"run_key": member, "flat": flats[member]})
                     if error and out.status != "finished" and not out.error:
                         out.status, out.error = "failed", error
                     outcomes.append(out)

@@ -106,7 +106,8 @@ def test_the_drivers_callbacks_end_each_member_on_its_own(tmp_path):
     folder = tmp_path / "group-x"
     folder.mkdir()
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    unit = {"run_key": "group-x", "flat": a["flat"], "members": [a, b]}
+    unit = {"run_key": "group-x", "flat": a["flat"], "members": [a["run_key"], b["run_key"]]}
+    flats = {e["run_key"]: e["flat"] for e in (a, b)}
     trial = SimpleNamespace(config={"trial": unit}, local_path=str(folder), last_result=rows[-1],
                             error_file=None)  # fmt: skip
     calls = []
@@ -118,18 +119,41 @@ def test_the_drivers_callbacks_end_each_member_on_its_own(tmp_path):
         def trial_end(self, key, flat, result, status, error=""):
             calls.append(("end", key, status, error, result.get("device_hours")))
 
-    tracking = sweep.TrackingCallback(Tracker())
+    tracking = sweep.TrackingCallback(Tracker(), flats)
     progress = Progress({a["run_key"]: 2, b["run_key"]: 2}, 1)
-    console = sweep.ConsoleCallback(progress)
+    console = sweep.ConsoleCallback(progress, flats)
     for cb in (tracking, console):
         cb.on_trial_start(0, [], trial)
-        for r in rows:
+        for r in [*rows, rows[-1]]:  # its failure seen twice (a retried epoch): ended once
             cb.on_trial_result(0, [], trial, r)
         cb.on_trial_complete(0, [], trial)
     assert calls == [
         ("result", a["run_key"]),
         ("result", b["run_key"]),
         ("end", b["run_key"], "failed", "nan loss", None),
+        ("result", b["run_key"]),
         ("end", a["run_key"], "finished", "", pytest.approx(30.0 / 3600 / 2)),
     ]
     assert progress.finished == {a["run_key"]} and progress.failed == {b["run_key"]}
+
+
+def test_a_groups_shared_time_counts_once_in_the_sweeps_totals():
+    from rp_tune.plan import cost_totals
+
+    members = [
+        {
+            "group": "g",
+            "train_seconds": 10.0,
+            "wall_seconds": 30.0,
+            "retry_seconds": 2.0,
+            "eval_seconds": e,
+            "device_hours": 0.1,
+            "device": "GPU",
+        }
+        for e in (1.0, 2.0)
+    ]
+    alone = {"train_seconds": 5.0, "wall_seconds": 9.0, "retry_seconds": 0.0,
+             "eval_seconds": 1.0, "device_hours": 0.2, "device": "GPU"}  # fmt: skip
+    t = cost_totals([*members, alone])
+    assert (t["train_seconds"], t["wall_seconds"], t["retry_seconds"]) == (15.0, 39.0, 2.0)
+    assert t["eval_seconds"] == 4.0 and t["device_hours_gpu"] == pytest.approx(0.4)
