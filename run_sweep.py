@@ -269,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
         )
         if args.group_size > 1:
-            from rp_tune.config import run_key as key_of
+            from rp_tune.plan import trial_entries
             from rp_tune.trial_groups import describe_units, plan_units
 
-            entries = [{"flat": c.to_flat(), "run_key": key_of(c)} for c in configs]
-            print(describe_units(*plan_units(entries, args.group_size), args.group_size))
+            units = plan_units(trial_entries(configs), args.group_size)
+            print(describe_units(*units, args.group_size))
         print(f"results would go to {storage.join(storage.resolve(args.storage), name)}")
         if not args.verbose:
             print("every trial with its run key and estimate: add -v")

@@ -26,10 +26,9 @@ A group is K trials whose configs differ only in `sparsity.*` and the seeds
 (`rp_tune.trial_groups.group_refusal` says which trials cannot join one and why). Each
 member keeps its own masks (drawn by its own scheme and seed, before fusion), initialization,
 data order and augmentation, optimizer state, best-validation state, metrics and checkpoint
-folder; a member checkpoint has the
-format of a trial alone and resumes alone or in any group. A member whose training loss
-turns non-finite is stopped and reported failed; the others go on, unaffected (no tensor is
-shared between members).
+folder; a member checkpoint has the format of a trial alone and resumes alone or in any
+group. A member whose training loss turns non-finite is stopped and reported failed; the
+others go on, unaffected (no tensor is shared between members).
 """
 
 from __future__ import annotations

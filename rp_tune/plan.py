@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -697,54 +697,41 @@ def startup_concurrency(configs: Sequence[TrialConfig], concurrent: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _result_lines(trial_dir: str) -> list[str]:
-    """The lines of a trial's result.json: its own, or, for a member of a trial group (its
-    folder holds `group.json`), its lines of the group's result.json (rows are tagged with the
-    member's run key)."""
+def _result_rows(trial_dir: str, newest_first: bool = False) -> Iterator[dict[str, Any]]:
+    """A trial's results as Tune recorded them in its result.json (a folder or a URI), each
+    line parsed once; a line being written is passed over. A member of a trial group (its
+    folder holds `group.json`) has no result.json of its own: its rows are those of its
+    group's that carry its run key."""
     location = store.join(trial_dir, "result.json")
-    if store.exists(location):
-        return store.read_text(location).splitlines()
-    group = member_group(trial_dir)
-    if group is None:
-        return []
-    key = store.basename(trial_dir.rstrip("/"))
-    unit = store.join(store.parent(trial_dir.rstrip("/")), group, "result.json")
-    if not store.exists(unit):
-        return []
-    tag = json.dumps(key)
-    return [ln for ln in store.read_text(unit).splitlines() if tag in ln and _row_of(ln, key)]
-
-
-def _row_of(line: str, key: str) -> bool:
-    try:
-        return json.loads(line).get("run_key") == key
-    except ValueError:  # a line being written
-        return False
+    key = None
+    if not store.exists(location):
+        group = member_group(trial_dir)
+        if group is None:
+            return
+        key = store.basename(trial_dir.rstrip("/"))
+        location = store.join(store.parent(trial_dir.rstrip("/")), group, "result.json")
+        if not store.exists(location):
+            return
+    lines = store.read_text(location).splitlines()
+    for line in reversed(lines) if newest_first else lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if key is None or row.get("run_key") == key:
+            yield row
 
 
 def last_result(trial_dir: str) -> dict[str, Any]:
-    """The last result Tune recorded for a trial (the last whole line of its result.json,
-    a folder or a URI; a trial-group member's from its group's); {} if none yet. A line
-    being written is passed over."""
-    for line in reversed(_result_lines(trial_dir)):
-        if line.strip():
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return {}
+    """The last result Tune recorded for a trial (see `_result_rows`); {} if none yet."""
+    return next(_result_rows(trial_dir, newest_first=True), {})
 
 
 def all_results(trial_dir: str) -> list[dict[str, Any]]:
-    """Every result Tune recorded for a trial, in order (result.json's whole lines; a
-    trial-group member's from its group's)."""
-    out = []
-    for line in _result_lines(trial_dir):
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            continue
-    return out
+    """Every result Tune recorded for a trial, in order (see `_result_rows`)."""
+    return list(_result_rows(trial_dir))
 
 
 def trial_cost(results: Sequence[Mapping[str, Any]], flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -826,9 +813,14 @@ def stored_trials(path: str) -> list[dict[str, Any]]:
     return json.loads(store.read_text(location))
 
 
+def trial_entries(configs: Sequence[TrialConfig]) -> list[dict[str, Any]]:
+    """The entries trials.json stores for configs that are each their own trial."""
+    return [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+
+
 def write_stored_trials(path: str, configs: Sequence[TrialConfig]) -> list[dict[str, Any]]:
     """trials.json of a sweep of exactly these configs (each its own run key)."""
-    entries = [{"flat": c.to_flat(), "run_key": run_key(c)} for c in configs]
+    entries = trial_entries(configs)
     write_trial_entries(path, entries)
     return entries
 
