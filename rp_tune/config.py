@@ -75,7 +75,10 @@ RECIPES["imagenet_dense"] = {**RECIPES["imagenet"], "epochs": 90, "milestones": 
 DENSE_RECIPE = {"imagenet": "imagenet_dense"}
 PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLINGS = ("exact", "bernoulli")
-MODES = ("static", "dynamic")
+# static: a fixed mask; dynamic: drop-and-grow (SET / RigL); imp: iterative magnitude pruning
+# inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4)
+MODES = ("static", "dynamic", "imp")
+PRUNE_SCOPES = ("global", "layer")
 GROWTHS = ("random", "gradient")
 # Keys that only matter for dynamic sparse training (equal to their defaults when static).
 DYNAMIC_KEYS = (
@@ -85,6 +88,13 @@ DYNAMIC_KEYS = (
     "sparsity.drop_schedule",
     "sparsity.death_rate_final",
     "sparsity.stop_at",
+)
+# Keys that only matter for iterative magnitude pruning (equal to their defaults otherwise).
+IMP_KEYS = (
+    "sparsity.start_density",
+    "sparsity.prune_fraction",
+    "sparsity.prune_scope",
+    "sparsity.rewind_epoch",
 )
 # Keys that only shape a sparse plan (dropped at density 1.0: a dense net is one trial).
 SCHEME_OPTION_KEYS = (
@@ -183,6 +193,14 @@ class SparsityConfig:
     drop_schedule: str = "rigl"
     death_rate_final: float = 0.005  # cosine_whole_run only: the rate at the end of training
     stop_at: float = 0.75  # rigl only: fraction of training after which the mask freezes
+    # imp: the random start mask keeps `start_density` (the scheme's layer ratios; 1.0 = a
+    # dense start, classic IMP); each round trains, then removes the smallest-magnitude
+    # `prune_fraction` of the weights still kept (over all masked layers, or per layer) and
+    # rewinds the survivors to their values at `rewind_epoch`, until `density` is reached
+    start_density: float = 1.0
+    prune_fraction: float = 0.2  # Frankle & Carbin 2019: 20% of the remaining weights a round
+    prune_scope: str = "global"
+    rewind_epoch: int = 0  # 0: the initialization (Frankle & Carbin); k: weight rewinding
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -231,6 +249,62 @@ class SparsityConfig:
         for key in ("death_rate", "death_rate_final", "stop_at"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 _fail(f"sparsity.{key}", getattr(self, key), "a fraction in [0, 1]")
+        if self.prune_scope not in PRUNE_SCOPES:
+            _fail("sparsity.prune_scope", self.prune_scope, str(list(PRUNE_SCOPES)))
+        if self.mode == "imp":
+            self._check_imp()
+        else:
+            for key in IMP_KEYS:
+                name = key.split(".", 1)[1]
+                default = SparsityConfig.__dataclass_fields__[name].default
+                if getattr(self, name) != default:
+                    raise ConfigError(
+                        f"{key}={getattr(self, name)!r} with sparsity.mode={self.mode!r}: only "
+                        f"iterative magnitude pruning reads it (sparsity.mode='imp'); leave it "
+                        f"at {default!r}"
+                    )
+
+    def _check_imp(self) -> None:
+        """IMP's values, one message each: the target below the start, fractions in (0, 1),
+        none of dynamic sparse training's keys (the mask of IMP only shrinks)."""
+        try:
+            check_density(self.start_density)
+        except ValueError:
+            _fail("sparsity.start_density", self.start_density, "a number in (0, 1]; 1.0: dense")
+        if self.density >= self.start_density:
+            raise ConfigError(
+                f"sparsity.density={self.density!r} with sparsity.start_density="
+                f"{self.start_density!r}: iterative magnitude pruning prunes from the start "
+                "density down to sparsity.density, so it must be below the start (equal: a "
+                "fixed mask, sparsity.mode='static')"
+            )
+        if not 0.0 < self.prune_fraction < 1.0:
+            _fail("sparsity.prune_fraction", self.prune_fraction, "a fraction in (0, 1)")
+        if self.rewind_epoch < 0:
+            _fail("sparsity.rewind_epoch", self.rewind_epoch, "an integer >= 0 (0: the init)")
+        changed = [
+            k for k in DYNAMIC_KEYS
+            if getattr(self, k.split(".", 1)[1])
+            != SparsityConfig.__dataclass_fields__[k.split(".", 1)[1]].default
+        ]  # fmt: skip
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} with sparsity.mode='imp': these set dynamic sparse "
+                "training (SET/RigL), whose drop-and-grow revives weights; iterative magnitude "
+                "pruning only removes them. Use one mode: 'imp' or 'dynamic'"
+            )
+
+    def imp_densities(self) -> tuple[float, ...]:
+        """IMP's nominal density of each round: d_r = start * (1 - f)^r while above the
+        target, then the target (rounds 0..R; round 0 trains the start mask). () otherwise."""
+        if self.mode != "imp":
+            return ()
+        out = [self.start_density]
+        while out[-1] > self.density:
+            nxt = out[-1] * (1.0 - self.prune_fraction)
+            # a last step within 1e-9 of the target is the target (float round-off)
+            out.append(self.density if nxt <= self.density * (1 + 1e-9) else nxt)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -417,6 +491,12 @@ class TrialConfig:
                 f"evaluation.ood_sets={self.evaluation.ood_sets!r} holds the training dataset "
                 f"data.name={self.data.name!r}; an OoD set must be another dataset"
             )
+        if self.sparsity.mode == "imp" and self.sparsity.rewind_epoch >= self.train.epochs:
+            raise ConfigError(
+                f"sparsity.rewind_epoch={self.sparsity.rewind_epoch!r} with train.epochs="
+                f"{self.train.epochs}: a round trains train.epochs epochs and rewinds to an "
+                f"epoch of it; valid: 0 (the initialization) to {self.train.epochs - 1}"
+            )
         if self.data.name == "imagenet" and self.model.name.startswith(("cifar_", "vgg")):
             raise ConfigError(
                 f"model.name={self.model.name!r} is a 32x32 CIFAR net; with data.name="
@@ -425,6 +505,16 @@ class TrialConfig:
 
     def to_flat(self) -> dict[str, Any]:
         return to_flat(self)
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs the trial trains in all: train.epochs, or under IMP the first round's
+        train.epochs plus train.epochs - rewind_epoch for every later round (each later
+        round goes on from the rewind point, lr schedule included: Frankle et al. 2020)."""
+        rounds = len(self.sparsity.imp_densities())
+        if rounds == 0:
+            return self.train.epochs
+        return self.train.epochs + (rounds - 1) * (self.train.epochs - self.sparsity.rewind_epoch)
 
     def seed_of(self, what: str) -> int:
         """The seed of one source of randomness ("mask", "init", "data"): seeds.<what>,
@@ -465,6 +555,15 @@ def layer_density_map(text: str) -> dict[str, float]:
             )
         out[name.strip()] = density
     return out
+
+
+def trial_epochs(flat: Mapping[str, Any]) -> int:
+    """`TrialConfig.total_epochs` of a stored flat config (a sweep's trials.json entry or a
+    Tune params.json): what "finished" means for that trial. Stored configs of releases
+    before IMP lack its keys: their train.epochs."""
+    if flat.get("sparsity.mode") != "imp":
+        return int(flat["train.epochs"])
+    return from_flat(flat).total_epochs
 
 
 def ood_sets(cfg: TrialConfig) -> tuple[str, ...]:
@@ -589,6 +688,8 @@ def run_key(cfg: TrialConfig) -> str:
     scheme = "dense" if s.density == 1.0 else s.scheme
     if s.mode == "dynamic" and s.density < 1.0:
         scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
+    if s.mode == "imp":  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: IMP from ER at 0.5 to 0.05
+        scheme = ("dense" if s.start_density == 1.0 else f"{s.scheme}{s.start_density:g}") + "-imp"
     seeds = f"s{cfg.seed}" + "".join(  # s0m3: seed 0, mask seed 3
         f"{k[0]}{getattr(cfg.seeds, k)}"
         for k in ("mask", "init", "data")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import storage as store
-from .config import ConfigError, EvaluationConfig, from_flat
+from .config import ConfigError, EvaluationConfig, from_flat, trial_epochs
 from .plan import SweepError, check_data_roots, is_finished, last_result, stored_trials
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def evaluate_sweep(
     todo = []
     for e in entries:
         last = last_result(store.join(sweep_dir, e["run_key"]))
-        if not is_finished(last, int(e["flat"]["train.epochs"])):
+        if not is_finished(last, trial_epochs(e["flat"])):
             continue
         try:
             cfg = from_flat({**e["flat"], **overrides})
@@ -159,7 +159,7 @@ def _evaluate_one(
     if tracking_uri and not entry["logged"] and entry["metrics"]:
         from .tracking import log_evaluation
 
-        if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.train.epochs):
+        if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.total_epochs):
             entry["logged"] = True
             _save(trial_dir, saved)
     return {"run_key": key, "status": status, "metrics": entry["metrics"],

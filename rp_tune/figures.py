@@ -14,6 +14,10 @@ Every plot draws groups (`rp_tune.grouping`: trials that differ only in their se
 - classifier: metric vs the classifier's sparsity, a line per scheme and density: Fig. 14
   left;
 - grad_flow: gradient norm vs training iteration, a line per scheme and density: Fig. 6.
+- imp_rounds: iterative magnitude pruning, round by round: test accuracy vs density beside
+  the cumulative training FLOPs vs density, a line per start (dense, or a random mask at
+  its density), so that "as accurate, for less training" reads off one figure (Gadhikar et
+  al. 2023, sparse to sparse).
 """
 
 from __future__ import annotations
@@ -320,6 +324,94 @@ def plot_grad_flow(
     return _finish(fig, "effective gradient flow (mean over seeds)", path)
 
 
+# --- iterative magnitude pruning, round by round (Gadhikar et al. 2023) --------------------
+
+IMP_LINE_KEYS = ("sparsity.scheme", "sparsity.start_density", "sparsity.prune_fraction",
+                 "sparsity.prune_scope", "sparsity.rewind_epoch")  # fmt: skip
+
+
+def imp_points(
+    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]]
+) -> dict[tuple, dict[float, list[dict[str, Any]]]]:
+    """(model, context, start label, IMP keys) -> round density -> the round records of
+    that density, one per seed: trials of one start and seed that differ only in their
+    target train the same rounds down to the shallower target, counted once."""
+    out: dict[tuple, dict[float, dict[tuple, dict[str, Any]]]] = defaultdict(dict)
+    for g in groups(rows):
+        if not g.label.endswith("+imp"):
+            continue
+        line = tuple((k, v) for k, v in g.line if k != "sparsity.density")
+        for r in g.rows:
+            imp_keys = tuple((k, r.get(k)) for k in IMP_LINE_KEYS)
+            seed = tuple(r.get(k) for k in ("seed", "seeds.mask", "seeds.init", "seeds.data"))
+            for rec in rounds.get(r["run_key"], []):
+                d = round(float(rec["round_density"]), 6)
+                key = (g.model, g.context, g.label, line, imp_keys)
+                out[key].setdefault(d, {}).setdefault(seed, rec)
+    return {k: {d: list(v.values()) for d, v in by_d.items()} for k, by_d in out.items()}
+
+
+def imp_summary(
+    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The IMP figure's points as rows: per model, context and start, at each round's
+    density, test accuracy and cumulative training FLOPs as mean, std and n over seeds."""
+    out = []
+    for key, by_density in sorted(imp_points(rows, rounds).items(), key=lambda x: repr(x[0])):
+        model, context, label, _, imp_keys = key
+        for d in sorted(by_density, reverse=True):
+            recs = by_density[d]
+            acc = mean_std([float(r["round_test_acc"]) for r in recs])
+            flops = mean_std([float(r["cumulative_train_flops"]) for r in recs])
+            out.append({
+                "model.name": model, **dict(context), "start": label[: -len("+imp")],
+                "start_density": dict(imp_keys).get("sparsity.start_density"),
+                "density": d, "test_acc_mean": acc[0], "test_acc_std": acc[1],
+                "cumulative_train_flops_mean": flops[0], "n": len(recs),
+            })  # fmt: skip
+    return out
+
+
+def plot_imp_rounds(
+    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]], path: Path
+) -> list[dict[str, Any]] | None:
+    """Per model and context, two panels: test accuracy at the end of each IMP round vs
+    the round's density, and the training FLOPs of all rounds up to it vs density (log
+    axes, density falling to the right); a line per start, mean ± std over seeds.
+    `rounds`: run key -> the trial's round records (imp_rounds.csv)."""
+    points = imp_points(rows, rounds)
+    if not points:
+        return None
+    panels: dict[tuple, list] = defaultdict(list)
+    for key, by_density in points.items():
+        panels[key[:2]].append((key, by_density))
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False)
+    for (acc_ax, cost_ax), (panel, lines) in zip(axes, panels.items()):
+        for i, (key, by_density) in enumerate(sorted(lines, key=lambda x: repr(x[0]))):
+            label, start = key[2], dict(key[4]).get("sparsity.start_density")
+            text = "dense start" if label == "dense+imp" else f"{label[:-4]} start {start:g}"
+            xs = sorted(by_density, reverse=True)
+            acc = [mean_std([float(r["round_test_acc"]) for r in by_density[d]]) + (
+                len(by_density[d]),) for d in xs]  # fmt: skip
+            flops = [mean_std([float(r["cumulative_train_flops"]) for r in by_density[d]])
+                     + (len(by_density[d]),) for d in xs]  # fmt: skip
+            _line(acc_ax, xs, acc, text, MARKERS[i % len(MARKERS)])
+            _line(cost_ax, xs, flops, text, MARKERS[i % len(MARKERS)])
+        for ax, ylabel in ((acc_ax, "test accuracy at the round's end"),
+                           (cost_ax, "training FLOPs, all rounds so far")):  # fmt: skip
+            ax.set_xscale("log")
+            if not ax.xaxis_inverted():
+                ax.invert_xaxis()
+            ax.set_xlabel("density of the round")
+            ax.set_ylabel(ylabel)
+            ax.set_title(panel_title(panel), fontsize=9)
+            ax.legend(fontsize=7)
+        cost_ax.set_yscale("log")
+    return _finish(fig, "IMP round by round: accuracy and cumulative training cost "
+                   "(mean ± std over seeds)", path)  # fmt: skip
+
+
 # --- one trial's training curves (an MLflow artifact) ---------------------------------
 
 
@@ -355,6 +447,7 @@ class PlotKind:
     per_metric: bool
     draw: Callable[..., list[dict[str, Any]] | None]
     shows: str
+    side: str = "grad_flow"  # not per metric: the per-trial data it draws besides the rows
 
 
 PLOTS: dict[str, PlotKind] = {
@@ -374,13 +467,17 @@ PLOTS: dict[str, PlotKind] = {
                  "metric vs the classifier's sparsity"),
         PlotKind("grad_flow", "grad_flow.png", False, plot_grad_flow,
                  "gradient norm vs iteration"),
+        PlotKind("imp_rounds", "imp_rounds.png", False, plot_imp_rounds,
+                 "IMP: test accuracy and cumulative training FLOPs vs each round's density",
+                 "imp_rounds"),
     )
 }  # fmt: skip
 
 
 @dataclass(frozen=True)
 class PaperFigure:
-    """A figure of Liu et al. (ICLR 2022) and the plot that draws it; `plot` None for one
+    """A figure of Liu et al. (ICLR 2022) or Gadhikar et al. (ICML 2023) and the plot that
+    draws it; `plot` None for one
     the report does not draw, with the reason in `shows`."""
 
     ref: str
@@ -418,6 +515,9 @@ FIGURES: dict[str, PaperFigure] = {
                     "CIFAR-100 (--set data.name=cifar100) and with VGGs; OoD AUROC, ECE and NLL "
                     "against sparsity (which number shows which variant is not checked here)",
                     "sparsity", ("test_acc", "test_ece", "test_loss", "fgsm_acc", "ood_auroc_")),
+        PaperFigure("Gadhikar et al. IMP", "iterative magnitude pruning from a dense start "
+                    "vs from random ER/balanced starts: test accuracy and cumulative training "
+                    "cost against density", "imp_rounds", ()),
         PaperFigure("Liu et al. Figs. 3-4", "not drawn: what they plot could not be checked "
                     "against the paper when this table was written", None),
     )
@@ -448,13 +548,16 @@ def draw_all(
     metrics: dict[str, str],
     out: Path,
     curves: dict[str, list[tuple[int, float]]] | None = None,
+    imp_rounds: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every plot whose axes the sweep fits, per metric for the per-metric kinds: file name
-    -> what it drew (`describe_figure`)."""
+    -> what it drew (`describe_figure`). `curves`: the trials' gradient flow; `imp_rounds`:
+    their IMP round records (run key -> records)."""
     drawn: dict[str, list[dict[str, Any]]] = {}
+    side = {"grad_flow": curves or {}, "imp_rounds": imp_rounds or {}}
     for kind in PLOTS.values():
         if not kind.per_metric:
-            shown = kind.draw(rows, curves or {}, out / kind.file)
+            shown = kind.draw(rows, side[kind.side], out / kind.file)
             if shown:
                 drawn[kind.file] = shown
             continue

@@ -4,6 +4,8 @@ read by the sweep's resume and by trackers); no torch, so trackers and reports n
     checkpoints/epoch_NNNN/state.pt              what resuming needs (read by train.read_checkpoint)
     checkpoints/epoch_NNNN/artifacts/            what trackers log, in open formats:
         masks.parquet, density_report.csv, history.json, grad_flow.csv, [final_weights.pt]
+        [imp_masks/round_NN.parquet, imp_rounds.csv]   iterative magnitude pruning: the mask
+                                                 each round trained, and the rounds' records
 
 A trial group's checkpoint (rp_tune.fused, in a sweep) holds one such folder per member:
 
@@ -18,6 +20,8 @@ DENSITY_REPORT_FILE = "density_report.csv"
 HISTORY_FILE = "history.json"
 GRAD_FLOW_FILE = "grad_flow.csv"
 WEIGHTS_FILE = "final_weights.pt"
+IMP_MASKS_DIR = "imp_masks"
+IMP_ROUNDS_FILE = "imp_rounds.csv"
 # what checkpoints of releases before the artifacts folder kept at their top
 LEGACY_ARTIFACTS = (MASKS_FILE, HISTORY_FILE, GRAD_FLOW_FILE)
 

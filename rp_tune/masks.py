@@ -150,6 +150,25 @@ class Masks:
             self.masks[name] = (f.detach() > 0).cpu().view(self.masks[name].shape)
 
     @torch.no_grad()
+    def set_(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Replace every layer's mask (same names and shapes), the bound float masks in place,
+        so whatever holds them (the gradient flow, an optimizer hook) sees the new ones."""
+        if masks.keys() != self.masks.keys():
+            raise ValueError(
+                f"new masks name {sorted(masks)[:4]}..., these masks {sorted(self.masks)[:4]}..."
+            )
+        for name, new in masks.items():
+            if tuple(new.shape) != tuple(self.masks[name].shape):
+                raise ValueError(
+                    f"layer {name!r}: new mask shape {tuple(new.shape)} != "
+                    f"{tuple(self.masks[name].shape)}"
+                )
+            self.masks[name] = new.detach().to(torch.bool).cpu()
+        if self._bound is not None:
+            for name, f in zip(self.masks, self._bound[1]):
+                f.copy_(self.masks[name].to(f.device).view(f.shape))
+
+    @torch.no_grad()
     def apply_(self, model: nn.Module | None = None) -> None:
         """w <- w * m for every masked weight, in place, with one `torch._foreach_mul_`."""
         if model is not None or self._bound is None:

@@ -35,6 +35,8 @@ class Metric:
     column/fmt: its header and format in the console's summary table (None: not shown).
     of_test_logits: f(logits, labels) -> float, computed by the trial on the full test set,
         where `applies(cfg)` holds (None: always).
+    step: what an epoch metric's step is in a tracker: "epoch", or "round" (IMP's round
+        records, which close a round's last epoch: step = the round, 0 = the start mask).
     """
 
     name: str
@@ -47,6 +49,10 @@ class Metric:
     family: bool = False
     of_test_logits: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     applies: Callable[[Any], bool] | None = None
+    step: str = EPOCH
+
+
+ROUND = "round"
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -251,6 +257,21 @@ _METRICS = [
     Metric("dst_changed", EPOCH, "connections regrown in the epoch"),
     Metric("death_rate", EPOCH, "drop fraction of the epoch's last update"),
     Metric("itop_rate", EPOCH, "fraction of weights ever active (ITOP rate)", "higher"),
+    # iterative magnitude pruning (sparsity.mode=imp): the round of every epoch, and each
+    # round's record in the row of its last epoch (tracked at step = round)
+    Metric("imp_round", EPOCH, "IMP round the epoch trained in (0: the start mask)", fmt="d"),
+    Metric("round_test_acc", EPOCH, "test accuracy at the end of the IMP round", "higher",
+           step=ROUND),
+    Metric("round_test_loss", EPOCH, "test NLL at the end of the IMP round", "lower", step=ROUND),
+    Metric("round_best_val_acc", EPOCH, "best validation accuracy of the IMP round", "higher",
+           step=ROUND),
+    Metric("round_density", EPOCH, "density the IMP round trained at", step=ROUND),
+    Metric("round_kept", EPOCH, "weights kept in the IMP round", fmt=".0f", step=ROUND),
+    Metric("round_epochs", EPOCH, "epochs trained in the IMP round", fmt="d", step=ROUND),
+    Metric("round_train_flops", EPOCH, "training FLOPs of the IMP round (sparse)", fmt=".3g",
+           step=ROUND),
+    Metric("cumulative_train_flops", EPOCH, "training FLOPs of all IMP rounds so far (sparse)",
+           fmt=".3g", step=ROUND),
     # end of the trial, on the full test set
     Metric("test_acc", FINAL, "test accuracy", "higher", True, "test_acc", ".4f",
            of_test_logits=accuracy),
@@ -293,6 +314,15 @@ def metric(key: str) -> Metric | None:
         if m.family and key.startswith(m.name):
             return m
     return None
+
+
+def step_of(key: str, row: dict[str, Any]) -> int:
+    """A tracker's step for an epoch metric of `row`: the row's epoch, or its IMP round for
+    the metrics declared with step "round"."""
+    m = metric(key)
+    if m is not None and m.step == ROUND:
+        return int(row.get("imp_round", 0))
+    return int(row.get("epoch", 0))
 
 
 def is_metric(key: str, when: str | None = None) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 from . import storage as store
 from .config import (
     DYNAMIC_KEYS,
+    IMP_KEYS,
     NOT_HASHED,
     SCHEME_OPTION_KEYS,
     ConfigError,
@@ -32,6 +33,7 @@ from .config import (
     from_flat,
     parse_set,
     run_key,
+    trial_epochs,
 )
 from .data import absolute_data_root
 from .model_names import input_size, parse_cifar_resnet
@@ -114,6 +116,13 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
         flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
         if flat.get("sparsity.mode", "static") == "static":
             for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
+                flat.pop(key, None)
+        if flat.get("sparsity.mode", "static") != "imp":
+            for key in IMP_KEYS:  # only IMP reads them: one trial, not several
+                flat.pop(key, None)
+        elif float(flat.get("sparsity.start_density", 1.0)) == 1.0:
+            flat["sparsity.scheme"] = "uniform"  # a dense start: no scheme shapes it
+            for key in SCHEME_OPTION_KEYS:
                 flat.pop(key, None)
         try:
             out.append(from_flat(flat))
@@ -233,7 +242,7 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     key = (cfg.model.name, size[0])
     if key not in _FLOPS:
         _FLOPS[key] = layer_flops(build_model(cfg.model.name, 10), (3, *size))[0]
-    flops = 3.0 * _FLOPS[key] * images[cfg.data.name] * cfg.train.epochs
+    flops = 3.0 * _FLOPS[key] * images[cfg.data.name] * cfg.total_epochs  # IMP: all rounds
     return flops / (tflops * 1e12) / 3600
 
 
@@ -310,7 +319,7 @@ def measured_speed(root: str) -> SpeedCalibration:
                 flops, seconds = last.get("train_flops_dense"), last.get("train_seconds")
                 if not (isinstance(flops, (int, float)) and isinstance(seconds, (int, float))):
                     continue
-                if seconds <= 0 or not is_finished(last, int(entry["flat"]["train.epochs"])):
+                if seconds <= 0 or not is_finished(last, trial_epochs(entry["flat"])):
                     continue
                 if int(last.get("group_size", 1) or 1) > 1:  # a fused member's time is its
                     continue  # group's: another speed than the trial's alone
@@ -404,7 +413,7 @@ def trial_table(
         total += hours
         r = cfg.resources
         lines.append(
-            f"{i:>4}  {run_key(cfg):<52} {cfg.train.epochs:>6} {r.workers:>7} "
+            f"{i:>4}  {run_key(cfg):<52} {cfg.total_epochs:>6} {r.workers:>7} "
             f"{'auto' if r.gpus_per_worker is None else format(r.gpus_per_worker, 'g'):>5} "
             f"{hours:>7.3f}"
         )
@@ -432,7 +441,7 @@ def stored_outcome(path: str, entry: Mapping[str, Any]) -> TrialOutcome:
     trial_dir = store.join(path, entry["run_key"])
     results = all_results(trial_dir)
     last = results[-1] if results else {}
-    epochs = int(entry["flat"]["train.epochs"])
+    epochs = trial_epochs(entry["flat"])
     status = trial_status(last, epochs, errored=False) if last else "pending"
     metrics = {k: v for k, v in last.items() if not k.startswith(("config", "_"))}
     if results:
@@ -881,7 +890,7 @@ def finished_under(root: str, skip: str = "") -> dict[str, tuple[str, dict[str, 
                 continue
             last = last_result(store.join(base, e["run_key"]))
             try:
-                if is_finished(last, int(e["flat"]["train.epochs"])):
+                if is_finished(last, trial_epochs(e["flat"])):
                     out.setdefault(trial_identity(e["flat"]), (sweep, e))
             except ConfigError:  # a config this release no longer reads: not reusable
                 continue
@@ -990,7 +999,7 @@ def _extended(
     for k, e in held.items():
         if k not in now and not e.get("reused_from"):
             last = last_result(store.join(path, e["run_key"]))
-            if not is_finished(last, int(e["flat"]["train.epochs"])):
+            if not is_finished(last, trial_epochs(e["flat"])):
                 return False
     return True
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage as store
+from .config import trial_epochs
 from .metrics import METRICS, metric
 from .plan import is_finished, last_result, stored_trials
 from .trial_groups import member_group
@@ -60,7 +61,7 @@ def sweep_status(path: str, driver_alive: bool) -> list[TrialState]:
     tune = _tune_statuses(path)
     out = []
     for entry in entries:
-        key, epochs = entry["run_key"], int(entry["flat"]["train.epochs"])
+        key, epochs = entry["run_key"], trial_epochs(entry["flat"])
         folder = store.join(path, key)
         last = last_result(folder)
         epoch = int(last.get("epoch", 0) or 0)

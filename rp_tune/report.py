@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import NOT_HASHED
+from .config import NOT_HASHED, trial_epochs
 from .evaluate import evaluated_metrics
-from .figures import FIGURES, PLOTS, draw_all, figure_files
+from .figures import FIGURES, PLOTS, draw_all, figure_files, imp_summary
 from .grouping import (
     SEED_KEYS,
     as_sparse_recipe,
@@ -37,7 +37,7 @@ from .grouping import (
     lines_of,
     panel_title,
 )
-from .layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
+from .layout import ARTIFACTS_DIR, GRAD_FLOW_FILE, IMP_ROUNDS_FILE
 from .metrics import METRICS, is_metric
 from .paper_numbers import beside_the_paper, comparison_table
 from .plan import TRIALS_FILE, all_results, is_finished, trial_cost
@@ -67,7 +67,7 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             continue
         results = all_results(trial)
         last = results[-1] if results else {}
-        epochs = int(entry["flat"]["train.epochs"])
+        epochs = trial_epochs(entry["flat"])
         row: dict[str, Any] = {
             "run_key": entry["run_key"],
             "status": "finished" if is_finished(last, epochs) else "unfinished",
@@ -115,6 +115,38 @@ def grad_flow_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, fl
                     out[r["run_key"]] = points
                 break
     return out
+
+
+def imp_round_records(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """run key -> the round records (imp_rounds.csv of the final checkpoint: test accuracy,
+    density, training FLOPs of each round) of every finished IMP trial."""
+    import pyarrow.csv as pacsv
+
+    out = {}
+    for r in rows:
+        if r.get("status") != "finished" or r.get("sparsity.mode") != "imp":
+            continue
+        where = storage.join(str(r.get("checkpoint", "")), ARTIFACTS_DIR, IMP_ROUNDS_FILE)
+        if r.get("checkpoint") and storage.exists(where):
+            text = storage.read_text(where).encode()
+            out[r["run_key"]] = pacsv.read_csv(pa.BufferReader(text)).to_pylist()
+    return out
+
+
+def imp_rounds_table(
+    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]]
+) -> pa.Table:
+    """One row per IMP trial and round: the trial's run key, model, start, target and
+    seeds beside the round's record."""
+    keys = ("model.name", "sparsity.scheme", "sparsity.start_density", "sparsity.density",
+            "sparsity.prune_fraction", "sparsity.prune_scope", "sparsity.rewind_epoch",
+            *SEED_KEYS)  # fmt: skip
+    out = [
+        {"run_key": r["run_key"], **{k: r.get(k) for k in keys}, **rec}
+        for r in rows
+        for rec in rounds.get(r["run_key"], [])
+    ]
+    return pa.Table.from_pylist(out) if out else pa.table({"run_key": pa.array([], pa.string())})
 
 
 def sweeps_under(root: str) -> list[str]:
@@ -212,6 +244,7 @@ def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]
 
 AGGREGATE_FILE = "aggregate.csv"
 PAPER_FILE = "paper_comparison.csv"  # ours beside the papers' numbers
+IMP_TABLE_FILE = "imp_rounds.parquet"  # IMP sweeps: one row per trial and round
 
 
 def _aggregated_metrics(rows: list[dict[str, Any]]) -> list[str]:
@@ -321,7 +354,8 @@ def build_report(
         metrics[k] = f"{METRICS['ood_auroc_'].label} vs {k[len('ood_auroc_') :]}"
     for k in sorted({k for r in rows for k in r if k.startswith("fgsm_acc_eps")}):
         metrics[k] = f"FGSM accuracy (eps {k[len('fgsm_acc_eps') :]})"
-    drawn = draw_all(rows, metrics, out, grad_flow_curves(rows))
+    rounds = imp_round_records(rows)
+    drawn = draw_all(rows, metrics, out, grad_flow_curves(rows), rounds)
     figures = [str(out / name) for name in drawn]
     paper = {}
     if space is not None:
@@ -329,6 +363,10 @@ def build_report(
 
         for ref in getattr(load_space(space), "FIGURES", ()):
             paper[ref] = [str(out / name) for name in figure_files(ref, drawn)]
+    extra_tables = []
+    if rounds:
+        pq.write_table(imp_rounds_table(rows, rounds), out / IMP_TABLE_FILE)
+        extra_tables.append(str(out / IMP_TABLE_FILE))
     matching = smallest_matching_density(rows)
     pq.write_table(
         pa.Table.from_pylist(matching) if matching else pa.table({}),
@@ -359,6 +397,7 @@ def build_report(
                 str(out / AGGREGATE_FILE),
                 str(out / PAPER_FILE),
                 str(out / "matching_density.parquet"),
+                *extra_tables,
                 *figures,
             ],  # fmt: skip
         )
@@ -378,6 +417,8 @@ def build_report(
         "borrowed": borrowed,
         "paper_numbers": paper_rows,
         "paper_table": str(out / PAPER_FILE),
+        "imp_rounds": str(out / IMP_TABLE_FILE) if rounds else None,
+        "imp_summary": imp_summary(rows, rounds),
         "matching": matching,
         "no_dense": no_dense,
         "trials": len(rows),
@@ -415,11 +456,23 @@ def print_report(rep: dict[str, Any]) -> None:
             f"{panel:<24} matching density: none - no finished dense trial (sparsity.density "
             "1.0) of this model, data and recipe, the reference a sparse one must match"
         )
+    if rep.get("imp_summary"):
+        print("\niterative magnitude pruning, round by round (mean ± std (n) over seeds):")
+        print(f"{'model':<22} {'start':<10} {'from':>6} {'density':>8} {'test acc':>18} "
+              f"{'train FLOPs so far':>19}")  # fmt: skip
+        for r in rep["imp_summary"]:
+            acc = f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f} ({r['n']})"
+            flops = r["cumulative_train_flops_mean"]
+            print(f"{r['model.name']:<22} {r['start']:<10} {r['start_density']:>6g} "
+                  f"{r['density']:>8.4f} {acc:>18} {flops:>19.3g}")  # fmt: skip
+        print()
     if rep.get("paper_numbers"):
         print("\nours beside the papers' numbers (test accuracy, %):")
         print(comparison_table(rep["paper_numbers"]))
         print()
     print(f"table: {rep['table']}  aggregated: {rep['aggregate']}")
+    if rep.get("imp_rounds"):
+        print(f"IMP rounds: {rep['imp_rounds']}")
     for f in rep["figures"]:
         print(f"figure: {f}")
     for ref, files in rep.get("paper_figures", {}).items():

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import storage as store
-from .config import ConfigError, TrialConfig, from_flat, run_key
+from .config import ConfigError, TrialConfig, from_flat, run_key, trial_epochs
 from .layout import GROUP_PREFIX
 from .plan import (
     TRIALS_FILE,
@@ -558,7 +558,7 @@ def _make_tracking_callback() -> type:
                 for key, flat, last in _trial_ends(trial, self.flats):
                     if last.get("member_failed"):
                         continue  # ended when it failed
-                    status = trial_status(last, int(flat["train.epochs"]), errored=False)
+                    status = trial_status(last, trial_epochs(flat), errored=False)
                     self.tracker.trial_end(key, flat, last, status)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -625,7 +625,7 @@ def _make_console_callback() -> type:
             if self.progress is not None:
                 for key, flat, last in _trial_ends(trial, self.flats):
                     if not last.get("member_failed"):
-                        status = trial_status(last, int(flat["train.epochs"]), errored=False)
+                        status = trial_status(last, trial_epochs(flat), errored=False)
                         console.info(self.progress.ended(key, last, status))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -841,7 +841,7 @@ def run_sweep(
             run_config = tuner._local_tuner.get_run_config()
             # the trials as stored when the sweep started (Tune does not keep its param space)
             entries = stored_trials(path)  # read once: trial epochs and configs
-            known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in entries}
+            known = {e["run_key"]: trial_epochs(e["flat"]) for e in entries}
             stored = [from_flat(e["flat"]) for e in entries]
             concurrent = max_concurrent or default_concurrency(
                 stored or configs, cluster_capacity(address is not None)
@@ -906,7 +906,7 @@ def run_sweep(
                     entries[i] = {"run_key": unit["run_key"], "flat": unit["flat"],
                                   "members": [m["run_key"] for m in unit["members"]],
                                   "group_file": group_file}  # fmt: skip
-            known = {e["run_key"]: int(e["flat"]["train.epochs"]) for e in trials.entries}
+            known = {e["run_key"]: trial_epochs(e["flat"]) for e in trials.entries}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             progress = Progress(known, concurrent)
             progress.finished_before(e["run_key"] for e in trials.kept + trials.reused)
@@ -968,7 +968,7 @@ def run_sweep(
                 status = "failed" if error else "pending"
                 outcomes.append(TrialOutcome(key, status, 0, known.get(key, 0), 0, error=error))
                 continue
-            epochs = int(trial["flat"]["train.epochs"])
+            epochs = trial_epochs(trial["flat"])
             m = dict(result.metrics or {})
             if result.path:  # wall-clock, retries, device-hours: from all it reported
                 m.update(trial_cost(all_results(result.path) or [m], trial["flat"]))

@@ -36,7 +36,7 @@ from .layout import (
     LEGACY_ARTIFACTS,
     MASKS_FILE,
 )
-from .metrics import EPOCH, FINAL, numeric_metrics
+from .metrics import EPOCH, FINAL, numeric_metrics, step_of
 from .provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,9 @@ class SweepTracker:
         if epoch <= self._last_step.get(run_id, 0):
             return  # re-reported after a restart: the history stays one value per epoch
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, epoch) for k, v in numeric_metrics(result, EPOCH).items()]
+        metrics = [
+            Metric(k, v, ts, step_of(k, result)) for k, v in numeric_metrics(result, EPOCH).items()
+        ]
         metrics.append(
             Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
         )
@@ -360,7 +362,7 @@ class SweepTracker:
         batch: list = []
         for row in missing:  # whole rows per batch: train_loss marks an epoch as logged
             metrics = [
-                Metric(k, v, ts, int(row["epoch"]))
+                Metric(k, v, ts, step_of(k, row))
                 for k, v in numeric_metrics(row, EPOCH).items()
                 if k != "train_loss"
             ]

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import dst, metrics
+from . import dst, imp, metrics
 from .config import (
     ConfigError,
     TrialConfig,
@@ -68,6 +69,8 @@ from .layout import (
     DENSITY_REPORT_FILE,
     GRAD_FLOW_FILE,
     HISTORY_FILE,
+    IMP_MASKS_DIR,
+    IMP_ROUNDS_FILE,
     MASKS_FILE,
     WEIGHTS_FILE,
 )
@@ -338,6 +341,7 @@ class Trial:
     )
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
+    imp: imp.IterativePruning | None = None  # iterative magnitude pruning (sparsity.mode=imp)
 
     def autocast(self):
         """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
@@ -377,7 +381,7 @@ def run_trial(
     trial = setup(cfg, Path(out_dir), key, device, wrap_model, masks_from=resume)
     if state is not None:
         restore(trial, state, resume)
-    epochs = cfg.train.epochs
+    epochs = cfg.total_epochs
     end = epochs if stop_after is None else min(epochs, trial.start_epoch + stop_after)
     if state is not None and trial.start_epoch >= epochs and trial.history and on_epoch:
         # The run had finished, but its driver may not have seen the last epoch (a sweep
@@ -386,8 +390,12 @@ def run_trial(
         log.info("%s had finished: reporting its last epoch again", key)
         on_epoch(dict(trial.history[-1]), Path(resume) if trial.rank == 0 else None)
     for epoch in range(trial.start_epoch, end):
+        if trial.imp is not None:
+            trial.imp.capture(epoch, trial.model, trial.masks)
         row = train_epoch(trial, epoch)
         row.update(validate(trial, epoch))
+        if trial.imp is not None and trial.imp.is_round_end(epoch):
+            row.update(end_round(trial, epoch))
         if epoch + 1 == epochs:
             row.update(final_evaluation(trial))
             row.update(time_spent([*trial.history, row]))
@@ -466,7 +474,21 @@ def setup(
         train_model = torch.compile(train_model)
     optimizer = make_optimizer(model, cfg)
     steps = data.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    pruning = None
+    if sp.mode == "imp":
+        pruning = imp.IterativePruning(
+            densities=sp.imp_densities(),
+            epochs=t.epochs,
+            rewind_epoch=sp.rewind_epoch,
+            scope=sp.prune_scope,
+            start_kept=sum(masks.kept().values()),
+            total=masks.total(),
+        )
+        # every round after the first replays the recipe from the rewind point
+        schedule = lambda s: lr_factor(pruning.recipe_step(s, steps), steps, cfg)  # noqa: E731
+    else:
+        schedule = lambda s: lr_factor(s, steps, cfg)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     weights, float_masks = masks.bound()
     flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
     dynamic = None
@@ -485,7 +507,7 @@ def setup(
         )
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
-        normalize, masks, optimizer, scheduler, flow, dynamic,
+        normalize, masks, optimizer, scheduler, flow, dynamic, imp=pruning,
     )  # fmt: skip
 
 
@@ -510,6 +532,8 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
     trial.flow.load_state_dict(state.get("grad_flow", []))
     if trial.dst is not None and state.get("dst"):
         trial.dst.load_state_dict(state["dst"])
+    if trial.imp is not None and state.get("imp"):
+        trial.imp.load_state_dict(state["imp"])
     log.info("resumed %s at epoch %d from %s", trial.key, trial.start_epoch, folder)
 
 
@@ -552,7 +576,51 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
     }
     if t.dst is not None:
         row.update(t.dst.end_epoch(epoch))
+    if t.imp is not None:
+        row["imp_round"] = t.imp.round_of(epoch)[0]
     return row
+
+
+def end_round(trial: Trial, epoch: int) -> dict[str, Any]:
+    """The last epoch of an IMP round: the round's record (test accuracy and loss of its
+    model, its density and kept count, its best validation accuracy, the training FLOPs of
+    the round and of all rounds so far); then, unless it was the last round, prune and
+    rewind (`IterativePruning.next_round`) and start model selection afresh, so the trial's
+    best-validation epoch is one of the final round's, at the target density."""
+    t, cfg, pruning = trial, trial.cfg, trial.imp
+    assert pruning is not None
+    r = pruning.round_of(epoch)[0]
+    test = evaluate(t.model, t.normalize, t.data.test, t.device, t.data.resident, t.autocast)
+    densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
+    round_epochs = pruning.epochs - (pruning.rewind_epoch if r > 0 else 0)
+    images = round_epochs * t.data.steps * cfg.train.batch_size * t.world
+    flops = metrics.cost(t.model, densities, (3, *input_size(cfg)), images)["train_flops_sparse"]
+    before = pruning.rounds[-1]["cumulative_train_flops"] if pruning.rounds else 0.0
+    record = {
+        "imp_round": r,
+        "round_test_acc": test["acc"],
+        "round_test_loss": test["loss"],
+        "round_density": t.masks.density(),
+        "round_kept": float(sum(t.masks.kept().values())),
+        "round_epochs": round_epochs,
+        "round_train_flops": flops,
+        "cumulative_train_flops": before + flops,
+    }
+    if t.best["epoch"] > 0:
+        record["round_best_val_acc"] = t.best["val_acc"]
+    pruning.rounds = [x for x in pruning.rounds if x["imp_round"] < r] + [record]
+    if r + 1 < len(pruning.densities):
+        kept = pruning.next_round(t.masks, t.model, t.optimizer)
+        t.best = {"val_acc": -1.0, "epoch": -1, "state": None}
+        if t.rank == 0:
+            t.masks.save(t.out_dir / MASKS_FILE)
+        log.info(
+            "%s IMP round %d: test acc %.4f at density %.4f; round %d keeps %d weights "
+            "(density %.4f), rewound to epoch %d",
+            t.key, r, test["acc"], record["round_density"], r + 1, sum(kept.values()),
+            t.masks.density(), pruning.rewind_epoch,
+        )  # fmt: skip
+    return record
 
 
 def validate(trial: Trial, epoch: int) -> dict[str, Any]:
@@ -582,7 +650,7 @@ def report(
 ) -> None:
     """The epoch's one log line, and the row (with its checkpoint folder) to `on_epoch`."""
     unknown = metrics.unregistered(row)
-    first, last = row["epoch"] == trial.start_epoch + 1, row["epoch"] == trial.cfg.train.epochs
+    first, last = row["epoch"] == trial.start_epoch + 1, row["epoch"] == trial.cfg.total_epochs
     if unknown and trial.rank == 0 and (first or last):  # epoch metrics, then final ones
         log.warning("metrics not in rp_tune.metrics.METRICS (not tracked): %s", unknown)
     log.info(
@@ -590,7 +658,7 @@ def report(
         "%.1fs  %.0f img/s%s",
         trial.key,
         row["epoch"],
-        trial.cfg.train.epochs,
+        trial.cfg.total_epochs,
         row["train_loss"],
         row["train_acc"],
         row.get("val_loss", float("nan")),
@@ -615,13 +683,14 @@ def _draw_masks(
     every rank.
     """
     s = cfg.sparsity
+    density = s.start_density if s.mode == "imp" else s.density  # IMP draws its start mask
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     specs = layer_specs(model)
     kept: list[Any] = [None]
     if rank == 0:
         kwargs: dict[str, Any] = scheme_options(s.scheme, s)
-        if SCHEMES[s.scheme].needs_model and s.density < 1.0:
+        if SCHEMES[s.scheme].needs_model and density < 1.0:
             kwargs["model"] = model
             if SCHEMES[s.scheme].needs_batch:
                 kwargs["batch"] = _score_batch(cfg, data, device, normalize)
@@ -631,12 +700,12 @@ def _draw_masks(
             overrides = layer_overrides(
                 specs, layer_density_map(s.layer_density), s.classifier_density
             )
-            kept = [layer_densities(s.scheme, specs, s.density, overrides=overrides, **kwargs).kept]
+            kept = [layer_densities(s.scheme, specs, density, overrides=overrides, **kwargs).kept]
         except ValueError as e:  # overrides that do not fit this model or budget
             raise ConfigError(str(e)) from None
     if distributed:
         dist.broadcast_object_list(kept, src=0)
-    plan = DensityPlan(s.scheme, s.density, tuple(specs), tuple(kept[0]))
+    plan = DensityPlan(s.scheme, density, tuple(specs), tuple(kept[0]))
     try:
         check_no_empty_layers(plan, s.allow_empty_layers)
     except ValueError as e:
@@ -737,8 +806,10 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
             out[f"ood_auroc_{name}"] = metrics.ood_auroc(in_scores, metrics.max_softmax(ood_logits))
         out["ood_used"] = ",".join(t.ood)
     densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
-    images_seen = cfg.train.epochs * t.data.steps * cfg.train.batch_size * t.world
+    images_seen = cfg.total_epochs * t.data.steps * cfg.train.batch_size * t.world
     out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
+    if t.imp is not None and t.imp.rounds:  # each round trained at its own density
+        out["train_flops_sparse"] = t.imp.rounds[-1]["cumulative_train_flops"]
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0
@@ -754,9 +825,9 @@ def evaluate_again(
     folder is not the trial's final checkpoint."""
     folder = Path(checkpoint)
     state = read_checkpoint(folder)
-    if int(state["epoch"]) != cfg.train.epochs:
+    if int(state["epoch"]) != cfg.total_epochs:
         raise CheckpointError(
-            f"{folder}: epoch {state['epoch']} of {cfg.train.epochs}, not the trial's final "
+            f"{folder}: epoch {state['epoch']} of {cfg.total_epochs}, not the trial's final "
             "checkpoint"
         )
     with tempfile.TemporaryDirectory(prefix="rp_tune-evaluate-") as tmp:
@@ -823,6 +894,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
             "history": t.history,
             "grad_flow": t.flow.state_dict(),
             **({"dst": t.dst.state_dict()} if t.dst is not None else {}),
+            **({"imp": t.imp.state_dict()} if t.imp is not None else {}),
         },
         tmp / CHECKPOINT_FILE,
     )
@@ -833,7 +905,15 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
     (art / GRAD_FLOW_FILE).write_text(
         "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.flow.history)
     )
-    if save_weights and epoch == t.cfg.train.epochs:
+    if t.imp is not None:  # the mask every round trained with, and the rounds' records
+        (art / IMP_MASKS_DIR).mkdir()
+        for r in range(len(t.imp.round_masks)):
+            meta = {**t.masks.meta, "imp_round": str(r)}
+            round_file = art / IMP_MASKS_DIR / f"round_{r:02d}.parquet"
+            Masks(t.imp.masks_of_round(r), meta).save(round_file)
+        if t.imp.rounds:
+            pacsv.write_csv(pa.Table.from_pylist(t.imp.rounds), art / IMP_ROUNDS_FILE)
+    if save_weights and epoch == t.cfg.total_epochs:
         torch.save(owned(t.model.state_dict()), art / WEIGHTS_FILE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -36,6 +36,12 @@ def group_refusal(cfg: TrialConfig) -> str | None:
             "member's own magnitudes, gradients and momentum, which a fused model holds as one "
             "tensor per layer; dynamic sparse trials run alone"
         )
+    if cfg.sparsity.mode == "imp":
+        return (
+            "sparsity.mode=imp: each round prunes by that member's own weight magnitudes "
+            "and rewinds that member alone, between epochs the members would not share; "
+            "IMP trials run alone"
+        )
     if cfg.data.name == "imagenet":
         return (
             "data.name=imagenet: image folders stream through a DataLoader per trial, and "

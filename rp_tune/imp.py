@@ -1,0 +1,231 @@
+"""Iterative magnitude pruning inside a random start mask: sparse to sparse.
+
+Gadhikar et al. (ICML 2023, Sec. 4) argue that pruning need not start dense: a random mask
+(ER, balanced, pyramidal ratios) at a moderate density already contains good sparse
+subnetworks, and pruning within it reaches them at a fraction of the training cost. With a
+dense start (start_density 1.0) this is the classic IMP of Frankle & Carbin (2019).
+
+A trial of R + 1 rounds (`SparsityConfig.imp_densities`: d_0 = start, d_r = d_0 (1 - f)^r
+while above the target, then the target):
+
+- round 0 trains the start mask for train.epochs epochs (the recipe, lr schedule and all);
+- at the end of round r < R the smallest-magnitude weights among those still kept are
+  removed, so that round(d_{r+1} N) of the N masked weights stay (over all masked layers, or
+  per layer with every layer shrunk by the same factor), and the survivors, BatchNorm
+  included, are rewound to their values at the start of epoch `rewind_epoch` of round 0
+  (0: the initialization, Frankle & Carbin 2019; k > 0: weight rewinding, Frankle et al.
+  2020), momentum reset;
+- round r >= 1 then trains epochs rewind_epoch .. train.epochs - 1 of the recipe, the lr
+  schedule going on from the rewind point.
+
+The mask only shrinks: a new mask is chosen among the kept positions of the last, so nothing
+outside the random start ever returns. Epochs are numbered through the whole trial (round 1
+of a 160-epoch recipe begins at epoch 161), so checkpoints, resume and the sweep's progress
+work as for any trial; a trial killed mid-round resumes there with that round's mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("global", "layer")
+
+
+def round_of(epoch: int, epochs: int, rewind_epoch: int) -> tuple[int, int]:
+    """(round, epoch of the recipe) of trial epoch `epoch` (0-based): round 0 is epochs
+    0..E-1, each later round E - rewind_epoch epochs that replay the recipe's epochs
+    rewind_epoch..E-1."""
+    if epoch < epochs:
+        return 0, epoch
+    length = epochs - rewind_epoch
+    j = epoch - epochs
+    return 1 + j // length, rewind_epoch + j % length
+
+
+def round_ends(epochs: int, rewind_epoch: int, rounds: int) -> list[int]:
+    """The trial epochs (1-based, as reported) at which each of `rounds` rounds ends."""
+    return [epochs + r * (epochs - rewind_epoch) for r in range(rounds)]
+
+
+def kept_totals(start_kept: int, total: int, densities: tuple[float, ...]) -> list[int]:
+    """Weights kept in each round: the start mask's count, then round(d_r * total), never
+    more than the round before (the mask only shrinks)."""
+    out = [start_kept]
+    for d in densities[1:]:
+        out.append(min(out[-1], round(d * total)))
+    return out
+
+
+def apportion(previous: Mapping[str, int], keep: int) -> dict[str, int]:
+    """Per-layer counts summing to exactly `keep`, each layer's share proportional to its
+    previous count (largest remainder, ties in layer order) and never above it."""
+    before = sum(previous.values())
+    if not 0 <= keep <= before:
+        raise ValueError(f"cannot keep {keep} of {before} weights")
+    if before == 0:
+        return dict(previous)
+    quota = {n: k * keep / before for n, k in previous.items()}
+    out = {n: math.floor(q) for n, q in quota.items()}
+    short = keep - sum(out.values())
+    order = sorted(previous, key=lambda n: -(quota[n] - out[n]))  # stable: layer order on ties
+    for n in order[:short]:
+        out[n] += 1  # floor(q) + 1 <= previous, as q < previous when it has a remainder
+    return out
+
+
+def _top_kept(scores: torch.Tensor, kept: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask, shape of `kept`, of the `keep` largest scores among kept positions; ties
+    by position (a stable sort), so a rerun prunes the same weights."""
+    flat = scores.flatten().masked_fill(~kept.flatten(), -math.inf)
+    out = torch.zeros_like(kept.flatten())
+    if keep > 0:
+        order = torch.sort(flat, descending=True, stable=True).indices[:keep]
+        out[order] = True
+    return out.view(kept.shape)
+
+
+@torch.no_grad()
+def prune_by_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    keep: int | Mapping[str, int],
+) -> dict[str, torch.Tensor]:
+    """New bool masks (on the CPU) keeping the largest-|w| weights among each mask's kept
+    positions: `keep` weights over all layers together (an int: global magnitude pruning),
+    or keep[name] in each layer (a mapping: layer-wise). Every new mask is a subset of its
+    old one."""
+    names = list(masks)
+    old = {n: masks[n].detach().to(torch.bool).cpu() for n in names}
+    mags = {n: weights[n].detach().abs().float().cpu().contiguous() for n in names}
+    if isinstance(keep, Mapping):
+        missing = sorted(set(names) - set(keep))
+        if missing:
+            raise ValueError(f"no kept count for layers {missing}")
+        for n in names:
+            if not 0 <= keep[n] <= int(old[n].sum()):
+                raise ValueError(f"layer {n}: cannot keep {keep[n]} of {int(old[n].sum())}")
+        return {n: _top_kept(mags[n], old[n], int(keep[n])) for n in names}
+    total = sum(int(m.sum()) for m in old.values())
+    if not 0 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of the {total} weights kept")
+    flat_scores = torch.cat([mags[n].flatten() for n in names])
+    flat_kept = torch.cat([old[n].flatten() for n in names])
+    chosen = _top_kept(flat_scores, flat_kept, keep)
+    out, at = {}, 0
+    for n in names:
+        size = old[n].numel()
+        out[n] = chosen[at : at + size].view(old[n].shape)
+        at += size
+    return out
+
+
+def _pack(mask: torch.Tensor) -> tuple[tuple[int, ...], np.ndarray]:
+    return tuple(mask.shape), np.packbits(mask.cpu().numpy().ravel())
+
+
+def _unpack(shape: tuple[int, ...], bits: np.ndarray) -> torch.Tensor:
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits)[:n].astype(bool)).view(shape)
+
+
+class IterativePruning:
+    """IMP's state in one trial, one object the training loop calls.
+
+    `capture(epoch, model)` before each epoch keeps the rewind point; `is_round_end(epoch)`
+    says whether an epoch closes a round; `next_round(masks, model, optimizer)` prunes and
+    rewinds; `rounds` holds each round's record, `round_masks` the mask each round trained
+    (packed bits, 1 bit per weight). `state_dict` is what a checkpoint keeps.
+    """
+
+    def __init__(
+        self,
+        *,
+        densities: tuple[float, ...],
+        epochs: int,
+        rewind_epoch: int,
+        scope: str,
+        start_kept: int,
+        total: int,
+    ) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown prune scope {scope!r}; valid choices: {SCOPES}")
+        self.densities, self.epochs, self.rewind_epoch = densities, epochs, rewind_epoch
+        self.scope, self.total = scope, total
+        self.kept = kept_totals(start_kept, total, densities)
+        self.ends = round_ends(epochs, rewind_epoch, len(densities))
+        self.rewind: dict[str, torch.Tensor] | None = None
+        self.rounds: list[dict[str, Any]] = []
+        self.round_masks: list[dict[str, tuple[tuple[int, ...], np.ndarray]]] = []
+
+    @property
+    def total_epochs(self) -> int:
+        return self.ends[-1]
+
+    def round_of(self, epoch: int) -> tuple[int, int]:
+        return round_of(epoch, self.epochs, self.rewind_epoch)
+
+    def recipe_step(self, step: int, steps_per_epoch: int) -> int:
+        """The step of the recipe's schedule that trial step `step` trains at."""
+        _, local = self.round_of(step // steps_per_epoch)
+        return local * steps_per_epoch + step % steps_per_epoch
+
+    def is_round_end(self, epoch: int) -> bool:
+        """Whether trial epoch `epoch` (0-based) is the last of its round."""
+        return epoch + 1 in self.ends
+
+    @torch.no_grad()
+    def capture(self, epoch: int, model: torch.nn.Module, masks: Any) -> None:
+        """At the start of round 0's epoch `rewind_epoch`: keep the model's state (weights,
+        BatchNorm parameters and statistics) to rewind to, and the start mask."""
+        if epoch == 0 and not self.round_masks:
+            self.round_masks.append({n: _pack(m) for n, m in masks.masks.items()})
+        if epoch == self.rewind_epoch and self.rewind is None:
+            self.rewind = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def next_round(self, masks: Any, model: torch.nn.Module, optimizer: Any) -> dict[str, int]:
+        """Prune to the next round's count, rewind the survivors, reset momentum; returns
+        the kept count per layer. The new mask is a subset of the current one."""
+        r = len(self.round_masks)  # the round about to start
+        if r >= len(self.densities):
+            raise RuntimeError(f"IMP has {len(self.densities)} rounds; no round {r} to start")
+        if self.rewind is None:
+            raise RuntimeError(f"no rewind state (epoch {self.rewind_epoch}) was kept")
+        weights = {n: w for n, w in zip(masks.masks, masks.bound()[0])}
+        keep: int | dict[str, int] = self.kept[r]
+        if self.scope == "layer":
+            keep = apportion(masks.kept(), self.kept[r])
+        new = prune_by_magnitude(weights, masks.masks, keep)
+        empty = [n for n, m in new.items() if not m.any()]
+        if empty:
+            log.warning("IMP round %d keeps no weight in %s: the network is cut there", r, empty)
+        masks.set_(new)
+        masks.meta["imp_round"] = str(r)
+        model.load_state_dict(self.rewind)
+        masks.apply_()
+        optimizer.state.clear()  # fresh momentum, as a new training run from the rewind point
+        self.round_masks.append({n: _pack(m) for n, m in new.items()})
+        return masks.kept()
+
+    def masks_of_round(self, r: int) -> dict[str, torch.Tensor]:
+        return {n: _unpack(shape, bits) for n, (shape, bits) in self.round_masks[r].items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rewind": self.rewind,
+            "rounds": [dict(r) for r in self.rounds],
+            "round_masks": self.round_masks,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rewind = state["rewind"]
+        self.rounds = [dict(r) for r in state["rounds"]]
+        self.round_masks = list(state["round_masks"])
