@@ -79,6 +79,7 @@ SAMPLINGS = ("exact", "bernoulli")
 # inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4)
 MODES = ("static", "dynamic", "imp")
 PRUNE_SCOPES = ("global", "layer")
+MAX_IMP_ROUNDS = 100  # each a full training run: more is a typo in prune_fraction
 GROWTHS = ("random", "gradient")
 # Keys that only matter for dynamic sparse training (equal to their defaults when static).
 DYNAMIC_KEYS = (
@@ -282,6 +283,15 @@ class SparsityConfig:
             _fail("sparsity.prune_fraction", self.prune_fraction, "a fraction in (0, 1)")
         if self.rewind_epoch < 0:
             _fail("sparsity.rewind_epoch", self.rewind_epoch, "an integer >= 0 (0: the init)")
+        # prune steps: the least r with start (1 - f)^r <= target (imp_densities' count - 1)
+        steps = math.log(self.density / self.start_density) / math.log(1 - self.prune_fraction)
+        rounds = math.ceil(steps - 1e-9)
+        if rounds + 1 > MAX_IMP_ROUNDS:
+            raise ConfigError(
+                f"sparsity.prune_fraction={self.prune_fraction!r} from sparsity.start_density="
+                f"{self.start_density!r} to sparsity.density={self.density!r} takes {rounds + 1} "
+                f"rounds of training; at most {MAX_IMP_ROUNDS}: prune a larger fraction a round"
+            )
         changed = [
             k for k in DYNAMIC_KEYS
             if getattr(self, k.split(".", 1)[1])

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,12 @@ class IterativePruning:
         if self.scope == "layer":
             keep = apportion(masks.kept(), self.kept[r])
         new = prune_by_magnitude(weights, masks.masks, keep)
+        if dist.is_available() and dist.is_initialized():
+            # DDP keeps every rank's weights equal; rank 0's choice makes the masks so too,
+            # whatever a kernel's rounding did
+            box = [new]
+            dist.broadcast_object_list(box, src=0)
+            new = box[0]
         empty = [n for n, m in new.items() if not m.any()]
         if empty:
             log.warning("IMP round %d keeps no weight in %s: the network is cut there", r, empty)
@@ -229,3 +236,6 @@ class IterativePruning:
         self.rewind = state["rewind"]
         self.rounds = [dict(r) for r in state["rounds"]]
         self.round_masks = list(state["round_masks"])
+        if self.round_masks:  # the start's count, not the resumed round's
+            start = sum(int(m.sum()) for m in self.masks_of_round(0).values())
+            self.kept = kept_totals(start, self.total, self.densities)

@@ -203,7 +203,8 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
         s = cfg.sparsity
         data_free = not SCHEMES[s.scheme].needs_model
         by_hand = s.layer_density or s.classifier_density is not None
-        if s.density < 1.0 and ((data_free and not s.allow_empty_layers) or by_hand):
+        density = s.start_density if s.mode == "imp" else s.density  # IMP draws its start
+        if density < 1.0 and ((data_free and not s.allow_empty_layers) or by_hand):
             key = (cfg.model.name, cfg.data.classes or 1000)
             if key not in specs:
                 specs[key] = layer_specs(build_model(*key))
@@ -214,7 +215,7 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
                 # a model-based scheme's ratios need the trial's data: check the budget only
                 scheme, options = (s.scheme, scheme_options(s.scheme, s)) if data_free else (
                     "uniform", {})  # fmt: skip
-                plan = layer_densities(scheme, specs[key], s.density, overrides=overrides,
+                plan = layer_densities(scheme, specs[key], density, overrides=overrides,
                                        **options)  # fmt: skip
                 if data_free and not s.allow_empty_layers:
                     check_no_empty_layers(plan)

@@ -146,7 +146,7 @@ def imp_rounds_table(
         for r in rows
         for rec in rounds.get(r["run_key"], [])
     ]
-    return pa.Table.from_pylist(out) if out else pa.table({"run_key": pa.array([], pa.string())})
+    return results_table(out) if out else pa.table({"run_key": pa.array([], pa.string())})
 
 
 def sweeps_under(root: str) -> list[str]:

@@ -78,6 +78,7 @@ def test_schedule_epochs_and_run_key():
         ({"sparsity.update_frequency": 5}, "update_frequency with sparsity.mode='imp'"),
         ({"sparsity.prune_scope": "row"}, r"prune_scope='row' is invalid; valid: \['global', "
                                           r"'layer'\]"),
+        ({"sparsity.prune_fraction": 0.01}, "takes 139 rounds of training; at most 100"),
     ],
 )  # fmt: skip
 def test_bad_imp_values_are_refused_with_one_message(over, message):
@@ -360,3 +361,52 @@ def test_the_imp_space_smoke_sweep_tracks_rounds_and_reports_them(tmp_path):
     }  # fmt: skip
     acc_panel, _ = rep["drawn"]["imp_rounds.png"]
     assert sorted(acc_panel["series"]) == ["dense start (n=1)", "er start 0.5 (n=1)"]
+
+
+def test_later_rounds_replay_the_recipe_from_the_rewind_point(imp_runs):
+    """milestones (2,), rewind to epoch 1: every round trains its recipe epochs 1..2 at lr
+    0.1 then 0.01, not at the decayed rate where round 0 ended. (The logged lr is the rate
+    after the epoch's last step, the next epoch's: 0.1 again after each round's end.)"""
+    cfg, root, full, _ = imp_runs
+    assert [h["lr"] for h in full["history"]] == pytest.approx(
+        [0.1, 0.01, 0.1, 0.01, 0.1, 0.01, 0.1]
+    )
+    pruning = imp.IterativePruning(densities=(0.5, 0.25, 0.125), epochs=3, rewind_epoch=1,
+                                   scope="global", start_kept=10, total=40)  # fmt: skip
+    assert [pruning.recipe_step(s, 10) for s in (0, 29, 30, 49, 50, 69)] == [0, 29, 10, 29, 10, 29]
+
+
+@pytest.mark.parametrize("epoch", [2, 3])
+def test_resume_before_a_round_end_and_at_it_matches_the_unbroken_run(imp_runs, tmp_path, epoch):
+    """From epoch 2 the resumed run trains round 0's last epoch, records the round and
+    prunes itself; from epoch 3 (the round boundary) it starts round 1 from the checkpoint's
+    pruned, rewound model. Either way the same end as the unbroken run."""
+    import shutil
+
+    cfg, root, full, _ = imp_runs
+    out = tmp_path / "again"
+    source = root / "full" / "checkpoints" / f"epoch_{epoch:04d}"
+    shutil.copytree(source, out / "checkpoints" / source.name)
+    resumed = run_trial(cfg, out, resume=out / "checkpoints" / source.name)
+    assert [h["train_loss"] for h in resumed["history"]] == [
+        h["train_loss"] for h in full["history"]
+    ]
+    a = torch.load(latest_checkpoint(root / "full") / CHECKPOINT_FILE, weights_only=False)
+    b = torch.load(latest_checkpoint(out) / CHECKPOINT_FILE, weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["imp"]["rounds"] == b["imp"]["rounds"] and len(b["imp"]["rounds"]) == 3
+
+
+def test_layer_scope_shrinks_every_layer_by_the_same_share_exactly(tmp_path):
+    cfg = from_flat({**IMP_FLAT, "sparsity.prune_scope": "layer", "train.epochs": 1,
+                     "sparsity.rewind_epoch": 0})  # fmt: skip
+    run_trial(cfg, tmp_path)
+    rounds = _round_masks(latest_checkpoint(tmp_path))
+    total = rounds[0].total()
+    for before, after in zip(rounds, rounds[1:]):
+        assert _subset(after, before)
+        k0, k1 = before.kept(), after.kept()
+        share = sum(k1.values()) / sum(k0.values())
+        assert all(abs(k1[n] - k0[n] * share) < 1 for n in k0)  # per layer, to one weight
+    assert [sum(r.kept().values()) for r in rounds[1:]] == [round(0.25 * total),
+                                                            round(0.125 * total)]  # fmt: skip
