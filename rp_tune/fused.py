@@ -314,6 +314,7 @@ class TrialGroup:
         stats = torch.zeros(k, 3, device=device, dtype=torch.float64)
         t0 = time.perf_counter()
         loaders = [m.data.train.epoch(epoch) for m in self.members]
+        lr_sum, steps = 0.0, 0  # the rates the epoch trained at, as a trial alone logs them
         for i, batches in enumerate(zip(*loaders)):
             step = epoch * first.data.steps + i
             x = torch.cat([m.normalize(b[0]) for m, b in zip(self.members, batches)], dim=1)
@@ -334,6 +335,7 @@ class TrialGroup:
                 if self.alive[j] and m.flow.due(step):
                     m.flow.after_backward(step, self._member_grads(j))
             self.optimizer.step()
+            lr_sum, steps = lr_sum + self.optimizer.param_groups[0]["lr"], steps + 1
             self.scheduler.step()
             self.apply_masks_()
             stats[:, 0] += losses.detach().double() * b
@@ -351,7 +353,7 @@ class TrialGroup:
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / n,
                 "train_acc": correct / n,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr_sum / max(steps, 1),
                 "epoch_seconds": seconds,  # the group's epoch: every member trained in it
                 "images_per_second": n / seconds,
             })  # fmt: skip

@@ -247,7 +247,9 @@ _METRICS = [
     Metric("val_loss", EPOCH, "validation loss", "lower"),
     Metric("val_acc", EPOCH, "validation accuracy", "higher"),
     Metric("val_ece", EPOCH, "validation ECE (15 bins)", "lower"),
-    Metric("lr", EPOCH, "learning rate"),
+    # the mean over the epoch's steps of the rate each trained at: the epoch's rate, and
+    # during warmup the mean of its rising rates
+    Metric("lr", EPOCH, "learning rate the epoch trained at (mean over its steps)"),
     Metric("epoch_seconds", EPOCH, "seconds of training in the epoch"),
     Metric("val_seconds", EPOCH, "seconds of validation in the epoch"),
     Metric("images_per_second", EPOCH, "training images per second"),

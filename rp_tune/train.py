@@ -545,6 +545,7 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
     model.train()
     t0 = time.perf_counter()
     stats = torch.zeros(3, device=t.device, dtype=torch.float64)
+    lr_sum, steps = 0.0, 0  # the rates the epoch's steps trained at (a float each, no sync)
     for i, (x, y) in enumerate(_batches(t.data.train, epoch, t.device, t.data.resident)):
         step = epoch * t.data.steps + i
         with t.autocast():
@@ -554,6 +555,7 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         loss.backward()
         t.flow.after_backward(step)
         opt.step()
+        lr_sum, steps = lr_sum + opt.param_groups[0]["lr"], steps + 1
         t.scheduler.step()
         t.masks.apply_()
         if t.dst is not None:
@@ -570,7 +572,9 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         "epoch": epoch + 1,
         "train_loss": loss_sum / n,
         "train_acc": correct / n,
-        "lr": opt.param_groups[0]["lr"],
+        # the rate this epoch trained at, not the next one's (read after the last step, the
+        # schedule has already moved on: with milestones (2, 3) epoch 2 would show 0.01)
+        "lr": lr_sum / max(steps, 1),
         "epoch_seconds": seconds,
         "images_per_second": n / seconds,
     }

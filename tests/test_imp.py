@@ -365,11 +365,10 @@ def test_the_imp_space_smoke_sweep_tracks_rounds_and_reports_them(tmp_path):
 
 def test_later_rounds_replay_the_recipe_from_the_rewind_point(imp_runs):
     """milestones (2,), rewind to epoch 1: every round trains its recipe epochs 1..2 at lr
-    0.1 then 0.01, not at the decayed rate where round 0 ended. (The logged lr is the rate
-    after the epoch's last step, the next epoch's: 0.1 again after each round's end.)"""
+    0.1 then 0.01, not at the decayed rate where round 0 ended."""
     cfg, root, full, _ = imp_runs
     assert [h["lr"] for h in full["history"]] == pytest.approx(
-        [0.1, 0.01, 0.1, 0.01, 0.1, 0.01, 0.1]
+        [0.1, 0.1, 0.01, 0.1, 0.01, 0.1, 0.01]
     )
     pruning = imp.IterativePruning(densities=(0.5, 0.25, 0.125), epochs=3, rewind_epoch=1,
                                    scope="global", start_kept=10, total=40)  # fmt: skip

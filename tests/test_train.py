@@ -126,6 +126,22 @@ def test_lr_schedule_warmup_and_milestones():
     assert lr_factor(950, 10, cfg) == pytest.approx(0.001)
 
 
+def test_each_epoch_logs_the_rate_it_trained_at(tmp_path):
+    """milestones (2,): epochs 1 and 2 train at 0.1, epoch 3 at 0.01 (read after an epoch's
+    last step, the schedule has moved on: epoch 2 would show 0.01); a warmup epoch logs the
+    mean of its rising rates, 0.1 x (1/S + 2/S + ... + S/S) / S = 0.1 (S + 1) / (2 S)."""
+    flat = {"model.name": "cifar_resnet_8", "data.name": "synthetic",
+            "data.synthetic_train": 100, "data.synthetic_test": 20, "train.batch_size": 20,
+            "train.epochs": 3, "train.milestones": [2], "evaluation.ood": False,
+            "evaluation.fgsm": False}  # fmt: skip
+    rows = run_trial(from_flat(flat), tmp_path / "a")["history"]
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01])
+    warm = run_trial(from_flat({**flat, "train.warmup_epochs": 1}), tmp_path / "b")["history"]
+    steps = 90 // 20  # 90 training images (10% held out), the last partial batch dropped
+    assert warm[0]["lr"] == pytest.approx(0.1 * (steps + 1) / (2 * steps))
+    assert [r["lr"] for r in warm[1:]] == pytest.approx([0.1, 0.01])
+
+
 def test_weight_decay_groups():
     from rp_tune.models import build_model
     from rp_tune.train import make_optimizer
