@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also log each trial's final weights as an MLflow artifact",
     )
     p.add_argument(
+        "--system-metrics",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="each trial's CPU, memory, disk, network and GPU utilization and memory per epoch "
+        "in its MLflow run (MLflow's system metrics); auto: on for trials on a GPU (default)",
+    )
+    p.add_argument(
         "--gpus-per-trial",
         type=float,
         default=None,
@@ -301,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             extend=args.extend,
             reuse=not args.no_reuse,
             group_size=args.group_size,
+            system_metrics=args.system_metrics,
         )
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
           f"{_with(argv, '--report')})")  # fmt: skip
     if summary.tracking_uri:
-        print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri)}")
+        print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri, summary.path)}")
     if summary.unfinished or summary.failed:
         print(f"continue it with: {resume_command(argv)}")
     print(summary.cost_line())
@@ -333,13 +341,23 @@ def _console(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def mlflow_ui_command(uri: str) -> str:
-    """How to look at the runs: `mlflow ui` on a database, the address of a server."""
+def mlflow_ui_command(uri: str, sweep_path: str | None = None) -> str:
+    """How to look at the runs: `mlflow ui` on a database, the address of a server; and the
+    URL of the sweep's trials compared (its saved view) where the store holds the sweep."""
     import shlex
 
+    link = None
+    if sweep_path is not None:
+        from rp_tune.tracking import comparison_link
+
+        try:
+            link = comparison_link(uri, sweep_path)
+        except Exception as e:  # a server down at the end: the runs are saved for --resume
+            logging.getLogger("rp_tune").warning("no MLflow comparison link (%s)", e)
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} (the sweep's MLflow server)"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then open http://127.0.0.1:5000"
+        return f"open {link or uri} (the sweep's trials compared, on its MLflow server)"
+    where = f"the sweep's trials compared: {link}" if link else "http://127.0.0.1:5000"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}   # then open {where}"
 
 
 def _with(argv: list[str] | None, flag: str) -> str:
@@ -369,6 +387,9 @@ def status(args: argparse.Namespace, name: str) -> int:
               f"{' --smoke' if args.smoke else ''}", file=sys.stderr)  # fmt: skip
         return 2
     print(status_table(states))
+    uri = _tracking_uri(args, path)
+    if uri is not None:
+        print(f"MLflow UI: {mlflow_ui_command(uri, path)}")
     c = counts(states)
     if holder is not None:
         print(f"running: {holder}")

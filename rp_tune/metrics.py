@@ -304,6 +304,11 @@ _METRICS = [
     Metric("retry_seconds", FINAL, "seconds of training lost to failures and trained again"),
     Metric("device_hours", FINAL, "device-hours: wall-clock x the trial's GPUs (CPUs if none)"),
     Metric("group_size", FINAL, "trials trained together as one fused model (1: alone)", fmt="d"),
+    # the training worker's machine during the epoch, from MLflow's own monitors (CPU and
+    # memory, disk, network; utilization, memory and power of the trial's GPUs): the mean of
+    # the epoch's samples, e.g. system/cpu_utilization_percentage, system/gpu_0_utilization_..
+    Metric("system/", EPOCH, "system metrics of the training worker (mean over the epoch)",
+           family=True),
 ]  # fmt: skip
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 

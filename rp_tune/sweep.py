@@ -175,6 +175,8 @@ def _train_loop(
     key = loop_config.get("run_key") or run_key(cfg)  # as stored when the sweep started
     world = ray.train.get_context().get_world_size()
     checkpoint = _latest_train_checkpoint(loop_config)
+    device = ray.train.torch.get_device()
+    system = _system_metrics(loop_config, device)
     with tempfile.TemporaryDirectory(prefix="rp_tune-") as tmp:
         resume, resumed_from, skipped = None, 0, []
         if checkpoint is not None:
@@ -189,6 +191,8 @@ def _train_loop(
                 report["checkpoints_skipped"] = "; ".join(skipped)
                 skipped.clear()
             report["run_key"] = key
+            if system is not None:
+                report.update(system.epoch())
             ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             ray.train.report(report, checkpoint=ckpt)
 
@@ -206,11 +210,29 @@ def _train_loop(
                 save_weights=bool(loop_config.get("save_weights")),
                 resume=resume,
                 on_epoch=on_epoch,
-                device=ray.train.torch.get_device(),
+                device=device,
                 wrap_model=wrap,
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
+        finally:
+            if system is not None:
+                system.stop()
+
+
+def _system_metrics(loop_config: Mapping[str, Any], device: Any) -> Any:
+    """The rank-0 worker's system-metrics sampler (`tracking.SystemMetrics`), started, where
+    the sweep's --system-metrics asks for one on this device; else None."""
+    import ray.train
+
+    from .tracking import SystemMetrics, system_metrics_on
+
+    setting = loop_config.get("system_metrics") or "auto"
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    if not system_metrics_on(setting, getattr(device, "type", str(device))):
+        return None
+    return SystemMetrics().start()
 
 
 def _train_loop_with_fault(loop_config: dict[str, Any]) -> None:
@@ -272,6 +294,8 @@ def _group_loop(
     # config into every result row, and a group's K entries in it would grow K rows per epoch
     members = json.loads(store.read_text(loop_config["group_file"]))
     checkpoint = _latest_train_checkpoint(loop_config)
+    device = ray.train.torch.get_device()
+    system = _system_metrics(loop_config, device)
     with tempfile.TemporaryDirectory(prefix="rp_tune-group-") as tmp:
         resume, resumed_from, skipped = None, 0, []
         if checkpoint is not None:
@@ -296,6 +320,8 @@ def _group_loop(
             failed.update({keys[i]: message for i, message in stopped})
             common = {"resumed_from_epoch": resumed_from, "group": unit,
                       "group_size": len(members)}  # fmt: skip
+            if system is not None:  # the group's one worker: the same machine for every member
+                common.update(system.epoch())
             out = [{**_report_row(row), **common, "run_key": keys[i]} for i, row, _ in rows]
             out += [{"run_key": keys[i], "epoch": epoch, "member_failed": message, **common}
                     for i, message in stopped]  # fmt: skip
@@ -326,11 +352,14 @@ def _group_loop(
                 on_epoch=lambda i, row, f: rows.append((i, row, f)),
                 on_failure=lambda i, message: stopped.append((i, message)),
                 on_group_epoch=on_group_epoch,
-                device=ray.train.torch.get_device(),
+                device=device,
                 save_weights=bool(loop_config.get("save_weights")),
             )
         except (DataError, ConfigError) as e:  # tagged: the controller tells it from a crash
             raise type(e)(f"{RECURRING_TAG} {e}") from None
+        finally:
+            if system is not None:
+                system.stop()
 
 
 def _group_report_callback() -> Any:
@@ -468,6 +497,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
             "run_key": trial["run_key"],
             "group_file": group,
             "save_weights": config.get("save_weights", False),
+            "system_metrics": config.get("system_metrics", "auto"),
             "fault": config.get("fault"),
             "run_dir": store.join(config["train_storage"], f"train-{trial['run_key']}"),
         },
@@ -678,8 +708,13 @@ def run_sweep(
     extend: bool = False,
     reuse: bool = True,
     group_size: int = 1,
+    system_metrics: str = "auto",
 ) -> SweepSummary:
     """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome.
+
+    system_metrics: `auto` (the default: on for trials that train on a GPU), `on` or `off`:
+    the training workers' CPU, memory, disk, network and GPU metrics per epoch
+    (`tracking.SystemMetrics`) in each trial's MLflow run; a --resume keeps the sweep's.
 
     group_size: train up to this many trials that differ only in sparsity and seeds as one
     fused trial group each (`rp_tune.fused`); each stays its own trial in every record.
@@ -693,6 +728,8 @@ def run_sweep(
     import ray
     from ray import tune
 
+    if system_metrics not in ("auto", "on", "off"):
+        raise SweepError(f"--system-metrics {system_metrics!r} is invalid; valid: auto, on, off")
     root = store.resolve(storage)
     path = store.join(root, name)
     train_storage = store.join(root, f"{name}-train")
@@ -818,6 +855,7 @@ def run_sweep(
                     else None
                 ),
                 space_params=space_params(configs),
+                configs=configs,
             )
             callbacks.append(__getattr__("TrackingCallback")(tracker, flats))
             console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
@@ -918,6 +956,7 @@ def run_sweep(
                     "train_storage": train_storage,
                     "train_max_failures": train_max_failures,
                     "save_weights": log_weights,
+                    "system_metrics": system_metrics,
                     "fault": (
                         {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
                         if inject_fault_epoch

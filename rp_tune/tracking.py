@@ -4,11 +4,14 @@ One experiment per search space, one parent run per sweep (a resumed sweep reuse
 one nested child run per trial (tag `mlflow.parentRunId`), found again by its `rp_tune.run_key`
 tag, so a retried or resumed trial continues its own run and never gets a second one.
 
-Child run: name = run_key; params = the flat config; per-epoch metrics with step = epoch;
-final metrics; tags (run_key, scheme, density, model, git commit, versions, status);
-artifacts: the final checkpoint's artifacts folder as the trial wrote it (masks Parquet,
-per-layer density report CSV, history JSON, gradient-flow CSV, optionally the final weights)
-plus the training curves (PNG, drawn by rp_tune.report).
+Child run: name = run_key; params = the flat config (and `arch.depth`/`arch.width` of a CIFAR
+ResNet); per-epoch metrics with step = epoch (the training workers' system metrics,
+`system/*`, among them); final metrics; tags (run_key, scheme, density, model, git commit,
+versions, status, `mlflow.runColor` of its scheme); its dataset as an MLflow input (name, split
+sizes, the digest of the integrity manifest); artifacts: the final checkpoint's artifacts
+folder as the trial wrote it (masks Parquet, per-layer density report CSV, history JSON,
+gradient-flow CSV, optionally the final weights) plus the training curves (PNG, drawn by
+rp_tune.report). The experiment holds the sweep's saved comparison view (`rp_tune.mlflow_view`).
 
 Events go through a queue drained by one background thread, so a tracking server that is
 slow or down never blocks the sweep: failed calls are retried with backoff, in order, and
@@ -25,10 +28,11 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import storage
+from . import mlflow_view, storage
 from .layout import (
     ARTIFACTS_DIR,
     DENSITY_REPORT_FILE,
@@ -79,6 +83,7 @@ class SweepTracker:
         sweep_dir: str | None = None,
         artifact_location: str | None = None,
         space_params: dict[str, Any] | None = None,
+        configs: Sequence[Any] = (),
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -88,12 +93,14 @@ class SweepTracker:
         self.artifact_location = artifact_location
         # the parent run's params: the space's axes and fixed values (plan.space_params)
         self.space_params = dict(space_params or {})
+        self.configs = list(configs)  # the sweep's TrialConfigs: its saved comparison view
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._client = None
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
         self._runs: dict[str, str] = {}  # run_key -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
+        self._datasets: set[tuple[str, str]] = set()  # (run id, digest) logged as inputs
         code = code_state()
         self.code_diff = code["diff"]  # an artifact of the parent run when the code is dirty
         self._tags = {
@@ -227,6 +234,8 @@ class SweepTracker:
             self._ensure_parent()
         elif kind == "result":
             run_id = self._ensure_child(event["run_key"], event["flat"])
+            if event["result"].get("dataset"):  # the first row after each (re)start
+                self._log_dataset(run_id, json.loads(event["result"]["dataset"]))
             self._log_epoch(run_id, event["result"])
         elif kind == "end":
             run_id = self._ensure_child(event["run_key"], event["flat"])
@@ -283,6 +292,10 @@ class SweepTracker:
                         diff = Path(tmp, CODE_DIFF_FILE)
                         diff.write_text(self.code_diff)
                         client.log_artifact(self._parent_id, str(diff))
+            if self.configs:  # the saved view names the parent: its trials are its children
+                tags = mlflow_view.view_tags(self.configs, self.sweep_path, self._parent_id)
+                for key, value in tags.items():
+                    client.set_experiment_tag(exp, key, value)
         return self._parent_id
 
     def _ensure_child(self, run_key: str, flat: dict[str, Any]) -> str:
@@ -314,6 +327,7 @@ class SweepTracker:
                 "rp_tune.density": str(flat.get("sparsity.density")),
                 "rp_tune.model": str(flat.get("model.name")),
                 "rp_tune.status": "running",
+                mlflow_view.RUN_COLOR_TAG: mlflow_view.run_color(flat),
                 **self._tags,
             }
             run = client.create_run(exp, run_name=run_key, tags=tags)
@@ -323,11 +337,35 @@ class SweepTracker:
         # logging its params, and the retried event lands here.
         from mlflow.entities import Param
 
-        params = [Param(k, _param(v)) for k, v in sorted(flat.items()) if k not in logged]
+        arch = mlflow_view.arch_params(str(flat.get("model.name", "")))
+        params = [Param(k, _param(v)) for k, v in sorted({**flat, **arch}.items())
+                  if k not in logged]  # fmt: skip
         for i in range(0, len(params), 90):
             client.log_batch(run_id, params=params[i : i + 90])
         self._runs[run_key] = run_id
         return run_id
+
+    def _log_dataset(self, run_id: str, record: dict[str, Any]) -> None:
+        """The trial's dataset as an MLflow input of its run (the runs table's Dataset column):
+        name and digest of its integrity manifest; split sizes and classes as its profile.
+        MLflow keeps one input per (run, dataset), so a restarted trial adds none."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if (run_id, record["digest"]) in self._datasets:
+            return
+        generated = record.get("source") == "generated"
+        dataset = Dataset(
+            name=record["name"],
+            digest=record["digest"],
+            source_type="code" if generated else "local",
+            source=json.dumps({"uri": record.get("source", "")}),
+            profile=json.dumps(
+                {k: v for k, v in record.items() if k.endswith("_examples") or k == "num_classes"}
+            ),  # fmt: skip
+        )
+        context = InputTag(key="mlflow.data.context", value="training")
+        self._client_().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+        self._datasets.add((run_id, record["digest"]))
 
     def _log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -438,15 +476,13 @@ class SweepTracker:
     def _log_sweep_end(
         self, summary: dict[str, Any], artifacts: list[str], totals: dict[str, float]
     ) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import RunTag
 
         client = self._client_()
         parent = self._ensure_parent()
-        if totals:  # the cost of the whole sweep: seconds and device-hours, summed
-            ts = int(time.time() * 1000)
-            client.log_batch(
-                parent, metrics=[Metric(f"total_{k}", float(v), ts, 0) for k, v in totals.items()]
-            )
+        if totals:  # the cost of the whole sweep, summed: tags, not charts of one point each
+            client.log_batch(parent, tags=[RunTag(f"total_{k}", f"{float(v):.6g}")
+                                           for k, v in sorted(totals.items())])  # fmt: skip
         # plain tags, not metrics: they are counts of the sweep, not curves to chart
         for key, tag in (("total", "trials"), ("finished", "finished"), ("failed", "failed"),
                          ("unfinished", "unfinished"), ("resumed", "resumed")):  # fmt: skip
@@ -484,6 +520,98 @@ class SweepTracker:
         if path is None or not events:
             return
         storage.append_text(path, "".join(json.dumps(e) + "\n" for e in events))
+
+
+class SystemMetrics:
+    """A training worker's system metrics per epoch, from MLflow's own monitors
+    (`mlflow.system_metrics`: CPU and memory, disk, network, and utilization, memory and power
+    of the worker's GPUs where NVML answers).
+
+    A thread samples every `interval` seconds; `epoch()` returns the mean of the samples since
+    its last call as `system/<name>` (at least one sample: it takes one itself), and the
+    trial's epoch row carries them to the driver, whose tracker logs them at step = epoch, in
+    the UI's "System metrics" section. Not MLflow's `SystemMetricsMonitor`, which logs from
+    where it runs: a worker has no run id until the driver makes the run, the local store is
+    the driver's SQLite file, and its steps count samples, not epochs.
+
+    GPUs: NVML numbers every GPU of the node and ignores CUDA_VISIBLE_DEVICES, so the monitor
+    keeps the GPUs Ray gave this worker (CUDA_VISIBLE_DEVICES), as gpu_0, gpu_1, ...; a GPU
+    shared by fractional trials reports the utilization of all of them.
+    """
+
+    def __init__(self, interval: float = 2.0) -> None:
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+        self.interval = interval
+        self.monitors: list[Any] = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        gpu = _gpu_monitor()
+        if gpu is not None:
+            self.monitors.append(gpu)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rp_tune-system", daemon=True)
+
+    def start(self) -> SystemMetrics:
+        self._collect()  # psutil's first CPU reading counts from here
+        self._thread.start()
+        return self
+
+    def _collect(self) -> None:
+        with self._lock:
+            for m in list(self.monitors):
+                try:
+                    m.collect_metrics()
+                except Exception as e:  # a monitor that stops answering: the others go on
+                    log.warning("system metrics: %s failed (%s); dropped", type(m).__name__, e)
+                    self.monitors.remove(m)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._collect()
+
+    def epoch(self) -> dict[str, float]:
+        """Means of the samples since the last call, as `system/<name>`; the samples cleared."""
+        self._collect()
+        out: dict[str, float] = {}
+        with self._lock:
+            for m in self.monitors:
+                out.update({f"system/{k}": float(v) for k, v in m.aggregate_metrics().items()})
+                m.clear_metrics()
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def _gpu_monitor() -> Any:
+    """MLflow's NVIDIA (or ROCm) monitor over this worker's GPUs; None where there is none."""
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
+
+    for kind in (GPUMonitor, ROCMMonitor):
+        try:
+            monitor = kind()
+        except Exception:  # no driver, no GPU, no pynvml/pyrsmi: no GPU metrics
+            continue
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        handles = getattr(monitor, "gpu_handles", None)
+        if handles is not None and visible and all(v.strip().isdigit() for v in visible.split(",")):
+            idx = [int(v) for v in visible.split(",") if int(v) < len(handles)]
+            monitor.gpu_handles = [handles[i] for i in idx]
+            monitor.num_gpus = len(monitor.gpu_handles)
+        return monitor
+    return None
+
+
+def system_metrics_on(setting: str, device_type: str) -> bool:
+    """--system-metrics: `on`, `off`, or `auto` (on where the trial trains on a GPU)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"system metrics {setting!r} is invalid; valid: 'auto', 'on', 'off'")
+    return setting == "on" or (setting == "auto" and device_type == "cuda")
 
 
 def _param(value: Any) -> str:
@@ -538,6 +666,20 @@ def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | No
         if runs:
             return runs[0].info.run_id
     return None
+
+
+def comparison_link(uri: str, sweep_path: str) -> str | None:
+    """The URL of the sweep's saved comparison view (`rp_tune.mlflow_view`): on the server at
+    `uri`, or, for a database, on `mlflow ui`'s default address; None when the store holds no
+    parent run of the sweep."""
+    from mlflow.tracking import MlflowClient
+
+    parent = find_parent_run(MlflowClient(uri), sweep_path)
+    if parent is None:
+        return None
+    experiment = MlflowClient(uri).get_run(parent).info.experiment_id
+    base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return mlflow_view.comparison_url(base, experiment, sweep_path)
 
 
 def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:

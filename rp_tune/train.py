@@ -57,6 +57,7 @@ from .data import (
     DataError,
     DeviceLoader,
     Normalize,
+    dataset_record,
     image_folder,
     imagenet_loaders,
     load_arrays,
@@ -342,6 +343,7 @@ class Trial:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
     imp: imp.IterativePruning | None = None  # iterative magnitude pruning (sparsity.mode=imp)
+    dataset: str = ""  # what it trains on, as JSON (`data.dataset_record`); rank 0 only
 
     def autocast(self):
         """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
@@ -508,7 +510,23 @@ def setup(
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
         normalize, masks, optimizer, scheduler, flow, dynamic, imp=pruning,
+        dataset=_dataset_json(cfg, data) if rank == 0 else "",
     )  # fmt: skip
+
+
+def _dataset_json(cfg: TrialConfig, data: _Data) -> str:
+    """The trial's dataset record (`data.dataset_record`) as JSON: examples per split (the
+    whole sets, not one rank's shard) and the digest of the integrity manifest."""
+
+    def examples(loader: Any) -> int:
+        if loader is None:
+            return 0
+        return len(loader.labels) if data.resident else len(loader.dataset)
+
+    sizes = {"train": examples(data.train), "val": examples(data.val),
+             "test": examples(data.test_full)}  # fmt: skip
+    record = dataset_record(cfg.data, cfg.seed_of("data"), sizes, data.num_classes)
+    return json.dumps(record, sort_keys=True)
 
 
 def _resume_state(resume: str | os.PathLike, key: str) -> dict[str, Any]:
@@ -672,8 +690,8 @@ def report(
         row["images_per_second"],
         f"  test acc {row['test_acc']:.4f}" if "test_acc" in row else "",
     )
-    if on_epoch is not None:
-        on_epoch(row, folder)
+    if on_epoch is not None:  # the first row of this process also says what it trains on
+        on_epoch({**row, "dataset": trial.dataset} if first and trial.dataset else row, folder)
 
 
 def _draw_masks(

@@ -383,3 +383,28 @@ def test_an_imagenet_trial_reports_top5_from_the_registry(tmp_path):
                                "data.synthetic_test": 32, "train.batch_size": 16,
                                "train.epochs": 1})  # fmt: skip
     assert "test_top5" not in run_trial(synthetic, tmp_path / "cifar")
+
+
+def test_the_integrity_manifest_is_what_the_loader_checks_and_its_digest_tells_copies_apart(
+    tmp_path,
+):
+    """Converted CIFAR: rp_tune's checksum manifest (the loader checks it), so the digest
+    changes with the files; torchvision's originals: its md5 constants; synthetic data: the
+    parameters that make it."""
+    from rp_tune.data import integrity_manifest, manifest_digest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    folder = write_tiny_cifar10(a, n_train=40, n_test=10)
+    write_tiny_cifar10(b, n_train=40, n_test=10, seed=1)
+    cfg_a = DataConfig(name="cifar10", root=str(a), download=False)
+    cfg_b = DataConfig(name="cifar10", root=str(b), download=False)
+    manifest = integrity_manifest(cfg_a)
+    assert manifest == json.loads((folder / MANIFEST).read_text())
+    assert sorted(manifest) == sorted(["batches.meta", "test_batch",
+                                       *(f"data_batch_{i}" for i in range(1, 6))])  # fmt: skip
+    assert manifest_digest(manifest) != manifest_digest(integrity_manifest(cfg_b))
+    assert len(manifest_digest(manifest)) == 32  # MLflow keeps at most 36
+    (folder / MANIFEST).unlink()  # torchvision's own files: its checksums
+    assert integrity_manifest(cfg_a)["data_batch_1"] == "c99cafc152244af753f735de768cd75f"
+    syn = DataConfig(name="synthetic")
+    assert integrity_manifest(syn, 0) != integrity_manifest(syn, 1)

@@ -165,9 +165,9 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
                 assert sorted(steps) == [1, 2, 3, 4], (run.info.run_name, key, steps)
         else:
             assert run.info.status == "FINISHED"
-            assert run.data.tags["finished"] == str(N_SMOKE)  # counts: tags; cost: metrics
-            assert all(k.startswith("total_") for k in run.data.metrics)
-            assert run.data.metrics["total_train_seconds"] > 0
+            # counts and cost: tags, so the chart view charts the trials, not bookkeeping
+            assert run.data.tags["finished"] == str(N_SMOKE) and not run.data.metrics
+            assert float(run.data.tags["total_train_seconds"]) > 0
             assert run.data.params["fixed.data.name"] == "synthetic"
             assert run.data.params["axis.sparsity.scheme"]
 

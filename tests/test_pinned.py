@@ -6,7 +6,11 @@ reads. Deterministic fp32 on the CPU; tolerances allow only for float summation 
 which differs between CPUs (oneDNN and BLAS pick kernels by instruction set): pinned on one
 x86 machine, an AMD EPYC gave the first epoch's loss 2e-5 away, the second's 6e-4 (two
 epochs of SGD amplify it) and the weights' sum 4e-5. Another data order (seeds.data=1) moves
-them by 1e-4..7e-4, 30% and 1-2%: the tolerances below tell the two apart.
+them by 1e-4..7e-4, 30% and 1-2%: the tolerances below tell the two apart. RigL regrows by
+gradient magnitude, so a near-tie between two gradients can fall the other way on another CPU:
+an Intel Xeon (AVX-512) moved one connection of the second update (281 changed, not 280) and so
+the mask's positions; its masks are pinned by their per-layer counts (exact whatever the CPU),
+its changes and ITOP rate to 1%.
 """
 
 import hashlib
@@ -99,8 +103,11 @@ def test_a_short_run_gives_the_pinned_numbers(name, tmp_path):
     total = float(sum(v.double().abs().sum() for v in state.values() if v.is_floating_point()))
     assert total == pytest.approx(weight_sum, rel=2e-4)
     masks = Masks.load(checkpoint_masks_file(ckpt))
-    bits = b"".join(masks.masks[k].numpy().tobytes() for k in sorted(masks.masks))
-    assert hashlib.sha256(bits).hexdigest()[:16] == mask_digest
-    if changed is not None:
-        assert [h["dst_changed"] for h in history] == changed
-        assert result["itop_rate"] == pytest.approx(itop, rel=1e-9)
+    if changed is None:  # static masks: the positions, exactly
+        bits = b"".join(masks.masks[k].numpy().tobytes() for k in sorted(masks.masks))
+        assert hashlib.sha256(bits).hexdigest()[:16] == mask_digest
+    else:  # rewired by gradients: the per-layer counts exactly, the rewiring to 1%
+        start = Masks.load(tmp_path / "run" / "masks.parquet")
+        assert masks.kept() == start.kept()
+        assert [h["dst_changed"] for h in history] == pytest.approx(changed, rel=1e-2)
+        assert result["itop_rate"] == pytest.approx(itop, rel=1e-2)

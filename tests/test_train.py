@@ -444,3 +444,26 @@ def test_mask_init_and_data_order_each_have_their_own_seed(tmp_path):
     assert "-s0m1-" in run_key(from_flat({**base, "seeds.mask": 1}))
     with pytest.raises(ConfigError, match=r"seeds.init=-1 is invalid; valid: none"):
         from_flat({**base, "seeds.init": -1})
+
+
+def test_the_first_row_of_each_run_says_what_it_trains_on(cifar_root, tmp_path):
+    """The dataset record (name, digest of the integrity manifest, split sizes) rides on the
+    first row a process reports, for the tracker's MLflow input; never in the history."""
+    import json
+
+    from rp_tune.data import integrity_manifest, manifest_digest
+
+    cfg = _cfg(cifar_root, **{"train.epochs": 3})
+    rows = []
+    part = run_trial(cfg, tmp_path / "run", stop_after=2, on_epoch=lambda m, c: rows.append(m))
+    assert "dataset" in rows[0] and "dataset" not in rows[1]
+    assert all("dataset" not in h for h in part["history"])
+    record = json.loads(rows[0]["dataset"])
+    assert record["name"] == "cifar10" and record["num_classes"] == 10
+    assert (record["train_examples"], record["val_examples"]) == (180, 20)  # 10% held out
+    assert record["test_examples"] == 60
+    assert record["digest"] == manifest_digest(integrity_manifest(cfg.data))
+    rows.clear()  # a resumed run says it again, with the same digest
+    run_trial(cfg, tmp_path / "run", resume=latest_checkpoint(tmp_path / "run"),
+              on_epoch=lambda m, c: rows.append(m))  # fmt: skip
+    assert json.loads(rows[0]["dataset"]) == record and len(rows) == 1
