@@ -91,9 +91,9 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
     metrics = list(KEY_METRICS)
     metrics += [f"ood_auroc_{n}" for n in sorted({n for c in configs for n in ood_sets(c)})]
     metrics.append("achieved_density")
-    columns = [_column("attributes", "Dataset")]  # the trial's dataset input: name, digest
-    columns += [_column("params", k) for k in KEY_PARAMS if k in values]
+    columns = [_column("params", k) for k in KEY_PARAMS if k in values]
     columns += [_column("metrics", m) for m in metrics]
+    columns.append(_column("attributes", "Dataset"))  # the trial's dataset input: name, digest
     parallel = [
         k for k in _varying(values) if k not in ("sparsity.scheme", "sparsity.density", "seed")
     ]
@@ -137,6 +137,7 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
         "orderByKey": _column("metrics", "test_acc"),
         "orderByAsc": False,
         "selectedColumns": columns,
+        "columnOrder": columns,  # params first (the UI's default puts metrics first)
         "runsHiddenMode": "SHOW_ALL",  # charts show every trial, not the first 10
         "compareRunCharts": charts,
         "compareRunSections": sections,

@@ -1,4 +1,5 @@
 import logging
+import types
 
 import pytest
 import torch
@@ -44,3 +45,15 @@ def s3_bucket(monkeypatch):
     ).create_dir("bucket")
     yield f"s3://bucket/rp?endpoint_override={endpoint}&scheme=http"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """`run_sweep.py --space smoke`, run once per test session as a user runs it (starts its
+    own Ray): its results root and the finished command. The sweep test goes on to extend it;
+    the MLflow browser test opens its comparison view."""
+    from tests.helpers import cli
+
+    root = tmp_path_factory.mktemp("smoke") / "res"
+    run = cli("--space", "smoke", "--storage", str(root), "--num-cpus", "2")
+    return types.SimpleNamespace(root=root, run=run)

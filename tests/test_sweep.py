@@ -254,8 +254,8 @@ def test_density_out_of_range_inside_a_space():
 
 
 @pytest.mark.slow
-def test_smoke_sweep_runs_with_defaults(tmp_path):
-    r = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--num-cpus", "2")
+def test_smoke_sweep_runs_with_defaults(smoke_sweep):
+    r, tmp_path = smoke_sweep.run, smoke_sweep.root.parent
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
     # a quiet console: our event lines and progress, Ray's and the workers' output in files,
@@ -266,6 +266,7 @@ def test_smoke_sweep_runs_with_defaults(tmp_path):
     assert sum(" finished " in ln and "test_acc" in ln for ln in lines) == N_SMOKE
     assert any(" done, " in ln and "ETA" in ln for ln in lines)
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
+    assert "the sweep's trials compared: http://127.0.0.1:5000/#/experiments/" in r.stdout
     assert "TrainingReport(" not in r.stdout + r.stderr and "Trial status" not in r.stdout
     assert "(raylet)" not in r.stdout + r.stderr  # Ray's worker-startup warning is not ours
     assert len(lines) < 40 + N_SMOKE, r.stdout
