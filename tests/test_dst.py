@@ -191,3 +191,30 @@ def test_dst_vs_static_space_smoke_runs(tmp_path):
         r = run_trial(cfg, tmp_path / str(i))
         assert r["epoch"] == 2 and 0.0 <= r["test_acc"] <= 1.0
         assert ("itop_rate" in r) == (cfg.sparsity.mode == "dynamic")
+
+
+def test_each_epochs_dst_values_are_of_that_epochs_updates(tmp_path):
+    """Issue 19's slip, for DST: an epoch's dst_updates, dst_changed, death_rate and itop_rate
+    describe the updates made during its own steps (the drop fraction of its last update,
+    ITOP after it), never the next epoch's. 9 steps an epoch, an update every 4 until 20.25:
+    epoch 1 updates at 4 and 8, epoch 2 at 12 and 16, epoch 3 at 20."""
+    cfg = _cfg()
+    r = run_trial(cfg, tmp_path, keep_checkpoints=3)
+    total, rate = 27, cfg.sparsity.death_rate
+    expected_last = {1: 8, 2: 16, 3: 20}
+    for row in r["history"]:
+        e = row["epoch"]
+        state = torch.load(tmp_path / "checkpoints" / f"epoch_{e:04d}" / "state.pt",
+                           weights_only=False)  # fmt: skip
+        updates = [u for u in state["dst"]["updates"] if (e - 1) * 9 <= u[0] < e * 9]
+        assert [u[0] for u in updates][-1] == expected_last[e]
+        assert (
+            row["dst_updates"]
+            == len(updates)
+            == len([s for s in range((e - 1) * 9, e * 9) if is_update_step(s, 4, total, 0.75)])
+        )
+        assert row["dst_changed"] == sum(u[2] for u in updates)
+        assert row["death_rate"] == pytest.approx(death_rate(expected_last[e], total, rate))
+        ever = state["dst"]["ever"]  # as the epoch left it: its checkpoint's
+        kept = sum(int(x.sum()) for x in ever) / sum(x.numel() for x in ever)
+        assert row["itop_rate"] == pytest.approx(kept)

@@ -467,3 +467,23 @@ def test_the_first_row_of_each_run_says_what_it_trains_on(cifar_root, tmp_path):
     run_trial(cfg, tmp_path / "run", resume=latest_checkpoint(tmp_path / "run"),
               on_epoch=lambda m, c: rows.append(m))  # fmt: skip
     assert json.loads(rows[0]["dataset"]) == record and len(rows) == 1
+
+
+def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root, tmp_path):
+    """Issue 19's slip, for the validation values: epoch e's val_loss and val_acc are those of
+    the weights epoch e ended with (its checkpoint), not of the next epoch's; its
+    images_per_second is its own images over its own seconds."""
+    from rp_tune.train import evaluate, setup
+
+    cfg = _cfg(cifar_root, **{"train.epochs": 2})
+    result = run_trial(cfg, tmp_path / "run", keep_checkpoints=2)
+    trial = setup(cfg, tmp_path / "probe", run_key(cfg), "cpu")
+    for row in result["history"]:
+        folder = tmp_path / "run" / "checkpoints" / f"epoch_{row['epoch']:04d}"
+        state = torch.load(folder / "state.pt", weights_only=False)
+        trial.model.load_state_dict(state["model"])
+        val = evaluate(trial.model, trial.normalize, trial.data.val, trial.device, True,
+                       trial.autocast)  # fmt: skip
+        assert row["val_acc"] == pytest.approx(val["acc"], abs=1e-12)
+        assert row["val_loss"] == pytest.approx(val["loss"], rel=1e-6)
+        assert row["images_per_second"] == pytest.approx(180 // 20 * 20 / row["epoch_seconds"])
