@@ -37,6 +37,7 @@ DATASETS: dict[str, int] = {
     "cifar100": 100,
     "svhn": 10,
     "imagenet": 0,
+    "tinyimagenet": 200,  # Tiny ImageNet: 64x64, 100k training and 10k validation images
     "synthetic": 10,
 }
 RECIPES: dict[str, dict[str, Any]] = {
@@ -129,7 +130,8 @@ class ModelConfig:
 
 
 def default_val_fraction(name: str) -> float:
-    """0.1 of a CIFAR-sized training set (45k/5k); 0 for ImageNet, trained on in full."""
+    """0.1 of a CIFAR-sized training set (45k/5k; Tiny ImageNet 90k/10k); 0 for ImageNet,
+    trained on in full."""
     return 0.0 if name == "imagenet" else 0.1
 
 
@@ -376,6 +378,7 @@ DEFAULT_OOD = {
     "cifar100": ("cifar10", "svhn", "gaussian"),
     "svhn": ("cifar10", "cifar100", "gaussian"),
     "synthetic": ("gaussian",),  # fake images: real OoD sets would say nothing
+    "tinyimagenet": ("gaussian",),  # 64x64 noise; the 32x32 sets would differ in size too
     "imagenet": ("imagenet_o",),
 }
 

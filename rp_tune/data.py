@@ -45,6 +45,7 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
     "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
 MANIFEST = "rp_tune_checksums.json"
@@ -197,6 +198,7 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "svhn": ("train_32x32.mat", "test_32x32.mat", MANIFEST),
     "imagenet": ("imagenet",),
     "imagenet_o": ("imagenet-o",),
+    "tinyimagenet": ("tiny-imagenet-200",),
 }
 COMPLETE = ".rp_tune-complete-{entry}"
 
@@ -277,8 +279,10 @@ LAYOUTS: dict[str, str] = {
     "imagenet": "imagenet/train/<class>/*.JPEG and imagenet/val/<class>/*.JPEG, the same "
     "class folders in both (the validation images sorted into class folders)",
     "imagenet_o": "imagenet-o/<class>/*.jpg (ImageNet-O, images in class folders)",
+    "tinyimagenet": "tiny-imagenet-200/ holding wnids.txt, train/<wnid>/images/*.JPEG, "
+    "val/images/*.JPEG and val/val_annotations.txt (tiny-imagenet-200.zip extracted there)",
 }
-DOWNLOADABLE = ("cifar10", "cifar100", "svhn")  # torchvision can fetch these
+DOWNLOADABLE = ("cifar10", "cifar100", "svhn", "tinyimagenet")  # torchvision can fetch these
 DOWNLOAD_TIMEOUT_S = 30.0  # a network that drops packets fails the pre-flight this fast
 
 
@@ -406,6 +410,9 @@ def integrity_manifest(cfg: DataConfig, seed: int = 0) -> dict[str, str]:
                 if f in ("train_32x32.mat", "test_32x32.mat")
             },
         )
+    if name == "tinyimagenet":  # the decoded arrays' md5s and the sources they came from
+        path = local_data_root(cfg.root, name) / TINY / TINY_CACHE / MANIFEST
+        return dict(sorted(json.loads(path.read_text()).items())) if path.is_file() else {}
     if name in ("imagenet", "imagenet_o"):
         top = local_data_root(cfg.root, name) / ENTRIES[name][0]
         return {str(p.relative_to(top)): str(p.stat().st_size)
@@ -681,7 +688,119 @@ def read_split(
         svhn = _torchvision_svhn()
         ds = _locked_fetch(cfg, lambda root: svhn(root, split=split, download=cfg.download), **kw)
         return ds.data.transpose(0, 2, 3, 1), np.asarray(ds.labels), 10
+    if cfg.name == "tinyimagenet":
+        return _locked_fetch(cfg, lambda root: _tiny_imagenet(root, train, cfg.download), **kw)
     raise DataError(f"data.name={cfg.name!r} is not a small in-memory dataset")
+
+
+TINY = "tiny-imagenet-200"
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+TINY_CACHE = "rp_tune_arrays"  # tiny-imagenet-200/rp_tune_arrays/: decoded splits, manifest
+
+
+def _tiny_imagenet(root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 NHWC 64x64 images, labels, classes) of one split of Tiny ImageNet in its usual
+    layout (`LAYOUTS`), downloaded (the official zip, md5 checked) where allowed.
+
+    Classes are the lines of wnids.txt in order (class i = line i); training images are
+    train/<wnid>/images/*; the labelled validation images (val/images/*, classes from
+    val/val_annotations.txt) are the test set here, since the official test split has no
+    labels, and validation is the last data.val_fraction of the training set, as for CIFAR.
+    The first read decodes the JPEGs and caches the arrays in tiny-imagenet-200/rp_tune_arrays/
+    under a manifest of their md5s and of the source files' names, classes and sizes; later
+    reads load the arrays when both still match, so a changed or damaged copy is decoded again.
+    """
+    folder = Path(root) / TINY
+    if not folder.is_dir():
+        if not download:
+            raise FileNotFoundError(f"no {TINY}/ folder in {root}")
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(TINY_URL, root, md5=TINY_MD5)
+    wnids, samples = _tiny_listing(folder, train)
+    split = "train" if train else "val"
+    x, y = _tiny_arrays(folder, split, samples)
+    return x, y, len(wnids)
+
+
+def _tiny_listing(folder: Path, train: bool) -> tuple[list[str], list[tuple[Path, int]]]:
+    """wnids.txt's classes and (image, class) of one split; FileNotFoundError / ValueError
+    naming what is missing or wrong."""
+    wnids_file = folder / "wnids.txt"
+    if not wnids_file.is_file():
+        raise FileNotFoundError(f"{TINY}/wnids.txt is missing (the class ids, one per line)")
+    wnids = [ln.strip() for ln in wnids_file.read_text().splitlines() if ln.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    samples: list[tuple[Path, int]] = []
+    if train:
+        for w in wnids:
+            d = folder / "train" / w / "images"
+            files = sorted(p for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+            if not files:
+                raise FileNotFoundError(f"{TINY}/train/{w}/images/ is missing or empty")
+            samples += [(p, index[w]) for p in files]
+        return wnids, samples
+    ann = folder / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise FileNotFoundError(
+            f"{TINY}/val/val_annotations.txt is missing (it holds the validation images' classes)"
+        )
+    for n, line in enumerate(ann.read_text().splitlines(), 1):
+        parts = line.split("\t")
+        if not line.strip():
+            continue
+        if len(parts) < 2 or parts[1] not in index:
+            raise ValueError(f"val/val_annotations.txt line {n} names no class of wnids.txt: "
+                             f"{line!r}")  # fmt: skip
+        image = folder / "val" / "images" / parts[0]
+        if not image.is_file():
+            raise FileNotFoundError(f"{TINY}/val/images/{parts[0]} (annotations line {n})")
+        samples.append((image, index[parts[1]]))
+    if not samples:
+        raise ValueError("val/val_annotations.txt lists no image")
+    return wnids, samples
+
+
+def _tiny_arrays(
+    folder: Path, split: str, samples: list[tuple[Path, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The split's arrays from the cache where its manifest still matches, else decoded from
+    the JPEGs (64x64 RGB each, grayscale ones converted) and cached, written atomically."""
+    from PIL import Image
+
+    cache = folder / TINY_CACHE
+    listing = hashlib.sha256(
+        "\n".join(f"{p.relative_to(folder)}\t{c}\t{p.stat().st_size}" for p, c in samples).encode()
+    ).hexdigest()
+    manifest = cache / MANIFEST
+    sums = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    paths = (cache / f"{split}_images.npy", cache / f"{split}_labels.npy")
+    if sums.get(f"{split}_sources") == listing and all(
+        p.is_file() and sums.get(p.name) == _md5(p) for p in paths
+    ):
+        return np.load(paths[0]), np.load(paths[1])
+    log.info("Tiny ImageNet: decoding %d %s images once into %s", len(samples), split, cache)
+    images = np.empty((len(samples), 64, 64, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(samples):
+        with Image.open(path) as im:
+            if im.size != (64, 64):
+                raise ValueError(f"{path.relative_to(folder)} is {im.size[0]}x{im.size[1]}, not "
+                                 "64x64")  # fmt: skip
+            images[i] = np.asarray(im.convert("RGB"))
+    labels = np.array([c for _, c in samples], dtype=np.int64)
+    cache.mkdir(exist_ok=True)
+    for path, array in zip(paths, (images, labels)):
+        partial = path.with_suffix(".partial")
+        with open(partial, "wb") as f:
+            np.save(f, array)
+        partial.replace(path)
+        sums[path.name] = _md5(path)
+    sums[f"{split}_sources"] = listing
+    partial = manifest.with_suffix(".partial")
+    partial.write_text(json.dumps(sums, indent=1, sort_keys=True))
+    partial.replace(manifest)
+    return images, labels
 
 
 def load_arrays(cfg: DataConfig, seed: int = 0) -> ArraySplits:

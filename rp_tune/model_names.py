@@ -11,12 +11,17 @@ from typing import Any
 IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2")
 CIFAR_RESNET = re.compile(r"^cifar_resnet_(\d+)(?:_(\d+))?$")
 VGG_NAMES = ("vgg11", "vgg13", "vgg16", "vgg19")  # rp_tune.models.vgg.VGG_CONFIGS
+# ResNet-18/50 for small images (rp_tune.models.small_image_resnet.SMALL_IMAGE_RESNETS)
+SMALL_IMAGE_RESNETS = ("cifar_resnet18", "tiny_resnet50")
+# image side of the small datasets that are not 32x32 (CIFAR, SVHN and synthetic are)
+DATA_IMAGE_SIZE = {"tinyimagenet": 64}
 DEFAULT_WIDTH = 16  # He et al.'s CIFAR ResNets: stages of 16, 32, 64 channels
 
 
 def model_names() -> list[str]:
     """The registered names (cifar_resnet_* stands for the whole family)."""
-    return ["cifar_resnet_<depth>[_<width>]", *(f"{k}_bn" for k in VGG_NAMES), *IMAGENET_MODELS]
+    return ["cifar_resnet_<depth>[_<width>]", *SMALL_IMAGE_RESNETS,
+            *(f"{k}_bn" for k in VGG_NAMES), *IMAGENET_MODELS]  # fmt: skip
 
 
 def parse_cifar_resnet(name: str) -> tuple[int, int] | None:
@@ -39,6 +44,8 @@ def canonical_model_name(name: str) -> str:
 
 def check_model_name(name: str) -> None:
     """Raise ValueError naming the bad value and the valid choices."""
+    if name in SMALL_IMAGE_RESNETS:
+        return
     dw = parse_cifar_resnet(name)
     if dw is not None:
         depth, width = dw
@@ -66,7 +73,10 @@ def input_kind(name: str) -> str:
 
 
 def input_size(cfg: Any) -> tuple[int, int]:
-    """(height, width) of the images a trial's model sees: 32x32 for the CIFAR nets, else
-    data.image_size (ImageNet's crop)."""
-    size = 32 if input_kind(cfg.model.name) == "cifar" else cfg.data.image_size
+    """(height, width) of the images a trial's model sees: an image folder (ImageNet) is
+    cropped to data.image_size; the small in-memory sets keep their own (32x32; Tiny ImageNet
+    64x64), whichever the model."""
+    if cfg.data.name == "imagenet":
+        return cfg.data.image_size, cfg.data.image_size
+    size = DATA_IMAGE_SIZE.get(cfg.data.name, 32)
     return size, size

@@ -772,10 +772,11 @@ def _ood_sources(cfg: TrialConfig) -> dict[str, Any]:
 def _ood_loader(name: str, source: Any, cfg: TrialConfig, n_in: int, device: torch.device):
     """(loader, resident) over an OoD set's images as [0, 1] pixels."""
     e_bs = cfg.evaluation.batch_size
-    if name == "gaussian":
-        mean, std = STATS["cifar10"]
+    if name == "gaussian":  # CIFAR-10's statistics (Liu et al.), Tiny ImageNet's own at 64x64
+        mean, std = STATS["tinyimagenet" if cfg.data.name == "tinyimagenet" else "cifar10"]
         g = torch.Generator().manual_seed(derived_seed(cfg.seed, "gaussian-ood"))
-        source = (metrics.gaussian_noise_images(n_in, mean, std, g) * 255).round().to(torch.uint8)
+        noise = metrics.gaussian_noise_images(n_in, mean, std, g, size=input_size(cfg)[0])
+        source = (noise * 255).round().to(torch.uint8)
     if isinstance(source, torch.Tensor):
         labels = torch.zeros(len(source), dtype=torch.long, device=device)
         return DeviceLoader(source.to(device), labels, e_bs, train=False), True

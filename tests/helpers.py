@@ -24,6 +24,39 @@ def write_tiny_cifar10(root: Path, n_train: int = 200, n_test: int = 60, seed: i
     return write_cifar_batches(root, (x, y), (tx, ty), CLASSES)
 
 
+def write_tiny_imagenet(
+    root: Path, wnids=("n02", "n01", "n03"), per_class: int = 8, val_per_class: int = 3
+) -> Path:
+    """A fake Tiny ImageNet in its usual layout under root: wnids.txt (not in sorted order,
+    so line order is tested), train/<wnid>/images/<wnid>_<i>.JPEG, val/images/val_<i>.JPEG and
+    val/val_annotations.txt; 64x64 JPEGs of a class colour plus noise (learnable), one
+    grayscale image among the training ones as the real set has."""
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 215, size=(len(wnids), 3))
+
+    def image(c: int) -> Image.Image:
+        x = colours[c] + rng.normal(0, 20, size=(64, 64, 3))
+        return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for c, w in enumerate(wnids):
+        (folder / "train" / w / "images").mkdir(parents=True)
+        for i in range(per_class):
+            im = image(c).convert("L") if (c, i) == (0, 0) else image(c)
+            im.save(folder / "train" / w / "images" / f"{w}_{i}.JPEG", quality=95)
+    lines = []
+    for i in range(val_per_class * len(wnids)):
+        c = (i * 2 + 1) % len(wnids)  # classes in another order than the training folders'
+        image(c).save(folder / "val" / "images" / f"val_{i}.JPEG", quality=95)
+        lines.append(f"val_{i}.JPEG\t{wnids[c]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 def mlflow_runs(client, exp_name):
     """(sweep parent runs, trial child runs) of an experiment."""
     exp = client.get_experiment_by_name(exp_name)

@@ -408,3 +408,56 @@ def test_the_integrity_manifest_is_what_the_loader_checks_and_its_digest_tells_c
     assert integrity_manifest(cfg_a)["data_batch_1"] == "c99cafc152244af753f735de768cd75f"
     syn = DataConfig(name="synthetic")
     assert integrity_manifest(syn, 0) != integrity_manifest(syn, 1)
+
+
+def test_tiny_imagenet_in_its_usual_layout_loads_with_classes_from_wnids_and_annotations(
+    tmp_path, caplog
+):
+    from rp_tune.data import TINY_CACHE, integrity_manifest, manifest_digest, read_split
+    from tests.helpers import write_tiny_imagenet
+
+    folder = write_tiny_imagenet(tmp_path, wnids=("n02", "n01", "n03"), per_class=8)
+    cfg = DataConfig(name="tinyimagenet", root=str(tmp_path), download=False)
+    x, y, classes = read_split(cfg, train=True)
+    assert x.shape == (24, 64, 64, 3) and x.dtype == np.uint8 and classes == 3
+    assert y.tolist() == [0] * 8 + [1] * 8 + [2] * 8  # class i = line i of wnids.txt
+    # the grayscale training image came out RGB; the colours tell the classes apart
+    assert x[0].shape == (64, 64, 3) and abs(float(x[8].mean()) - float(x[16].mean())) > 1
+    tx, ty, _ = read_split(cfg, train=False)
+    annotations = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+    wnids = ["n02", "n01", "n03"]
+    assert ty.tolist() == [wnids.index(ln.split("\t")[1]) for ln in annotations]
+    assert tx.shape == (9, 64, 64, 3)
+    # the decoded arrays are cached under a manifest; the next read loads them
+    assert (folder / TINY_CACHE / "train_images.npy").is_file()
+    caplog.clear()
+    again, _, _ = read_split(cfg, train=True)
+    assert np.array_equal(again, x) and "decoding" not in caplog.text
+    digest = manifest_digest(integrity_manifest(cfg))
+    # a damaged cache is decoded again, not trusted
+    (folder / TINY_CACHE / "train_images.npy").write_bytes(b"damaged")
+    fixed, _, _ = read_split(cfg, train=True)
+    assert np.array_equal(fixed, x) and "decoding 24 train images" in caplog.text
+    assert manifest_digest(integrity_manifest(cfg)) == digest
+    # 90% / 10% of the training images, the validation images as the test set
+    arrays = load_arrays(cfg)
+    assert (len(arrays.train[1]), len(arrays.val[1]), len(arrays.test[1])) == (22, 2, 9)
+    assert arrays.train[0].shape[1:] == (3, 64, 64) and arrays.num_classes == 3
+
+
+def test_tiny_imagenet_without_its_annotations_is_refused_before_anything_starts(tmp_path):
+    from rp_tune.data import Need, ensure_dataset
+    from tests.helpers import write_tiny_imagenet
+
+    folder = write_tiny_imagenet(tmp_path)
+    (folder / "val" / "val_annotations.txt").unlink()
+    with pytest.raises(DataError) as e:
+        ensure_dataset(Need("tinyimagenet", str(tmp_path), False, ("test", "train"), False))
+    message = str(e.value)
+    assert "dataset tinyimagenet at data.root=" in message and str(tmp_path) in message
+    assert "val/val_annotations.txt is missing" in message
+    assert "expected there: tiny-imagenet-200/ holding wnids.txt" in message
+    assert not (folder / "rp_tune_arrays" / "val_images.npy").exists()
+    (folder / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n")
+    with pytest.raises(DataError, match="line 1 names no class of wnids.txt"):
+        ensure_dataset(Need("tinyimagenet", str(tmp_path), False, ("test",), False))

@@ -78,3 +78,33 @@ def test_imagenet_convs_start_from_kaiming_fan_in():
     assert stem.std().item() == pytest.approx(math.sqrt(2 / 147), rel=0.05)
     deep = model.layer4[0].conv2.weight  # 512 x 512 x 3 x 3: fan_in 4608
     assert deep.std().item() == pytest.approx(math.sqrt(2 / 4608), rel=0.02)
+
+
+def test_the_small_image_resnets_of_gadhikar_et_al():
+    """CIFAR ResNet-18 (3x3 stride-1 stem, no max-pool, [2, 2, 2, 2] at 64..512, 1x1
+    shortcuts): 11,164,352 Conv2d + Linear weights for 10 classes; ResNet-50 for 64x64 Tiny
+    ImageNet: bottlenecks [3, 4, 6, 3], classifier 2048 -> classes."""
+    r18 = build_model("cifar_resnet18")
+    assert sum(s.numel for s in layer_specs(r18)) == 11_164_352
+    specs = layer_specs(r18)
+    assert specs[0].shape == (64, 3, 3, 3) and specs[-1].shape == (10, 512)
+    assert sum(s.kind == "conv" and s.shape[2:] == (1, 1) for s in specs) == 3  # shortcuts
+    r50 = build_model("tiny_resnet50", num_classes=200).eval()
+    specs = layer_specs(r50)
+    assert specs[0].shape == (64, 3, 3, 3) and specs[-1].shape == (200, 2048)
+    with torch.no_grad():
+        assert r50(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+        assert r18.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the stem keeps 64x64: no stride, no max-pool before the first stage
+    x = torch.randn(1, 3, 64, 64)
+    assert r50.layer1(torch.relu(r50.bn1(r50.conv1(x)))).shape[-2:] == (64, 64)
+
+
+def test_a_model_scored_scheme_on_the_cifar_resnet18():
+    from rp_tune.sparsity import layer_densities
+
+    model = build_model("cifar_resnet18")
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 10)
+    plan = layer_densities("snip", layer_specs(model), 0.05, model=model, batch=batch)
+    assert plan.total_kept == round(0.05 * plan.total)

@@ -487,3 +487,20 @@ def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root
         assert row["val_acc"] == pytest.approx(val["acc"], abs=1e-12)
         assert row["val_loss"] == pytest.approx(val["loss"], rel=1e-6)
         assert row["images_per_second"] == pytest.approx(180 // 20 * 20 / row["epoch_seconds"])
+
+
+def test_a_trial_on_tiny_imagenet_sees_64x64_images_and_64x64_noise(tmp_path):
+    from tests.helpers import write_tiny_imagenet
+
+    write_tiny_imagenet(tmp_path / "data", per_class=10, val_per_class=4)
+    cfg = _cfg(tmp_path / "data", **{"data.name": "tinyimagenet", "model.name": "cifar_resnet_8",
+                                     "train.epochs": 1, "train.batch_size": 9})  # fmt: skip
+    assert cfg.data.num_classes == 0 and cfg.data.classes == 200
+    r = run_trial(cfg, tmp_path / "run")
+    assert r["epoch"] == 1 and 0.0 <= r["test_acc"] <= 1.0 and "ood_auroc_gaussian" in r
+    # FLOPs at 64x64: four times those of the same net on 32x32 images
+    small = run_trial(_cfg(tmp_path / "none", **{"data.name": "synthetic", "train.epochs": 1,
+                                                 "model.name": "cifar_resnet_8",
+                                                 "data.num_classes": 3}),
+                      tmp_path / "small")  # fmt: skip
+    assert r["flops_dense"] == pytest.approx(4 * small["flops_dense"], rel=0.02)

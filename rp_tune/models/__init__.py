@@ -1,6 +1,8 @@
 """Model registry by name (the models of Liu et al. 2022, Sec. 4).
 
 - `cifar_resnet_<depth>[_<width>]`: any depth 6n+2, any width >= 1 (default 16)
+- `cifar_resnet18`, `tiny_resnet50`: ResNet-18/50 for small images (Gadhikar et al.: 3x3
+  stride-1 stem, no max-pool), for CIFAR and 64x64 Tiny ImageNet
 - `vgg11_bn`, `vgg13_bn`, `vgg16_bn`, `vgg19_bn`: CIFAR VGGs with BatchNorm
 - `resnet18`, `resnet34`, `resnet50`, `resnet101`, `wide_resnet50_2`: torchvision ImageNet nets,
   no pretrained weights
@@ -22,6 +24,7 @@ from ..model_names import (
 )
 from ..sparsity import LayerSpec
 from .cifar_resnet import CifarResNet
+from .small_image_resnet import SMALL_IMAGE_RESNETS, SmallImageResNet
 from .vgg import CifarVGG
 
 
@@ -33,6 +36,8 @@ def build_model(name: str, num_classes: int = 10) -> nn.Module:
     dw = parse_cifar_resnet(name)
     if dw is not None:
         return CifarResNet(depth=dw[0], width=dw[1], num_classes=num_classes)
+    if name in SMALL_IMAGE_RESNETS:
+        return SmallImageResNet(name, num_classes=num_classes)
     if name.endswith("_bn"):
         return CifarVGG(name[:-3], num_classes=num_classes)
     import torchvision
