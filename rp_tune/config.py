@@ -77,8 +77,9 @@ DENSE_RECIPE = {"imagenet": "imagenet_dense"}
 PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLINGS = ("exact", "bernoulli")
 # static: a fixed mask; dynamic: drop-and-grow (SET / RigL); imp: iterative magnitude pruning
-# inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4)
-MODES = ("static", "dynamic", "imp")
+# inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4); slt: strong lottery
+# tickets (edge-popup) inside a random source mask, weights never trained (ibid., Sec. 5)
+MODES = ("static", "dynamic", "imp", "slt")
 PRUNE_SCOPES = ("global", "layer")
 MAX_IMP_ROUNDS = 100  # each a full training run: more is a typo in prune_fraction
 GROWTHS = ("random", "gradient")
@@ -98,6 +99,11 @@ IMP_KEYS = (
     "sparsity.prune_scope",
     "sparsity.rewind_epoch",
 )
+# Keys that only matter for strong lottery tickets (the source density is start_density).
+SLT_KEYS = ("sparsity.start_density", "sparsity.levels")
+# the sparse-to-sparse modes and what each reads (the mode's name in messages)
+MODE_KEYS = {"imp": (IMP_KEYS, "iterative magnitude pruning"),
+             "slt": (SLT_KEYS, "strong lottery tickets")}  # fmt: skip
 # Keys that only shape a sparse plan (dropped at density 1.0: a dense net is one trial).
 SCHEME_OPTION_KEYS = (
     "sparsity.fc_density",
@@ -204,6 +210,9 @@ class SparsityConfig:
     prune_fraction: float = 0.2  # Frankle & Carbin 2019: 20% of the remaining weights a round
     prune_scope: str = "global"
     rewind_epoch: int = 0  # 0: the initialization (Frankle & Carbin); k: weight rewinding
+    # slt: scores trained inside a random source mask at `start_density` (1.0: a dense
+    # source), the density annealed to `density` in `levels` levels of train.epochs each
+    levels: int = 5  # Gadhikar et al.'s code: 5
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -256,31 +265,25 @@ class SparsityConfig:
             _fail("sparsity.prune_scope", self.prune_scope, str(list(PRUNE_SCOPES)))
         if self.mode == "imp":
             self._check_imp()
-        else:
-            for key in IMP_KEYS:
-                name = key.split(".", 1)[1]
-                default = SparsityConfig.__dataclass_fields__[name].default
-                if getattr(self, name) != default:
-                    raise ConfigError(
-                        f"{key}={getattr(self, name)!r} with sparsity.mode={self.mode!r}: only "
-                        f"iterative magnitude pruning reads it (sparsity.mode='imp'); leave it "
-                        f"at {default!r}"
-                    )
+        elif self.mode == "slt":
+            self._check_slt()
+        own = MODE_KEYS.get(self.mode, ((), ""))[0]
+        for key in dict.fromkeys(k for keys, _ in MODE_KEYS.values() for k in keys):
+            name = key.split(".", 1)[1]
+            default = SparsityConfig.__dataclass_fields__[name].default
+            if key not in own and getattr(self, name) != default:
+                readers = [f"{what} (sparsity.mode={m!r})" for m, (keys, what) in
+                           MODE_KEYS.items() if key in keys]  # fmt: skip
+                raise ConfigError(
+                    f"{key}={getattr(self, name)!r} with sparsity.mode={self.mode!r}: only "
+                    f"{' and '.join(readers)} {'reads' if len(readers) == 1 else 'read'} it; "
+                    f"leave it at {default!r}"
+                )
 
     def _check_imp(self) -> None:
         """IMP's values, one message each: the target below the start, fractions in (0, 1),
         none of dynamic sparse training's keys (the mask of IMP only shrinks)."""
-        try:
-            check_density(self.start_density)
-        except ValueError:
-            _fail("sparsity.start_density", self.start_density, "a number in (0, 1]; 1.0: dense")
-        if self.density >= self.start_density:
-            raise ConfigError(
-                f"sparsity.density={self.density!r} with sparsity.start_density="
-                f"{self.start_density!r}: iterative magnitude pruning prunes from the start "
-                "density down to sparsity.density, so it must be below the start (equal: a "
-                "fixed mask, sparsity.mode='static')"
-            )
+        self._check_below_start("iterative magnitude pruning prunes")
         if not 0.0 < self.prune_fraction < 1.0:
             _fail("sparsity.prune_fraction", self.prune_fraction, "a fraction in (0, 1)")
         if self.rewind_epoch < 0:
@@ -294,6 +297,30 @@ class SparsityConfig:
                 f"{self.start_density!r} to sparsity.density={self.density!r} takes {rounds + 1} "
                 f"rounds of training; at most {MAX_IMP_ROUNDS}: prune a larger fraction a round"
             )
+        self._refuse_dynamic_keys("imp", "iterative magnitude pruning only removes them")
+
+    def _check_below_start(self, what: str) -> None:
+        try:
+            check_density(self.start_density)
+        except ValueError:
+            _fail("sparsity.start_density", self.start_density, "a number in (0, 1]; 1.0: dense")
+        if self.density >= self.start_density:
+            raise ConfigError(
+                f"sparsity.density={self.density!r} with sparsity.start_density="
+                f"{self.start_density!r}: {what} from the start density down to "
+                "sparsity.density, so it must be below the start (equal: a fixed mask, "
+                "sparsity.mode='static')"
+            )
+
+    def _check_slt(self) -> None:
+        """Strong lottery tickets: the target below the source, levels >= 1, none of dynamic
+        sparse training's keys (its weights never train, so nothing is regrown)."""
+        self._check_below_start("strong lottery tickets search")
+        if not isinstance(self.levels, int) or self.levels < 1:
+            _fail("sparsity.levels", self.levels, "an integer >= 1 (Gadhikar et al.: 5)")
+        self._refuse_dynamic_keys("slt", "strong lottery tickets train scores, never weights")
+
+    def _refuse_dynamic_keys(self, mode: str, why: str) -> None:
         changed = [
             k for k in DYNAMIC_KEYS
             if getattr(self, k.split(".", 1)[1])
@@ -301,9 +328,9 @@ class SparsityConfig:
         ]  # fmt: skip
         if changed:
             raise ConfigError(
-                f"{', '.join(changed)} with sparsity.mode='imp': these set dynamic sparse "
-                "training (SET/RigL), whose drop-and-grow revives weights; iterative magnitude "
-                "pruning only removes them. Use one mode: 'imp' or 'dynamic'"
+                f"{', '.join(changed)} with sparsity.mode={mode!r}: these set dynamic sparse "
+                f"training (SET/RigL), whose drop-and-grow revives weights; {why}. Use one "
+                f"mode: {mode!r} or 'dynamic'"
             )
 
     def imp_densities(self) -> tuple[float, ...]:
@@ -524,6 +551,8 @@ class TrialConfig:
         """Epochs the trial trains in all: train.epochs, or under IMP the first round's
         train.epochs plus train.epochs - rewind_epoch for every later round (each later
         round goes on from the rewind point, lr schedule included: Frankle et al. 2020)."""
+        if self.sparsity.mode == "slt":  # each level trains the recipe's epochs
+            return self.sparsity.levels * self.train.epochs
         rounds = len(self.sparsity.imp_densities())
         if rounds == 0:
             return self.train.epochs
@@ -574,7 +603,7 @@ def trial_epochs(flat: Mapping[str, Any]) -> int:
     """`TrialConfig.total_epochs` of a stored flat config (a sweep's trials.json entry or a
     Tune params.json): what "finished" means for that trial. Stored configs of releases
     before IMP lack its keys: their train.epochs."""
-    if flat.get("sparsity.mode") != "imp":
+    if flat.get("sparsity.mode") not in ("imp", "slt"):
         return int(flat["train.epochs"])
     return from_flat(flat).total_epochs
 
@@ -701,8 +730,9 @@ def run_key(cfg: TrialConfig) -> str:
     scheme = "dense" if s.density == 1.0 else s.scheme
     if s.mode == "dynamic" and s.density < 1.0:
         scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
-    if s.mode == "imp":  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: IMP from ER at 0.5 to 0.05
-        scheme = ("dense" if s.start_density == 1.0 else f"{s.scheme}{s.start_density:g}") + "-imp"
+    if s.mode in ("imp", "slt"):  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: from ER at 0.5
+        start = "dense" if s.start_density == 1.0 else f"{s.scheme}{s.start_density:g}"
+        scheme = f"{start}-{s.mode}"
     seeds = f"s{cfg.seed}" + "".join(  # s0m3: seed 0, mask seed 3
         f"{k[0]}{getattr(cfg.seeds, k)}"
         for k in ("mask", "init", "data")

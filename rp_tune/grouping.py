@@ -47,9 +47,9 @@ def line_label(row: dict[str, Any]) -> str:
     +imp for iterative magnitude pruning ("dense+imp" from a dense start, "er+imp" from ER)."""
     if float(row["sparsity.density"]) == 1.0:
         return "dense"
-    if row.get("sparsity.mode") == "imp":  # IMP from a dense or a random start
+    if row.get("sparsity.mode") in ("imp", "slt"):  # from a dense or a random start
         start = float(row.get("sparsity.start_density", 1.0))
-        return f"{'dense' if start == 1.0 else row['sparsity.scheme']}+imp"
+        return f"{'dense' if start == 1.0 else row['sparsity.scheme']}+{row['sparsity.mode']}"
     if row.get("sparsity.mode") == "dynamic":
         return f"{row['sparsity.scheme']}+{'set' if row['sparsity.growth'] == 'random' else 'rigl'}"
     return row["sparsity.scheme"]

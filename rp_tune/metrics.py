@@ -262,6 +262,10 @@ _METRICS = [
     # iterative magnitude pruning (sparsity.mode=imp): the round of every epoch, and each
     # round's record in the row of its last epoch (tracked at step = round)
     Metric("imp_round", EPOCH, "IMP round the epoch trained in (0: the start mask)", fmt="d"),
+    # strong lottery tickets (sparsity.mode=slt): the level of every epoch and the density of
+    # the subnetwork it computed with
+    Metric("slt_level", EPOCH, "SLT level the epoch trained in (0: the first)", fmt="d"),
+    Metric("slt_density", EPOCH, "density of the SLT subnetwork the epoch computed with"),
     Metric("round_test_acc", EPOCH, "test accuracy at the end of the IMP round", "higher",
            step=ROUND),
     Metric("round_test_loss", EPOCH, "test NLL at the end of the IMP round", "lower", step=ROUND),

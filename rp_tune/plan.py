@@ -24,7 +24,7 @@ from typing import Any
 from . import storage as store
 from .config import (
     DYNAMIC_KEYS,
-    IMP_KEYS,
+    MODE_KEYS,
     NOT_HASHED,
     SCHEME_OPTION_KEYS,
     ConfigError,
@@ -117,10 +117,13 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
         if flat.get("sparsity.mode", "static") == "static":
             for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
                 flat.pop(key, None)
-        if flat.get("sparsity.mode", "static") != "imp":
-            for key in IMP_KEYS:  # only IMP reads them: one trial, not several
-                flat.pop(key, None)
-        elif float(flat.get("sparsity.start_density", 1.0)) == 1.0:
+        mode = flat.get("sparsity.mode", "static")
+        own = MODE_KEYS.get(mode, ((), ""))[0]
+        for keys, _ in MODE_KEYS.values():
+            for key in keys:  # only their mode reads them: one trial, not several
+                if key not in own:
+                    flat.pop(key, None)
+        if own and float(flat.get("sparsity.start_density", 1.0)) == 1.0:
             flat["sparsity.scheme"] = "uniform"  # a dense start: no scheme shapes it
             for key in SCHEME_OPTION_KEYS:
                 flat.pop(key, None)
@@ -203,7 +206,7 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
         s = cfg.sparsity
         data_free = not SCHEMES[s.scheme].needs_model
         by_hand = s.layer_density or s.classifier_density is not None
-        density = s.start_density if s.mode == "imp" else s.density  # IMP draws its start
+        density = s.start_density if s.mode in ("imp", "slt") else s.density  # its start
         if density < 1.0 and ((data_free and not s.allow_empty_layers) or by_hand):
             key = (cfg.model.name, cfg.data.classes or 1000)
             if key not in specs:

@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import dst, imp, metrics
+from . import dst, imp, metrics, slt
 from .config import (
     ConfigError,
     TrialConfig,
@@ -344,6 +344,7 @@ class Trial:
     start_epoch: int = 0
     imp: imp.IterativePruning | None = None  # iterative magnitude pruning (sparsity.mode=imp)
     dataset: str = ""  # what it trains on, as JSON (`data.dataset_record`); rank 0 only
+    slt: slt.StrongTickets | None = None  # strong lottery tickets (sparsity.mode=slt)
 
     def autocast(self):
         """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
@@ -394,6 +395,12 @@ def run_trial(
     for epoch in range(trial.start_epoch, end):
         if trial.imp is not None:
             trial.imp.capture(epoch, trial.model, trial.masks)
+        if trial.slt is not None and trial.slt.level_for(epoch) != trial.slt.level:
+            # a level's counts, fresh momentum, and model selection within the level, so the
+            # best-validation epoch is one of the last level's, at the target density
+            trial.slt.start_level(trial.slt.level_for(epoch))
+            trial.optimizer.state.clear()
+            trial.best = {"val_acc": -1.0, "epoch": -1, "state": None}
         row = train_epoch(trial, epoch)
         row.update(validate(trial, epoch))
         if trial.imp is not None and trial.imp.is_round_end(epoch):
@@ -471,10 +478,18 @@ def setup(
             masks.density(),
             format_report(density_report(masks, model)),
         )
+    tickets = None
+    if sp.mode == "slt":  # before DDP wraps the model: it reduces only what needs a gradient
+        tickets = slt.StrongTickets(model, masks, sp.start_density, sp.density, sp.levels,
+                                    t.epochs, cfg.seed_of("init"))  # fmt: skip
     train_model = wrap_model(model) if wrap_model is not None else model
     if t.compile:
         train_model = torch.compile(train_model)
-    optimizer = make_optimizer(model, cfg)
+    if tickets is not None:  # only the scores train
+        optimizer = torch.optim.SGD(tickets.scores, lr=t.lr, momentum=t.momentum,
+                                    nesterov=t.nesterov, weight_decay=t.weight_decay)  # fmt: skip
+    else:
+        optimizer = make_optimizer(model, cfg)
     steps = data.steps
     pruning = None
     if sp.mode == "imp":
@@ -488,6 +503,8 @@ def setup(
         )
         # every round after the first replays the recipe from the rewind point
         schedule = lambda s: lr_factor(pruning.recipe_step(s, steps), steps, cfg)  # noqa: E731
+    elif tickets is not None:  # every level restarts the recipe's schedule
+        schedule = lambda s: lr_factor(tickets.recipe_step(s, steps), steps, cfg)  # noqa: E731
     else:
         schedule = lambda s: lr_factor(s, steps, cfg)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -510,7 +527,7 @@ def setup(
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
         normalize, masks, optimizer, scheduler, flow, dynamic, imp=pruning,
-        dataset=_dataset_json(cfg, data) if rank == 0 else "",
+        dataset=_dataset_json(cfg, data) if rank == 0 else "", slt=tickets,
     )  # fmt: skip
 
 
@@ -552,6 +569,8 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
         trial.dst.load_state_dict(state["dst"])
     if trial.imp is not None and state.get("imp"):
         trial.imp.load_state_dict(state["imp"])
+    if trial.slt is not None and state.get("slt"):
+        trial.slt.load_state_dict(state["slt"])
     log.info("resumed %s at epoch %d from %s", trial.key, trial.start_epoch, folder)
 
 
@@ -572,10 +591,15 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t.flow.after_backward(step)
+        if t.slt is not None:  # the scores' gradients from the weights' (straight-through)
+            t.slt.before_step()
         opt.step()
         lr_sum, steps = lr_sum + opt.param_groups[0]["lr"], steps + 1
         t.scheduler.step()
-        t.masks.apply_()
+        if t.slt is not None:  # the new top-k: w = w0 * subnetwork
+            t.slt.after_step()
+        else:
+            t.masks.apply_()
         if t.dst is not None:
             t.dst.after_step(step, opt)
         stats[0] += loss.detach().double() * len(y)
@@ -600,6 +624,9 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         row.update(t.dst.end_epoch(epoch))
     if t.imp is not None:
         row["imp_round"] = t.imp.round_of(epoch)[0]
+    if t.slt is not None:
+        t.masks.sync_from_bound()  # the subnetwork as the epoch ended, for its checkpoint
+        row["slt_level"], row["slt_density"] = t.slt.level, t.masks.density()
     return row
 
 
@@ -705,7 +732,8 @@ def _draw_masks(
     every rank.
     """
     s = cfg.sparsity
-    density = s.start_density if s.mode == "imp" else s.density  # IMP draws its start mask
+    # IMP draws its start mask, SLT its source
+    density = s.start_density if s.mode in ("imp", "slt") else s.density
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     specs = layer_specs(model)
@@ -918,6 +946,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
             "grad_flow": t.flow.state_dict(),
             **({"dst": t.dst.state_dict()} if t.dst is not None else {}),
             **({"imp": t.imp.state_dict()} if t.imp is not None else {}),
+            **({"slt": t.slt.state_dict()} if t.slt is not None else {}),
         },
         tmp / CHECKPOINT_FILE,
     )

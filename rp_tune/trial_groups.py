@@ -42,6 +42,12 @@ def group_refusal(cfg: TrialConfig) -> str | None:
             "and rewinds that member alone, between epochs the members would not share; "
             "IMP trials run alone"
         )
+    if cfg.sparsity.mode == "slt":
+        return (
+            "sparsity.mode=slt: each member trains its own scores through its own top-k of "
+            "frozen weights, which the fused model's one optimizer over weights does not hold; "
+            "strong lottery ticket trials run alone"
+        )
     if cfg.data.name == "imagenet":
         return (
             "data.name=imagenet: image folders stream through a DataLoader per trial, and "

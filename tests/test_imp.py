@@ -87,7 +87,9 @@ def test_bad_imp_values_are_refused_with_one_message(over, message):
 
 
 def test_imp_keys_without_imp_mode_are_refused():
-    with pytest.raises(ConfigError, match="only iterative magnitude pruning reads it"):
+    with pytest.raises(
+        ConfigError, match=r"only iterative magnitude pruning \(sparsity.mode='imp'\) reads it"
+    ):
         from_flat({"sparsity.mode": "dynamic", "sparsity.prune_fraction": 0.3})
 
 
