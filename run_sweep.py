@@ -7,6 +7,7 @@ Thin CLI over rp_tune.sweep: every config is expanded and validated before Ray s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
           f"{_with(argv, '--report')})")  # fmt: skip
     if summary.tracking_uri:
-        print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri, summary.path)}")
+        print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri, summary.mlflow_url)}")
     if summary.unfinished or summary.failed:
         print(f"continue it with: {resume_command(argv)}")
     print(summary.cost_line())
@@ -341,19 +342,11 @@ def _console(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def mlflow_ui_command(uri: str, sweep_path: str | None = None) -> str:
+def mlflow_ui_command(uri: str, link: str | None = None) -> str:
     """How to look at the runs: `mlflow ui` on a database, the address of a server; and the
-    URL of the sweep's trials compared (its saved view) where the store holds the sweep."""
+    URL of the sweep's trials compared (its saved view), where the sweep made one."""
     import shlex
 
-    link = None
-    if sweep_path is not None:
-        from rp_tune.tracking import comparison_link
-
-        try:
-            link = comparison_link(uri, sweep_path)
-        except Exception as e:  # a server down at the end: the runs are saved for --resume
-            logging.getLogger("rp_tune").warning("no MLflow comparison link (%s)", e)
     if uri.startswith(("http://", "https://")):
         return f"open {link or uri} (the sweep's trials compared, on its MLflow server)"
     where = f"the sweep's trials compared: {link}" if link else "http://127.0.0.1:5000"
@@ -388,8 +381,14 @@ def status(args: argparse.Namespace, name: str) -> int:
         return 2
     print(status_table(states))
     uri = _tracking_uri(args, path)
-    if uri is not None:
-        print(f"MLflow UI: {mlflow_ui_command(uri, path)}")
+    if uri is not None:  # the URL the sweep made (summary.json): no call to MLflow here
+        try:
+            link = json.loads(storage.read_text(storage.join(path, "summary.json"))).get(
+                "mlflow_url"
+            )
+        except (OSError, ValueError):  # not ended yet, or a summary of an earlier release
+            link = None
+        print(f"MLflow UI: {mlflow_ui_command(uri, link)}")
     c = counts(states)
     if holder is not None:
         print(f"running: {holder}")

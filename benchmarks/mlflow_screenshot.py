@@ -100,15 +100,29 @@ def serve(db: Path, port: int | None = None) -> Iterator[str]:
         proc.wait()
 
 
+# every row of the runs table (ag-grid): its cells by column id, across the pinned and
+# scrolled parts of the row
+TABLE_ROWS = """() => {
+  const rows = {};
+  for (const part of document.querySelectorAll('[row-index]')) {
+    const row = rows[part.getAttribute('row-index')] ??= {};
+    for (const cell of part.querySelectorAll('[col-id]'))
+      row[cell.getAttribute('col-id')] = cell.innerText.trim();
+  }
+  return Object.values(rows);
+}"""
+
+
 def open_page(
     url: str,
     expect: list[str],
     screenshot: Path | None = None,
     timeout_s: float = 90.0,
     size: tuple[int, int] = (1600, 1000),
-) -> str:
+) -> tuple[str, list[dict[str, str]]]:
     """Open `url` in a fresh Chromium profile, wait until every text of `expect` is on the
-    page, save a screenshot if asked; returns the page's text."""
+    page, save a screenshot if asked; returns the page's text and the runs table's rows
+    (`TABLE_ROWS`: [] where no table is shown)."""
     from playwright.sync_api import sync_playwright
 
     exe = chromium()
@@ -127,7 +141,7 @@ def open_page(
             page.wait_for_timeout(2000)  # the charts draw after their data arrives
             if screenshot is not None:
                 page.screenshot(path=str(screenshot))
-            return page.inner_text("body")
+            return page.inner_text("body"), page.evaluate(TABLE_ROWS)
         finally:
             browser.close()
 
@@ -158,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             open_page(link, names, Path(args.out))
             print(f"charts: {args.out}")
             if args.table_out:
-                open_page(link.replace("compareRunsMode=CHART", "compareRunsMode=TABLE"), names,
-                          Path(args.table_out))  # fmt: skip
+                table = link.replace("compareRunsMode=CHART", "compareRunsMode=TABLE")
+                open_page(table, names, Path(args.table_out), size=(2000, 1000))
                 print(f"table: {args.table_out}")
     return 0
 

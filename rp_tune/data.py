@@ -387,8 +387,9 @@ def integrity_manifest(cfg: DataConfig, seed: int = 0) -> dict[str, str]:
     CIFAR/SVHN: rp_tune's checksum manifest where the files were converted (`prepare`, test
     fixtures; the loader checks that one), else torchvision's own md5 constants (the loader
     checked the files against them). Image folders: the sorted relative paths with their
-    sizes (md5 of 1.28M ImageNet files would cost minutes per trial). Synthetic data: the
-    parameters that generate it (data seed, sizes, classes).
+    classes (md5 of 1.28M ImageNet files would cost minutes per trial; a listing, seconds).
+    Tiny ImageNet: the md5s of its decoded arrays and the digest of their sources. Synthetic
+    data: the parameters that generate it (data seed, sizes, classes).
     """
     name = cfg.name
     if name == "synthetic":
@@ -415,8 +416,7 @@ def integrity_manifest(cfg: DataConfig, seed: int = 0) -> dict[str, str]:
         return dict(sorted(json.loads(path.read_text()).items())) if path.is_file() else {}
     if name in ("imagenet", "imagenet_o"):
         top = local_data_root(cfg.root, name) / ENTRIES[name][0]
-        return {str(p.relative_to(top)): str(p.stat().st_size)
-                for p in sorted(top.rglob("*")) if p.is_file()}  # fmt: skip
+        return {str(p.relative_to(top)): p.parent.name for p in sorted(top.rglob("*.*"))}
     raise DataError(f"data.name={name!r} has no integrity manifest")
 
 

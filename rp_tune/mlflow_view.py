@@ -101,16 +101,17 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
         parallel
     ):  # every net a CIFAR ResNet: its name says no more than its depth and width
         parallel = [k for k in parallel if k != "model.name"]
+    n = len(configs)  # every trial on every chart, not MLflow's default 10 (or 100)
     charts = [
-        _scatter("rp_tune-test_acc-vs-density", "sparsity.density", "test_acc"),
+        _scatter("rp_tune-test_acc-vs-density", "sparsity.density", "test_acc", n),
         {
-            **_chart("rp_tune-parallel", "PARALLEL"),
+            **_chart("rp_tune-parallel", "PARALLEL", n),
             "selectedParams": [*parallel, "sparsity.scheme", "sparsity.density"],
             "selectedMetrics": ["test_acc"],
             "showAllRuns": True,
         },  # fmt: skip
         {
-            **_chart("rp_tune-val_acc", "LINE"),
+            **_chart("rp_tune-val_acc", "LINE", n),
             "metricKey": "val_acc",
             "selectedMetricKeys": ["val_acc"],
             "lineSmoothness": 0,
@@ -120,8 +121,8 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
             "useGlobalXaxisKey": False,
             "useGlobalLineSmoothing": False,
         },  # fmt: skip
-        _scatter("rp_tune-fgsm-vs-density", "sparsity.density", "fgsm_acc"),
-        _scatter("rp_tune-ece-vs-density", "sparsity.density", "test_ece"),
+        _scatter("rp_tune-fgsm-vs-density", "sparsity.density", "fgsm_acc", n),
+        _scatter("rp_tune-ece-vs-density", "sparsity.density", "test_ece", n),
     ]
     sections = [
         {"uuid": SECTION, "name": "rp_tune: trials compared", "display": True,
@@ -147,13 +148,13 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
     }
 
 
-def _chart(uuid: str, kind: str) -> dict[str, Any]:
-    return {"uuid": uuid, "type": kind, "runsCountToCompare": 100, "metricSectionId": SECTION,
-            "deleted": False, "isGenerated": False}  # fmt: skip
+def _chart(uuid: str, kind: str, runs: int) -> dict[str, Any]:
+    return {"uuid": uuid, "type": kind, "runsCountToCompare": max(100, runs),
+            "metricSectionId": SECTION, "deleted": False, "isGenerated": False}  # fmt: skip
 
 
-def _scatter(uuid: str, param: str, metric: str) -> dict[str, Any]:
-    return {**_chart(uuid, "SCATTER"), "xaxis": {"key": param, "type": "PARAM"},
+def _scatter(uuid: str, param: str, metric: str, runs: int) -> dict[str, Any]:
+    return {**_chart(uuid, "SCATTER", runs), "xaxis": {"key": param, "type": "PARAM"},
             "yaxis": {"key": metric, "type": "METRIC"}}  # fmt: skip
 
 

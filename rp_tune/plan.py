@@ -466,6 +466,7 @@ class SweepSummary:
     tracking_uri: str | None = None
     wall_seconds: float | None = None  # this driver's run of the sweep, start to end
     code: dict[str, Any] | None = None  # the commit and dirty flag (rp_tune.provenance)
+    mlflow_url: str | None = None  # the sweep's trials compared in the MLflow UI
 
     def cost_line(self) -> str:
         """One line of what the sweep cost: this run's wall-clock, the trials' training,
@@ -548,6 +549,7 @@ class SweepSummary:
                 "path": self.path,
                 "totals": self.totals(),
                 "code": {k: v for k, v in (self.code or {}).items() if k != "diff"},
+                "mlflow_url": self.mlflow_url,
                 "trials": [t.__dict__ for t in self.trials],
             },
             indent=1,

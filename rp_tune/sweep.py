@@ -867,11 +867,14 @@ def run_sweep(
             else None
         )
         if resume:
-            if log_weights:
-                log.warning(
-                    "--log-weights is set when a sweep starts and kept by --resume: this sweep "
-                    "keeps the setting it started with"
-                )
+            for flag, given in (("--log-weights", log_weights),
+                                ("--system-metrics", system_metrics != "auto")):  # fmt: skip
+                if given:
+                    log.warning(
+                        "%s is set when a sweep starts and kept by --resume: this sweep keeps "
+                        "the setting it started with",
+                        flag,
+                    )
             tuner = tune.Tuner.restore(
                 path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
@@ -956,7 +959,8 @@ def run_sweep(
                     "train_storage": train_storage,
                     "train_max_failures": train_max_failures,
                     "save_weights": log_weights,
-                    "system_metrics": system_metrics,
+                    # measured for MLflow: nothing to measure for without tracking
+                    "system_metrics": system_metrics if uri is not None else "off",
                     "fault": (
                         {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
                         if inject_fault_epoch
@@ -1035,6 +1039,7 @@ def run_sweep(
             tracking_uri=uri,
             wall_seconds=time.time() - started,
             code=code,
+            mlflow_url=tracker.link if tracker is not None else None,
         )
         if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
             store.write_text(store.join(path, CODE_DIFF_FILE), code["diff"])

@@ -101,6 +101,9 @@ class SweepTracker:
         self._runs: dict[str, str] = {}  # run_key -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._datasets: set[tuple[str, str]] = set()  # (run id, digest) logged as inputs
+        # the URL of the sweep's saved view, once the parent run is known (never a network
+        # call of its own: the driver prints it at the end whatever the server does)
+        self.link: str | None = None
         code = code_state()
         self.code_diff = code["diff"]  # an artifact of the parent run when the code is dirty
         self._tags = {
@@ -296,6 +299,7 @@ class SweepTracker:
                 tags = mlflow_view.view_tags(self.configs, self.sweep_path, self._parent_id)
                 for key, value in tags.items():
                     client.set_experiment_tag(exp, key, value)
+                self.link = comparison_url_at(self.tracking_uri, exp, self.sweep_path)
         return self._parent_id
 
     def _ensure_child(self, run_key: str, flat: dict[str, Any]) -> str:
@@ -535,8 +539,10 @@ class SystemMetrics:
     the driver's SQLite file, and its steps count samples, not epochs.
 
     GPUs: NVML numbers every GPU of the node and ignores CUDA_VISIBLE_DEVICES, so the monitor
-    keeps the GPUs Ray gave this worker (CUDA_VISIBLE_DEVICES), as gpu_0, gpu_1, ...; a GPU
-    shared by fractional trials reports the utilization of all of them.
+    keeps the GPUs this worker's CUDA sees (Ray sets CUDA_VISIBLE_DEVICES), matched by UUID
+    (`worker_gpus`), as gpu_0, gpu_1, ... in CUDA's order; a GPU shared by fractional trials
+    reports the utilization of all of them. A reading NVML refuses (power on some GPUs, MIG
+    slices) is dropped without a warning every sample.
     """
 
     def __init__(self, interval: float = 2.0) -> None:
@@ -592,19 +598,48 @@ def _gpu_monitor() -> Any:
     from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
     from mlflow.system_metrics.metrics.rocm_monitor import ROCMMonitor
 
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return None  # this worker sees no GPU
     for kind in (GPUMonitor, ROCMMonitor):
         try:
             monitor = kind()
         except Exception:  # no driver, no GPU, no pynvml/pyrsmi: no GPU metrics
             continue
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         handles = getattr(monitor, "gpu_handles", None)
-        if handles is not None and visible and all(v.strip().isdigit() for v in visible.split(",")):
-            idx = [int(v) for v in visible.split(",") if int(v) < len(handles)]
-            monitor.gpu_handles = [handles[i] for i in idx]
-            monitor.num_gpus = len(monitor.gpu_handles)
+        if handles is not None:  # NVIDIA: keep this worker's own, in CUDA's order
+            import pynvml
+
+            mine = worker_gpus(handles, pynvml.nvmlDeviceGetUUID, _cuda_uuids())
+            monitor.gpu_handles, monitor.num_gpus = mine, len(mine)
+            if not mine:
+                return None
+        # NVML refusals (no power reading, MIG) are dropped: one warning per sample otherwise
+        logging.getLogger(type(monitor).__module__).setLevel(logging.ERROR)
         return monitor
     return None
+
+
+def worker_gpus(handles: list[Any], uuid_of: Any, cuda_uuids: list[str]) -> list[Any]:
+    """The NVML handles of the GPUs this process's CUDA sees, in CUDA's order, matched by
+    UUID (NVML's "GPU-<uuid>", CUDA's "<uuid>"); all of them where CUDA names none."""
+    if not cuda_uuids:
+        return list(handles)
+    by_uuid = {}
+    for h in handles:
+        u = uuid_of(h)
+        u = u.decode() if isinstance(u, bytes) else str(u)
+        by_uuid[u.removeprefix("GPU-").removeprefix("MIG-")] = h
+    return [by_uuid[u] for u in cuda_uuids if u in by_uuid]
+
+
+def _cuda_uuids() -> list[str]:
+    """The UUIDs of the GPUs torch's CUDA sees in this process ([] without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [str(torch.cuda.get_device_properties(i).uuid) for i in
+            range(torch.cuda.device_count())]  # fmt: skip
 
 
 def system_metrics_on(setting: str, device_type: str) -> bool:
@@ -668,18 +703,24 @@ def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | No
     return None
 
 
-def comparison_link(uri: str, sweep_path: str) -> str | None:
+def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:
     """The URL of the sweep's saved comparison view (`rp_tune.mlflow_view`): on the server at
-    `uri`, or, for a database, on `mlflow ui`'s default address; None when the store holds no
-    parent run of the sweep."""
+    `uri`, or, for a database, on `mlflow ui`'s default address."""
+    base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return mlflow_view.comparison_url(base, experiment_id, sweep_path)
+
+
+def comparison_link(uri: str, sweep_path: str) -> str | None:
+    """`comparison_url_at` for the sweep's parent run found in the store at `uri` (a query:
+    for tests and tools; the sweep keeps the URL it made in its summary.json); None when the
+    store holds no parent run of the sweep."""
     from mlflow.tracking import MlflowClient
 
     parent = find_parent_run(MlflowClient(uri), sweep_path)
     if parent is None:
         return None
     experiment = MlflowClient(uri).get_run(parent).info.experiment_id
-    base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return mlflow_view.comparison_url(base, experiment, sweep_path)
+    return comparison_url_at(uri, experiment, sweep_path)
 
 
 def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:

@@ -542,7 +542,11 @@ def _dataset_json(cfg: TrialConfig, data: _Data) -> str:
 
     sizes = {"train": examples(data.train), "val": examples(data.val),
              "test": examples(data.test_full)}  # fmt: skip
-    record = dataset_record(cfg.data, cfg.seed_of("data"), sizes, data.num_classes)
+    try:  # what trackers show; never a reason for a trial to fail
+        record = dataset_record(cfg.data, cfg.seed_of("data"), sizes, data.num_classes)
+    except Exception as e:
+        log.warning("no dataset record for %s (%s: %s)", cfg.data.name, type(e).__name__, e)
+        return ""
     return json.dumps(record, sort_keys=True)
 
 

@@ -50,10 +50,12 @@ def s3_bucket(monkeypatch):
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """`run_sweep.py --space smoke`, run once per test session as a user runs it (starts its
-    own Ray): its results root and the finished command. The sweep test goes on to extend it;
-    the MLflow browser test opens its comparison view."""
+    own Ray), with the workers' system metrics on (off by default on a CPU): its results root
+    and the finished command. The sweep test goes on to extend it; the MLflow browser test
+    opens its comparison view."""
     from tests.helpers import cli
 
     root = tmp_path_factory.mktemp("smoke") / "res"
-    run = cli("--space", "smoke", "--storage", str(root), "--num-cpus", "2")
+    run = cli("--space", "smoke", "--storage", str(root), "--num-cpus", "2",
+              "--system-metrics", "on")  # fmt: skip
     return types.SimpleNamespace(root=root, run=run)

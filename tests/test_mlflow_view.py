@@ -99,6 +99,7 @@ def test_the_tracker_writes_the_view_colours_depth_width_and_the_dataset_input_o
     assert not parent.data.metrics
     link = comparison_link(uri, sweep)
     assert link == mlflow_view.comparison_url("http://127.0.0.1:5000", exp.experiment_id, sweep)
+    assert t.link == link  # what the sweep prints and keeps in summary.json, made once
     assert comparison_link(uri, str(tmp_path / "no-such-sweep")) is None
 
 
@@ -117,3 +118,15 @@ def test_system_metrics_are_mlflows_monitors_averaged_per_epoch():
     assert system_metrics_on("on", "cpu") and not system_metrics_on("off", "cuda")
     with pytest.raises(ValueError, match="valid: 'auto', 'on', 'off'"):
         system_metrics_on("yes", "cpu")
+
+
+def test_a_workers_gpus_are_its_own_cudas_in_cudas_order():
+    """NVML lists every GPU of the node; the trial's are those its CUDA sees (Ray's
+    CUDA_VISIBLE_DEVICES), matched by UUID whatever the numbering, in CUDA's order."""
+    from rp_tune.tracking import worker_gpus
+
+    handles = ["h0", "h1", "h2", "h3"]
+    uuids = {"h0": b"GPU-aaa", "h1": "GPU-bbb", "h2": "GPU-ccc", "h3": "GPU-ddd"}
+    assert worker_gpus(handles, uuids.get, ["ccc", "aaa"]) == ["h2", "h0"]
+    assert worker_gpus(handles, uuids.get, []) == handles  # CUDA names none: all
+    assert worker_gpus(handles, uuids.get, ["zzz"]) == []

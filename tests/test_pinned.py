@@ -70,7 +70,7 @@ PINNED = {
         [1.557281732559204, 0.8394423382622855],
         0.46875,
         2369.994329677993,
-        "ac4283aa4c5c4722",
+        None,  # rewired by gradients: pinned by counts and changes (module docstring)
         [6423, 280],
         0.28340227507755944,
     ),

@@ -267,12 +267,15 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
     assert any(" done, " in ln and "ETA" in ln for ln in lines)
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout
     assert "the sweep's trials compared: http://127.0.0.1:5000/#/experiments/" in r.stdout
+    url = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())["mlflow_url"]
+    assert url and url in r.stdout
     assert "TrainingReport(" not in r.stdout + r.stderr and "Trial status" not in r.stdout
     assert "(raylet)" not in r.stdout + r.stderr  # Ray's worker-startup warning is not ours
     assert len(lines) < 40 + N_SMOKE, r.stdout
     assert (tmp_path / "res" / "smoke" / "driver.log").stat().st_size > 0
     status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
     assert status.returncode == 0 and f"finished: {N_SMOKE}" in status.stdout, status.stderr
+    assert url in status.stdout  # from summary.json: --status asks MLflow nothing
     summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
     assert {t["status"] for t in summary["trials"]} == {"finished"}
     for t in summary["trials"]:
@@ -302,6 +305,10 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
             tags = run.data.tags
             assert tags["rp_tune.env_gpu"] == "cpu" and "rp_tune.env_torch" in tags
             assert run.data.metrics["wall_seconds"] > run.data.metrics["train_seconds"] > 0
+            # --system-metrics on: MLflow's monitors, one mean per epoch; the dataset input
+            cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+            assert [m.step for m in cpu] == [1, 2] and all(0 <= m.value <= 100 for m in cpu)
+            assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["synthetic"]
         else:
             assert float(run.data.tags["total_train_seconds"]) > 0 and not run.data.metrics
     # the report: one Parquet row per trial, figures on disk

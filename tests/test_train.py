@@ -470,8 +470,8 @@ def test_the_first_row_of_each_run_says_what_it_trains_on(cifar_root, tmp_path):
 
 
 def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root, tmp_path):
-    """Issue 19's slip, for the validation values: epoch e's val_loss and val_acc are those of
-    the weights epoch e ended with (its checkpoint), not of the next epoch's; its
+    """Issue 19's slip, for the validation values: epoch e's val_loss, val_acc and val_ece are
+    those of the weights epoch e ended with (its checkpoint), not of the next epoch's; its
     images_per_second is its own images over its own seconds."""
     from rp_tune.train import evaluate, setup
 
@@ -483,9 +483,10 @@ def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root
         state = torch.load(folder / "state.pt", weights_only=False)
         trial.model.load_state_dict(state["model"])
         val = evaluate(trial.model, trial.normalize, trial.data.val, trial.device, True,
-                       trial.autocast)  # fmt: skip
+                       trial.autocast, with_ece=True)  # fmt: skip
         assert row["val_acc"] == pytest.approx(val["acc"], abs=1e-12)
         assert row["val_loss"] == pytest.approx(val["loss"], rel=1e-6)
+        assert row["val_ece"] == pytest.approx(val["ece"], rel=1e-6)
         assert row["images_per_second"] == pytest.approx(180 // 20 * 20 / row["epoch_seconds"])
 
 
