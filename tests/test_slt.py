@@ -136,3 +136,21 @@ def test_an_slt_trial_is_named_by_its_source():
     assert "-er0.5-slt-d0.1-" in run_key(_cfg())
     dense_source = _cfg(**{"sparsity.start_density": 1.0})
     assert "-dense-slt-d0.1-" in run_key(dense_source)
+
+
+def test_the_slt_space_pairs_each_source_with_its_targets_and_its_smoke_trains(tmp_path):
+    from rp_tune.plan import expand_space
+
+    full = expand_space("slt_sparse_to_sparse")
+    pairs = {(c.sparsity.start_density, c.sparsity.density) for c in full}
+    assert pairs == {(0.5, 0.2), (0.5, 0.1), (0.5, 0.05), (0.5, 0.01), (0.3, 0.1),
+                     (0.2, 0.05), (1.0, 0.2), (1.0, 0.1), (1.0, 0.05), (1.0, 0.01)}  # fmt: skip
+    assert len(full) == 10 * 2 * 3 and all(c.total_epochs == 500 for c in full)
+    assert {c.model.name for c in full} == {"cifar_resnet18", "vgg16_bn"}
+    smoke = expand_space("slt_sparse_to_sparse", smoke=True)
+    assert len(smoke) == 4 and len({run_key(c) for c in smoke}) == 4
+    for i, cfg in enumerate(smoke):
+        r = run_trial(cfg, tmp_path / str(i))
+        assert r["epoch"] == 2 and r["achieved_density"] == pytest.approx(
+            cfg.sparsity.density, abs=1e-3
+        )
