@@ -79,7 +79,8 @@ SAMPLINGS = ("exact", "bernoulli")
 # static: a fixed mask; dynamic: drop-and-grow (SET / RigL); imp: iterative magnitude pruning
 # inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4); slt: strong lottery
 # tickets (edge-popup) inside a random source mask, weights never trained (ibid., Sec. 5)
-MODES = ("static", "dynamic", "imp", "slt")
+# granet: gradual magnitude pruning with regrowth from a random source (ibid., Sec. 4)
+MODES = ("static", "dynamic", "imp", "slt", "granet")
 PRUNE_SCOPES = ("global", "layer")
 MAX_IMP_ROUNDS = 100  # each a full training run: more is a typo in prune_fraction
 GROWTHS = ("random", "gradient")
@@ -102,8 +103,12 @@ IMP_KEYS = (
 # Keys that only matter for strong lottery tickets (the source density is start_density).
 SLT_KEYS = ("sparsity.start_density", "sparsity.levels")
 # the sparse-to-sparse modes and what each reads (the mode's name in messages)
+# Keys that only matter for GraNet (it reads dynamic sparse training's rate keys too).
+GRANET_KEYS = ("sparsity.start_density", "sparsity.prune_start", "sparsity.prune_end",
+               "sparsity.regrow_in_source")  # fmt: skip
 MODE_KEYS = {"imp": (IMP_KEYS, "iterative magnitude pruning"),
-             "slt": (SLT_KEYS, "strong lottery tickets")}  # fmt: skip
+             "slt": (SLT_KEYS, "strong lottery tickets"),
+             "granet": (GRANET_KEYS, "GraNet")}  # fmt: skip
 # Keys that only shape a sparse plan (dropped at density 1.0: a dense net is one trial).
 SCHEME_OPTION_KEYS = (
     "sparsity.fc_density",
@@ -213,6 +218,12 @@ class SparsityConfig:
     # slt: scores trained inside a random source mask at `start_density` (1.0: a dense
     # source), the density annealed to `density` in `levels` levels of train.epochs each
     levels: int = 5  # Gadhikar et al.'s code: 5
+    # granet: from a random source at `start_density`, magnitude pruning to `density` on the
+    # cubic schedule between these fractions of training (Gadhikar et al.: epochs 0 to 110 of
+    # 160), and drop-and-regrow by gradient every update_frequency steps all run long
+    prune_start: float = 0.0
+    prune_end: float = 0.6875
+    regrow_in_source: bool = False  # True: regrow only at the source's positions
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -267,6 +278,8 @@ class SparsityConfig:
             self._check_imp()
         elif self.mode == "slt":
             self._check_slt()
+        elif self.mode == "granet":
+            self._check_granet()
         own = MODE_KEYS.get(self.mode, ((), ""))[0]
         for key in dict.fromkeys(k for keys, _ in MODE_KEYS.values() for k in keys):
             name = key.split(".", 1)[1]
@@ -319,6 +332,29 @@ class SparsityConfig:
         if not isinstance(self.levels, int) or self.levels < 1:
             _fail("sparsity.levels", self.levels, "an integer >= 1 (Gadhikar et al.: 5)")
         self._refuse_dynamic_keys("slt", "strong lottery tickets train scores, never weights")
+
+    def _check_granet(self) -> None:
+        """GraNet: the target below the source, its schedule inside training, its own
+        regrowth (by gradient, on its cosine over the whole run)."""
+        self._check_below_start("GraNet prunes")
+        if not 0.0 <= self.prune_start < self.prune_end <= 1.0:
+            raise ConfigError(
+                f"sparsity.prune_start={self.prune_start!r}, sparsity.prune_end="
+                f"{self.prune_end!r}: GraNet's pruning must start at or after the start of "
+                "training and end before or at its end; valid: 0 <= prune_start < prune_end "
+                "<= 1 (fractions of training)"
+            )
+        for key, why in (("growth", "GraNet regrows by gradient (SET's random growth is "
+                          "sparsity.mode='dynamic')"),
+                         ("drop_schedule", "GraNet's drop fraction follows its own cosine "
+                          "from death_rate to death_rate_final over the whole run"),
+                         ("stop_at", "GraNet updates the mask all run long")):  # fmt: skip
+            default = SparsityConfig.__dataclass_fields__[key].default
+            if getattr(self, key) != default:
+                raise ConfigError(
+                    f"sparsity.{key}={getattr(self, key)!r} with sparsity.mode='granet': "
+                    f"{why}; leave it at {default!r}"
+                )
 
     def _refuse_dynamic_keys(self, mode: str, why: str) -> None:
         changed = [
@@ -730,7 +766,7 @@ def run_key(cfg: TrialConfig) -> str:
     scheme = "dense" if s.density == 1.0 else s.scheme
     if s.mode == "dynamic" and s.density < 1.0:
         scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
-    if s.mode in ("imp", "slt"):  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: from ER at 0.5
+    if s.mode in MODE_KEYS:  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: from ER at 0.5
         start = "dense" if s.start_density == 1.0 else f"{s.scheme}{s.start_density:g}"
         scheme = f"{start}-{s.mode}"
     seeds = f"s{cfg.seed}" + "".join(  # s0m3: seed 0, mask seed 3

@@ -81,10 +81,14 @@ def update_masks_(
     growth: str,
     generator: torch.Generator | None = None,
     momenta: Sequence[torch.Tensor | None] | None = None,
+    allowed: Sequence[torch.Tensor] | None = None,
+    rounding: str = "floor",
 ) -> UpdateStats:
     """Drop-and-grow in place on float masks (1 kept, 0 pruned); weights, momenta updated.
 
     weights/masks/grads/momenta are parallel per layer; masks live on the weights' device.
+    allowed: per layer, the bool positions a weight may be regrown at (None: anywhere).
+    rounding: drop floor(rate k) weights of a layer's k (RigL) or ceil(rate k) (GraNet).
     """
     if growth not in GROWTHS:
         raise ValueError(f"unknown growth {growth!r}; valid choices: {GROWTHS}")
@@ -96,7 +100,11 @@ def update_masks_(
         k = int(kept.sum())
         # RigL drops floor(r k); a layer with no inactive position (dense under ERK at low
         # density) is left alone
-        n = min(int(rate * k), k, kept.numel() - k)
+        dropped = math.ceil(rate * k) if rounding == "ceil" else int(rate * k)
+        room = kept.numel() - k
+        if allowed is not None:  # regrowth only where allowed: as many as it can hold
+            room = int((allowed[i].contiguous().view(-1).to(kept.device) & ~kept).sum())
+        n = min(dropped, k, room)
         if n == 0:
             per_layer.append(0)
             continue
@@ -105,7 +113,10 @@ def update_masks_(
         drop = torch.topk(mag, n, largest=False, sorted=False).indices
         after_drop = kept.clone()
         after_drop[drop] = False
-        inactive = (~after_drop).nonzero().squeeze(1)  # grow candidates, just-dropped included
+        candidates = ~after_drop
+        if allowed is not None:
+            candidates &= allowed[i].contiguous().view(-1).to(kept.device)
+        inactive = candidates.nonzero().squeeze(1)  # grow candidates, just-dropped included
         # grow n among every position inactive after the drop
         if growth == "random":
             device = generator.device if generator is not None else torch.device("cpu")

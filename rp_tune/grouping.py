@@ -47,7 +47,7 @@ def line_label(row: dict[str, Any]) -> str:
     +imp for iterative magnitude pruning ("dense+imp" from a dense start, "er+imp" from ER)."""
     if float(row["sparsity.density"]) == 1.0:
         return "dense"
-    if row.get("sparsity.mode") in ("imp", "slt"):  # from a dense or a random start
+    if row.get("sparsity.mode") in ("imp", "slt", "granet"):  # from a dense or random start
         start = float(row.get("sparsity.start_density", 1.0))
         return f"{'dense' if start == 1.0 else row['sparsity.scheme']}+{row['sparsity.mode']}"
     if row.get("sparsity.mode") == "dynamic":

@@ -22,6 +22,7 @@ GRAD_FLOW_FILE = "grad_flow.csv"
 WEIGHTS_FILE = "final_weights.pt"
 IMP_MASKS_DIR = "imp_masks"
 IMP_ROUNDS_FILE = "imp_rounds.csv"
+GRANET_UPDATES_FILE = "granet_updates.csv"  # GraNet: step, density after every mask update
 # what checkpoints of releases before the artifacts folder kept at their top
 LEGACY_ARTIFACTS = (MASKS_FILE, HISTORY_FILE, GRAD_FLOW_FILE)
 

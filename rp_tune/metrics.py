@@ -266,6 +266,7 @@ _METRICS = [
     # the subnetwork it computed with
     Metric("slt_level", EPOCH, "SLT level the epoch trained in (0: the first)", fmt="d"),
     Metric("slt_density", EPOCH, "density of the SLT subnetwork the epoch computed with"),
+    Metric("granet_density", EPOCH, "density of the GraNet mask at the end of the epoch"),
     Metric("round_test_acc", EPOCH, "test accuracy at the end of the IMP round", "higher",
            step=ROUND),
     Metric("round_test_loss", EPOCH, "test NLL at the end of the IMP round", "lower", step=ROUND),

@@ -206,7 +206,7 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
         s = cfg.sparsity
         data_free = not SCHEMES[s.scheme].needs_model
         by_hand = s.layer_density or s.classifier_density is not None
-        density = s.start_density if s.mode in ("imp", "slt") else s.density  # its start
+        density = s.start_density if s.mode in MODE_KEYS else s.density  # its start
         if density < 1.0 and ((data_free and not s.allow_empty_layers) or by_hand):
             key = (cfg.model.name, cfg.data.classes or 1000)
             if key not in specs:

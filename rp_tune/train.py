@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import dst, imp, metrics, slt
+from . import dst, granet, imp, metrics, slt
 from .config import (
     ConfigError,
     TrialConfig,
@@ -69,6 +69,7 @@ from .layout import (
     CHECKPOINT_FILE,
     DENSITY_REPORT_FILE,
     GRAD_FLOW_FILE,
+    GRANET_UPDATES_FILE,
     HISTORY_FILE,
     IMP_MASKS_DIR,
     IMP_ROUNDS_FILE,
@@ -511,18 +512,18 @@ def setup(
     weights, float_masks = masks.bound()
     flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
     dynamic = None
-    if sp.mode == "dynamic" and sp.density < 1.0:
+    rewiring = dict(update_frequency=sp.update_frequency, initial_rate=sp.death_rate,
+                    final_rate=sp.death_rate_final, total_steps=t.epochs * steps,
+                    steps_per_epoch=steps, seed=cfg.seed_of("mask"))  # fmt: skip
+    if sp.mode == "granet":  # gradual pruning from the source, drop-and-regrow all run long
+        dynamic = granet.GradualPruning(
+            masks, start_density=sp.start_density, final_density=sp.density,
+            prune_start=sp.prune_start, prune_end=sp.prune_end,
+            regrow_in_source=sp.regrow_in_source, **rewiring,
+        )  # fmt: skip
+    elif sp.mode == "dynamic" and sp.density < 1.0:
         dynamic = dst.DynamicSparsity(
-            masks,
-            growth=sp.growth,
-            update_frequency=sp.update_frequency,
-            initial_rate=sp.death_rate,
-            final_rate=sp.death_rate_final,
-            schedule=sp.drop_schedule,
-            stop_at=sp.stop_at,
-            total_steps=t.epochs * steps,
-            steps_per_epoch=steps,
-            seed=cfg.seed_of("mask"),
+            masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at, **rewiring
         )
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
@@ -737,7 +738,7 @@ def _draw_masks(
     """
     s = cfg.sparsity
     # IMP draws its start mask, SLT its source
-    density = s.start_density if s.mode in ("imp", "slt") else s.density
+    density = s.start_density if s.mode in ("imp", "slt", "granet") else s.density
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     specs = layer_specs(model)
@@ -961,6 +962,10 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
     (art / GRAD_FLOW_FILE).write_text(
         "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.flow.history)
     )
+    if isinstance(t.dst, granet.GradualPruning):  # the density after every update
+        (art / GRANET_UPDATES_FILE).write_text(
+            "step,density\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.dst.densities)
+        )
     if t.imp is not None:  # the mask every round trained with, and the rounds' records
         (art / IMP_MASKS_DIR).mkdir()
         for r in range(len(t.imp.round_masks)):

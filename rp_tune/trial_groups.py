@@ -30,11 +30,11 @@ def group_refusal(cfg: TrialConfig) -> str | None:
             "process, and DDP over a fused model would all-reduce every member's gradients "
             "as one; DDP trials run alone"
         )
-    if cfg.sparsity.mode == "dynamic" and cfg.sparsity.density < 1.0:
+    if cfg.sparsity.mode in ("dynamic", "granet") and cfg.sparsity.density < 1.0:
         return (
-            "sparsity.mode=dynamic: SET/RigL drop and regrow each layer's weights from that "
-            "member's own magnitudes, gradients and momentum, which a fused model holds as one "
-            "tensor per layer; dynamic sparse trials run alone"
+            f"sparsity.mode={cfg.sparsity.mode}: SET/RigL and GraNet drop and regrow each "
+            "layer's weights from that member's own magnitudes, gradients and momentum, which "
+            "a fused model holds as one tensor per layer; dynamic sparse trials run alone"
         )
     if cfg.sparsity.mode == "imp":
         return (

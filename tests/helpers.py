@@ -57,6 +57,21 @@ def write_tiny_imagenet(
     return folder
 
 
+# a trial of seconds on the CPU, exact on reruns: ResNet-8 on the synthetic data, fp32,
+# deterministic; the sparse-to-sparse tests add their mode's keys
+QUICK_TRIAL = {
+    "model.name": "cifar_resnet_8",
+    "data.name": "synthetic",
+    "data.synthetic_train": 256,
+    "train.batch_size": 32,
+    "train.deterministic": True,
+    "train.precision": "fp32",
+    "evaluation.ood_sets": ["gaussian"],
+    "evaluation.fgsm": False,
+    "resources.gpus_per_worker": 0,
+}
+
+
 def mlflow_runs(client, exp_name):
     """(sweep parent runs, trial child runs) of an experiment."""
     exp = client.get_experiment_by_name(exp_name)

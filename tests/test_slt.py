@@ -11,11 +11,10 @@ from rp_tune.models import build_model, prunable_layers
 from rp_tune.seeds import derived_seed
 from rp_tune.slt import level_densities
 from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from tests.helpers import QUICK_TRIAL
 
 SLT = {
-    "model.name": "cifar_resnet_8",
-    "data.name": "synthetic",
-    "data.synthetic_train": 256,
+    **QUICK_TRIAL,
     "data.synthetic_test": 128,
     "sparsity.scheme": "er",
     "sparsity.mode": "slt",
@@ -23,14 +22,8 @@ SLT = {
     "sparsity.density": 0.1,
     "sparsity.levels": 3,
     "train.epochs": 2,
-    "train.batch_size": 32,
     "train.lr": 0.1,
     "train.milestones": (1,),
-    "train.deterministic": True,
-    "train.precision": "fp32",
-    "evaluation.ood_sets": ["gaussian"],
-    "evaluation.fgsm": False,
-    "resources.gpus_per_worker": 0,
 }
 
 

@@ -568,3 +568,17 @@ def test_evaluate_refuses_what_it_cannot_do_and_creates_nothing(tmp_path, capsys
               "--set", "train.epochs=3")  # fmt: skip
     assert r.returncode == 2 and "are not evaluation.* keys" in r.stderr
     assert not res.exists()
+
+
+def test_the_ratio_comparison_of_gadhikar_et_al_covers_its_three_data_sets():
+    cfgs = expand_space("gadhikar_ratios")
+    by_data = {}
+    for c in cfgs:
+        by_data.setdefault(c.data.name, set()).add(c.model.name)
+    assert by_data == {"cifar10": {"cifar_resnet18", "vgg16_bn"},
+                       "cifar100": {"cifar_resnet18", "vgg16_bn"},
+                       "tinyimagenet": {"tiny_resnet50"}}  # fmt: skip
+    sparse = [c for c in cfgs if c.sparsity.density < 1.0]
+    assert {c.sparsity.scheme for c in sparse} == {"uniform", "erk", "balanced", "pyramidal"}
+    assert len(sparse) == 5 * 4 * 4 * 3 and len(cfgs) == len(sparse) + 5 * 3  # + dense nets
+    assert len(expand_space("gadhikar_ratios", smoke=True)) == 4

@@ -1,0 +1,120 @@
+"""Gradual pruning with regrowth inside a random source mask (sparsity.mode=granet; GraNet of
+Liu et al., NeurIPS 2021, started sparse as Gadhikar et al., ICML 2023, Sec. 4 run it).
+
+From a random source mask at density d_i (`start_density`, the scheme's layer ratios), every
+`update_frequency` steps:
+
+1. between the steps t_0 = prune_start x T and t_1 = prune_end x T (T: the run's steps), the
+   global magnitude pruning of Zhu and Gupta (2017): exactly round(d_t N) of the N masked
+   weights stay, the largest |w| among those kept,
+       d_t = d_f + (d_i - d_f) (1 - (t - t_0) / (t_1 - t_0))^3,
+   reaching d_f (`density`) at the first update at or after t_1;
+2. at every update of the whole run, GraNet's regeneration, per layer: drop ceil(r k) of its k
+   kept weights with the smallest |w| and regrow as many inactive positions with the largest
+   |gradient| of the current batch, regrown weights and their momentum at 0, so each layer's
+   count is exact; r decays by cosine from `death_rate` (0.5) to `death_rate_final` (0.005)
+   over the run. Regrowth may pick any position, as Gadhikar et al.'s code does (the source
+   sets the start), or, with `regrow_in_source`, only the source's positions (the strict
+   sparse-to-sparse reading: the mask then never leaves the source).
+
+The drop-and-grow is `rp_tune.dst`'s (exact counts, ITOP rate, the update log); this adds
+the gradual pruning before it and logs each update's density.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import dst
+from .imp import prune_by_magnitude
+
+
+def cubic_density(step: int, start: int, end: int, initial: float, final: float) -> float:
+    """d_t = d_f + (d_i - d_f)(1 - (t - t_0)/(t_1 - t_0))^3 for t in [t_0, t_1]; d_i before,
+    d_f after (Zhu and Gupta 2017)."""
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    return final + (initial - final) * (1.0 - (step - start) / (end - start)) ** 3
+
+
+class GradualPruning(dst.DynamicSparsity):
+    """GraNet's state, called by the training loop as dynamic sparse training is."""
+
+    def __init__(
+        self,
+        masks: Any,
+        *,
+        start_density: float,
+        final_density: float,
+        prune_start: float,
+        prune_end: float,
+        regrow_in_source: bool,
+        **dynamic: Any,
+    ) -> None:
+        super().__init__(masks, growth="gradient", schedule="cosine_whole_run", stop_at=1.0,
+                         **dynamic)  # fmt: skip
+        self.initial_density, self.final_density = start_density, final_density
+        self.start_step = int(prune_start * self.total_steps)
+        self.end_step = int(prune_end * self.total_steps)
+        self.total = sum(int(f.numel()) for f in self.float_masks)
+        self.source = [f.detach() > 0 for f in self.float_masks] if regrow_in_source else None
+        self.densities: list[list[float]] = []  # [[step, density after the update], ...]
+
+    def target(self, step: int) -> int:
+        """Weights kept after the pruning of `step`: round(d_t N)."""
+        d = cubic_density(step, self.start_step, self.end_step, self.initial_density,
+                          self.final_density)  # fmt: skip
+        return round(d * self.total)
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if not dst.is_update_step(step, self.frequency, self.total_steps, 1.0, self.schedule):
+            return
+        names = list(self.masks.masks)
+        kept = sum(int((f > 0).sum()) for f in self.float_masks)
+        keep = self.target(step)
+        if keep < kept:  # the cubic schedule's pruning; the first update from t_1 on: d_f
+            with torch.no_grad():
+                new = prune_by_magnitude(
+                    dict(zip(names, self.weights)),
+                    {n: f.detach() > 0 for n, f in zip(names, self.float_masks)},
+                    keep,
+                )
+                for n, w, f in zip(names, self.weights, self.float_masks):
+                    m = new[n].to(f.device).view(f.shape).to(f.dtype)
+                    f.copy_(m)
+                    w.mul_(m.view(w.shape))
+                    buf = optimizer.state.get(w, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(m.view(buf.shape))
+        rate = dst.death_rate(step, self.total_steps, self.initial, self.final,
+                              schedule=self.schedule, stop_at=1.0)  # fmt: skip
+        momenta = [optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
+        upd = dst.update_masks_(self.weights, self.float_masks, [w.grad for w in self.weights],
+                                rate, "gradient", None, momenta, allowed=self.source,
+                                rounding="ceil")  # fmt: skip
+        for e, f in zip(self.ever, self.float_masks):
+            e |= f.detach() > 0
+        self.updates.append([step, rate, upd.changed])
+        density = sum(int((f > 0).sum()) for f in self.float_masks) / self.total
+        self.densities.append([step, density])
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        out = super().end_epoch(epoch)
+        out["granet_density"] = self.masks.density()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        source = None if self.source is None else [s.cpu() for s in self.source]
+        return {**super().state_dict(), "densities": [list(d) for d in self.densities],
+                "source": source}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.densities = [list(d) for d in state.get("densities", [])]
+        if state.get("source") is not None:
+            device = self.weights[0].device
+            self.source = [s.to(device) for s in state["source"]]

@@ -1,0 +1,124 @@
+"""GraNet inside a random source (sparsity.mode=granet): the cubic schedule's density at every
+update exactly, regrowth kept inside the source when asked, exact resume mid-schedule."""
+
+import pytest
+import torch
+
+from rp_tune.config import ConfigError, from_flat, run_key
+from rp_tune.granet import cubic_density
+from rp_tune.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
+from rp_tune.masks import Masks
+from rp_tune.train import latest_checkpoint, run_trial
+from tests.helpers import QUICK_TRIAL
+
+GRANET = {
+    **QUICK_TRIAL,
+    "data.synthetic_test": 64,
+    "sparsity.scheme": "er",
+    "sparsity.mode": "granet",
+    "sparsity.start_density": 0.5,
+    "sparsity.density": 0.1,
+    "sparsity.update_frequency": 2,
+    "sparsity.prune_end": 0.75,
+    "train.epochs": 3,
+}
+
+
+def _cfg(**over):
+    return from_flat({**GRANET, **over})
+
+
+def test_the_cubic_schedule_of_zhu_and_gupta():
+    assert cubic_density(0, 10, 50, 0.5, 0.1) == 0.5
+    assert cubic_density(50, 10, 50, 0.5, 0.1) == 0.1 == cubic_density(90, 10, 50, 0.5, 0.1)
+    assert cubic_density(30, 10, 50, 0.5, 0.1) == pytest.approx(0.1 + 0.4 * 0.5**3)
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_every_update_hits_the_schedules_density_exactly(tmp_path, inside):
+    cfg = _cfg(**{"sparsity.regrow_in_source": inside})
+    r = run_trial(cfg, tmp_path)
+    state = torch.load(latest_checkpoint(tmp_path) / CHECKPOINT_FILE, weights_only=False)
+    source = Masks.load(tmp_path / "masks.parquet")  # drawn at setup: ER at 0.5
+    total = source.total()
+    assert sum(source.kept().values()) == round(0.5 * total)
+    steps = 3 * (230 // 32)  # 230 training images (10% held out), 7 full batches an epoch
+    end = int(0.75 * steps)
+    log = state["dst"]["densities"]
+    assert [s for s, _ in log] == list(range(2, steps, 2))  # every update_frequency steps
+    for step, density in log:  # after each update: the schedule's count, exactly
+        expected = round(cubic_density(step, 0, end, 0.5, 0.1) * total) if step <= end else (
+            round(0.1 * total))  # fmt: skip
+        assert round(density * total) == expected, step
+    final = Masks.load(latest_checkpoint(tmp_path) / ARTIFACTS_DIR / "masks.parquet")
+    assert sum(final.kept().values()) == round(0.1 * total)
+    assert r["achieved_density"] == pytest.approx(round(0.1 * total) / total)
+    assert all(h["dst_changed"] >= 0 for h in r["history"]) and r["history"][0]["dst_updates"]
+    csv = (latest_checkpoint(tmp_path) / ARTIFACTS_DIR / "granet_updates.csv").read_text()
+    assert len(csv.strip().splitlines()) == 1 + len(log)  # an artifact: every update's density
+    if inside:  # the strict reading: nothing outside the source, ever
+        for name, m in final.masks.items():
+            assert not (m & ~source.masks[name]).any(), name
+        ever = state["dst"]["ever"]
+        for name, e in zip(source.masks, ever):
+            assert not (e.view(source.masks[name].shape) & ~source.masks[name]).any(), name
+    weights = state["model"]
+    for name, m in final.masks.items():  # pruned weights exactly zero
+        assert not weights[f"{name}.weight"][~m].any(), name
+
+
+def test_resume_mid_schedule_is_exact(tmp_path):
+    cfg = _cfg()
+    full = run_trial(cfg, tmp_path / "full")
+    part = run_trial(cfg, tmp_path / "part", stop_after=1)
+    assert part["stopped"]
+    resumed = run_trial(cfg, tmp_path / "part", resume=latest_checkpoint(tmp_path / "part"))
+    assert [h["train_loss"] for h in resumed["history"]] == [
+        h["train_loss"] for h in full["history"]
+    ]
+    a = torch.load(latest_checkpoint(tmp_path / "full") / CHECKPOINT_FILE, weights_only=False)
+    b = torch.load(latest_checkpoint(tmp_path / "part") / CHECKPOINT_FILE, weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["dst"]["densities"] == b["dst"]["densities"]
+
+
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"sparsity.density": 0.5}, "sparsity.density=0.5 with sparsity.start_density=0.5"),
+        ({"sparsity.prune_end": 1.2}, "end before or at its end"),
+        ({"sparsity.prune_start": 0.8}, "0 <= prune_start < prune_end <= 1"),
+        ({"sparsity.prune_start": -0.1}, "start at or after the start of training"),
+        ({"sparsity.growth": "random"}, "GraNet regrows by gradient"),
+        ({"sparsity.drop_schedule": "cosine_whole_run"}, "its own cosine"),
+        ({"sparsity.prune_fraction": 0.3}, "only iterative magnitude pruning"),
+        ({"sparsity.levels": 3}, "only strong lottery tickets"),
+        (
+            {"sparsity.mode": "slt", "sparsity.update_frequency": 100},
+            "sparsity.prune_end=0.75 with sparsity.mode='slt': only GraNet",
+        ),
+    ],
+)
+def test_bad_granet_configs_are_refused_with_one_message(over, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        _cfg(**over)
+
+
+def test_a_granet_trial_is_named_by_its_source():
+    assert "-er0.5-granet-d0.1-" in run_key(_cfg())
+    assert "-dense-granet-d0.1-" in run_key(_cfg(**{"sparsity.start_density": 1.0}))
+
+
+def test_the_granet_space_and_its_smoke(tmp_path):
+    from rp_tune.plan import expand_space
+
+    full = expand_space("granet_sparse_to_sparse")
+    starts = sorted({(c.sparsity.scheme, c.sparsity.start_density) for c in full})
+    assert starts == [("balanced", 0.05), ("erk", 0.5), ("pyramidal", 0.1), ("uniform", 1.0)]
+    assert len(full) == 4 * 3 and {c.sparsity.density for c in full} == {0.01}
+    assert all(c.model.name == "vgg16_bn" and c.sparsity.update_frequency == 1000 for c in full)
+    smoke = expand_space("granet_sparse_to_sparse", smoke=True)
+    assert len(smoke) == 2
+    for i, cfg in enumerate(smoke):
+        r = run_trial(cfg, tmp_path / str(i))
+        assert r["epoch"] == 2 and r["achieved_density"] == pytest.approx(0.1, abs=1e-3)
