@@ -184,6 +184,9 @@ class DynamicSparsity:
         self.total_steps, self.steps_per_epoch, self.seed = total_steps, steps_per_epoch, seed
         self.ever = [f.detach() > 0 for f in self.float_masks]
         self.updates: list[list[float]] = []
+        # where regrowth may go (None: anywhere) and how a drop count rounds (update_masks_)
+        self.allowed: list[torch.Tensor] | None = None
+        self.rounding = "floor"
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Drop and grow if `step` is an update step (RigL's gradient: this batch's)."""
@@ -197,7 +200,8 @@ class DynamicSparsity:
         gen = torch.Generator(device=device).manual_seed(derived_seed(self.seed, "dst", step))
         momenta = [optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
         grads = [w.grad for w in self.weights]
-        upd = update_masks_(self.weights, self.float_masks, grads, rate, self.growth, gen, momenta)
+        upd = update_masks_(self.weights, self.float_masks, grads, rate, self.growth, gen, momenta,
+                            allowed=self.allowed, rounding=self.rounding)  # fmt: skip
         for e, f in zip(self.ever, self.float_masks):
             e |= f.detach() > 0
         self.updates.append([step, rate, upd.changed])

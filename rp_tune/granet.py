@@ -61,7 +61,9 @@ class GradualPruning(dst.DynamicSparsity):
         self.start_step = int(prune_start * self.total_steps)
         self.end_step = int(prune_end * self.total_steps)
         self.total = sum(int(f.numel()) for f in self.float_masks)
-        self.source = [f.detach() > 0 for f in self.float_masks] if regrow_in_source else None
+        self.rounding = "ceil"  # GraNet drops ceil(r k), RigL floor(r k)
+        if regrow_in_source:  # the source, as drawn: regrowth stays inside it
+            self.allowed = [f.detach() > 0 for f in self.float_masks]
         self.densities: list[list[float]] = []  # [[step, density after the update], ...]
 
     def target(self, step: int) -> int:
@@ -90,15 +92,7 @@ class GradualPruning(dst.DynamicSparsity):
                     buf = optimizer.state.get(w, {}).get("momentum_buffer")
                     if buf is not None:
                         buf.mul_(m.view(buf.shape))
-        rate = dst.death_rate(step, self.total_steps, self.initial, self.final,
-                              schedule=self.schedule, stop_at=1.0)  # fmt: skip
-        momenta = [optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
-        upd = dst.update_masks_(self.weights, self.float_masks, [w.grad for w in self.weights],
-                                rate, "gradient", None, momenta, allowed=self.source,
-                                rounding="ceil")  # fmt: skip
-        for e, f in zip(self.ever, self.float_masks):
-            e |= f.detach() > 0
-        self.updates.append([step, rate, upd.changed])
+        super().after_step(step, optimizer)  # GraNet's regeneration: DST's drop and regrow
         density = sum(int((f > 0).sum()) for f in self.float_masks) / self.total
         self.densities.append([step, density])
 
@@ -108,7 +102,7 @@ class GradualPruning(dst.DynamicSparsity):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        source = None if self.source is None else [s.cpu() for s in self.source]
+        source = None if self.allowed is None else [s.cpu() for s in self.allowed]
         return {**super().state_dict(), "densities": [list(d) for d in self.densities],
                 "source": source}  # fmt: skip
 
@@ -117,4 +111,4 @@ class GradualPruning(dst.DynamicSparsity):
         self.densities = [list(d) for d in state.get("densities", [])]
         if state.get("source") is not None:
             device = self.weights[0].device
-            self.source = [s.to(device) for s in state["source"]]
+            self.allowed = [s.to(device) for s in state["source"]]

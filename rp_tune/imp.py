@@ -82,7 +82,7 @@ def apportion(previous: Mapping[str, int], keep: int) -> dict[str, int]:
     return out
 
 
-def _top_kept(scores: torch.Tensor, kept: torch.Tensor, keep: int) -> torch.Tensor:
+def top_kept(scores: torch.Tensor, kept: torch.Tensor, keep: int) -> torch.Tensor:
     """Bool mask, shape of `kept`, of the `keep` largest scores among kept positions; ties
     by position (a stable sort), so a rerun prunes the same weights."""
     flat = scores.flatten().masked_fill(~kept.flatten(), -math.inf)
@@ -113,13 +113,13 @@ def prune_by_magnitude(
         for n in names:
             if not 0 <= keep[n] <= int(old[n].sum()):
                 raise ValueError(f"layer {n}: cannot keep {keep[n]} of {int(old[n].sum())}")
-        return {n: _top_kept(mags[n], old[n], int(keep[n])) for n in names}
+        return {n: top_kept(mags[n], old[n], int(keep[n])) for n in names}
     total = sum(int(m.sum()) for m in old.values())
     if not 0 <= keep <= total:
         raise ValueError(f"cannot keep {keep} of the {total} weights kept")
     flat_scores = torch.cat([mags[n].flatten() for n in names])
     flat_kept = torch.cat([old[n].flatten() for n in names])
-    chosen = _top_kept(flat_scores, flat_kept, keep)
+    chosen = top_kept(flat_scores, flat_kept, keep)
     out, at = {}, 0
     for n in names:
         size = old[n].numel()

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .imp import apportion
+from .imp import apportion, top_kept
 from .masks import Masks
 from .models import prunable_layers
 from .seeds import derived_seed
@@ -56,16 +56,6 @@ def level_densities(source: float, target: float, levels: int) -> tuple[float, .
 def level_of(epoch: int, epochs: int) -> tuple[int, int]:
     """(level, epoch within the level) of trial epoch `epoch` (0-based)."""
     return epoch // epochs, epoch % epochs
-
-
-def _topk_within(scores: torch.Tensor, source: torch.Tensor, k: int) -> torch.Tensor:
-    """Float 0/1 mask, shape of `scores`: the k largest |score| among the source's positions,
-    ties by position (a stable sort)."""
-    flat = scores.detach().abs().flatten().masked_fill(~source.flatten(), -math.inf)
-    out = torch.zeros(flat.numel(), device=scores.device, dtype=scores.dtype)
-    if k > 0:
-        out[torch.sort(flat, descending=True, stable=True).indices[:k]] = 1.0
-    return out.view(scores.shape)
 
 
 class StrongTickets:
@@ -141,7 +131,8 @@ class StrongTickets:
         _, floats = self.masks.bound()
         for name, s, src, f, w, w0 in zip(self.names, self.scores, self.source_dev, floats,
                                           self.weights, self.initial):  # fmt: skip
-            f.copy_(_topk_within(s, src, self.keep[name]).to(f.dtype).view(f.shape))
+            # the keep[name] largest |score| among the source's positions, ties by position
+            f.copy_(top_kept(s.abs(), src, self.keep[name]).to(f.dtype).view(f.shape))
             w.copy_(w0 * f.view(w.shape))
 
     def state_dict(self) -> dict[str, Any]:
