@@ -17,7 +17,9 @@ Every plot draws groups (`rp_tune.grouping`: trials that differ only in their se
 - imp_rounds: iterative magnitude pruning, round by round: test accuracy vs density beside
   the cumulative training FLOPs vs density, a line per start (dense, or a random mask at
   its density), so that "as accurate, for less training" reads off one figure (Gadhikar et
-  al. 2023, sparse to sparse).
+  al. 2023, sparse to sparse);
+- sparse_to_sparse: IMP, strong lottery tickets and GraNet, each from a dense start beside
+  its random starts: test accuracy and cumulative training FLOPs vs the final density.
 """
 
 from __future__ import annotations
@@ -412,6 +414,100 @@ def plot_imp_rounds(
                    "(mean ± std over seeds)", path)  # fmt: skip
 
 
+# --- sparse to sparse: each method from a dense start and from random starts ----------------
+
+S2S_METHODS = ("imp", "slt", "granet")  # sparsity modes that search from a start mask
+
+
+def _start_of(g: Group) -> tuple[str, float]:
+    """("dense", 1.0) or ("<scheme> <density>", density): where a group's method started."""
+    start = float(g.rows[0].get("sparsity.start_density", 1.0))
+    if g.label.startswith("dense+"):
+        return "dense", 1.0
+    return f"{g.label.rpartition('+')[0]} {start:g}", start
+
+
+def sparse_to_sparse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gadhikar et al. (ICML 2023)'s comparison as rows: per model, context, method (IMP,
+    strong tickets, GraNet) and final density, every start side by side (the dense start
+    first, then each random source by scheme and density): test accuracy of the final model
+    and at the best-validation epoch (mean ± std (n) over seeds), and the cumulative
+    training FLOPs (`train_flops_sparse`: every epoch at the densities it trained at), with
+    their ratio to the dense start's at the same final density."""
+    by: dict[tuple, list[Group]] = defaultdict(list)
+    for g in groups(rows):
+        method = g.label.rpartition("+")[2]
+        if "+" not in g.label or method not in S2S_METHODS:
+            continue
+        other = tuple((k, v) for k, v in g.line if k != "sparsity.start_density")
+        by[(g.model, g.context, method, other, g.density)].append(g)
+    out = []
+    for (model, context, method, other, density), members in by.items():
+        starts = sorted(members, key=lambda g: (_start_of(g)[0] != "dense", -_start_of(g)[1],
+                                                _start_of(g)[0]))  # fmt: skip
+        dense = next((g for g in starts if _start_of(g)[0] == "dense"), None)
+        dense_flops = dense.stat("train_flops_sparse") if dense is not None else None
+        for g in starts:
+            start, start_density = _start_of(g)
+            row: dict[str, Any] = {"model.name": model, **dict(context), **dict(other),
+                                   "method": method, "density": density, "start": start,
+                                   "start_density": start_density}  # fmt: skip
+            for metric in ("test_acc", "test_acc_best_val", "train_flops_sparse"):
+                stat = g.stat(metric)
+                if stat is not None:
+                    row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = stat
+            flops = g.stat("train_flops_sparse")
+            if flops is not None and dense_flops is not None and dense_flops[0] > 0:
+                row["train_flops_vs_dense_start"] = flops[0] / dense_flops[0]
+            out.append(row)
+    return out
+
+
+def plot_sparse_to_sparse(
+    rows: list[dict[str, Any]], _side: Any, path: Path
+) -> list[dict[str, Any]] | None:
+    """Per model, context and method, two panels: test accuracy vs the final density and
+    cumulative training FLOPs vs the final density (log axes, density falling to the
+    right), a line per start (dense, or a random source), mean ± std over seeds. Drawn
+    where a method has at least two starts."""
+    points: dict[tuple, dict[str, list[tuple[float, Group]]]] = defaultdict(dict)
+    for g in groups(rows):
+        method = g.label.rpartition("+")[2]
+        if "+" in g.label and method in S2S_METHODS:
+            points[(g.model, g.context, method)].setdefault(_start_of(g)[0], []).append(
+                (g.density, g)
+            )
+    points = {k: v for k, v in points.items() if len(v) > 1}
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(points), 2, figsize=(11, 4 * len(points)), squeeze=False)
+    for (acc_ax, cost_ax), ((model, context, method), starts) in zip(axes, points.items()):
+        order = sorted(starts, key=lambda s: (s != "dense", s))
+        for i, start in enumerate(order):
+            line = sorted(starts[start], key=lambda x: -x[0])
+            xs = [d for d, _ in line]
+            text = "dense start" if start == "dense" else f"{start} start"
+            for ax, metric in ((acc_ax, "test_acc"), (cost_ax, "train_flops_sparse")):
+                stats = [g.stat(metric) for _, g in line]
+                if all(st is not None for st in stats):
+                    _line(ax, xs, stats, text, MARKERS[i % len(MARKERS)])
+        for ax, ylabel in (
+            (acc_ax, "test accuracy"),
+            (cost_ax, "training FLOPs (every epoch at its density)"),
+        ):
+            ax.set_xscale("log")
+            if not ax.xaxis_inverted():
+                ax.invert_xaxis()
+            ax.set_xlabel("final density")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{panel_title((model, context))}: {method}", fontsize=9)
+            ax.legend(fontsize=7)
+        cost_ax.set_yscale("log")
+    return _finish(fig, "sparse to sparse: dense start vs random starts (mean ± std over "
+                   "seeds)", path)  # fmt: skip
+
+
 # --- one trial's training curves (an MLflow artifact) ---------------------------------
 
 
@@ -470,6 +566,9 @@ PLOTS: dict[str, PlotKind] = {
         PlotKind("imp_rounds", "imp_rounds.png", False, plot_imp_rounds,
                  "IMP: test accuracy and cumulative training FLOPs vs each round's density",
                  "imp_rounds"),
+        PlotKind("sparse_to_sparse", "sparse_to_sparse.png", False, plot_sparse_to_sparse,
+                 "IMP, strong tickets and GraNet: test accuracy and cumulative training "
+                 "FLOPs vs the final density, a line per start", "none"),
     )
 }  # fmt: skip
 
@@ -518,6 +617,10 @@ FIGURES: dict[str, PaperFigure] = {
         PaperFigure("Gadhikar et al. IMP", "iterative magnitude pruning from a dense start "
                     "vs from random ER/balanced starts: test accuracy and cumulative training "
                     "cost against density", "imp_rounds", ()),
+        PaperFigure("Gadhikar et al. sparse to sparse", "IMP, strong lottery tickets and "
+                    "GraNet from a dense start vs from random sources: test accuracy and "
+                    "cumulative training FLOPs against the final density", "sparse_to_sparse",
+                    ()),
         PaperFigure("Liu et al. Figs. 3-4", "not drawn: what they plot could not be checked "
                     "against the paper when this table was written", None),
     )
@@ -554,7 +657,7 @@ def draw_all(
     -> what it drew (`describe_figure`). `curves`: the trials' gradient flow; `imp_rounds`:
     their IMP round records (run key -> records)."""
     drawn: dict[str, list[dict[str, Any]]] = {}
-    side = {"grad_flow": curves or {}, "imp_rounds": imp_rounds or {}}
+    side = {"grad_flow": curves or {}, "imp_rounds": imp_rounds or {}, "none": None}
     for kind in PLOTS.values():
         if not kind.per_metric:
             shown = kind.draw(rows, side[kind.side], out / kind.file)

@@ -61,6 +61,7 @@ from .train import (
     restore,
     save_checkpoint,
     setup,
+    step_flops,
     time_spent,
     validate,
 )
@@ -348,7 +349,7 @@ class TrialGroup:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         rows = []
-        for loss_sum, correct, n in rows_stats:
+        for m, (loss_sum, correct, n) in zip(self.members, rows_stats):
             rows.append({
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / n,
@@ -356,7 +357,9 @@ class TrialGroup:
                 "lr": lr_sum / max(steps, 1),
                 "epoch_seconds": seconds,  # the group's epoch: every member trained in it
                 "images_per_second": n / seconds,
+                "epoch_train_flops": step_flops(m) * n,  # fixed masks: one rate all epoch
             })  # fmt: skip
+            m.train_flops += rows[-1]["epoch_train_flops"]
         return rows
 
 

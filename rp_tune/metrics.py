@@ -161,6 +161,31 @@ def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, dict
     return int(counter.get_total_flops()), per
 
 
+def sparse_flops(total: float, per_layer: dict[str, int], densities: dict[str, float]) -> float:
+    """Inference FLOPs per image at per-layer densities p_l: total - sum_l (1 - p_l) FLOPs_l
+    over the masked layers l (`layer_flops`' total and per-module counts)."""
+    return float(total) - sum((1.0 - d) * per_layer.get(n, 0) for n, d in densities.items())
+
+
+def train_flops_per_image(
+    total: float,
+    per_layer: dict[str, int],
+    densities: dict[str, float],
+    grad_densities: dict[str, float] | None = None,
+) -> float:
+    """Training FLOPs of one image in one step, as RigL counts them (Evci et al. 2020: a
+    sparse step costs 3 f_S, a RigL update step 2 f_S + f_D): the forward pass, the
+    gradient of the activations and the gradient of the weights each cost one forward pass
+    over the weights they touch:
+        f(p) + f(p) + f(q),   f = `sparse_flops`,
+    p the densities the step computes with, q those its weight gradient covers (default p:
+    3 f(p)); q = 1 (dense) at a RigL or GraNet update step, q = the source's densities for
+    strong-ticket scores, whose gradient covers every position of the source mask."""
+    forward = sparse_flops(total, per_layer, densities)
+    grads = forward if grad_densities is None else sparse_flops(total, per_layer, grad_densities)
+    return 2.0 * forward + grads
+
+
 def cost(
     model: nn.Module, densities: dict[str, float], input_shape: Sequence[int], train_images: int
 ) -> dict[str, float]:
@@ -174,8 +199,7 @@ def cost(
     params_dense = sum(p.numel() for p in model.parameters())
     pruned = sum((1 - d) * modules[n].weight.numel() for n, d in densities.items())
     total, per = layer_flops(model, input_shape)
-    saved = sum((1 - d) * per.get(n, 0) for n, d in densities.items())
-    sparse = total - saved
+    sparse = sparse_flops(total, per, densities)
     return {
         "params_dense": float(params_dense),
         "params_sparse": float(round(params_dense - pruned)),
@@ -267,6 +291,9 @@ _METRICS = [
     Metric("slt_level", EPOCH, "SLT level the epoch trained in (0: the first)", fmt="d"),
     Metric("slt_density", EPOCH, "density of the SLT subnetwork the epoch computed with"),
     Metric("granet_density", EPOCH, "density of the GraNet mask at the end of the epoch"),
+    # what the epoch's steps cost at the densities each computed with (train_flops_per_image);
+    # a trial's train_flops_sparse is the sum over its epochs
+    Metric("epoch_train_flops", EPOCH, "training FLOPs of the epoch (sparse)", fmt=".3g"),
     Metric("round_test_acc", EPOCH, "test accuracy at the end of the IMP round", "higher",
            step=ROUND),
     Metric("round_test_loss", EPOCH, "test NLL at the end of the IMP round", "lower", step=ROUND),

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .config import NOT_HASHED, trial_epochs
 from .evaluate import evaluated_metrics
-from .figures import FIGURES, PLOTS, draw_all, figure_files, imp_summary
+from .figures import FIGURES, PLOTS, draw_all, figure_files, imp_summary, sparse_to_sparse
 from .grouping import (
     SEED_KEYS,
     as_sparse_recipe,
@@ -245,6 +245,7 @@ def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]
 AGGREGATE_FILE = "aggregate.csv"
 PAPER_FILE = "paper_comparison.csv"  # ours beside the papers' numbers
 IMP_TABLE_FILE = "imp_rounds.parquet"  # IMP sweeps: one row per trial and round
+S2S_FILE = "sparse_to_sparse.csv"  # IMP/SLT/GraNet: dense vs random starts per final density
 
 
 def _aggregated_metrics(rows: list[dict[str, Any]]) -> list[str]:
@@ -367,6 +368,12 @@ def build_report(
     if rounds:
         pq.write_table(imp_rounds_table(rows, rounds), out / IMP_TABLE_FILE)
         extra_tables.append(str(out / IMP_TABLE_FILE))
+    starts = sparse_to_sparse(rows)
+    if starts:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(pa.Table.from_pylist(starts), out / S2S_FILE)
+        extra_tables.append(str(out / S2S_FILE))
     matching = smallest_matching_density(rows)
     pq.write_table(
         pa.Table.from_pylist(matching) if matching else pa.table({}),
@@ -419,6 +426,8 @@ def build_report(
         "paper_table": str(out / PAPER_FILE),
         "imp_rounds": str(out / IMP_TABLE_FILE) if rounds else None,
         "imp_summary": imp_summary(rows, rounds),
+        "sparse_to_sparse": starts,
+        "sparse_to_sparse_table": str(out / S2S_FILE) if starts else None,
         "matching": matching,
         "no_dense": no_dense,
         "trials": len(rows),
@@ -466,6 +475,9 @@ def print_report(rep: dict[str, Any]) -> None:
             print(f"{r['model.name']:<22} {r['start']:<10} {r['start_density']:>6g} "
                   f"{r['density']:>8.4f} {acc:>18} {flops:>19.3g}")  # fmt: skip
         print()
+    if rep.get("sparse_to_sparse"):
+        print(sparse_to_sparse_table(rep["sparse_to_sparse"]))
+        print()
     if rep.get("paper_numbers"):
         print("\nours beside the papers' numbers (test accuracy, %):")
         print(comparison_table(rep["paper_numbers"]))
@@ -473,12 +485,46 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"table: {rep['table']}  aggregated: {rep['aggregate']}")
     if rep.get("imp_rounds"):
         print(f"IMP rounds: {rep['imp_rounds']}")
+    if rep.get("sparse_to_sparse_table"):
+        print(f"dense vs random starts: {rep['sparse_to_sparse_table']}")
     for f in rep["figures"]:
         print(f"figure: {f}")
     for ref, files in rep.get("paper_figures", {}).items():
         plot = FIGURES[ref].plot
         why = f"the finished trials do not fit it ({PLOTS[plot].shows})" if plot else "no plot"
         print(f"{ref}: {', '.join(Path(f).name for f in files) or f'not drawn - {why}'}")
+
+
+def _acc(row: dict[str, Any], metric: str) -> str:
+    if f"{metric}_mean" not in row:
+        return "-"
+    return f"{row[f'{metric}_mean']:.4f} ± {row[f'{metric}_std']:.4f} ({row[f'{metric}_n']})"
+
+
+def sparse_to_sparse_table(starts: list[dict[str, Any]]) -> str:
+    """`figures.sparse_to_sparse` as text: per model, context, method and final density, a
+    line per start; accuracy as mean ± std (n) over seeds, training FLOPs as the mean and
+    its ratio to the dense start's."""
+    lines = [
+        "sparse to sparse: each method from a dense start and from random sources "
+        "(mean ± std (n) over seeds):",
+        f"{'model':<22} {'method':<7} {'density':>8} {'start':<16} {'test acc':>21} "
+        f"{'best-val test acc':>21} {'train FLOPs':>12} {'x dense':>8}",
+    ]
+    for r in starts:
+        where = r["model.name"]
+        extra = [f"{k.split('.')[-1]}={r[k]}" for k in r if "." in k and k != "model.name"]
+        if extra:
+            where = f"{where} ({', '.join(extra)})"
+
+        flops = f"{r['train_flops_sparse_mean']:.3g}" if "train_flops_sparse_mean" in r else "-"
+        ratio = r.get("train_flops_vs_dense_start")
+        lines.append(
+            f"{where:<22} {r['method']:<7} {r['density']:>8.4g} {r['start']:<16} "
+            f"{_acc(r, 'test_acc'):>21} {_acc(r, 'test_acc_best_val'):>21} {flops:>12} "
+            f"{'-' if ratio is None else f'{ratio:.3f}':>8}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

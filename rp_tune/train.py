@@ -346,6 +346,10 @@ class Trial:
     imp: imp.IterativePruning | None = None  # iterative magnitude pruning (sparsity.mode=imp)
     dataset: str = ""  # what it trains on, as JSON (`data.dataset_record`); rank 0 only
     slt: slt.StrongTickets | None = None  # strong lottery tickets (sparsity.mode=slt)
+    # the dense model's FLOPs per image, total and per module (`metrics.layer_flops`), and
+    # the training FLOPs of the epochs trained so far, each at its own densities
+    layer_flops: tuple[float, dict[str, int]] = (0.0, {})
+    train_flops: float = 0.0
 
     def autocast(self):
         """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
@@ -483,6 +487,7 @@ def setup(
     if sp.mode == "slt":  # before DDP wraps the model: it reduces only what needs a gradient
         tickets = slt.StrongTickets(model, masks, sp.start_density, sp.density, sp.levels,
                                     t.epochs, cfg.seed_of("init"))  # fmt: skip
+    flops = metrics.layer_flops(model, (3, *input_size(cfg)))  # the bare model, once
     train_model = wrap_model(model) if wrap_model is not None else model
     if t.compile:
         train_model = torch.compile(train_model)
@@ -528,7 +533,7 @@ def setup(
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
         normalize, masks, optimizer, scheduler, flow, dynamic, imp=pruning,
-        dataset=_dataset_json(cfg, data) if rank == 0 else "", slt=tickets,
+        dataset=_dataset_json(cfg, data) if rank == 0 else "", slt=tickets, layer_flops=flops,
     )  # fmt: skip
 
 
@@ -569,6 +574,7 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
     trial.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     trial.start_epoch, trial.best, trial.history = state["epoch"], state["best"], state["history"]
+    trial.train_flops = sum(float(h.get("epoch_train_flops", 0.0)) for h in trial.history)
     trial.flow.load_state_dict(state.get("grad_flow", []))
     if trial.dst is not None and state.get("dst"):
         trial.dst.load_state_dict(state["dst"])
@@ -588,6 +594,7 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     stats = torch.zeros(3, device=t.device, dtype=torch.float64)
     lr_sum, steps = 0.0, 0  # the rates the epoch's steps trained at (a float each, no sync)
+    rate, flops = step_flops(t), 0.0  # FLOPs per image at the current masks; the epoch's
     for i, (x, y) in enumerate(_batches(t.data.train, epoch, t.device, t.data.resident)):
         step = epoch * t.data.steps + i
         with t.autocast():
@@ -605,8 +612,14 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
             t.slt.after_step()
         else:
             t.masks.apply_()
+        flops += rate * len(y)
         if t.dst is not None:
+            updates = len(t.dst.updates)
             t.dst.after_step(step, opt)
+            if len(t.dst.updates) > updates:  # the masks changed
+                if t.dst.growth == "gradient":  # this step's weight gradient was dense
+                    flops += (step_flops(t, dense_gradient=True) - rate) * len(y)
+                rate = step_flops(t)
         stats[0] += loss.detach().double() * len(y)
         stats[1] += (logits.detach().argmax(1) == y).sum()
         stats[2] += len(y)
@@ -624,7 +637,9 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         "lr": lr_sum / max(steps, 1),
         "epoch_seconds": seconds,
         "images_per_second": n / seconds,
+        "epoch_train_flops": flops * t.world,  # every rank trains a shard of the same size
     }
+    t.train_flops += row["epoch_train_flops"]
     if t.dst is not None:
         row.update(t.dst.end_epoch(epoch))
     if t.imp is not None:
@@ -633,6 +648,22 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         t.masks.sync_from_bound()  # the subnetwork as the epoch ended, for its checkpoint
         row["slt_level"], row["slt_density"] = t.slt.level, t.masks.density()
     return row
+
+
+def step_flops(trial: Trial, dense_gradient: bool = False) -> float:
+    """Training FLOPs of one image in a step at the trial's current masks
+    (`metrics.train_flops_per_image`): the weight gradient dense where `dense_gradient` (a
+    RigL or GraNet update step), over the source mask for strong-ticket scores."""
+    total, per = trial.layer_flops
+    names = list(trial.masks.masks)
+    floats = trial.masks.bound()[1]  # current under DST, which syncs `masks` once per epoch
+    densities = {n: float(f.sum()) / f.numel() for n, f in zip(names, floats)}
+    grads = None
+    if dense_gradient:
+        grads = dict.fromkeys(names, 1.0)
+    elif trial.slt is not None:
+        grads = {n: float(m.sum()) / m.numel() for n, m in trial.slt.source.items()}
+    return metrics.train_flops_per_image(total, per, densities, grads)
 
 
 def end_round(trial: Trial, epoch: int) -> dict[str, Any]:
@@ -864,8 +895,8 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
     densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
     images_seen = cfg.total_epochs * t.data.steps * cfg.train.batch_size * t.world
     out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
-    if t.imp is not None and t.imp.rounds:  # each round trained at its own density
-        out["train_flops_sparse"] = t.imp.rounds[-1]["cumulative_train_flops"]
+    if t.train_flops > 0:  # every epoch at its own densities (IMP rounds, SLT levels, GraNet)
+        out["train_flops_sparse"] = t.train_flops
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0

@@ -17,6 +17,7 @@ GRID = [
     {"sparsity.scheme": ["balanced"], "sparsity.start_density": [0.05], "seed": [0, 1, 2]},
     {"sparsity.start_density": [1.0], "seed": [0, 1, 2]},
 ]
+FIGURES = ("Gadhikar et al. sparse to sparse",)
 FIXED = {
     "model.name": "vgg16_bn",
     "data.name": "cifar10",

@@ -32,7 +32,7 @@ FIXED = {
     "sparsity.prune_scope": "global",
     "sparsity.rewind_epoch": 0,
 }
-FIGURES = ("Gadhikar et al. IMP",)
+FIGURES = ("Gadhikar et al. IMP", "Gadhikar et al. sparse to sparse")
 # Two quick trials: a dense start in 3 rounds (1.0, 0.5, 0.25) and an ER start at 0.5 in 2,
 # each round 2 epochs and every later one 1 (rewound to epoch 1)
 _SMOKE_COMMON = {

@@ -24,6 +24,7 @@ GRID = [
     {"model.name": _MODELS, "sparsity.start_density": [1.0],
      "sparsity.density": [0.2, 0.1, 0.05, 0.01], "seed": _SEEDS},
 ]  # fmt: skip
+FIGURES = ("Gadhikar et al. sparse to sparse",)
 FIXED = {
     "data.name": "cifar10",
     "sparsity.mode": "slt",

@@ -159,6 +159,13 @@ def test_dynamic_trial_rewires_with_exact_counts(tmp_path, growth):
     state = torch.load(latest_checkpoint(tmp_path) / "state.pt", weights_only=False)["model"]
     for name, m in final.masks.items():
         assert torch.all(state[f"{name}.weight"][~m] == 0)
+    # training FLOPs as RigL counts them: 3 f_S per image a step, and at each of RigL's 5
+    # update steps the weight gradient dense (2 f_S + f_D); SET's random growth needs none
+    f_s, f_d = r["flops_sparse"], r["flops_dense"]
+    extra = 5 * 20 * (f_d - f_s) if growth == "gradient" else 0.0
+    assert r["train_flops_sparse"] == pytest.approx(27 * 20 * 3 * f_s + extra)
+    assert sum(h["epoch_train_flops"] for h in r["history"]) == pytest.approx(
+        r["train_flops_sparse"])  # fmt: skip
 
 
 def test_dynamic_resume_across_an_update_boundary(tmp_path):

@@ -65,6 +65,13 @@ def test_every_update_hits_the_schedules_density_exactly(tmp_path, inside):
     weights = state["model"]
     for name, m in final.masks.items():  # pruned weights exactly zero
         assert not weights[f"{name}.weight"][~m].any(), name
+    # training FLOPs: every step at the densities it computed with, the weight gradient
+    # dense at each update step (regrowth by gradient), so they fall as the mask thins
+    epochs = [h["epoch_train_flops"] for h in r["history"]]
+    assert epochs[0] > epochs[1] > epochs[2] > 0
+    assert r["train_flops_sparse"] == pytest.approx(sum(epochs))
+    per_step = 3 * r["flops_sparse"] * 32  # a step at the final mask, no update
+    assert epochs[2] > 7 * per_step  # the epoch starts denser and has updates
 
 
 def test_resume_mid_schedule_is_exact(tmp_path):
@@ -80,6 +87,7 @@ def test_resume_mid_schedule_is_exact(tmp_path):
     b = torch.load(latest_checkpoint(tmp_path / "part") / CHECKPOINT_FILE, weights_only=False)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["dst"]["densities"] == b["dst"]["densities"]
+    assert resumed["train_flops_sparse"] == pytest.approx(full["train_flops_sparse"])
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,19 @@ def test_flops_and_params_of_one_conv():
     assert c["train_flops_sparse"] == 3 * dense / 4 * 10
 
 
+def test_training_flops_per_image_count_forward_and_both_gradients_by_hand():
+    per = {"a": 40, "b": 20}  # FLOPs of the masked layers; 40 more elsewhere (BN, pool)
+    assert metrics.sparse_flops(100, per, {"a": 0.5, "b": 0.25}) == 100 - 20 - 15
+    # a sparse step: forward, activation gradient, weight gradient, each f(p) = 65
+    assert metrics.train_flops_per_image(100, per, {"a": 0.5, "b": 0.25}) == 3 * 65
+    # a RigL update step: the weight gradient dense (Evci et al.: 2 f_S + f_D)
+    dense = {"a": 1.0, "b": 1.0}
+    assert metrics.train_flops_per_image(100, per, {"a": 0.5, "b": 0.25}, dense) == 2 * 65 + 100
+    # strong-ticket scores: the gradient over the source (a 0.75, b 0.5: f = 100 - 10 - 10)
+    source = {"a": 0.75, "b": 0.5}
+    assert metrics.train_flops_per_image(100, per, {"a": 0.5, "b": 0.25}, source) == 130 + 80
+
+
 def test_resnet20_dense_vs_sparse_cost_follows_masks():
     model = build_model("cifar_resnet_20")
     specs = layer_specs(model)

@@ -282,3 +282,71 @@ def test_ours_beside_the_papers_numbers():
     assert "91.60 ± 0.14 (2)" in text and "+0.03" in text
     other = [{**r, "data.name": "cifar100"} for r in rows]  # CIFAR-100: no number to match
     assert beside_the_paper(other) == []
+
+
+def _s2s_rows(space):
+    """A finished row per trial of a sparse-to-sparse space, with made-up results: accuracy
+    and training FLOPs that fall with the start's density, and a little with the seed."""
+    rows = []
+    for cfg in expand_space(space):
+        flat = cfg.to_flat()
+        start = flat.get("sparsity.start_density", 1.0)
+        rows.append({**flat, "run_key": run_key(cfg), "status": "finished",
+                     "test_acc": 0.8 + 0.1 * start + 0.01 * cfg.seed,
+                     "test_acc_best_val": 0.79 + 0.1 * start,
+                     "train_flops_sparse": 1e15 * start * (1 + 0.01 * cfg.seed)})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize(
+    "space,method,expected",
+    [
+        ("slt_sparse_to_sparse", "slt", {0.2: ["dense", "er 0.5"],
+                                         0.1: ["dense", "er 0.5", "er 0.3"],
+                                         0.05: ["dense", "er 0.5", "er 0.2"],
+                                         0.01: ["dense", "er 0.5"]}),
+        ("granet_sparse_to_sparse", "granet", {0.01: ["dense", "erk 0.5", "pyramidal 0.1",
+                                                      "balanced 0.05"]}),
+        ("imp_sparse_to_sparse", "imp", {d: ["dense", "balanced 0.5", "er 0.5", "balanced 0.2",
+                                            "er 0.2"] for d in (0.05, 0.02)}),
+    ],
+)  # fmt: skip
+def test_the_report_puts_each_methods_dense_and_random_starts_side_by_side(
+    tmp_path, space, method, expected
+):
+    from rp_tune.figures import plot_sparse_to_sparse, sparse_to_sparse
+    from rp_tune.report import sparse_to_sparse_table
+
+    rows = _s2s_rows(space)
+    starts = sparse_to_sparse(rows)
+    models = sorted({r["model.name"] for r in rows})
+    assert {r["method"] for r in starts} == {method}
+    for model in models:
+        mine = [r for r in starts if r["model.name"] == model]
+        by_density = {}
+        for r in mine:
+            by_density.setdefault(r["density"], []).append(r["start"])
+        assert by_density == expected  # the dense start first, then the sources, densest first
+        for r in mine:
+            start = r["start_density"]
+            assert r["test_acc_n"] == 3  # mean ± std over the 3 seeds
+            assert r["test_acc_mean"] == pytest.approx(0.8 + 0.1 * start + 0.01)
+            assert r["test_acc_std"] == pytest.approx(0.01)
+            assert r["test_acc_best_val_mean"] == pytest.approx(0.79 + 0.1 * start)
+            assert r["train_flops_sparse_mean"] == pytest.approx(1e15 * start * 1.01)
+            assert r["train_flops_vs_dense_start"] == pytest.approx(start)
+    text = sparse_to_sparse_table(starts)
+    assert len(text.splitlines()) == 2 + len(starts)
+    assert f"{models[0]:<22} {method:<7}" in text and "0.9100 ± 0.0100 (3)" in text
+    panels = plot_sparse_to_sparse(rows, None, tmp_path / "s2s.png")
+    assert (tmp_path / "s2s.png").stat().st_size > 1000
+    assert len(panels) == 2 * len(models)  # accuracy and FLOPs per model
+    acc = panels[0]
+    assert acc["xlabel"] == "final density" and acc["xscale"] == "log"
+    starts_drawn = {s for d in expected.values() for s in d}
+    assert sorted(acc["series"]) == sorted(
+        f"{'dense' if s == 'dense' else s} start (n=3)" for s in starts_drawn
+    )
+    xs, ys = acc["points"]["dense start (n=3)"]
+    assert sorted(xs, reverse=True) == sorted(expected, reverse=True)
+    assert ys == pytest.approx([0.91] * len(xs))

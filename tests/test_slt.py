@@ -92,6 +92,22 @@ def test_slt_learns_learnable_data_with_its_weights_frozen(slt_run):
     )
 
 
+def test_training_flops_follow_each_level_and_the_score_gradient_covers_the_source(slt_run):
+    from rp_tune import metrics
+
+    cfg, root, full = slt_run
+    source = Masks.load(root / "full" / "masks.parquet")
+    total, per = metrics.layer_flops(build_model(cfg.model.name, 10), (3, 32, 32))
+    f_source = metrics.sparse_flops(total, per, {n: int(m.sum()) / m.numel()
+                                                 for n, m in source.masks.items()})  # fmt: skip
+    epochs = [h["epoch_train_flops"] for h in full["history"]]
+    # the last level computes with the final subnetwork; its scores' gradient covers the
+    # source: 2 f(subnet) + f(source) per image, 7 batches of 32 an epoch
+    assert epochs[-1] == pytest.approx(7 * 32 * (2 * full["flops_sparse"] + f_source))
+    assert epochs[0] == epochs[1] > epochs[2] == epochs[3] > epochs[4] == epochs[5]
+    assert full["train_flops_sparse"] == pytest.approx(sum(epochs))
+
+
 def test_resume_mid_level_is_exact(slt_run, tmp_path):
     cfg, root, full = slt_run
     part = run_trial(cfg, tmp_path / "part", stop_after=3)  # stops inside level 1
@@ -101,6 +117,7 @@ def test_resume_mid_level_is_exact(slt_run, tmp_path):
         h["train_loss"] for h in full["history"]
     ]
     assert resumed["test_acc"] == full["test_acc"]
+    assert resumed["train_flops_sparse"] == pytest.approx(full["train_flops_sparse"])
     a = Masks.load(latest_checkpoint(root / "full") / ARTIFACTS_DIR / "masks.parquet")
     b = Masks.load(latest_checkpoint(tmp_path / "part") / ARTIFACTS_DIR / "masks.parquet")
     assert a.equals(b)
