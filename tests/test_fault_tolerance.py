@@ -173,41 +173,11 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_driver_on_the_same_sweep_is_refused(tmp_path):
-    """Two run_sweep.py on one storage: the second (and a --resume) is refused with who holds
-    it; the first trains every trial once and leaves no lock behind."""
-    res = tmp_path / "res"
-    args = ["--space", "smoke", "--storage", str(res), "--num-cpus", "2",
-            "--set", "train.epochs=3", "--set", "data.synthetic_train=1024",
-            "--set", "sparsity.density=0.1"]  # fmt: skip
-    first = driver(*args, stdout=tmp_path / "first.out")
-    lock = res / ".smoke.driver.json"
-    try:
-        deadline = time.time() + 60
-        while not lock.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert lock.exists()
-        for extra in ([], ["--resume"]):
-            r = cli(*args, *extra, timeout=120)
-            assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-            assert f"is held by another driver: pid {first.pid}" in r.stderr, r.stderr[-2000:]
-        first.wait(timeout=400)
-        out = (tmp_path / "first.out").read_text()
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert first.returncode == 0 and f"finished: {N_SMOKE}  failed: 0" in out
-    assert not lock.exists()
-    client = MlflowClient(f"sqlite:///{res / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    for r in runs:
-        if "rp_tune.run_key" in r.data.tags:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
-            assert steps == [1, 2, 3]
-
-
-@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
+    """A second driver on the running sweep (and a --resume) is refused with who holds it;
+    the first, killed after a trial finished, leaves its storage to `--resume`, which
+    trains the rest without retraining the finished one, keeps one MLflow run per trial and
+    leaves no lock behind."""
     res = tmp_path / "res"
     args = [
         "--space",
@@ -225,9 +195,18 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     ]
     proc = driver(*args)
     exp = res / "smoke"
-    deadline = time.time() + 300
+    lock = res / ".smoke.driver.json"
     finished: dict[str, bytes] = {}
     try:
+        deadline = time.time() + 60
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert lock.exists()
+        for extra in ([], ["--resume"]):  # while the first driver holds the sweep
+            second = cli(*args, *extra, timeout=120)
+            assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+            assert f"is held by another driver: pid {proc.pid}" in second.stderr
+        deadline = time.time() + 300
         while time.time() < deadline:
             time.sleep(1)
             if exp.is_dir():
@@ -262,6 +241,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     assert not left, f"the killed driver's Ray still runs: {left}"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
+    assert not lock.exists()
     results = _results(exp)
     assert len(results) == N_SMOKE
     for key, rows in results.items():

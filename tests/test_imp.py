@@ -333,8 +333,9 @@ def test_the_imp_space_smoke_sweep_tracks_rounds_and_reports_them(tmp_path):
     from tests.helpers import cli, mlflow_runs
 
     res = tmp_path / "res"
+    # 4 logical CPUs on 2 cores: both trials at once (their start-up is mostly waiting)
     r = cli("--space", "imp_sparse_to_sparse", "--smoke", "--storage", str(res),
-            "--num-cpus", "2")  # fmt: skip
+            "--num-cpus", "4")  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "trials: 2  finished: 2  failed: 0" in r.stdout
     assert " 4/4 " in r.stdout and " 3/3 " in r.stdout  # every round's epochs, as one trial's
@@ -363,6 +364,10 @@ def test_the_imp_space_smoke_sweep_tracks_rounds_and_reports_them(tmp_path):
     }  # fmt: skip
     acc_panel, _ = rep["drawn"]["imp_rounds.png"]
     assert sorted(acc_panel["series"]) == ["dense start (n=1)", "er start 0.5 (n=1)"]
+    # the dense start beside the random one at the target, the random one cheaper to train
+    starts = [(s["start"], s["density"]) for s in rep["sparse_to_sparse"]]
+    assert starts == [("dense", 0.25), ("er 0.5", 0.25)]
+    assert 0 < rep["sparse_to_sparse"][1]["train_flops_vs_dense_start"] < 1
 
 
 def test_later_rounds_replay_the_recipe_from_the_rewind_point(imp_runs):
