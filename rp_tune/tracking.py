@@ -710,19 +710,6 @@ def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:
     return mlflow_view.comparison_url(base, experiment_id, sweep_path)
 
 
-def comparison_link(uri: str, sweep_path: str) -> str | None:
-    """`comparison_url_at` for the sweep's parent run found in the store at `uri` (a query:
-    for tests and tools; the sweep keeps the URL it made in its summary.json); None when the
-    store holds no parent run of the sweep."""
-    from mlflow.tracking import MlflowClient
-
-    parent = find_parent_run(MlflowClient(uri), sweep_path)
-    if parent is None:
-        return None
-    experiment = MlflowClient(uri).get_run(parent).info.experiment_id
-    return comparison_url_at(uri, experiment, sweep_path)
-
-
 def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:
     """Log the report's files (table, figures) under `report/` of the sweep's parent run."""
     from mlflow.tracking import MlflowClient

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from rp_tune import mlflow_view
 from rp_tune.plan import expand_space
-from rp_tune.tracking import SweepTracker, SystemMetrics, comparison_link, system_metrics_on
+from rp_tune.tracking import SweepTracker, SystemMetrics, system_metrics_on
 from tests.helpers import mlflow_runs
 
 
@@ -97,10 +97,9 @@ def test_the_tracker_writes_the_view_colours_depth_width_and_the_dataset_input_o
     # the parent: counts and cost as tags, no metrics for the chart view to draw
     assert parent.data.tags["finished"] == "1" and parent.data.tags["total_train_seconds"] == "12.5"
     assert not parent.data.metrics
-    link = comparison_link(uri, sweep)
-    assert link == mlflow_view.comparison_url("http://127.0.0.1:5000", exp.experiment_id, sweep)
-    assert t.link == link  # what the sweep prints and keeps in summary.json, made once
-    assert comparison_link(uri, str(tmp_path / "no-such-sweep")) is None
+    # what the sweep prints and keeps in summary.json, made once: the view of this sweep
+    link = mlflow_view.comparison_url("http://127.0.0.1:5000", exp.experiment_id, sweep)
+    assert t.link == link
 
 
 def test_system_metrics_are_mlflows_monitors_averaged_per_epoch():
