@@ -105,7 +105,7 @@ SLT_KEYS = ("sparsity.start_density", "sparsity.levels")
 # the sparse-to-sparse modes and what each reads (the mode's name in messages)
 # Keys that only matter for GraNet (it reads dynamic sparse training's rate keys too).
 GRANET_KEYS = ("sparsity.start_density", "sparsity.prune_start", "sparsity.prune_end",
-               "sparsity.regrow_in_source")  # fmt: skip
+               "sparsity.regrow_in_source", "sparsity.flow_preservation")  # fmt: skip
 MODE_KEYS = {"imp": (IMP_KEYS, "iterative magnitude pruning"),
              "slt": (SLT_KEYS, "strong lottery tickets"),
              "granet": (GRANET_KEYS, "GraNet")}  # fmt: skip
@@ -224,6 +224,8 @@ class SparsityConfig:
     prune_start: float = 0.0
     prune_end: float = 0.6875
     regrow_in_source: bool = False  # True: regrow only at the source's positions
+    # True: every unit of the source gets a connection first (Gadhikar et al.'s GraNet runs)
+    flow_preservation: bool = False
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

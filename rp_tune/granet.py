@@ -17,6 +17,9 @@ From a random source mask at density d_i (`start_density`, the scheme's layer ra
    sets the start), or, with `regrow_in_source`, only the source's positions (the strict
    sparse-to-sparse reading: the mask then never leaves the source).
 
+With `flow_preservation` (on in Gadhikar et al.'s GraNet runs), the source is first made to
+carry signal through every unit: `preserve_flow_`.
+
 The drop-and-grow is `rp_tune.dst`'s (exact counts, ITOP rate, the update log); this adds
 the gradual pruning before it and logs each update's density.
 """
@@ -29,6 +32,7 @@ import torch
 
 from . import dst
 from .imp import prune_by_magnitude
+from .seeds import derived_seed
 
 
 def cubic_density(step: int, start: int, end: int, initial: float, final: float) -> float:
@@ -39,6 +43,38 @@ def cubic_density(step: int, start: int, end: int, initial: float, final: float)
     if step >= end:
         return final
     return final + (initial - final) * (1.0 - (step - start) / (end - start)) ** 3
+
+
+@torch.no_grad()
+def preserve_flow_(masks: dict[str, torch.Tensor], seed: int) -> dict[str, int]:
+    """Gadhikar et al.'s flow preservation, in place on bool masks [out, in, *kernel]: in
+    each layer, every output unit (a conv filter, a linear row) without a kept weight gets
+    one at a uniformly random position of its own; then every input unit (an input channel,
+    a linear column) still without one gets one at a random position of its own. The random
+    positions come from a generator seeded by (seed, layer name). Returns the weights added
+    per layer (the layers that gained any).
+
+    Their code counts the input units' connections before the first pass adds any, so an
+    input unit that pass already connected can get a second one; here they are counted
+    after it (the intent: every unit connected, with as few additions as that takes)."""
+    added: dict[str, int] = {}
+    for name, mask in masks.items():
+        if mask.dim() < 2:
+            continue
+        g = torch.Generator().manual_seed(derived_seed(seed, "flow", name))
+        units = mask.view(mask.shape[0], mask.shape[1], -1)  # [out, in, kernel positions]
+        n = 0
+        for o in (~units.any(dim=2).any(dim=1)).nonzero().flatten().tolist():
+            k = int(torch.randint(units.shape[1] * units.shape[2], (1,), generator=g))
+            units[o, k // units.shape[2], k % units.shape[2]] = True
+            n += 1
+        for c in (~units.any(dim=2).any(dim=0)).nonzero().flatten().tolist():
+            k = int(torch.randint(units.shape[0] * units.shape[2], (1,), generator=g))
+            units[k // units.shape[2], c, k % units.shape[2]] = True
+            n += 1
+        if n:
+            added[name] = n
+    return added
 
 
 class GradualPruning(dst.DynamicSparsity):
@@ -65,6 +101,7 @@ class GradualPruning(dst.DynamicSparsity):
         if regrow_in_source:  # the source, as drawn: regrowth stays inside it
             self.allowed = [f.detach() > 0 for f in self.float_masks]
         self.densities: list[list[float]] = []  # [[step, density after the update], ...]
+        self.flow_added = 0  # weights flow preservation added to the source (set at setup)
 
     def target(self, step: int) -> int:
         """Weights kept after the pruning of `step`: round(d_t N)."""
@@ -104,11 +141,12 @@ class GradualPruning(dst.DynamicSparsity):
     def state_dict(self) -> dict[str, Any]:
         source = None if self.allowed is None else [s.cpu() for s in self.allowed]
         return {**super().state_dict(), "densities": [list(d) for d in self.densities],
-                "source": source}  # fmt: skip
+                "source": source, "flow_added": self.flow_added}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.densities = [list(d) for d in state.get("densities", [])]
+        self.flow_added = int(state.get("flow_added", 0))
         if state.get("source") is not None:
             device = self.weights[0].device
             self.allowed = [s.to(device) for s in state["source"]]

@@ -322,6 +322,8 @@ _METRICS = [
     # FGSM at another eps, from evaluating a finished trial again: fgsm_acc_eps0.0157
     Metric("fgsm_acc_eps", FINAL, "FGSM accuracy at another eps", "higher", family=True),
     Metric("ood_auroc_", FINAL, "OoD ROC-AUC (max softmax)", "higher", family=True),
+    Metric("flow_added", FINAL, "weights GraNet's flow preservation added to the source",
+           fmt=".0f"),
     Metric("achieved_density", FINAL, "achieved density", None, False, "density", ".4f"),
     Metric("params_dense", FINAL, "parameters (dense)", fmt=".0f"),
     Metric("params_sparse", FINAL, "parameters (kept)", fmt=".0f"),

@@ -472,6 +472,16 @@ def setup(
         masks = Masks.load(checkpoint_masks_file(Path(masks_from)), model)
     else:
         masks = _draw_masks(cfg, model, data, device, normalize)
+    flow_added = 0  # GraNet's flow preservation: weights it added to the source
+    if masks_from is None and sp.mode == "granet" and sp.flow_preservation:
+        added = granet.preserve_flow_(masks.masks, cfg.seed_of("mask"))
+        flow_added = sum(added.values())
+        log.info(
+            "%s flow preservation: %d weights added to the source (%s)",
+            key,
+            flow_added,
+            ", ".join(f"{n} +{k}" for n, k in added.items()) or "none needed",
+        )
     masks.bind(model)
     masks.apply_()
     if rank == 0:
@@ -526,6 +536,7 @@ def setup(
             prune_start=sp.prune_start, prune_end=sp.prune_end,
             regrow_in_source=sp.regrow_in_source, **rewiring,
         )  # fmt: skip
+        dynamic.flow_added = flow_added
     elif sp.mode == "dynamic" and sp.density < 1.0:
         dynamic = dst.DynamicSparsity(
             masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at, **rewiring
@@ -897,6 +908,8 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
     out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
     if t.train_flops > 0:  # every epoch at its own densities (IMP rounds, SLT levels, GraNet)
         out["train_flops_sparse"] = t.train_flops
+    if isinstance(t.dst, granet.GradualPruning) and t.cfg.sparsity.flow_preservation:
+        out["flow_added"] = float(t.dst.flow_added)
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0

@@ -9,8 +9,8 @@ DESCRIPTION = (
 # of 160 (prune_end 0.6875), regrowth by gradient anywhere (the source sets the start),
 # ceil(r k) dropped per layer, r by cosine from 0.5 to 0.005; batch 100, SGD lr 0.1
 # Nesterov, momentum 0.9, weight decay 5e-4, x0.1 at epochs 80 and 120. Unlike theirs: our
-# VGG-16 has max-pools and bias-free convs with BatchNorm (theirs: average pool), and no flow
-# preservation pass after the init.
+# VGG-16 has max-pools and bias-free convs with BatchNorm (theirs: average pool). As theirs,
+# flow preservation connects every unit of the source before training.
 GRID = [
     {"sparsity.scheme": ["erk"], "sparsity.start_density": [0.5], "seed": [0, 1, 2]},
     {"sparsity.scheme": ["pyramidal"], "sparsity.start_density": [0.1], "seed": [0, 1, 2]},
@@ -25,6 +25,7 @@ FIXED = {
     "sparsity.density": 0.01,
     "sparsity.update_frequency": 1000,
     "sparsity.prune_end": 0.6875,
+    "sparsity.flow_preservation": True,
     "sparsity.death_rate": 0.5,
     "sparsity.death_rate_final": 0.005,
     "train.epochs": 160,

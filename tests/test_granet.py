@@ -125,8 +125,62 @@ def test_the_granet_space_and_its_smoke(tmp_path):
     assert starts == [("balanced", 0.05), ("erk", 0.5), ("pyramidal", 0.1), ("uniform", 1.0)]
     assert len(full) == 4 * 3 and {c.sparsity.density for c in full} == {0.01}
     assert all(c.model.name == "vgg16_bn" and c.sparsity.update_frequency == 1000 for c in full)
+    assert all(c.sparsity.flow_preservation for c in full)  # as the paper's runs
     smoke = expand_space("granet_sparse_to_sparse", smoke=True)
     assert len(smoke) == 2
     for i, cfg in enumerate(smoke):
         r = run_trial(cfg, tmp_path / str(i))
         assert r["epoch"] == 2 and r["achieved_density"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_flow_preservation_connects_every_unit_with_as_few_weights_as_that_takes():
+    from rp_tune.granet import preserve_flow_
+
+    linear = torch.zeros(3, 4, dtype=torch.bool)
+    linear[0, 0] = linear[2, 3] = True  # row 1 (an output) and columns 1, 2 (inputs) dead
+    conv = torch.zeros(4, 3, 3, 3, dtype=torch.bool)
+    conv[1:, 0, 1, 1] = True  # filter 0 and input channels 1, 2 dead
+    dense = torch.ones(2, 2, dtype=torch.bool)
+    before = {"fc": linear.clone(), "conv": conv.clone(), "dense": dense.clone()}
+    masks = {"fc": linear, "conv": conv, "dense": dense}
+    added = preserve_flow_(masks, seed=0)
+    for name, m in masks.items():
+        units = m.view(m.shape[0], m.shape[1], -1).any(dim=2)
+        assert units.any(dim=1).all() and units.any(dim=0).all(), name  # every unit connected
+        assert (m | before[name]).equal(m), name  # nothing removed
+        assert int(m.sum()) - int(before[name].sum()) == added.get(name, 0), name
+    assert "dense" not in added
+    # one per dead output, then one per input still dead after that: 1 to 3 for fc, 1 to 3
+    # for conv; a second call adds nothing, and the same seed draws the same positions
+    assert 1 <= added["fc"] <= 3 and 1 <= added["conv"] <= 3
+    assert preserve_flow_(masks, seed=0) == {}
+    again = {k: v.clone() for k, v in before.items()}
+    preserve_flow_(again, seed=0)
+    assert all(again[k].equal(masks[k]) for k in masks)
+
+
+def test_flow_preservation_in_a_granet_trial(tmp_path):
+    """A pyramidal source at 0.05 leaves units of the last layers unconnected; with
+    flow_preservation each gets one weight before training, counted in flow_added."""
+    over = {"sparsity.scheme": "pyramidal", "sparsity.start_density": 0.05,
+            "sparsity.density": 0.02, "sparsity.allow_empty_layers": True,
+            "train.epochs": 1}  # fmt: skip
+
+    def dead_units(masks):
+        return sum(
+            int((~u.any(dim=1)).sum() + (~u.any(dim=0)).sum())
+            for u in (m.view(m.shape[0], m.shape[1], -1).any(dim=2) for m in masks.values())
+        )
+
+    plain = run_trial(_cfg(**over), tmp_path / "plain")
+    assert "flow_added" not in plain
+    assert dead_units(Masks.load(tmp_path / "plain" / "masks.parquet").masks) > 0
+    cfg = _cfg(**over, **{"sparsity.flow_preservation": True})
+    r = run_trial(cfg, tmp_path / "flow")
+    source = Masks.load(tmp_path / "flow" / "masks.parquet")
+    assert dead_units(source.masks) == 0
+    drawn = Masks.load(tmp_path / "plain" / "masks.parquet")
+    assert sum(source.kept().values()) - sum(drawn.kept().values()) == r["flow_added"] > 0
+    assert "-pyramidal0.05-granet-" in run_key(cfg)
+    with pytest.raises(ConfigError, match="sparsity.flow_preservation=True with sparsity.mod"):
+        from_flat({**QUICK_TRIAL, "sparsity.flow_preservation": True})
