@@ -473,8 +473,9 @@ def plot_sparse_to_sparse(
     points: dict[tuple, dict[str, list[tuple[float, Group]]]] = defaultdict(dict)
     for g in groups(rows):
         method = g.label.rpartition("+")[2]
-        if "+" in g.label and method in S2S_METHODS:
-            points[(g.model, g.context, method)].setdefault(_start_of(g)[0], []).append(
+        if "+" in g.label and method in S2S_METHODS:  # a panel per other sparsity key too
+            other = tuple((k, v) for k, v in g.line if k != "sparsity.start_density")
+            points[(g.model, g.context + other, method)].setdefault(_start_of(g)[0], []).append(
                 (g.density, g)
             )
     points = {k: v for k, v in points.items() if len(v) > 1}

@@ -56,7 +56,10 @@ def preserve_flow_(masks: dict[str, torch.Tensor], seed: int) -> dict[str, int]:
 
     Their code counts the input units' connections before the first pass adds any, so an
     input unit that pass already connected can get a second one; here they are counted
-    after it (the intent: every unit connected, with as few additions as that takes)."""
+    after it (the intent: every unit connected, with as few additions as that takes). As in
+    their code, the cubic schedule still starts from the source's nominal density, so its
+    first update prunes as many weights again, by global magnitude (not necessarily the
+    added ones)."""
     added: dict[str, int] = {}
     for name, mask in masks.items():
         if mask.dim() < 2:

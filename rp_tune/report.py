@@ -204,6 +204,14 @@ def borrow_dense(
     return rows + borrowed, borrowed
 
 
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as a table whose columns are the union of their keys in first-seen order, missing
+    values null (`pa.Table.from_pylist` keeps only the first row's keys: a metric the first
+    group lacks would vanish from every row)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return pa.table({c: [r.get(c) for r in rows] for c in columns})
+
+
 def results_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows with the union of columns (missing values null)."""
     columns = sorted(
@@ -372,25 +380,23 @@ def build_report(
     if starts:
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(pa.Table.from_pylist(starts), out / S2S_FILE)
+        pacsv.write_csv(rows_table(starts), out / S2S_FILE)
         extra_tables.append(str(out / S2S_FILE))
     matching = smallest_matching_density(rows)
     pq.write_table(
-        pa.Table.from_pylist(matching) if matching else pa.table({}),
+        rows_table(matching) if matching else pa.table({}),
         out / "matching_density.parquet",
     )
     agg = aggregate(rows)
     import pyarrow.csv as pacsv
 
     pacsv.write_csv(
-        pa.Table.from_pylist(agg) if agg else pa.table({"model.name": pa.array([], pa.string())}),
+        rows_table(agg) if agg else pa.table({"model.name": pa.array([], pa.string())}),
         out / AGGREGATE_FILE,
     )
     paper_rows = beside_the_paper(rows)
     pacsv.write_csv(
-        pa.Table.from_pylist(paper_rows)
-        if paper_rows
-        else pa.table({"source": pa.array([], pa.string())}),
+        rows_table(paper_rows) if paper_rows else pa.table({"source": pa.array([], pa.string())}),
         out / PAPER_FILE,
     )
     if tracking_uri:

@@ -350,6 +350,9 @@ class Trial:
     # the training FLOPs of the epochs trained so far, each at its own densities
     layer_flops: tuple[float, dict[str, int]] = (0.0, {})
     train_flops: float = 0.0
+    # False when resumed from a checkpoint whose epochs predate epoch_train_flops: the sum
+    # would miss them, so the final count falls back to pricing every epoch at the end
+    flops_complete: bool = True
 
     def autocast(self):
         """bf16 autocast where asked (precision bf16, or auto on CUDA), else nothing."""
@@ -586,6 +589,11 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
     set_rng_state(state["rng"])
     trial.start_epoch, trial.best, trial.history = state["epoch"], state["best"], state["history"]
     trial.train_flops = sum(float(h.get("epoch_train_flops", 0.0)) for h in trial.history)
+    trial.flops_complete = all("epoch_train_flops" in h for h in trial.history)
+    if not trial.flops_complete:
+        log.warning("%s: its checkpoint's epochs carry no epoch_train_flops (an older "
+                    "release); train_flops_sparse will price every epoch at the final "
+                    "masks", trial.key)  # fmt: skip
     trial.flow.load_state_dict(state.get("grad_flow", []))
     if trial.dst is not None and state.get("dst"):
         trial.dst.load_state_dict(state["dst"])
@@ -598,7 +606,8 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
 
 def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
     """One pass over this rank's shard: forward, backward, gradient flow, SGD step, masks
-    re-applied (one fused multiply), DST update; one host sync at the end."""
+    re-applied (one fused multiply), DST update; one host sync at the end (and one to count
+    the kept weights for the FLOPs at the start and after each mask update)."""
     t, model, opt = trial, trial.train_model, trial.optimizer
     smoothing = t.cfg.train.label_smoothing
     model.train()
@@ -627,9 +636,10 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         if t.dst is not None:
             updates = len(t.dst.updates)
             t.dst.after_step(step, opt)
-            if len(t.dst.updates) > updates:  # the masks changed
-                if t.dst.growth == "gradient":  # this step's weight gradient was dense
-                    flops += (step_flops(t, dense_gradient=True) - rate) * len(y)
+            if len(t.dst.updates) > updates:  # the masks changed after this step
+                if t.dst.growth == "gradient":  # its weight gradient was dense: the step
+                    # cost 2 f(old) + f(dense), not 3 f(old) (rate: DST never runs with SLT)
+                    flops += (t.layer_flops[0] - rate / 3) * len(y)
                 rate = step_flops(t)
         stats[0] += loss.detach().double() * len(y)
         stats[1] += (logits.detach().argmax(1) == y).sum()
@@ -661,18 +671,17 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
     return row
 
 
-def step_flops(trial: Trial, dense_gradient: bool = False) -> float:
+def step_flops(trial: Trial) -> float:
     """Training FLOPs of one image in a step at the trial's current masks
-    (`metrics.train_flops_per_image`): the weight gradient dense where `dense_gradient` (a
-    RigL or GraNet update step), over the source mask for strong-ticket scores."""
+    (`metrics.train_flops_per_image`): 3 f(masks), or for strong-ticket scores, whose
+    gradient covers the source, 2 f(subnetwork) + f(source). One host sync (the counts)."""
     total, per = trial.layer_flops
     names = list(trial.masks.masks)
     floats = trial.masks.bound()[1]  # current under DST, which syncs `masks` once per epoch
-    densities = {n: float(f.sum()) / f.numel() for n, f in zip(names, floats)}
+    kept = torch.stack([f.sum() for f in floats]).tolist() if floats else []
+    densities = {n: k / f.numel() for n, k, f in zip(names, kept, floats)}
     grads = None
-    if dense_gradient:
-        grads = dict.fromkeys(names, 1.0)
-    elif trial.slt is not None:
+    if trial.slt is not None:
         grads = {n: float(m.sum()) / m.numel() for n, m in trial.slt.source.items()}
     return metrics.train_flops_per_image(total, per, densities, grads)
 
@@ -906,8 +915,10 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
     densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
     images_seen = cfg.total_epochs * t.data.steps * cfg.train.batch_size * t.world
     out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
-    if t.train_flops > 0:  # every epoch at its own densities (IMP rounds, SLT levels, GraNet)
+    if t.train_flops > 0 and t.flops_complete:  # every epoch at its own densities
         out["train_flops_sparse"] = t.train_flops
+    elif t.imp is not None and t.imp.rounds:  # each round at its own density
+        out["train_flops_sparse"] = t.imp.rounds[-1]["cumulative_train_flops"]
     if isinstance(t.dst, granet.GradualPruning) and t.cfg.sparsity.flow_preservation:
         out["flow_added"] = float(t.dst.flow_added)
     if t.device.type == "cuda":

@@ -206,6 +206,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
             second = cli(*args, *extra, timeout=120)
             assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
             assert f"is held by another driver: pid {proc.pid}" in second.stderr
+        assert lock.exists()  # refused drivers leave the holder's lock alone
         deadline = time.time() + 300
         while time.time() < deadline:
             time.sleep(1)

@@ -69,6 +69,9 @@ def test_the_ratio_comparison_smoke_sweep_trains_each_ratio_as_one_fused_group(t
     schemes = sorted(run.data.params["sparsity.scheme"] for run in children)
     assert schemes == ["balanced", "erk", "pyramidal", "uniform"]
     assert {run.data.metrics["group_size"] for run in children} == {4.0}
+    for run in children:  # each member's training FLOPs, epoch by epoch, at its own mask
+        flops = client.get_metric_history(run.info.run_id, "epoch_train_flops")
+        assert run.data.metrics["train_flops_sparse"] == pytest.approx(sum(m.value for m in flops))
     rep = cli(*args, "--report")
     assert rep.returncode == 0, rep.stderr[-3000:]
     agg = pacsv.read_csv(res / "gadhikar_ratios-smoke" / "report" / "aggregate.csv").to_pylist()

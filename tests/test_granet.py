@@ -74,6 +74,34 @@ def test_every_update_hits_the_schedules_density_exactly(tmp_path, inside):
     assert epochs[2] > 7 * per_step  # the epoch starts denser and has updates
 
 
+def test_training_flops_price_every_step_at_the_masks_it_computed_with(tmp_path):
+    """An update every 7 steps, 7 steps an epoch: the masks change after the first step of
+    epochs 2 and 3 only, so each epoch's FLOPs follow from the masks its checkpoints hold:
+    that first step at the previous mask with a dense weight gradient (2 f(old) + f(dense),
+    regrowth by gradient), the other 6 at 3 f(new), 32 images a step."""
+    from rp_tune import metrics
+    from rp_tune.models import build_model
+    from rp_tune.train import checkpoint_masks_file
+
+    cfg = _cfg(**{"sparsity.update_frequency": 7})
+    r = run_trial(cfg, tmp_path, keep_checkpoints=3)
+    dense, per = metrics.layer_flops(build_model(cfg.model.name, 10), (3, 32, 32))
+
+    def f(masks):
+        return metrics.sparse_flops(dense, per, {n: int(m.sum()) / m.numel()
+                                                 for n, m in masks.masks.items()})  # fmt: skip
+
+    source = f(Masks.load(tmp_path / "masks.parquet"))
+    m2, m3 = (f(Masks.load(checkpoint_masks_file(tmp_path / "checkpoints" / f"epoch_000{e}")))
+              for e in (2, 3))  # fmt: skip
+    assert source > m2 > m3  # the cubic schedule pruned at both updates
+    expected = [7 * 32 * 3 * source,
+                32 * (2 * source + dense) + 6 * 32 * 3 * m2,
+                32 * (2 * m2 + dense) + 6 * 32 * 3 * m3]  # fmt: skip
+    assert [h["epoch_train_flops"] for h in r["history"]] == pytest.approx(expected)
+    assert r["train_flops_sparse"] == pytest.approx(sum(expected))
+
+
 def test_resume_mid_schedule_is_exact(tmp_path):
     cfg = _cfg()
     full = run_trial(cfg, tmp_path / "full")
@@ -149,10 +177,12 @@ def test_flow_preservation_connects_every_unit_with_as_few_weights_as_that_takes
         assert units.any(dim=1).all() and units.any(dim=0).all(), name  # every unit connected
         assert (m | before[name]).equal(m), name  # nothing removed
         assert int(m.sum()) - int(before[name].sum()) == added.get(name, 0), name
-    assert "dense" not in added
-    # one per dead output, then one per input still dead after that: 1 to 3 for fc, 1 to 3
-    # for conv; a second call adds nothing, and the same seed draws the same positions
-    assert 1 <= added["fc"] <= 3 and 1 <= added["conv"] <= 3
+    # one per dead output, then one per input still dead after that: with seed 0, fc's row 1
+    # gets column 0 (connected already), so columns 1 and 2 take one each: 3; conv's filter 0
+    # lands in input channel 1 or 2, so one more does: 2 (their code, counting the inputs
+    # before the first pass, would add 3)
+    assert added == {"fc": 3, "conv": 2}
+    # a second call adds nothing, and the same seed draws the same positions
     assert preserve_flow_(masks, seed=0) == {}
     again = {k: v.clone() for k, v in before.items()}
     preserve_flow_(again, seed=0)

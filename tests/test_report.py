@@ -131,7 +131,9 @@ def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
          {"test_acc": a, "test_ece": 0.1})
         for c, s, a in [(0.2, 0, 0.70), (0.2, 1, 0.72), (1.0, 0, 0.80), (1.0, 1, 0.84)]
     ]  # fmt: skip
-    results.append(({"sparsity.density": 0.1, "seed": 0}, {"test_acc": 0.5, "test_ece": 0.2}))
+    # only the last group has an FGSM number: its column is still in the CSV
+    results.append(({"sparsity.density": 0.1, "seed": 0},
+                    {"test_acc": 0.5, "test_ece": 0.2, "fgsm_acc": 0.25}))  # fmt: skip
     _write_sweep(folder, results)
     agg = aggregate(read_trials(folder))
     by = {(r["sparsity.density"], r.get("sparsity.classifier_density")): r for r in agg}
@@ -144,6 +146,7 @@ def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
     rep = build_report(folder, tmp_path / "out")
     csv = (tmp_path / "out" / "aggregate.csv").read_text().splitlines()
     assert len(csv) == 1 + len(agg) and "test_acc_mean" in csv[0]
+    assert '"fgsm_acc_mean"' in csv[0] and csv[-1].count(",0.25,") == 1
     assert rep["no_dense"] == ["cifar_resnet_8"]  # nothing to match: said, not left blank
     (panel,) = rep["drawn"]["test_acc_vs_sparsity.png"]  # a line per classifier density
     assert panel["series"] == [

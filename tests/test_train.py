@@ -369,8 +369,14 @@ def test_a_checkpoint_of_the_layout_before_the_artifacts_folder_still_resumes_an
     assert sorted(p.name for p in logged.iterdir()) == [
         "density_report.csv", "grad_flow.csv", "history.json", "masks.parquet"
     ]  # fmt: skip
+    # nor did their epochs count their training FLOPs: the total is not half of it
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    for row in state["history"]:
+        del row["epoch_train_flops"]
+    torch.save(state, ckpt / "state.pt")
     resumed = run_trial(cfg, tmp_path / "old", resume=latest_checkpoint(tmp_path / "old"))
     assert resumed["history"][1]["train_loss"] == full["history"][1]["train_loss"]
+    assert resumed["train_flops_sparse"] == pytest.approx(full["train_flops_sparse"])
 
 
 def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
