@@ -136,9 +136,13 @@ class GradualPruning(dst.DynamicSparsity):
         density = sum(int((f > 0).sum()) for f in self.float_masks) / self.total
         self.densities.append([step, density])
 
-    def end_epoch(self, epoch: int) -> dict[str, float]:
-        out = super().end_epoch(epoch)
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """DST's epoch metrics, the density at the end of the epoch, and the density after
+        each of the epoch's updates as [[step, density], ...] (logged at step = iteration)."""
+        out: dict[str, Any] = super().end_epoch(epoch)
         out["granet_density"] = self.masks.density()
+        lo, hi = epoch * self.steps_per_epoch, (epoch + 1) * self.steps_per_epoch
+        out["granet_update_density"] = [[s, d] for s, d in self.densities if lo <= s < hi]
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ Library choices:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,10 @@ class Metric:
     column/fmt: its header and format in the console's summary table (None: not shown).
     of_test_logits: f(logits, labels) -> float, computed by the trial on the full test set,
         where `applies(cfg)` holds (None: always).
-    step: what an epoch metric's step is in a tracker: "epoch", or "round" (IMP's round
-        records, which close a round's last epoch: step = the round, 0 = the start mask).
+    step: what an epoch metric's step is in a tracker: "epoch", "round" (IMP's round
+        records, which close a round's last epoch: step = the round, 0 = the start mask), or
+        "iteration": the row holds [[training step, value], ...], one value per event of the
+        epoch (GraNet's density after each update), each logged at its step (`step_series`).
     """
 
     name: str
@@ -53,6 +56,7 @@ class Metric:
 
 
 ROUND = "round"
+ITERATION = "iteration"
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -291,6 +295,8 @@ _METRICS = [
     Metric("slt_level", EPOCH, "SLT level the epoch trained in (0: the first)", fmt="d"),
     Metric("slt_density", EPOCH, "density of the SLT subnetwork the epoch computed with"),
     Metric("granet_density", EPOCH, "density of the GraNet mask at the end of the epoch"),
+    Metric("granet_update_density", EPOCH, "density of the GraNet mask after each update",
+           step=ITERATION),
     # what the epoch's steps cost at the densities each computed with (train_flops_per_image);
     # a trial's train_flops_sparse is the sum over its epochs
     Metric("epoch_train_flops", EPOCH, "training FLOPs of the epoch (sparse)", fmt=".3g"),
@@ -364,6 +370,22 @@ def step_of(key: str, row: dict[str, Any]) -> int:
     if m is not None and m.step == ROUND:
         return int(row.get("imp_round", 0))
     return int(row.get("epoch", 0))
+
+
+def step_series(row: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """(name, value, training step) of every "iteration" metric of a row: its per-event
+    values, which `numeric_metrics` leaves out (lists, or JSON text where the row passed
+    through Tune, which keeps only numbers and strings)."""
+    out = []
+    for key, value in row.items():
+        m = metric(key)
+        if m is None or m.step != ITERATION:
+            continue
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, (list, tuple)):
+            out += [(key, float(v), int(step)) for step, v in value]
+    return out
 
 
 def is_metric(key: str, when: str | None = None) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 from . import storage as store
 from .config import ConfigError, TrialConfig, from_flat, run_key, trial_epochs
 from .layout import GROUP_PREFIX
+from .metrics import ITERATION, metric
 from .plan import (
     TRIALS_FILE,
     SweepError,
@@ -262,12 +263,16 @@ def _train_loop_with_fault(loop_config: dict[str, Any]) -> None:
 
 
 def _report_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a trial's epoch row goes to Tune: numbers and strings."""
-    return {
-        k: v
-        for k, v in metrics.items()
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
-    }
+    """What of a trial's epoch row goes to Tune: numbers and strings; a per-event series
+    (`rp_tune.metrics.step_series`: GraNet's density after each update) as JSON text."""
+    out = {}
+    for k, v in metrics.items():
+        m = metric(k)
+        if isinstance(v, (list, tuple)) and m is not None and m.step == ITERATION:
+            out[k] = json.dumps(v)
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            out[k] = v
+    return out
 
 
 def _group_loop(

@@ -40,7 +40,7 @@ from .layout import (
     LEGACY_ARTIFACTS,
     MASKS_FILE,
 )
-from .metrics import EPOCH, FINAL, numeric_metrics, step_of
+from .metrics import EPOCH, FINAL, numeric_metrics, step_of, step_series
 from .provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
 
 log = logging.getLogger(__name__)
@@ -381,10 +381,12 @@ class SweepTracker:
         metrics = [
             Metric(k, v, ts, step_of(k, result)) for k, v in numeric_metrics(result, EPOCH).items()
         ]
+        metrics += [Metric(k, v, ts, step) for k, v, step in step_series(result)]
         metrics.append(
             Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
         )
-        self._client_().log_batch(run_id, metrics=metrics)
+        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics a batch
+            self._client_().log_batch(run_id, metrics=metrics[i : i + 900])
         self._last_step[run_id] = epoch
 
     def _backfill_epochs(self, run_id: str, history: list[dict[str, Any]]) -> int:
@@ -408,6 +410,7 @@ class SweepTracker:
                 for k, v in numeric_metrics(row, EPOCH).items()
                 if k != "train_loss"
             ]
+            metrics += [Metric(k, v, ts, step) for k, v, step in step_series(row)]
             if isinstance(row.get("train_loss"), (int, float)):  # last: the row's marker
                 metrics.append(
                     Metric("train_loss", float(row["train_loss"]), ts, int(row["epoch"]))

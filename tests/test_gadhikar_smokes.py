@@ -43,6 +43,10 @@ def test_a_sparse_to_sparse_smoke_sweep_trains_tracks_and_compares_its_starts(
         assert len(flops) == epochs
         assert run.data.metrics["train_flops_sparse"] == pytest.approx(sum(flops))
         assert artifact in [a.path for a in client.list_artifacts(rid)]
+        if method == "granet":  # the density after every update, at its training step
+            updates = client.get_metric_history(rid, "granet_update_density")
+            steps = sorted(m.step for m in updates)
+            assert steps and steps == list(range(4, 4 * len(steps) + 1, 4))
     rep = cli(*args, "--report")
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "sparse to sparse: each method from a dense start" in rep.stdout

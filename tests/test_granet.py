@@ -54,6 +54,8 @@ def test_every_update_hits_the_schedules_density_exactly(tmp_path, inside):
     assert sum(final.kept().values()) == round(0.1 * total)
     assert r["achieved_density"] == pytest.approx(round(0.1 * total) / total)
     assert all(h["dst_changed"] >= 0 for h in r["history"]) and r["history"][0]["dst_updates"]
+    # each epoch's row: the density after each of its updates, at its step
+    assert [x for h in r["history"] for x in h["granet_update_density"]] == log
     csv = (latest_checkpoint(tmp_path) / ARTIFACTS_DIR / "granet_updates.csv").read_text()
     assert len(csv.strip().splitlines()) == 1 + len(log)  # an artifact: every update's density
     if inside:  # the strict reading: nothing outside the source, ever

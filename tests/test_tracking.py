@@ -190,3 +190,30 @@ def test_epochs_the_sweep_never_saw_are_logged_from_the_trials_history(tmp_path)
     steps = sorted(m.step for m in client.get_metric_history(run, "train_loss"))
     assert steps == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run, "val_acc")] == [2]
+
+
+def test_per_update_values_are_logged_at_their_training_step(tmp_path):
+    """GraNet's density after each update rides in the epoch's row as [[step, density], ...]
+    and reaches MLflow at step = the training step, beside the per-epoch metrics; an epoch
+    the sweep never saw brings its updates from the trial's history."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "sweep"), space="smoke")
+    from rp_tune.sweep import _report_row
+
+    row = {"epoch": 1, "train_loss": 2.0, "granet_density": 0.3,
+           "granet_update_density": [[4, 0.4], [8, 0.3]]}  # fmt: skip
+    t.trial_result("k1", _flat(), _report_row(row))  # as Tune delivers it: JSON text
+    assert t.close(timeout_s=60) == 0
+    client = MlflowClient(uri)
+    _, (child,) = mlflow_runs(client, "exp")
+    run = child.info.run_id
+    history = [{"epoch": e, "train_loss": 1.0, "granet_update_density": [[4 * e + 4, 0.2]]}
+               for e in (1, 2)]  # fmt: skip
+    t2 = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "sweep"), space="smoke")
+    try:
+        assert t2._backfill_epochs(run, history) == 1  # epoch 2 only
+    finally:
+        t2.close()
+    hist = client.get_metric_history(run, "granet_update_density")
+    assert sorted((m.step, m.value) for m in hist) == [(4, 0.4), (8, 0.3), (12, 0.2)]
+    assert [m.step for m in client.get_metric_history(run, "granet_density")] == [1]
