@@ -25,7 +25,7 @@ Every plot draws groups (`rp_tune.grouping`: trials that differ only in their se
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,6 +427,15 @@ def _start_of(g: Group) -> tuple[str, float]:
     return f"{g.label.rpartition('+')[0]} {start:g}", start
 
 
+def _s2s_groups(rows: list[dict[str, Any]]) -> Iterator[tuple[str, tuple, Group]]:
+    """(method, the other varying sparsity keys, group) of every IMP, SLT or GraNet group:
+    the groups whose starts the comparison puts side by side."""
+    for g in groups(rows):
+        method = g.label.rpartition("+")[2]
+        if "+" in g.label and method in S2S_METHODS:
+            yield method, tuple((k, v) for k, v in g.line if k != "sparsity.start_density"), g
+
+
 def sparse_to_sparse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Gadhikar et al. (ICML 2023)'s comparison as rows: per model, context, method (IMP,
     strong tickets, GraNet) and final density, every start side by side (the dense start
@@ -435,16 +444,12 @@ def sparse_to_sparse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     training FLOPs (`train_flops_sparse`: every epoch at the densities it trained at), with
     their ratio to the dense start's at the same final density."""
     by: dict[tuple, list[Group]] = defaultdict(list)
-    for g in groups(rows):
-        method = g.label.rpartition("+")[2]
-        if "+" not in g.label or method not in S2S_METHODS:
-            continue
-        other = tuple((k, v) for k, v in g.line if k != "sparsity.start_density")
+    for method, other, g in _s2s_groups(rows):
         by[(g.model, g.context, method, other, g.density)].append(g)
     out = []
     for (model, context, method, other, density), members in by.items():
-        starts = sorted(members, key=lambda g: (_start_of(g)[0] != "dense", -_start_of(g)[1],
-                                                _start_of(g)[0]))  # fmt: skip
+        # the dense start (density 1.0) first, then the sources, densest first
+        starts = sorted(members, key=lambda g: (-_start_of(g)[1], _start_of(g)[0]))
         dense = next((g for g in starts if _start_of(g)[0] == "dense"), None)
         dense_flops = dense.stat("train_flops_sparse") if dense is not None else None
         for g in starts:
@@ -471,13 +476,9 @@ def plot_sparse_to_sparse(
     right), a line per start (dense, or a random source), mean ± std over seeds. Drawn
     where a method has at least two starts."""
     points: dict[tuple, dict[str, list[tuple[float, Group]]]] = defaultdict(dict)
-    for g in groups(rows):
-        method = g.label.rpartition("+")[2]
-        if "+" in g.label and method in S2S_METHODS:  # a panel per other sparsity key too
-            other = tuple((k, v) for k, v in g.line if k != "sparsity.start_density")
-            points[(g.model, g.context + other, method)].setdefault(_start_of(g)[0], []).append(
-                (g.density, g)
-            )
+    for method, other, g in _s2s_groups(rows):  # a panel per other sparsity key too
+        starts = points[(g.model, g.context + other, method)]
+        starts.setdefault(_start_of(g)[0], []).append((g.density, g))
     points = {k: v for k, v in points.items() if len(v) > 1}
     if not points:
         return None

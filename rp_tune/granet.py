@@ -92,6 +92,7 @@ class GradualPruning(dst.DynamicSparsity):
         prune_start: float,
         prune_end: float,
         regrow_in_source: bool,
+        flow_added: int = 0,
         **dynamic: Any,
     ) -> None:
         super().__init__(masks, growth="gradient", schedule="cosine_whole_run", stop_at=1.0,
@@ -104,7 +105,7 @@ class GradualPruning(dst.DynamicSparsity):
         if regrow_in_source:  # the source, as drawn: regrowth stays inside it
             self.allowed = [f.detach() > 0 for f in self.float_masks]
         self.densities: list[list[float]] = []  # [[step, density after the update], ...]
-        self.flow_added = 0  # weights flow preservation added to the source (set at setup)
+        self.flow_added = flow_added  # weights flow preservation added to the source
 
     def target(self, step: int) -> int:
         """Weights kept after the pruning of `step`: round(d_t N)."""

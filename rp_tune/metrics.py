@@ -191,9 +191,14 @@ def train_flops_per_image(
 
 
 def cost(
-    model: nn.Module, densities: dict[str, float], input_shape: Sequence[int], train_images: int
+    model: nn.Module,
+    densities: dict[str, float],
+    input_shape: Sequence[int],
+    train_images: int,
+    flops: tuple[float, dict[str, int]] | None = None,
 ) -> dict[str, float]:
-    """Parameter and FLOP counts, dense and sparse.
+    """Parameter and FLOP counts, dense and sparse. `flops`: `layer_flops(model,
+    input_shape)` where the caller has it already (a trial counts it once, at setup).
 
     Sparse inference FLOPs = dense - sum_l (1 - p_l) * FLOPs_l over masked layers l (conv and
     linear FLOPs scale with the layer density). Training FLOPs = 3 x inference FLOPs per image
@@ -202,7 +207,7 @@ def cost(
     modules = dict(model.named_modules())
     params_dense = sum(p.numel() for p in model.parameters())
     pruned = sum((1 - d) * modules[n].weight.numel() for n, d in densities.items())
-    total, per = layer_flops(model, input_shape)
+    total, per = flops if flops is not None else layer_flops(model, input_shape)
     sparse = sparse_flops(total, per, densities)
     return {
         "params_dense": float(params_dense),

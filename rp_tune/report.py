@@ -204,20 +204,21 @@ def borrow_dense(
     return rows + borrowed, borrowed
 
 
-def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows as a table whose columns are the union of their keys in first-seen order, missing
-    values null (`pa.Table.from_pylist` keeps only the first row's keys: a metric the first
-    group lacks would vanish from every row)."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+def rows_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> pa.Table:
+    """Rows as a table whose columns are the union of their keys (in first-seen order, or
+    `columns`), missing values null (`pa.Table.from_pylist` keeps only the first row's
+    keys: a metric the first group lacks would vanish from every row)."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     return pa.table({c: [r.get(c) for r in rows] for c in columns})
 
 
 def results_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows with the union of columns (missing values null)."""
+    """Rows with the union of columns (missing values null), run_key and status first."""
     columns = sorted(
         {k for r in rows for k in r}, key=lambda k: (k not in ("run_key", "status"), k)
     )
-    return pa.table({c: [r.get(c) for r in rows] for c in columns})
+    return rows_table(rows, columns)
 
 
 def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -348,7 +348,7 @@ class Trial:
     slt: slt.StrongTickets | None = None  # strong lottery tickets (sparsity.mode=slt)
     # the dense model's FLOPs per image, total and per module (`metrics.layer_flops`), and
     # the training FLOPs of the epochs trained so far, each at its own densities
-    layer_flops: tuple[float, dict[str, int]] = (0.0, {})
+    layer_flops: tuple[float, dict[str, int]] | None = None  # set by `setup`
     train_flops: float = 0.0
     # False when resumed from a checkpoint whose epochs predate epoch_train_flops: the sum
     # would miss them, so the final count falls back to pricing every epoch at the end
@@ -537,9 +537,8 @@ def setup(
         dynamic = granet.GradualPruning(
             masks, start_density=sp.start_density, final_density=sp.density,
             prune_start=sp.prune_start, prune_end=sp.prune_end,
-            regrow_in_source=sp.regrow_in_source, **rewiring,
+            regrow_in_source=sp.regrow_in_source, flow_added=flow_added, **rewiring,
         )  # fmt: skip
-        dynamic.flow_added = flow_added
     elif sp.mode == "dynamic" and sp.density < 1.0:
         dynamic = dst.DynamicSparsity(
             masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at, **rewiring
@@ -675,6 +674,7 @@ def step_flops(trial: Trial) -> float:
     """Training FLOPs of one image in a step at the trial's current masks
     (`metrics.train_flops_per_image`): 3 f(masks), or for strong-ticket scores, whose
     gradient covers the source, 2 f(subnetwork) + f(source). One host sync (the counts)."""
+    assert trial.layer_flops is not None, "setup counts the model's FLOPs"
     total, per = trial.layer_flops
     names = list(trial.masks.masks)
     floats = trial.masks.bound()[1]  # current under DST, which syncs `masks` once per epoch
@@ -699,7 +699,9 @@ def end_round(trial: Trial, epoch: int) -> dict[str, Any]:
     densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
     round_epochs = pruning.epochs - (pruning.rewind_epoch if r > 0 else 0)
     images = round_epochs * t.data.steps * cfg.train.batch_size * t.world
-    flops = metrics.cost(t.model, densities, (3, *input_size(cfg)), images)["train_flops_sparse"]
+    flops = metrics.cost(t.model, densities, (3, *input_size(cfg)), images, t.layer_flops)[
+        "train_flops_sparse"
+    ]
     before = pruning.rounds[-1]["cumulative_train_flops"] if pruning.rounds else 0.0
     record = {
         "imp_round": r,
@@ -914,7 +916,7 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
         out["ood_used"] = ",".join(t.ood)
     densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
     images_seen = cfg.total_epochs * t.data.steps * cfg.train.batch_size * t.world
-    out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen))
+    out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen, t.layer_flops))
     if t.train_flops > 0 and t.flops_complete:  # every epoch at its own densities
         out["train_flops_sparse"] = t.train_flops
     elif t.imp is not None and t.imp.rounds:  # each round at its own density
