@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a search space as a Ray Tune sweep: `python run_sweep.py --space width_scan`.
 
-Thin CLI over rp_tune.sweep: every config is expanded and validated before Ray starts.
+Thin CLI over rp_tune.adapters.ray.sweep: every config is expanded and validated before Ray starts.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ def _spaces_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    from rp_tune import storage
-    from rp_tune.plan import (
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import (
         SweepError,
         check_data_roots,
         check_not_held,
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         return report(args, name)
     if args.dry_run:
-        from rp_tune.plan import (
+        from rp_tune.planning.plan import (
             ASSUMED_TFLOPS,
             describe_axes,
             device_kind,
@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
         )
         if args.group_size > 1:
-            from rp_tune.plan import trial_entries
-            from rp_tune.trial_groups import describe_units, plan_units
+            from rp_tune.planning.plan import trial_entries
+            from rp_tune.trial.groups import describe_units, plan_units
 
             units = plan_units(trial_entries(configs), args.group_size)
             print(describe_units(*units, args.group_size))
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.verbose:
             print("every trial with its run key and estimate: add -v")
         return 0
-    from rp_tune.sweep import run_sweep
+    from rp_tune.adapters.ray.sweep import run_sweep
 
     _console(args.verbose)
     try:
@@ -360,9 +360,9 @@ def _with(argv: list[str] | None, flag: str) -> str:
 
 def status(args: argparse.Namespace, name: str) -> int:
     """--status: every trial of the sweep at <storage>/<name> and where it stands."""
-    from rp_tune import storage
-    from rp_tune.plan import driver_lock
-    from rp_tune.progress import counts, status_table, sweep_status
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import driver_lock
+    from rp_tune.planning.progress import counts, status_table, sweep_status
 
     root = storage.resolve(args.storage)
     path = storage.join(root, name)
@@ -407,11 +407,11 @@ def resume_command(argv: list[str] | None = None) -> str:
 
 
 def evaluate(args: argparse.Namespace, name: str) -> int:
-    """--evaluate: the final evaluation of the finished trials again (rp_tune.evaluate)."""
-    from rp_tune import storage
+    """--evaluate: the final evaluation of the finished trials again (rp_tune.results.evaluate)."""
     from rp_tune.config import parse_set
-    from rp_tune.evaluate import evaluate_sweep
-    from rp_tune.plan import check_not_held
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import check_not_held
+    from rp_tune.results.evaluate import evaluate_sweep
 
     root = storage.resolve(args.storage)
     sweep_dir = storage.join(root, name)
@@ -432,8 +432,8 @@ def evaluate(args: argparse.Namespace, name: str) -> int:
 def _tracking_uri(args: argparse.Namespace, sweep_dir: str) -> str | None:
     """The MLflow store of a finished sweep: --tracking-uri, $MLFLOW_TRACKING_URI, or the
     results root's own database where there is one; None with --no-tracking."""
-    from rp_tune import storage
-    from rp_tune.tracking import default_tracking_uri, local_store
+    from rp_tune.adapters.mlflow.tracking import default_tracking_uri, local_store
+    from rp_tune.core import storage
 
     if args.no_tracking:
         return None
@@ -446,8 +446,8 @@ def _tracking_uri(args: argparse.Namespace, sweep_dir: str) -> str | None:
 def report(args: argparse.Namespace, name: str) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
 
-    from rp_tune import storage
-    from rp_tune.report import main as report_main
+    from rp_tune.core import storage
+    from rp_tune.results.report import main as report_main
 
     sweep_dir = storage.join(storage.resolve(args.storage), name)
     uri = _tracking_uri(args, sweep_dir)

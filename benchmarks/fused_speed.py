@@ -8,8 +8,8 @@ for ResNet-20 and ResNet-56 at density 0.1 (ERK), synthetic CIFAR-sized data res
 device, batch 128, it measures training images/s (every member's images counted) in the
 steady state (an epoch to warm up, then one measured):
 
-- alone: one trial's epoch (`rp_tune.train.train_epoch`);
-- fused K (K = 1, 4, 8, 16): one trial group of K members, seeds 0..K-1 (`rp_tune.fused`);
+- alone: one trial's epoch (`rp_tune.trial.train.train_epoch`);
+- fused K (K = 1, 4, 8, 16): one trial group of K members, seeds 0..K-1 (`rp_tune.trial.fused`);
 - packed K (K = 4, 8, 16): K processes, each one trial alone, sharing the device; they
   wait for each other after warming up, and the rate is their images over the span from
   the first start to the last end of their measured epochs.
@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rp_tune.config import from_flat, run_key  # noqa: E402
-from rp_tune.fused import build_group  # noqa: E402
-from rp_tune.provenance import code_state  # noqa: E402
-from rp_tune.train import setup, train_epoch  # noqa: E402
+from rp_tune.core.provenance import code_state  # noqa: E402
+from rp_tune.trial.fused import build_group  # noqa: E402
+from rp_tune.trial.train import setup, train_epoch  # noqa: E402
 
 FULL = {"models": ["cifar_resnet_20", "cifar_resnet_56"], "fused": [1, 4, 8, 16],
         "packed": [4, 8, 16], "steps": 60}  # fmt: skip

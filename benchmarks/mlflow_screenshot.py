@@ -5,7 +5,8 @@
 
 Starts `mlflow server` on loopback against the sweep's MLflow database (`<storage>/mlflow.db`),
 opens the URL the sweep printed at its end (its saved comparison view; see
-`rp_tune.mlflow_view`) in Debian's Chromium driven by Playwright, waits until every trial's run
+`rp_tune.adapters.mlflow.view`) in Debian's Chromium driven by Playwright, waits until every
+trial's run
 name is on the page, and saves a screenshot of the chart view (`--out`) and of the table view
 (`--table-out`). Without `--storage` it first runs `python run_sweep.py --space smoke` in a
 temporary folder. Needs Chromium (`apt-get install chromium`) and the dev extras

@@ -8,7 +8,8 @@ reaches it once, whatever the server does. Two ways to get there, each run as a 
 driver runs it (one thread producing a row of the registered per-epoch metrics per trial per
 epoch, `--interval` seconds apart) against `mlflow server` on loopback:
 
-- `rp_tune`: `rp_tune.tracking.SweepTracker` (a queue drained by one thread, failed calls
+- `rp_tune`: `rp_tune.adapters.mlflow.tracking.SweepTracker` (a queue drained by one thread,
+  failed calls
   retried in order with back-off; what is still queued at the end goes to a pending file that
   the next --resume replays);
 - `mlflow_async`: `MlflowClient.log_batch(..., synchronous=False)`, MLflow's async queue, with
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.mlflow_screenshot import free_port, start_server  # noqa: E402
-from rp_tune.metrics import EPOCH, METRICS  # noqa: E402
+from rp_tune.trial.metrics import EPOCH, METRICS  # noqa: E402
 
 KEYS = [m.name for m in METRICS.values() if m.when == EPOCH and not m.family and m.step == EPOCH]
 
@@ -87,7 +88,7 @@ def run_once(strategy: str, scenario: str, args: argparse.Namespace) -> dict[str
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from rp_tune.tracking import SweepTracker
+    from rp_tune.adapters.mlflow.tracking import SweepTracker
 
     server = Server(Path(args.folder))
     print(json.dumps({"server_port": server.port}), flush=True)
@@ -150,7 +151,7 @@ EXPERIMENT = "bench"
 def measure(strategy: str, scenario: str, args: argparse.Namespace) -> dict[str, float]:
     """`run_once` in a process of its own, killed if it cannot exit; then the store, with the
     pending file replayed (what the next --resume does), counted."""
-    from rp_tune.tracking import SweepTracker
+    from rp_tune.adapters.mlflow.tracking import SweepTracker
 
     with tempfile.TemporaryDirectory(prefix="rp_tune-async-") as folder:
         cmd = [sys.executable, __file__, "--one", strategy, scenario, "--folder", folder,

@@ -4,7 +4,7 @@
         [--data cifar10 --data-root DIR | --data synthetic] [--copies 8]
 
 Same model, same masks, same data, same machine, one run:
-- ours: `rp_tune.train.run_trial` (data resident on the device as uint8, crop/flip on the
+- ours: `rp_tune.trial.train.run_trial` (data resident on the device as uint8, crop/flip on the
   device, bf16 autocast + channels_last on CUDA, one fused mask multiply per step, one host
   sync per epoch); images/s of its last epoch (the first one warms up cudnn and allocators).
 - reference: torchvision-style Dataset of PIL images with RandomCrop(32, 4) + flip + ToTensor +
@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from rp_tune.config import from_flat  # noqa: E402
 from rp_tune.data import STATS, load_arrays  # noqa: E402
-from rp_tune.masks import Masks  # noqa: E402
 from rp_tune.models import build_model, layer_specs  # noqa: E402
 from rp_tune.sparsity import layer_densities  # noqa: E402
-from rp_tune.train import run_trial  # noqa: E402
+from rp_tune.sparsity.masks import Masks  # noqa: E402
+from rp_tune.trial.train import run_trial  # noqa: E402
 
 
 def make_cfg(args: argparse.Namespace, epochs: int):

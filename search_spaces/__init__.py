@@ -7,7 +7,7 @@ Each module defines
 - FIXED: flat config key -> value, the same for every trial;
 - SMOKE: flat key -> value or list, replacing GRID/FIXED entries under `--smoke` (or a list
   of such dicts, one per grid, where GRID is a list);
-- FIGURES (optional): the paper figures it serves, names from `rp_tune.figures.FIGURES`;
+- FIGURES (optional): the paper figures it serves, names from `rp_tune.results.figures.FIGURES`;
   the report names the plot that draws each.
 
 Trials at density 1.0 are dense whatever the scheme, so they are run once per model and seed.

@@ -1,9 +1,11 @@
 """Who may import what: the edges of the design, enforced.
 
-- only `rp_tune/sweep.py` imports ray, only `rp_tune/tracking.py` imports mlflow, only
-  `rp_tune/report.py` imports matplotlib (every import statement, at the top or inside a
-  function, is read from the source);
-- the config, the model names, storage, seeds and the search spaces name no torch;
+- only the Ray adapter (`rp_tune/adapters/ray/sweep.py`) imports ray, only the MLflow
+  tracker (`rp_tune/adapters/mlflow/tracking.py`) imports mlflow, only the figures and the
+  trial curves beside an MLflow run import matplotlib (every import statement, at the top or
+  inside a function, is read from the source);
+- the core (model names, layout, seeds, storage, provenance...), the config and the search
+  spaces name no torch;
 - planning a sweep (`--dry-run`) and every bad-input path of the CLI run without Ray, and
   `import rp_tune.config` loads no torch (checked in a fresh interpreter).
 """
@@ -16,13 +18,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
-ONLY = {"ray": {"rp_tune/sweep.py"}, "mlflow": {"rp_tune/tracking.py"},
-        "matplotlib": {"rp_tune/figures.py"}}  # fmt: skip
+ONLY = {
+    "ray": {"rp_tune/adapters/ray/sweep.py"},
+    "mlflow": {"rp_tune/adapters/mlflow/tracking.py"},
+    "matplotlib": {"rp_tune/results/figures.py", "rp_tune/adapters/mlflow/curves.py"},
+}
 TORCH_FREE = {
-    "rp_tune/config.py",
-    "rp_tune/model_names.py",
-    "rp_tune/storage.py",
-    "rp_tune/seeds.py",
+    *(str(p.relative_to(ROOT)) for p in (ROOT / "rp_tune" / "core").glob("*.py")),
+    "rp_tune/config/__init__.py",
     *(str(p.relative_to(ROOT)) for p in (ROOT / "search_spaces").glob("*.py")),
 }
 
@@ -86,7 +89,7 @@ BAD_OR_PLANNING = [
 def test_planning_and_bad_input_never_import_ray(tmp_path):
     """One fresh interpreter runs every case in turn: the dry run exits 0, each bad input 2,
     and after all of them neither ray nor mlflow was ever imported."""
-    from rp_tune.plan import expand_space, write_stored_trials
+    from rp_tune.planning.plan import expand_space, write_stored_trials
 
     stored = tmp_path / "stored"
     write_stored_trials(str(stored / "smoke"), expand_space("smoke"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rp_tune.plan import default_concurrency, expand_space, max_cluster_resources
-from rp_tune.sweep import HEAD_RESOURCE, trial_driver_resources
+from rp_tune.adapters.ray.sweep import HEAD_RESOURCE, trial_driver_resources
+from rp_tune.planning.plan import default_concurrency, expand_space, max_cluster_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 

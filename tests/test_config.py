@@ -1,13 +1,6 @@
 import pytest
 
-from rp_tune.config import (
-    ConfigError,
-    TrialConfig,
-    flat_keys,
-    from_flat,
-    run_key,
-    to_flat,
-)
+from rp_tune.config import ConfigError, TrialConfig, flat_keys, from_flat, run_key, to_flat
 
 
 def test_flat_round_trip_default_and_custom():

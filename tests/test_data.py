@@ -119,7 +119,7 @@ def test_uri_data_root_without_the_dataset_is_a_clear_error(tmp_path, monkeypatc
 
 def test_relative_data_root_is_made_absolute_for_ray_workers(tmp_path, monkeypatch):
     from rp_tune.data import absolute_data_root
-    from rp_tune.plan import expand_space
+    from rp_tune.planning.plan import expand_space
 
     monkeypatch.chdir(tmp_path)
     assert absolute_data_root("data") == str(tmp_path / "data")
@@ -151,7 +151,7 @@ def test_prepare_cifar10_from_a_jpeg_folder_then_train_one_epoch(tmp_path):
 
     from rp_tune.config import from_flat
     from rp_tune.data import main
-    from rp_tune.train import run_trial
+    from rp_tune.trial.train import run_trial
 
     classes = _write_jpeg_tree(tmp_path / "jpg")
     root = tmp_path / "data"
@@ -210,7 +210,7 @@ def test_prepare_refuses_bad_folders_and_overwrites_nothing(tmp_path, capsys):
 def test_synthetic_splits_share_the_class_templates_and_a_short_run_beats_chance(tmp_path):
     from rp_tune.config import from_flat
     from rp_tune.data import synthetic_arrays
-    from rp_tune.train import run_trial
+    from rp_tune.trial.train import run_trial
 
     train_x, train_y = synthetic_arrays(400, 10, 0, "train")
     test_x, test_y = synthetic_arrays(400, 10, 0, "test")
@@ -359,9 +359,9 @@ def test_an_imagenet_trial_reports_top5_from_the_registry(tmp_path):
     """top-5 is declared once (metrics.METRICS, ImageNet only): an ImageNet trial computes it,
     the console table shows its column, a CIFAR-style trial has neither."""
     from rp_tune.config import from_flat
-    from rp_tune.metrics import unregistered
-    from rp_tune.plan import SweepSummary, TrialOutcome
-    from rp_tune.train import run_trial
+    from rp_tune.planning.plan import SweepSummary, TrialOutcome
+    from rp_tune.trial.metrics import unregistered
+    from rp_tune.trial.train import run_trial
 
     classes = [f"n{i:02d}" for i in range(7)]
     _write_image_folder(tmp_path / "imagenet" / "train", classes, 4)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rp_tune.dst import death_rate, is_update_step, update_masks_
+from rp_tune.methods.dst import death_rate, is_update_step, update_masks_
 
 
 def _layer(seed=0, shape=(8, 4, 3, 3), density=0.25):
@@ -115,9 +115,9 @@ def test_bad_growth():
 # --- in a trial -----------------------------------------------------------------------------
 
 from rp_tune.config import from_flat  # noqa: E402
-from rp_tune.masks import Masks  # noqa: E402
-from rp_tune.plan import expand_space  # noqa: E402
-from rp_tune.train import latest_checkpoint, run_trial  # noqa: E402
+from rp_tune.planning.plan import expand_space  # noqa: E402
+from rp_tune.sparsity.masks import Masks  # noqa: E402
+from rp_tune.trial.train import latest_checkpoint, run_trial  # noqa: E402
 
 
 def _cfg(**over):

@@ -7,10 +7,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.config import from_flat, run_key
-from rp_tune.evaluate import EVALUATIONS_FILE, evaluate_sweep, new_metrics
-from rp_tune.plan import SweepError, write_stored_trials
-from rp_tune.report import read_trials
-from rp_tune.train import run_trial
+from rp_tune.planning.plan import SweepError, write_stored_trials
+from rp_tune.results.evaluate import EVALUATIONS_FILE, evaluate_sweep, new_metrics
+from rp_tune.results.report import read_trials
+from rp_tune.trial.train import run_trial
 
 FLAT = {"model.name": "cifar_resnet_8", "data.name": "synthetic", "data.synthetic_train": 128,
         "data.synthetic_test": 64, "train.epochs": 1, "train.batch_size": 32,

@@ -17,13 +17,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from rp_tune import storage
 from rp_tune.config import from_flat, run_key
-from rp_tune.masks import Masks
+from rp_tune.core import storage
 from rp_tune.models import build_model, layer_specs
-from rp_tune.plan import expand_space
+from rp_tune.planning.plan import expand_space
 from rp_tune.sparsity import layer_densities
-from rp_tune.train import checkpoint_masks_file
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.train import checkpoint_masks_file
 from tests.helpers import (
     ROOT,
     cli,
@@ -70,7 +70,7 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
     import ray
     from ray.train.v2._internal.state.state_actor import get_state_actor
 
-    from rp_tune.sweep import run_sweep
+    from rp_tune.adapters.ray.sweep import run_sweep
     from tests.helpers import write_tiny_cifar10
 
     folder = write_tiny_cifar10(tmp_path / "data", n_train=100, n_test=20)
@@ -513,7 +513,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
         parents, children = mlflow_runs(client, "smoke")
         assert len(parents) == 1 and len(children) == n
-        from rp_tune.plan import resolve_gpus
+        from rp_tune.planning.plan import resolve_gpus
 
         # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
         cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3", **ONE}), {"GPU": 0}, "")

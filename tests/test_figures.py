@@ -3,7 +3,7 @@ axes are named, and it draws one series per group at the right points."""
 
 import pytest
 
-from rp_tune.figures import (
+from rp_tune.results.figures import (
     FIGURES,
     PLOTS,
     draw_all,
@@ -114,7 +114,7 @@ def test_the_readme_lists_every_figure_with_the_spaces_that_serve_it():
 def test_a_space_naming_an_unknown_figure_is_refused():
     import types
 
-    from rp_tune.plan import SweepError, expand_space
+    from rp_tune.planning.plan import SweepError, expand_space
 
     space = types.ModuleType("bad_figures")
     space.DESCRIPTION, space.GRID, space.FIXED, space.SMOKE = "x", {}, {}, {}

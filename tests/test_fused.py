@@ -1,4 +1,4 @@
-"""Trial groups (rp_tune.fused): K trials trained as one fused model give each member what it
+"""Trial groups (rp_tune.trial.fused): K trials trained as one fused model give each member what it
 would have got alone.
 
 Stated tolerance: with oneDNN (mkldnn) convolutions off, every conv of the fused model runs
@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from rp_tune.config import ConfigError, from_flat, run_key
-from rp_tune.fused import (
+from rp_tune.models import build_model
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.fused import (
     GroupedLinear,
     build_group,
     check_group,
@@ -26,9 +28,7 @@ from rp_tune.fused import (
     run_group,
     train_group,
 )
-from rp_tune.masks import Masks
-from rp_tune.models import build_model
-from rp_tune.train import read_checkpoint, run_trial
+from rp_tune.trial.train import read_checkpoint, run_trial
 
 BASE = {
     "model.name": "cifar_resnet_8_4",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rp_tune.config import from_flat
-from rp_tune.masks import Masks
-from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
 
 pytestmark = pytest.mark.gpu
 
@@ -120,7 +120,7 @@ def test_a_fused_trial_group_on_cuda_trains_each_member_like_alone(tmp_path):
     """bf16 + channels_last group of 3 (one bmm classifier, grouped convs): each member's loss
     falls, its pruned weights stay exactly zero, its masks are the ones it draws alone; in
     fp32 the members' first epoch matches each trial alone (kernels sum in other orders)."""
-    from rp_tune.fused import run_group
+    from rp_tune.trial.fused import run_group
 
     cfgs = [_cfg(**{"seed": s, "sparsity.density": d}) for s, d in ((0, 0.1), (1, 0.3), (2, 0.5))]
     dirs = [tmp_path / f"m{i}" for i in range(3)]

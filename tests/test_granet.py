@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from rp_tune.config import ConfigError, from_flat, run_key
-from rp_tune.granet import cubic_density
-from rp_tune.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
-from rp_tune.masks import Masks
-from rp_tune.train import latest_checkpoint, run_trial
+from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
+from rp_tune.methods.granet import cubic_density
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.train import latest_checkpoint, run_trial
 from tests.helpers import QUICK_TRIAL
 
 GRANET = {
@@ -81,9 +81,9 @@ def test_training_flops_price_every_step_at_the_masks_it_computed_with(tmp_path)
     epochs 2 and 3 only, so each epoch's FLOPs follow from the masks its checkpoints hold:
     that first step at the previous mask with a dense weight gradient (2 f(old) + f(dense),
     regrowth by gradient), the other 6 at 3 f(new), 32 images a step."""
-    from rp_tune import metrics
     from rp_tune.models import build_model
-    from rp_tune.train import checkpoint_masks_file
+    from rp_tune.trial import metrics
+    from rp_tune.trial.train import checkpoint_masks_file
 
     cfg = _cfg(**{"sparsity.update_frequency": 7})
     r = run_trial(cfg, tmp_path, keep_checkpoints=3)
@@ -148,7 +148,7 @@ def test_a_granet_trial_is_named_by_its_source():
 
 
 def test_the_granet_space_and_its_smoke(tmp_path):
-    from rp_tune.plan import expand_space
+    from rp_tune.planning.plan import expand_space
 
     full = expand_space("granet_sparse_to_sparse")
     starts = sorted({(c.sparsity.scheme, c.sparsity.start_density) for c in full})
@@ -164,7 +164,7 @@ def test_the_granet_space_and_its_smoke(tmp_path):
 
 
 def test_flow_preservation_connects_every_unit_with_as_few_weights_as_that_takes():
-    from rp_tune.granet import preserve_flow_
+    from rp_tune.methods.granet import preserve_flow_
 
     linear = torch.zeros(3, 4, dtype=torch.bool)
     linear[0, 0] = linear[2, 3] = True  # row 1 (an output) and columns 1, 2 (inputs) dead

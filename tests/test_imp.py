@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from rp_tune import imp
 from rp_tune.config import IMP_KEYS, ConfigError, from_flat, run_key, trial_epochs
-from rp_tune.layout import ARTIFACTS_DIR, CHECKPOINT_FILE, IMP_MASKS_DIR, IMP_ROUNDS_FILE
-from rp_tune.masks import Masks
-from rp_tune.train import latest_checkpoint, run_trial, setup
-from rp_tune.trial_groups import group_refusal
+from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE, IMP_MASKS_DIR, IMP_ROUNDS_FILE
+from rp_tune.methods import imp
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.groups import group_refusal
+from rp_tune.trial.train import latest_checkpoint, run_trial, setup
 
 # Three rounds at 0.5, 0.25, 0.125 of an ER start; rounds of 3, then 2 epochs each (rewound
 # to epoch 1): trial epochs 1-3, 4-5, 6-7
@@ -280,7 +280,7 @@ def _imp_row(start, target, seed, scheme="er"):
 def test_the_imp_figure_draws_accuracy_and_cost_per_start_counting_shared_rounds_once(tmp_path):
     """Trials of one start and seed that differ in their target share their first rounds:
     the figure counts such a round once per seed, and a dense start is its own line."""
-    from rp_tune.figures import imp_summary, plot_imp_rounds
+    from rp_tune.results.figures import imp_summary, plot_imp_rounds
 
     def rec(r, d, acc, flops):
         return {"imp_round": r, "round_density": d, "round_test_acc": acc,
@@ -314,7 +314,7 @@ def test_the_imp_figure_draws_accuracy_and_cost_per_start_counting_shared_rounds
 
 
 def test_round_records_are_tracked_at_step_round_and_the_rest_at_step_epoch():
-    from rp_tune.metrics import METRICS, step_of
+    from rp_tune.trial.metrics import METRICS, step_of
 
     row = {"epoch": 480, "imp_round": 2, "round_test_acc": 0.9, "train_loss": 0.1}
     assert step_of("round_test_acc", row) == 2 and step_of("cumulative_train_flops", row) == 2
@@ -329,7 +329,7 @@ def test_the_imp_space_smoke_sweep_tracks_rounds_and_reports_them(tmp_path):
     mask as an artifact, the report's round table and figure."""
     from mlflow.tracking import MlflowClient
 
-    from rp_tune.report import build_report
+    from rp_tune.results.report import build_report
     from tests.helpers import cli, mlflow_runs
 
     res = tmp_path / "res"

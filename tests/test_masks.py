@@ -2,9 +2,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rp_tune.masks import Masks, density_report, format_report, random_mask, report_table
 from rp_tune.models import build_model, layer_specs, prunable_layers
 from rp_tune.sparsity import LayerSpec, layer_densities
+from rp_tune.sparsity.masks import Masks, density_report, format_report, random_mask, report_table
 
 
 def _masks(model_name="cifar_resnet_20", density=0.1, seed=0, scheme="erk"):
@@ -134,18 +134,18 @@ def test_masks_metadata_is_covered_by_a_checksum(tmp_path):
     assert Masks.load(path, model).meta["seed"] == "3"
     table = pq.read_table(path)
     meta = dict(table.schema.metadata)
-    meta[b"rp_tune.masks"] = json.dumps({**masks.meta, "seed": "4"}).encode()
+    meta[b"rp_tune.sparsity.masks"] = json.dumps({**masks.meta, "seed": "4"}).encode()
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "lied.parquet")
     with pytest.raises(ValueError, match="checksum mismatch of the metadata"):
         Masks.load(tmp_path / "lied.parquet")
-    old = {k: v for k, v in meta.items() if k != b"rp_tune.masks.sha256"}
+    old = {k: v for k, v in meta.items() if k != b"rp_tune.sparsity.masks.sha256"}
     pq.write_table(table.replace_schema_metadata(old), tmp_path / "old.parquet")
     assert Masks.load(tmp_path / "old.parquet").meta["seed"] == "4"  # files from before
 
 
 def test_a_plan_that_empties_a_layer_is_refused_unless_asked(tmp_path):
     from rp_tune.config import ConfigError, from_flat
-    from rp_tune.train import run_trial
+    from rp_tune.trial.train import run_trial
 
     flat = {
         "data.name": "synthetic",

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from rp_tune import metrics
 from rp_tune.config import from_flat
-from rp_tune.masks import Masks
 from rp_tune.models import build_model, layer_specs
 from rp_tune.sparsity import layer_densities
-from rp_tune.train import run_trial
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial import metrics
+from rp_tune.trial.train import run_trial
 from tests.helpers import write_tiny_cifar10
 
 
@@ -218,7 +218,7 @@ def test_cifar10_trial_uses_cifar100_ood(tmp_path):
 
 
 def test_top5_accuracy_by_hand():
-    from rp_tune.metrics import top5_accuracy
+    from rp_tune.trial.metrics import top5_accuracy
 
     logits = torch.tensor(
         [
@@ -234,7 +234,7 @@ def test_top5_accuracy_by_hand():
 
 
 def test_the_registry_declares_each_metric_once_and_finds_families():
-    from rp_tune.metrics import EPOCH, FINAL, METRICS, metric, numeric_metrics, unregistered
+    from rp_tune.trial.metrics import EPOCH, FINAL, METRICS, metric, numeric_metrics, unregistered
 
     assert all(m.when in (EPOCH, FINAL) for m in METRICS.values())
     assert all(m.better in ("higher", "lower", None) for m in METRICS.values())

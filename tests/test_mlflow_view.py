@@ -6,9 +6,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune import mlflow_view
-from rp_tune.plan import expand_space
-from rp_tune.tracking import SweepTracker, SystemMetrics, system_metrics_on
+from rp_tune.adapters.mlflow import view as mlflow_view
+from rp_tune.adapters.mlflow.tracking import SweepTracker, SystemMetrics, system_metrics_on
+from rp_tune.planning.plan import expand_space
 from tests.helpers import mlflow_runs
 
 
@@ -122,7 +122,7 @@ def test_system_metrics_are_mlflows_monitors_averaged_per_epoch():
 def test_a_workers_gpus_are_its_own_cudas_in_cudas_order():
     """NVML lists every GPU of the node; the trial's are those its CUDA sees (Ray's
     CUDA_VISIBLE_DEVICES), matched by UUID whatever the numbering, in CUDA's order."""
-    from rp_tune.tracking import worker_gpus
+    from rp_tune.adapters.mlflow.tracking import worker_gpus
 
     handles = ["h0", "h1", "h2", "h3"]
     uuids = {"h0": b"GPU-aaa", "h1": "GPU-bbb", "h2": "GPU-ccc", "h3": "GPU-ddd"}

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from rp_tune.config import from_flat
-from rp_tune.masks import Masks
-from rp_tune.metrics import unregistered
-from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.metrics import unregistered
+from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
 
 
 def _cfg(**over):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rp_tune.plan import (
+from rp_tune.planning.plan import (
     SweepError,
     check_resume,
     config_differences,
@@ -69,7 +69,12 @@ def test_the_estimate_uses_the_speed_measured_on_finished_trials(tmp_path):
     """Finished trials under the results root that reported their training time give the
     dry run its rate (per model and device kind, else over all models); without them it
     assumes 25 TFLOP/s and says so."""
-    from rp_tune.plan import estimate_gpu_hours, measured_speed, speed_assumption, trial_table
+    from rp_tune.planning.plan import (
+        estimate_gpu_hours,
+        measured_speed,
+        speed_assumption,
+        trial_table,
+    )
 
     root = tmp_path / "res"
     done = expand_space("smoke", {"resources.gpus_per_worker": "1", "sparsity.density": "0.1"})

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from rp_tune.plan import expand_space, write_stored_trials
-from rp_tune.progress import Progress, eta_seconds, format_duration, status_table, sweep_status
+from rp_tune.planning.plan import expand_space, write_stored_trials
+from rp_tune.planning.progress import (
+    Progress,
+    eta_seconds,
+    format_duration,
+    status_table,
+    sweep_status,
+)
 
 
 def test_durations_read_as_a_person_writes_them():

@@ -6,9 +6,10 @@ import subprocess
 
 import pytest
 
-from rp_tune.plan import SweepSummary, TrialOutcome, cost_totals, trial_cost
-from rp_tune.provenance import code_state, environment
-from rp_tune.train import time_spent
+from rp_tune.core.provenance import code_state
+from rp_tune.planning.plan import SweepSummary, TrialOutcome, cost_totals, trial_cost
+from rp_tune.trial.machine import environment
+from rp_tune.trial.train import time_spent
 
 GPU_TRIAL = {"resources.workers": 4, "resources.gpus_per_worker": 1.0,
              "resources.cpus_per_worker": 8}  # fmt: skip

@@ -6,16 +6,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from rp_tune.adapters.mlflow.curves import plot_curves
 from rp_tune.config import run_key
-from rp_tune.figures import plot_curves
-from rp_tune.grouping import dense_reference, groups
-from rp_tune.plan import expand_space
-from rp_tune.report import (
-    aggregate,
-    build_report,
-    read_trials,
-    smallest_matching_density,
-)
+from rp_tune.planning.plan import expand_space
+from rp_tune.results.grouping import dense_reference, groups
+from rp_tune.results.report import aggregate, build_report, read_trials, smallest_matching_density
 
 
 def _write_sweep(folder, results):
@@ -103,7 +98,7 @@ def test_training_curves_without_a_validation_split(tmp_path):
 
 
 def test_report_reads_a_sweep_on_a_uri(tmp_path):
-    from rp_tune.report import build_report
+    from rp_tune.results.report import build_report
 
     sweep = tmp_path / "bucket" / "smoke"
     for cfg in expand_space("smoke"):
@@ -123,7 +118,7 @@ def test_report_reads_a_sweep_on_a_uri(tmp_path):
 def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
     """Trials that differ in more than the seed (here the classifier's density) are never
     averaged together; the CSV holds the table; one seed shows no spread."""
-    from rp_tune.report import aggregate, aggregate_table
+    from rp_tune.results.report import aggregate, aggregate_table
 
     folder = tmp_path / "smoke"
     results = [
@@ -184,7 +179,7 @@ def test_trials_on_two_data_sets_are_never_averaged_and_each_has_its_own_dense(t
     agg = {(r["data.name"], r["sparsity.density"]): r for r in aggregate(rows)}
     assert agg[("cifar100", 0.5)]["test_acc_mean"] == pytest.approx(0.61)
     assert agg[("cifar100", 0.5)]["n"] == 2
-    from rp_tune.figures import plot_vs_sparsity
+    from rp_tune.results.figures import plot_vs_sparsity
 
     drawn = plot_vs_sparsity(rows, "test_acc", "test accuracy", tmp_path / "acc.png")
     assert [p["title"] for p in drawn] == ["m, name=cifar10", "m, name=cifar100"]
@@ -244,7 +239,7 @@ def _write_configs(folder, cfgs):
 def test_the_report_names_the_files_that_show_each_figure_of_the_space(tmp_path, capsys):
     """width_multiplier serves Fig. 7: its smoke trials (two widths) give test accuracy vs
     width, and the report says so; a sweep whose trials do not fit says why not."""
-    from rp_tune.report import print_report
+    from rp_tune.results.report import print_report
 
     cfgs = expand_space("width_multiplier", smoke=True)
     _write_configs(tmp_path / "both" / "width_multiplier", cfgs)
@@ -265,7 +260,7 @@ def test_the_report_names_the_files_that_show_each_figure_of_the_space(tmp_path,
 def test_ours_beside_the_papers_numbers():
     """A reproduced group sits beside the paper's number for it, in percent, with n and the
     difference; a dense ResNet-20 has two references (Liu et al. Fig. 6 and He et al.)."""
-    from rp_tune.paper_numbers import beside_the_paper, comparison_table
+    from rp_tune.results.paper_numbers import beside_the_paper, comparison_table
 
     base = {"status": "finished", "model.name": "cifar_resnet_20", "data.name": "cifar10",
             "train.epochs": 160}  # fmt: skip
@@ -317,8 +312,8 @@ def _s2s_rows(space):
 def test_the_report_puts_each_methods_dense_and_random_starts_side_by_side(
     tmp_path, space, method, expected
 ):
-    from rp_tune.figures import plot_sparse_to_sparse, sparse_to_sparse
-    from rp_tune.report import sparse_to_sparse_table
+    from rp_tune.results.figures import plot_sparse_to_sparse, sparse_to_sparse
+    from rp_tune.results.report import sparse_to_sparse_table
 
     rows = _s2s_rows(space)
     starts = sparse_to_sparse(rows)

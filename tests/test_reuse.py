@@ -8,7 +8,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.plan import (
+from rp_tune.planning.plan import (
     SweepError,
     check_resume,
     expand_space,
@@ -120,7 +120,7 @@ def test_the_report_borrows_a_dense_reference_and_reads_several_sweeps(tmp_path,
     """A sparse-only sweep takes its dense reference of the same model, data and recipe
     from another sweep under the root; the root's report is one table of every sweep, a
     trial two sweeps hold counted once."""
-    from rp_tune.report import build_report, print_report
+    from rp_tune.results.report import build_report, print_report
 
     root = tmp_path / "res"
     _finished_sweep(root, "dense", {"sparsity.density": "1.0"})

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from rp_tune.config import ConfigError, from_flat, run_key
-from rp_tune.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
-from rp_tune.masks import Masks
+from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
+from rp_tune.core.seeds import derived_seed
+from rp_tune.methods.slt import level_densities
 from rp_tune.models import build_model, prunable_layers
-from rp_tune.seeds import derived_seed
-from rp_tune.slt import level_densities
-from rp_tune.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
 from tests.helpers import QUICK_TRIAL
 
 SLT = {
@@ -93,7 +93,7 @@ def test_slt_learns_learnable_data_with_its_weights_frozen(slt_run):
 
 
 def test_training_flops_follow_each_level_and_the_score_gradient_covers_the_source(slt_run):
-    from rp_tune import metrics
+    from rp_tune.trial import metrics
 
     cfg, root, full = slt_run
     source = Masks.load(root / "full" / "masks.parquet")
@@ -149,7 +149,7 @@ def test_an_slt_trial_is_named_by_its_source():
 
 
 def test_the_slt_space_pairs_each_source_with_its_targets_and_its_smoke_trains(tmp_path):
-    from rp_tune.plan import expand_space
+    from rp_tune.planning.plan import expand_space
 
     full = expand_space("slt_sparse_to_sparse")
     pairs = {(c.sparsity.start_density, c.sparsity.density) for c in full}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rp_tune import storage
-from rp_tune.plan import expand_space
-from rp_tune.storage import DriverLock, LockHeld
+from rp_tune.core import storage
+from rp_tune.core.storage import DriverLock, LockHeld
+from rp_tune.planning.plan import expand_space
 from tests.helpers import ROOT
 
 
@@ -84,7 +84,7 @@ def test_on_object_storage_of_two_racing_drivers_only_one_goes_on(tmp_path, monk
 def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
     """Processes of the dead driver's Ray session (named in their command lines) and their
     children are stopped; other processes are left alone."""
-    from rp_tune.sweep import stop_ray_session
+    from rp_tune.adapters.ray.sweep import stop_ray_session
 
     session = f"/tmp/ray/session_2026-01-01_00-00-00_000000_{os.getpid()}"
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"  # noqa: E501
@@ -187,7 +187,7 @@ def test_uri_helpers_keep_the_query_and_map_rays_paths():
 
 
 def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
-    from rp_tune.plan import SweepError, check_data_roots
+    from rp_tune.planning.plan import SweepError, check_data_roots
     from tests.helpers import write_tiny_cifar10
 
     bucket = tmp_path / "bucket"

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.config import run_key
-from rp_tune.plan import SweepError, expand_space
+from rp_tune.planning.plan import SweepError, expand_space
 from search_spaces import space_names
 from tests.helpers import cli
 
@@ -76,7 +76,7 @@ def test_help_lists_the_spaces_with_what_they_reproduce(capsys):
 
 
 def test_status_reads_the_sweep_without_ray(tmp_path, capsys):
-    from rp_tune.plan import write_stored_trials
+    from rp_tune.planning.plan import write_stored_trials
 
     r = incli(capsys, "--space", "smoke", "--status", "--storage", str(tmp_path / "res"))
     assert r.returncode == 2 and "no sweep at" in r.stderr
@@ -208,7 +208,7 @@ def test_report_needs_the_results_not_the_data(tmp_path, capsys):
 
 def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
     """CIFAR-10's default OoD sets (CIFAR-100, SVHN) are data the sweep needs."""
-    from rp_tune.plan import check_data_roots
+    from rp_tune.planning.plan import check_data_roots
     from tests.helpers import write_tiny_cifar10
 
     data = tmp_path / "data"
@@ -434,7 +434,7 @@ def test_er_width_space_widens_each_density_up_to_its_factor():
 def test_gpus_by_default_wherever_the_cluster_has_them():
     """No flag: one GPU per training worker where there are GPUs, the CPU where there are
     none; an explicit value (a flag, a space, --set; 0 = CPU) is kept."""
-    from rp_tune.plan import resolve_gpus
+    from rp_tune.planning.plan import resolve_gpus
 
     cfgs = expand_space("width_scan", smoke=True)
     assert {c.resources.gpus_per_worker for c in cfgs} == {None}  # unset: the sweep decides
@@ -481,8 +481,8 @@ def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
     reads gives every unset trial one GPU per worker."""
     import ray
 
-    from rp_tune.plan import default_concurrency, resolve_gpus
-    from rp_tune.sweep import cluster_capacity
+    from rp_tune.adapters.ray.sweep import cluster_capacity
+    from rp_tune.planning.plan import default_concurrency, resolve_gpus
 
     ray.init(num_cpus=1, num_gpus=3, include_dashboard=False)
     try:
@@ -499,7 +499,7 @@ def test_a_local_sweep_starts_its_own_ray_rather_than_joining_one(tmp_path, monk
     it never joins whatever cluster /tmp/ray/ray_current_cluster names."""
     import ray
 
-    from rp_tune.sweep import run_sweep
+    from rp_tune.adapters.ray.sweep import run_sweep
 
     calls = []
 
@@ -522,7 +522,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does():
     """A scheduler's SIGTERM becomes the SIGINT Tune handles as Ctrl-C (state saved, summary
     and --resume command printed); a second SIGTERM goes to the handler it replaced (Ray's,
     which stops its processes). The real thing: test_fault_tolerance's SIGTERM of a driver."""
-    from rp_tune.sweep import stop_on_sigterm
+    from rp_tune.adapters.ray.sweep import stop_on_sigterm
 
     seen = []
     before = signal.signal(signal.SIGTERM, lambda *a: seen.append("ray's handler"))
@@ -545,8 +545,8 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     """Train V2 starts a Tune trainable, a Train controller and the workers per trial: the
     local raylet is told so, or a 2-core machine prints Ray's "4x the maximum expected
     startup concurrency" warning for the smoke sweep. A user's own setting wins."""
-    from rp_tune.plan import startup_concurrency
-    from rp_tune.sweep import _expected_startups
+    from rp_tune.adapters.ray.sweep import _expected_startups
+    from rp_tune.planning.plan import startup_concurrency
 
     monkeypatch.delenv("RAY_worker_maximum_startup_concurrency", raising=False)
     smoke = expand_space("smoke")  # 0.5 CPU per worker: 3 trials at once on 2 CPUs

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.tracking import PENDING_FILE, SweepTracker
+from rp_tune.adapters.mlflow.tracking import PENDING_FILE, SweepTracker
 from tests.helpers import mlflow_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +109,8 @@ def _row(model, scheme, density, seed, acc):
 
 
 def test_matching_density_and_grouping_by_hand():
-    from rp_tune.grouping import groups
-    from rp_tune.report import smallest_matching_density
+    from rp_tune.results.grouping import groups
+    from rp_tune.results.report import smallest_matching_density
 
     rows = [_row("m", "uniform", 1.0, s, a) for s, a in ((0, 0.90), (1, 0.92))]
     rows += [_row("m", "erk", 0.5, s, a) for s, a in ((0, 0.91), (1, 0.90))]
@@ -127,7 +127,7 @@ def test_matching_density_and_grouping_by_hand():
 
 
 def test_report_separates_static_set_and_rigl():
-    from rp_tune.grouping import groups
+    from rp_tune.results.grouping import groups
 
     rows = [
         _row("m", "erk", 0.1, 0, 0.5),
@@ -173,7 +173,7 @@ def test_epochs_the_sweep_never_saw_are_logged_from_the_trials_history(tmp_path)
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from rp_tune.tracking import SweepTracker
+    from rp_tune.adapters.mlflow.tracking import SweepTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -198,7 +198,7 @@ def test_per_update_values_are_logged_at_their_training_step(tmp_path):
     the sweep never saw brings its updates from the trial's history."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "sweep"), space="smoke")
-    from rp_tune.sweep import _report_row
+    from rp_tune.adapters.ray.sweep import _report_row
 
     row = {"epoch": 1, "train_loss": 2.0, "granet_density": 0.3,
            "granet_update_density": [[4, 0.4], [8, 0.3]]}  # fmt: skip

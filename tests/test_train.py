@@ -3,9 +3,9 @@ import torch
 
 from rp_tune.config import ConfigError, from_flat, run_key
 from rp_tune.data import DataError
-from rp_tune.masks import Masks
 from rp_tune.models import prunable_layers
-from rp_tune.train import latest_checkpoint, lr_factor, main, run_trial
+from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.train import latest_checkpoint, lr_factor, main, run_trial
 from tests.helpers import write_tiny_cifar10
 
 
@@ -144,7 +144,7 @@ def test_each_epoch_logs_the_rate_it_trained_at(tmp_path):
 
 def test_weight_decay_groups():
     from rp_tune.models import build_model
-    from rp_tune.train import make_optimizer
+    from rp_tune.trial.train import make_optimizer
 
     cfg = from_flat({"train.bn_weight_decay": False})
     opt = make_optimizer(build_model("cifar_resnet_8"), cfg)
@@ -201,7 +201,7 @@ def _ddp_draw_masks(rank, world, init, out, flat):
 
     from rp_tune.data import Normalize, synthetic_arrays
     from rp_tune.models import build_model
-    from rp_tune.train import _Data, _draw_masks
+    from rp_tune.trial.train import _Data, _draw_masks
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -248,7 +248,7 @@ def test_saliency_scores_normalized_images_and_grasp_takes_ten_per_class(tmp_pat
     from rp_tune.data import Normalize
     from rp_tune.models import build_model, layer_specs
     from rp_tune.sparsity import layer_densities
-    from rp_tune.train import _draw_masks, _load_data, _score_batch
+    from rp_tune.trial.train import _draw_masks, _load_data, _score_batch
 
     flat = {
         "data.name": "synthetic",
@@ -318,7 +318,7 @@ def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
 
     import ray.train
 
-    from rp_tune.sweep import _readable_checkpoint
+    from rp_tune.adapters.ray.sweep import _readable_checkpoint
 
     run = tmp_path / "train-x"
     names = [f"checkpoint_2026-12-01_10-00-0{i}.000000" for i in (1, 2, 3)]
@@ -356,7 +356,7 @@ def test_a_checkpoint_of_the_layout_before_the_artifacts_folder_still_resumes_an
     report those releases' trackers wrote themselves)."""
     import shutil
 
-    from rp_tune.tracking import _fetch_artifacts
+    from rp_tune.adapters.mlflow.tracking import _fetch_artifacts
 
     cfg = _cfg(cifar_root, **{"train.epochs": 2})
     full = run_trial(cfg, tmp_path / "full")
@@ -389,7 +389,7 @@ def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
     args = ["--model", "cifar_resnet_8", "--density", "0.1", "--data", "cifar10", "--epochs",
             "2", "--data-root", str(cifar_root), "--device", "cpu", "--set",
             "evaluation.ood_sets=gaussian", "--set", "train.batch_size=20"]  # fmt: skip
-    from rp_tune.train import config_from_args
+    from rp_tune.trial.train import config_from_args
 
     cfg = config_from_args(_parse_args_for_test(args)).replace(**{"resources.gpus_per_worker": 0.0})
     old_key = run_key(cfg).rsplit("-", 1)[0] + "-0123456789"  # what the earlier release named it
@@ -406,7 +406,7 @@ def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
 
 
 def _parse_args_for_test(args):
-    from rp_tune.train import _parse_args
+    from rp_tune.trial.train import _parse_args
 
     return _parse_args(args)
 
@@ -414,7 +414,7 @@ def _parse_args_for_test(args):
 def test_mask_init_and_data_order_each_have_their_own_seed(tmp_path):
     """seeds.mask / seeds.init / seeds.data vary one source of randomness alone; unset, each
     takes the trial's seed (the same trial as before they existed, bit for bit)."""
-    from rp_tune.train import setup
+    from rp_tune.trial.train import setup
 
     base = {"model.name": "cifar_resnet_8", "data.name": "synthetic",
             "data.synthetic_train": 128, "data.synthetic_test": 32, "train.batch_size": 32,
@@ -479,7 +479,7 @@ def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root
     """Issue 19's slip, for the validation values: epoch e's val_loss, val_acc and val_ece are
     those of the weights epoch e ended with (its checkpoint), not of the next epoch's; its
     images_per_second is its own images over its own seconds."""
-    from rp_tune.train import evaluate, setup
+    from rp_tune.trial.train import evaluate, setup
 
     cfg = _cfg(cifar_root, **{"train.epochs": 2})
     result = run_trial(cfg, tmp_path / "run", keep_checkpoints=2)

@@ -7,9 +7,15 @@ import json
 import pytest
 
 from rp_tune.config import ConfigError, from_flat, run_key
-from rp_tune.plan import all_results, copy_reused_trials, last_result, stored_outcome, trial_cost
-from rp_tune.progress import sweep_status
-from rp_tune.trial_groups import is_unit, plan_units, unit_key, write_member_records
+from rp_tune.planning.plan import (
+    all_results,
+    copy_reused_trials,
+    last_result,
+    stored_outcome,
+    trial_cost,
+)
+from rp_tune.planning.progress import sweep_status
+from rp_tune.trial.groups import is_unit, plan_units, unit_key, write_member_records
 
 BASE = {"model.name": "cifar_resnet_8", "data.name": "synthetic", "train.epochs": 2}
 
@@ -93,8 +99,8 @@ def test_the_drivers_callbacks_end_each_member_on_its_own(tmp_path):
     own last row and cost) when the group completes."""
     from types import SimpleNamespace
 
-    from rp_tune import sweep
-    from rp_tune.progress import Progress
+    from rp_tune.adapters.ray import sweep
+    from rp_tune.planning.progress import Progress
 
     a, b = _entry(**{"sparsity.density": 0.1}), _entry(**{"sparsity.density": 0.5})
     rows = [
@@ -138,7 +144,7 @@ def test_the_drivers_callbacks_end_each_member_on_its_own(tmp_path):
 
 
 def test_a_groups_shared_time_counts_once_in_the_sweeps_totals():
-    from rp_tune.plan import cost_totals
+    from rp_tune.planning.plan import cost_totals
 
     members = [
         {

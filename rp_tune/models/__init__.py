@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..model_names import (
+from rp_tune.core.model_names import (
     IMAGENET_MODELS,
     check_model_name,
     input_kind,
     model_names,
     parse_cifar_resnet,
 )
-from ..sparsity import LayerSpec
-from .cifar_resnet import CifarResNet
-from .small_image_resnet import SMALL_IMAGE_RESNETS, SmallImageResNet
-from .vgg import CifarVGG
+from rp_tune.core.shapes import LayerSpec
+from rp_tune.models.cifar_resnet import CifarResNet
+from rp_tune.models.small_image_resnet import SMALL_IMAGE_RESNETS, SmallImageResNet
+from rp_tune.models.vgg import CifarVGG
 
 
 def build_model(name: str, num_classes: int = 10) -> nn.Module:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cifar_resnet import BasicBlock, kaiming_init_, shortcut
+from rp_tune.models.cifar_resnet import BasicBlock, kaiming_init_, shortcut
 
 
 class Bottleneck(nn.Module):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .schemes import (
+from rp_tune.sparsity.schemes import (
     DATA_FREE,
     DensityPlan,
     LayerSpec,
@@ -159,7 +159,9 @@ def widths_up_to_factor(
 
 
 def _saliency(scheme: str) -> Callable[..., list[int]]:
-    from . import saliency  # torch is imported only when a model-based scheme is asked for
+    from rp_tune.sparsity import (
+        saliency,  # torch is imported only when a model-based scheme is asked for
+    )
 
     return {
         "snip": saliency.snip_counts,

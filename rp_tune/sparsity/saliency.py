@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .schemes import LayerSpec
+from rp_tune.sparsity.schemes import LayerSpec
 
 
 def _weights(model: nn.Module, layers: Sequence[LayerSpec]) -> list[torch.Tensor]:

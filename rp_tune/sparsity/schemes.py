@@ -16,26 +16,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rp_tune.core.shapes import LayerSpec
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A prunable weight tensor: qualified module name and weight shape.
-
-    shape is (c_out, c_in, kh, kw) for a conv and (out, in) for a linear layer.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def kind(self) -> str:
-        return "conv" if len(self.shape) == 4 else "linear"
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from . import storage
-from .config import DataConfig
-from .seeds import derived_seed
+from rp_tune.config import DataConfig
+from rp_tune.core import storage
+from rp_tune.core.seeds import derived_seed
 
 if TYPE_CHECKING:
-    from .config import TrialConfig
+    from rp_tune.config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ def needed_datasets(configs: Sequence[TrialConfig]) -> list[Need]:
 
     synthetic and gaussian are generated, never read; OoD sets use their test split only.
     """
-    from .config import ood_sets
+    from rp_tune.config import ood_sets
 
     out: dict[tuple[str, str], Need] = {}
 
@@ -1109,7 +1109,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,7 +23,7 @@ running-statistics updates must then be batched too; here nothing is moved or ba
 model's own forward runs on the fused modules.
 
 A group is K trials whose configs differ only in `sparsity.*` and the seeds
-(`rp_tune.trial_groups.group_refusal` says which trials cannot join one and why). Each
+(`rp_tune.trial.groups.group_refusal` says which trials cannot join one and why). Each
 member keeps its own masks (drawn by its own scheme and seed, before fusion), initialization,
 data order and augmentation, optimizer state, best-validation state, metrics and checkpoint
 folder; a member checkpoint has the format of a trial alone and resumes alone or in any
@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, TrialConfig, run_key
-from .layout import FAILED_MEMBERS_FILE, MEMBERS_DIR
-from .provenance import environment
-from .train import (
+from rp_tune.config import ConfigError, TrialConfig, run_key
+from rp_tune.core.layout import FAILED_MEMBERS_FILE, MEMBERS_DIR
+from rp_tune.trial.groups import check_group
+from rp_tune.trial.machine import environment
+from rp_tune.trial.train import (
     CheckpointError,
     Trial,
     final_evaluation,
@@ -65,7 +66,6 @@ from .train import (
     time_spent,
     validate,
 )
-from .trial_groups import check_group
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class MemberOptimizer:
 
 
 class TrialGroup:
-    """K member trials (`rp_tune.train.Trial`, each built by `setup`) and the fused model
+    """K member trials (`rp_tune.trial.train.Trial`, each built by `setup`) and the fused model
     that trains them: one optimizer, one schedule, one masks multiply per step."""
 
     def __init__(self, members: Sequence[Trial]) -> None:
@@ -364,7 +364,7 @@ class TrialGroup:
 
 
 def make_fused_optimizer(fused: nn.Module, member: nn.Module, cfg: TrialConfig) -> torch.optim.SGD:
-    """`rp_tune.train.make_optimizer`'s SGD over the fused tensors, each in the weight-decay
+    """`rp_tune.trial.train.make_optimizer`'s SGD over the fused tensors, each in the weight-decay
     group its member tensor has (by the member's ndim: a fused bias is [K, out], not 1-d)."""
     t = cfg.train
     own = dict(member.named_parameters())
@@ -404,7 +404,7 @@ def group_checkpoints(out_dirs: Sequence[str | os.PathLike]) -> list[Path] | Non
 
 def read_group_checkpoint(folder: str | os.PathLike) -> tuple[int, dict[str, str]]:
     """(epoch, stopped members: run key -> why) of a trial group's checkpoint folder (see
-    `rp_tune.layout`), after checking that every member's checkpoint in it reads back and all
+    `rp_tune.core.layout`), after checking that every member's checkpoint in it reads back and all
     are of one epoch; CheckpointError naming the folder and the problem otherwise."""
     folder = Path(folder)
     failed_file = folder / FAILED_MEMBERS_FILE

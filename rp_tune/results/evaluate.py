@@ -5,7 +5,7 @@
 
 A metric added after a sweep finished (an OoD set, FGSM at another eps, top-5) is computed
 from each finished trial's final checkpoint with the trial's own config, its evaluation
-settings replaced by the overrides (`rp_tune.train.evaluate_again`), on this machine (its GPU
+settings replaced by the overrides (`rp_tune.trial.train.evaluate_again`), on this machine (its GPU
 if it has one). What it adds are the metrics the trial's own final result lacks (FGSM at
 another eps is named fgsm_acc_eps<eps>); they go to `<sweep>/<run key>/evaluations.json`,
 which the report reads into the results table, and to the trial's MLflow run.
@@ -26,9 +26,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import storage as store
-from .config import ConfigError, EvaluationConfig, from_flat, trial_epochs
-from .plan import SweepError, check_data_roots, is_finished, last_result, stored_trials
+from rp_tune.config import ConfigError, EvaluationConfig, from_flat, trial_epochs
+from rp_tune.core import storage as store
+from rp_tune.planning.plan import (
+    SweepError,
+    check_data_roots,
+    is_finished,
+    last_result,
+    stored_trials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def new_metrics(
 ) -> dict[str, float]:
     """The numeric values of a second final evaluation the trial's own final result lacks;
     FGSM at an eps other than the paper's 8/255 under its own name, fgsm_acc_eps<eps>."""
-    from .metrics import is_metric
+    from rp_tune.trial.metrics import is_metric
 
     out = {}
     for k, v in result.items():
@@ -157,7 +163,7 @@ def _evaluate_one(
         _save(trial_dir, saved)  # saved before MLflow hears of it: nothing computed twice
         status = "evaluated"
     if tracking_uri and not entry["logged"] and entry["metrics"]:
-        from .tracking import log_evaluation
+        from rp_tune.adapters.mlflow.tracking import log_evaluation
 
         if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.total_epochs):
             entry["logged"] = True
@@ -167,7 +173,7 @@ def _evaluate_one(
 
 
 def _evaluate_checkpoint(cfg: Any, checkpoint: str, device: str | None) -> dict[str, Any]:
-    from .train import evaluate_again
+    from rp_tune.trial.train import evaluate_again
 
     if not store.is_uri(checkpoint):
         return evaluate_again(cfg, checkpoint, device)

@@ -16,11 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage as store
-from .config import trial_epochs
-from .metrics import METRICS, metric
-from .plan import is_finished, last_result, stored_trials
-from .trial_groups import member_group
+from rp_tune.config import trial_epochs
+from rp_tune.core import storage as store
+from rp_tune.core.text import format_duration
+from rp_tune.planning.plan import is_finished, last_result, stored_trials
+from rp_tune.trial.groups import member_group
+from rp_tune.trial.metrics import METRICS, metric
 
 STATUSES = ("finished", "running", "failed", "stopped", "pending")
 # Tune's trial statuses, as it saves them in experiment_state-*.json
@@ -105,18 +106,6 @@ def status_table(states: Sequence[TrialState]) -> str:
     c = counts(states)
     rows.append(f"trials: {len(states)}  " + "  ".join(f"{s}: {c[s]}" for s in STATUSES))
     return "\n".join(rows)
-
-
-def format_duration(seconds: float) -> str:
-    """5h12m, 3m20s, 45s; 2d3h beyond a day."""
-    s = int(round(max(seconds, 0.0)))
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def eta_seconds(epoch_seconds: Sequence[float], epochs_left: int, concurrency: int) -> float | None:

@@ -1,4 +1,4 @@
-"""The names of a trial's files: what a checkpoint folder holds (written by rp_tune.train,
+"""The names of a trial's files: what a checkpoint folder holds (written by rp_tune.trial.train,
 read by the sweep's resume and by trackers); no torch, so trackers and reports need none.
 
     checkpoints/epoch_NNNN/state.pt              what resuming needs (read by train.read_checkpoint)
@@ -7,7 +7,7 @@ read by the sweep's resume and by trackers); no torch, so trackers and reports n
         [imp_masks/round_NN.parquet, imp_rounds.csv]   iterative magnitude pruning: the mask
                                                  each round trained, and the rounds' records
 
-A trial group's checkpoint (rp_tune.fused, in a sweep) holds one such folder per member:
+A trial group's checkpoint (rp_tune.trial.fused, in a sweep) holds one such folder per member:
 
     <group checkpoint>/members/<run key>/state.pt, artifacts/...
     <group checkpoint>/failed.json               members stopped (diverged): run key -> why

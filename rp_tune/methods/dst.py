@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .seeds import derived_seed
+from rp_tune.core.seeds import derived_seed
 
 GROWTHS = ("random", "gradient")
 SCHEDULES = ("rigl", "cosine_whole_run")
@@ -176,7 +176,7 @@ class DynamicSparsity:
     ) -> None:
         if growth not in GROWTHS:
             raise ValueError(f"unknown growth {growth!r}; valid choices: {GROWTHS}")
-        self.masks = masks  # rp_tune.masks.Masks, bound to the model
+        self.masks = masks  # rp_tune.sparsity.masks.Masks, bound to the model
         self.weights, self.float_masks = masks.bound()
         self.growth, self.frequency = growth, update_frequency
         self.initial, self.final, self.schedule, self.stop_at = (

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DENSE_RECIPE, NOT_HASHED, RECIPES
-from .plan import sort_values
-from .trial_groups import SEED_KEYS
+from rp_tune.config import DENSE_RECIPE, NOT_HASHED, RECIPES
+from rp_tune.planning.plan import sort_values
+from rp_tune.trial.groups import SEED_KEYS
 
 # What mean ± std is over: never a group key.
 # Folded into the line's label ("erk", "erk+rigl", "dense") instead of shown as keys.

@@ -11,7 +11,8 @@ versions, status, `mlflow.runColor` of its scheme); its dataset as an MLflow inp
 sizes, the digest of the integrity manifest); artifacts: the final checkpoint's artifacts
 folder as the trial wrote it (masks Parquet, per-layer density report CSV, history JSON,
 gradient-flow CSV, optionally the final weights) plus the training curves (PNG, drawn by
-rp_tune.report). The experiment holds the sweep's saved comparison view (`rp_tune.mlflow_view`).
+rp_tune.results.report). The experiment holds the sweep's saved comparison view
+(`rp_tune.adapters.mlflow.view`).
 
 Events go through a queue drained by one background thread, so a tracking server that is
 slow or down never blocks the sweep: failed calls are retried with backoff, in order, and
@@ -32,16 +33,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import mlflow_view, storage
-from .layout import (
+from rp_tune.adapters.mlflow import view as mlflow_view
+from rp_tune.core import storage
+from rp_tune.core.layout import (
     ARTIFACTS_DIR,
     DENSITY_REPORT_FILE,
     HISTORY_FILE,
     LEGACY_ARTIFACTS,
     MASKS_FILE,
 )
-from .metrics import EPOCH, FINAL, numeric_metrics, step_of, step_series
-from .provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
+from rp_tune.core.provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
+from rp_tune.trial.metrics import EPOCH, FINAL, numeric_metrics, step_of, step_series
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +468,7 @@ class SweepTracker:
         """The final checkpoint's artifacts folder as the trial wrote it (masks, density
         report, history, gradient flow, weights if asked), plus its training curves (PNG);
         epochs the run lacks are logged from the history first."""
-        from .figures import plot_curves
+        from rp_tune.adapters.mlflow.curves import plot_curves
 
         client = self._client_()
         with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
@@ -682,7 +684,7 @@ def _fetch_artifacts(checkpoint: str, tmp: Path) -> Path:
     if (out / MASKS_FILE).is_file():  # the report those releases' trackers wrote themselves
         import pyarrow.csv as pacsv
 
-        from .masks import Masks, density_report, report_table
+        from rp_tune.sparsity.masks import Masks, density_report, report_table
 
         rows = density_report(Masks.load(out / MASKS_FILE))
         pacsv.write_csv(report_table(rows), out / DENSITY_REPORT_FILE)
@@ -707,8 +709,8 @@ def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | No
 
 
 def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:
-    """The URL of the sweep's saved comparison view (`rp_tune.mlflow_view`): on the server at
-    `uri`, or, for a database, on `mlflow ui`'s default address."""
+    """The URL of the sweep's saved comparison view (`rp_tune.adapters.mlflow.view`): on the
+    server at `uri`, or, for a database, on `mlflow ui`'s default address."""
     base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return mlflow_view.comparison_url(base, experiment_id, sweep_path)
 

@@ -20,7 +20,7 @@ accuracy curves. The experiment is tagged `mlflow.experimentKind = custom_model_
 (MLflow's kind for model training); MLflow 3.17's UI reads the kind from its GenAI/Model
 training switch instead, so the URL also says `workflowType=machine_learning`.
 
-Nothing here imports mlflow: `rp_tune.tracking` writes these tags.
+Nothing here imports mlflow: `rp_tune.adapters.mlflow.tracking` writes these tags.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from .config import TrialConfig, ood_sets
-from .model_names import parse_cifar_resnet
-from .sparsity import SCHEMES
+from rp_tune.config import TrialConfig, ood_sets
+from rp_tune.core.model_names import parse_cifar_resnet
+from rp_tune.sparsity import SCHEMES
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

@@ -1,6 +1,6 @@
 """The report's figures: one kind of plot per kind of figure in Liu et al. (ICLR 2022).
 
-Every plot draws groups (`rp_tune.grouping`: trials that differ only in their seed) as mean
+Every plot draws groups (`rp_tune.results.grouping`: trials that differ only in their seed) as mean
 ± std over seeds with n in the legend, and returns what it drew, read back from the axes
 (`describe_figure`), so that tests check the drawing and not only that a file exists.
 
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grouping import (
+from rp_tune.core.model_names import DEFAULT_WIDTH, parse_cifar_resnet
+from rp_tune.core.paper_figures import FIGURES
+from rp_tune.results.grouping import (
     Group,
     by_panel,
     dense_of,
@@ -40,7 +42,6 @@ from .grouping import (
     panel_title,
     series_label,
 )
-from .model_names import DEFAULT_WIDTH, parse_cifar_resnet
 
 MARKERS = "osD^v<>pPX*h"
 CLASSIFIER_KEYS = ("sparsity.fc_density", "sparsity.classifier_density")
@@ -513,28 +514,6 @@ def plot_sparse_to_sparse(
 # --- one trial's training curves (an MLflow artifact) ---------------------------------
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """One trial's loss and accuracy per epoch (training, and validation where there is a
-    validation split), and the learning rate."""
-    plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        val = [(h["epoch"], h[f"val_{key}"]) for h in history if f"val_{key}" in h]
-        if val:
-            ax.plot(*zip(*val), "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.legend()
-    axes[2].plot(epochs, [h["lr"] for h in history], "o-")
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # --- the registry -------------------------------------------------------------------------
 
 
@@ -571,60 +550,6 @@ PLOTS: dict[str, PlotKind] = {
         PlotKind("sparse_to_sparse", "sparse_to_sparse.png", False, plot_sparse_to_sparse,
                  "IMP, strong tickets and GraNet: test accuracy and cumulative training "
                  "FLOPs vs the final density, a line per start", "none"),
-    )
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PaperFigure:
-    """A figure of Liu et al. (ICLR 2022) or Gadhikar et al. (ICML 2023) and the plot that
-    draws it; `plot` None for one
-    the report does not draw, with the reason in `shows`."""
-
-    ref: str
-    shows: str
-    plot: str | None
-    metrics: tuple[str, ...] = ("test_acc",)
-
-
-FIGURES: dict[str, PaperFigure] = {
-    f.ref: f
-    for f in (
-        PaperFigure("Liu et al. Fig. 1", "CIFAR ResNet-20..110: test accuracy vs sparsity per "
-                    "scheme, dense as the reference", "sparsity"),
-        PaperFigure("Liu et al. Fig. 2", "CIFAR ResNet-20 at widths 8..56: test accuracy vs "
-                    "sparsity per scheme", "sparsity"),
-        PaperFigure("Liu et al. Fig. 5", "ImageNet ResNet-18/34/50/101 and Wide ResNet-50-2: "
-                    "accuracy, FGSM, ImageNet-O AUROC, ECE, NLL vs parameters and FLOPs",
-                    "params", ("test_acc", "fgsm_acc", "ood_auroc_imagenet_o", "test_ece",
-                               "test_loss")),
-        PaperFigure("Liu et al. Fig. 5 (FLOPs)", "the same against inference FLOPs", "flops",
-                    ("test_acc", "fgsm_acc", "ood_auroc_imagenet_o", "test_ece", "test_loss")),
-        PaperFigure("Liu et al. Fig. 6 top", "gradient norm vs iteration over the first 20k "
-                    "iterations, CIFAR ResNets", "grad_flow", ()),
-        PaperFigure("Liu et al. Fig. 6 bottom", "Wide ResNet-50-2 on ImageNet: gradient norm "
-                    "over the first 40k iterations", "grad_flow", ()),
-        PaperFigure("Liu et al. Fig. 7", "CIFAR-10 ResNet-20/32/44: test accuracy vs width "
-                    "multiplier, a line per sparsity", "width"),
-        PaperFigure("Liu et al. Fig. 14 left", "Wide ResNet-50-2, ERK at 70% sparsity: test "
-                    "accuracy vs the classifier's sparsity", "classifier"),
-        PaperFigure("Liu et al. Fig. 14 right", "sparse Wide ResNet-50-2 against dense "
-                    "ResNet-18/34/50 by parameter count", "params"),
-        PaperFigure("Liu et al. App. C", "GraSP ratio vs SNIP ratio and ERK, CIFAR-10 ResNets",
-                    "sparsity"),
-        PaperFigure("Liu et al. Figs. 8-13, 15-17", "the depth, width and ratio scans on "
-                    "CIFAR-100 (--set data.name=cifar100) and with VGGs; OoD AUROC, ECE and NLL "
-                    "against sparsity (which number shows which variant is not checked here)",
-                    "sparsity", ("test_acc", "test_ece", "test_loss", "fgsm_acc", "ood_auroc_")),
-        PaperFigure("Gadhikar et al. IMP", "iterative magnitude pruning from a dense start "
-                    "vs from random ER/balanced starts: test accuracy and cumulative training "
-                    "cost against density", "imp_rounds", ()),
-        PaperFigure("Gadhikar et al. sparse to sparse", "IMP, strong lottery tickets and "
-                    "GraNet from a dense start vs from random sources: test accuracy and "
-                    "cumulative training FLOPs against the final density", "sparse_to_sparse",
-                    ()),
-        PaperFigure("Liu et al. Figs. 3-4", "not drawn: what they plot could not be checked "
-                    "against the paper when this table was written", None),
     )
 }  # fmt: skip
 

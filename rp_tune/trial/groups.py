@@ -1,10 +1,10 @@
 """Which trials of a sweep train together as one fused trial group (`--group-size K`).
 
 No torch, no Ray: the plan is made before Ray starts. The fused model itself is
-`rp_tune.fused`. A group is one Tune trial (a "unit": its run key starts with `group-`)
+`rp_tune.trial.fused`. A group is one Tune trial (a "unit": its run key starts with `group-`)
 whose members stay trials of their own wherever the user looks: each has its folder in the
 sweep (`params.json` with its entry, `group.json` naming its unit), its rows in the unit's
-`result.json` (read through `rp_tune.plan.all_results`), its checkpoint inside the unit's
+`result.json` (read through `rp_tune.planning.plan.all_results`), its checkpoint inside the unit's
 (`members/<run key>/`), its MLflow run, summary row and report row.
 """
 
@@ -15,9 +15,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import storage as store
-from .config import ConfigError, TrialConfig, from_flat, run_key
-from .layout import GROUP_FILE, GROUP_PREFIX
+from rp_tune.config import ConfigError, TrialConfig, from_flat, run_key
+from rp_tune.core import storage as store
+from rp_tune.core.layout import GROUP_FILE, GROUP_PREFIX
 
 SEED_KEYS = ("seed", "seeds.mask", "seeds.init", "seeds.data")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .grouping import Group, groups
+from rp_tune.results.grouping import Group, groups
 
 
 @dataclass(frozen=True)

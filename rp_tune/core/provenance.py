@@ -5,7 +5,6 @@ sweep may differ; the driver records the code once per sweep.
 
 from __future__ import annotations
 
-import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,29 +16,11 @@ PACKAGES = ("torch", "torchvision", "numpy", "ray", "mlflow", "pyarrow")
 ENV_PREFIX = "env_"
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
-
-
-def environment(device: Any = None) -> dict[str, str]:
-    """The trial's machine as flat strings: env_python, env_<package> for PACKAGES (read
-    from their metadata: nothing is imported), env_cuda and env_cudnn (torch's build and
-    runtime; "none" without CUDA) and env_gpu (the device's model, or "cpu")."""
-    import torch
-
-    out = {f"{ENV_PREFIX}python": platform.python_version()}
-    out.update({f"{ENV_PREFIX}{p}": _version(p) for p in PACKAGES})
-    cuda = torch.cuda.is_available()
-    out[f"{ENV_PREFIX}cuda"] = str(torch.version.cuda) if cuda else "none"
-    cudnn = torch.backends.cudnn.version() if cuda else None
-    out[f"{ENV_PREFIX}cudnn"] = str(cudnn) if cudnn else "none"
-    on_gpu = cuda and getattr(device, "type", str(device)) == "cuda"
-    out[f"{ENV_PREFIX}gpu"] = torch.cuda.get_device_name(device) if on_gpu else "cpu"
-    out[f"{ENV_PREFIX}host"] = platform.node()
-    return out
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model_names import canonical_model_name, check_model_name
-from .sparsity import SCHEMES
-from .sparsity.schemes import check_density
+from rp_tune.core.model_names import canonical_model_name, check_model_name
+from rp_tune.sparsity import SCHEMES
+from rp_tune.sparsity.schemes import check_density
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,7 @@ SCHEME_OPTION_KEYS = (
     "sparsity.layer_density",
     "sparsity.erk_power_scale",
 )
-# Drop-fraction schedules of dynamic sparse training (rp_tune.dst.death_rate).
+# Drop-fraction schedules of dynamic sparse training (rp_tune.methods.dst.death_rate).
 DROP_SCHEDULES = ("rigl", "cosine_whole_run")
 # Keys that change where or how fast a trial runs, never its result: left out of run_key so
 # the same experiment keeps its name on another machine or cluster.
@@ -481,7 +481,7 @@ class EvaluationConfig:
 class ResourcesConfig:
     workers: int = 1  # DDP workers per trial
     # None: the sweep decides, a GPU per worker wherever the Ray cluster (or its autoscaler's
-    # node types) has GPUs, else the CPU (`rp_tune.sweep.resolve_gpus`); 0: the CPU; a
+    # node types) has GPUs, else the CPU (`rp_tune.adapters.ray.sweep.resolve_gpus`); 0: the CPU; a
     # fraction packs several one-worker trials on one GPU
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
@@ -789,3 +789,50 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         key, value = (s.strip() for s in item.split("=", 1))
         out[key] = value
     return out
+
+
+# --- comparing configs: a stored sweep against the space expanded now -----------------
+
+
+def _comparable(flat: Mapping[str, Any], drop_gpus: bool = False) -> dict[str, Any]:
+    """A flat config as this release reads it (fields it added take their defaults), minus
+    the keys that never change a result (NOT_HASHED), with lists as tuples; drop_gpus: less
+    resources.gpus_per_worker too (compared with configs that leave it to the sweep)."""
+    full = from_flat(flat).to_flat()
+    out = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in full.items() if k not in NOT_HASHED
+    }
+    if drop_gpus:
+        out.pop("resources.gpus_per_worker", None)
+    return out
+
+
+def gpus_unresolved(configs: Sequence[TrialConfig]) -> bool:
+    """Some config leaves resources.gpus_per_worker to the sweep (None): it then matches
+    whatever the sweep chose for it."""
+    return any(c.resources.gpus_per_worker is None for c in configs)
+
+
+def trial_identity(flat: Mapping[str, Any], drop_gpus: bool = False) -> str:
+    """What makes two trials the same experiment: the flat config as this release reads it,
+    less where it runs (NOT_HASHED), whatever run key a release gave it."""
+    return repr(sorted(_comparable(flat, drop_gpus).items()))
+
+
+def config_differences(
+    stored: Sequence[Mapping[str, Any]], configs: Sequence[TrialConfig]
+) -> list[str]:
+    """The flat keys whose values differ between the trials a sweep stored and `configs` (the
+    space and overrides expanded now); [] when they are the same trials.
+
+    Fields added by a newer release compare at their defaults; resources.gpus_per_worker left
+    to the sweep (None now) matches whatever the sweep chose for it.
+    """
+    drop = gpus_unresolved(configs)
+    before = [_comparable(f, drop) for f in stored]
+    now = [_comparable(c.to_flat(), drop) for c in configs]
+    if sorted(map(repr, before)) == sorted(map(repr, now)):
+        return []
+    keys = sorted({k for row in before + now for k in row})
+    differ = [k for k in keys if {repr(r.get(k)) for r in before} != {repr(r.get(k)) for r in now}]
+    return differ or ["the combinations of values (each key takes the same values)"]

@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .imp import apportion, top_kept
-from .masks import Masks
-from .models import prunable_layers
-from .seeds import derived_seed
+from rp_tune.core.seeds import derived_seed
+from rp_tune.methods.imp import apportion, top_kept
+from rp_tune.models import prunable_layers
+from rp_tune.sparsity.masks import Masks
 
 
 def level_densities(source: float, target: float, levels: int) -> tuple[float, ...]:

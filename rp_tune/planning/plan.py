@@ -2,7 +2,8 @@
 sweep stored, and tabulate its outcome.
 
 Everything here runs before (or without) Ray: `--dry-run`, `--status`, every bad-input path and
-the summary table. `rp_tune.sweep` is the Ray adapter built on it. A trial's identity is
+the summary table. `rp_tune.adapters.ray.sweep` is the Ray adapter built on it. A trial's
+identity is
 what the sweep stored in `<sweep>/trials.json` when it started (flat config and run key), so
 a sweep resumes after an upgrade that added config fields with defaults.
 """
@@ -21,8 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import storage as store
-from .config import (
+from rp_tune.config import (
     DYNAMIC_KEYS,
     MODE_KEYS,
     NOT_HASHED,
@@ -30,15 +30,19 @@ from .config import (
     ConfigError,
     DataConfig,
     TrialConfig,
+    config_differences,
     from_flat,
+    gpus_unresolved,
     parse_set,
     run_key,
     trial_epochs,
+    trial_identity,
 )
-from .data import absolute_data_root
-from .model_names import input_size, parse_cifar_resnet
-from .models import build_model
-from .trial_groups import member_group
+from rp_tune.core import storage as store
+from rp_tune.core.model_names import input_size, parse_cifar_resnet
+from rp_tune.data import absolute_data_root
+from rp_tune.models import build_model
+from rp_tune.trial.groups import member_group
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +76,13 @@ def expand_space(
             module = load_space(space)
         except ValueError as e:
             raise SweepError(str(e)) from None
-    from .figures import FIGURES
+    from rp_tune.core.paper_figures import FIGURES
 
     unknown = [f for f in getattr(module, "FIGURES", ()) if f not in FIGURES]
     if unknown:
         raise SweepError(
-            f"search space {space!r}: FIGURES names {unknown}, which rp_tune.figures.FIGURES "
-            f"does not hold; valid: {sorted(FIGURES)}"
+            f"search space {space!r}: FIGURES names {unknown}, which the papers' figure list"
+            f" (rp_tune.core.paper_figures.FIGURES) does not hold; valid: {sorted(FIGURES)}"
         )
     grids = module.GRID if isinstance(module.GRID, list) else [module.GRID]
     smokes = module.SMOKE if isinstance(module.SMOKE, list) else [module.SMOKE] * len(grids)
@@ -169,7 +173,7 @@ def check_data_roots(configs: Sequence[TrialConfig]) -> None:
     """Every dataset any trial reads (training and OoD sets) is present and intact before Ray
     starts, downloaded once here where allowed (`rp_tune.data.ensure_datasets`); otherwise one
     SweepError naming the dataset, the root, the layout expected there and the fixes."""
-    from .data import DataError, ensure_datasets
+    from rp_tune.data import DataError, ensure_datasets
 
     try:
         ensure_datasets(configs)
@@ -191,9 +195,9 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
     batch larger than the training shard (sizes of the full datasets), a data-free scheme
     whose plan keeps no weight in some layer (data-dependent ones are checked in the trial),
     per-layer overrides that name no layer of the model or do not fit the budget."""
-    from .config import layer_density_map
-    from .models import layer_specs
-    from .sparsity import (
+    from rp_tune.config import layer_density_map
+    from rp_tune.models import layer_specs
+    from rp_tune.sparsity import (
         SCHEMES,
         check_no_empty_layers,
         layer_densities,
@@ -239,7 +243,7 @@ def estimate_gpu_hours(cfg: TrialConfig, tflops: float) -> float:
     A rough planning number: sparse masks do not speed up dense kernels, so the dense count
     is the relevant one; `tflops` is the sustained rate per GPU the user expects.
     """
-    from .metrics import layer_flops
+    from rp_tune.trial.metrics import layer_flops
 
     images = {cfg.data.name: training_images(cfg)}
     size = input_size(cfg)
@@ -465,13 +469,13 @@ class SweepSummary:
     trials: list[TrialOutcome]
     tracking_uri: str | None = None
     wall_seconds: float | None = None  # this driver's run of the sweep, start to end
-    code: dict[str, Any] | None = None  # the commit and dirty flag (rp_tune.provenance)
+    code: dict[str, Any] | None = None  # the commit and dirty flag (rp_tune.core.provenance)
     mlflow_url: str | None = None  # the sweep's trials compared in the MLflow UI
 
     def cost_line(self) -> str:
         """One line of what the sweep cost: this run's wall-clock, the trials' training,
         evaluation and retried time, and device-hours by kind."""
-        from .progress import format_duration as d
+        from rp_tune.core.text import format_duration as d
 
         t = self.totals()
         hours = [f"{t[f'device_hours_{k}']:.3g} {k.upper()}-hours" for k in ("gpu", "cpu")
@@ -510,7 +514,7 @@ class SweepSummary:
     def table(self) -> str:
         """One row per trial: status, epoch, the registry's console columns (those some
         trial reported: `metrics.Metric.column`), the epoch it resumed from."""
-        from .metrics import METRICS
+        from rp_tune.trial.metrics import METRICS
 
         shown = [m for m in METRICS.values() if m.column and any(m.name in t.metrics
                  for t in self.trials)]  # fmt: skip
@@ -840,31 +844,6 @@ def write_stored_trials(path: str, configs: Sequence[TrialConfig]) -> list[dict[
     return entries
 
 
-def _comparable(flat: Mapping[str, Any], drop_gpus: bool = False) -> dict[str, Any]:
-    """A flat config as this release reads it (fields it added take their defaults), minus
-    the keys that never change a result (NOT_HASHED), with lists as tuples; drop_gpus: less
-    resources.gpus_per_worker too (compared with configs that leave it to the sweep)."""
-    full = from_flat(flat).to_flat()
-    out = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in full.items() if k not in NOT_HASHED
-    }
-    if drop_gpus:
-        out.pop("resources.gpus_per_worker", None)
-    return out
-
-
-def _gpus_unresolved(configs: Sequence[TrialConfig]) -> bool:
-    """Some config leaves resources.gpus_per_worker to the sweep (None): it then matches
-    whatever the sweep chose for it."""
-    return any(c.resources.gpus_per_worker is None for c in configs)
-
-
-def trial_identity(flat: Mapping[str, Any], drop_gpus: bool = False) -> str:
-    """What makes two trials the same experiment: the flat config as this release reads it,
-    less where it runs (NOT_HASHED), whatever run key a release gave it."""
-    return repr(sorted(_comparable(flat, drop_gpus).items()))
-
-
 TRIAL_FILES = ("params.json", "result.json", "evaluations.json")  # what a reused trial copies
 
 
@@ -955,25 +934,6 @@ def write_trial_entries(path: str, entries: Sequence[Mapping[str, Any]]) -> None
     store.write_text(store.join(path, TRIALS_FILE), json.dumps(list(entries), default=list))
 
 
-def config_differences(
-    stored: Sequence[Mapping[str, Any]], configs: Sequence[TrialConfig]
-) -> list[str]:
-    """The flat keys whose values differ between the trials a sweep stored and `configs` (the
-    space and overrides expanded now); [] when they are the same trials.
-
-    Fields added by a newer release compare at their defaults; resources.gpus_per_worker left
-    to the sweep (None now) matches whatever the sweep chose for it.
-    """
-    drop = _gpus_unresolved(configs)
-    before = [_comparable(f, drop) for f in stored]
-    now = [_comparable(c.to_flat(), drop) for c in configs]
-    if sorted(map(repr, before)) == sorted(map(repr, now)):
-        return []
-    keys = sorted({k for row in before + now for k in row})
-    differ = [k for k in keys if {repr(r.get(k)) for r in before} != {repr(r.get(k)) for r in now}]
-    return differ or ["the combinations of values (each key takes the same values)"]
-
-
 def driver_lock(root: str, name: str) -> store.DriverLock:
     """The lease that lets one driver at a time hold the sweep `name` under `root`."""
     path = store.join(root, name)
@@ -997,7 +957,7 @@ def _extended(
     """True when the sweep holds every one of `configs` and the trials it holds besides are
     finished: an --extend (or reuse) added them, and --resume with the extension's options
     continues what is left."""
-    drop = _gpus_unresolved(configs)
+    drop = gpus_unresolved(configs)
     held = {trial_identity(e["flat"], drop): e for e in stored}
     now = {trial_identity(c.to_flat(), drop) for c in configs}
     if not now <= set(held):

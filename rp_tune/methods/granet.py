@@ -20,7 +20,7 @@ From a random source mask at density d_i (`start_density`, the scheme's layer ra
 With `flow_preservation` (on in Gadhikar et al.'s GraNet runs), the source is first made to
 carry signal through every unit: `preserve_flow_`.
 
-The drop-and-grow is `rp_tune.dst`'s (exact counts, ITOP rate, the update log); this adds
+The drop-and-grow is `rp_tune.methods.dst`'s (exact counts, ITOP rate, the update log); this adds
 the gradual pruning before it and logs each update's density.
 """
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from . import dst
-from .imp import prune_by_magnitude
-from .seeds import derived_seed
+from rp_tune.core.seeds import derived_seed
+from rp_tune.methods import dst
+from rp_tune.methods.imp import prune_by_magnitude
 
 
 def cubic_density(step: int, start: int, end: int, initial: float, final: float) -> float:
