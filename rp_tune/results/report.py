@@ -1,6 +1,6 @@
 """Results table and the papers' figures from a finished (or partial) sweep.
 
-    python -m rp_tune.results.report results/width_scan        # or: run_sweep.py --space X --report
+    python -m rp_tune.report results/width_scan        # or: run_sweep.py --space X --report
 
 Reads Tune's storage (every trial's `params.json` and `result.json`), writes one Parquet
 table (one row per trial: flat config, status, final metrics, cost: seconds of training,
@@ -543,9 +543,7 @@ def sparse_to_sparse_table(starts: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    p = argparse.ArgumentParser(
-        prog="python -m rp_tune.results.report", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m rp_tune.report", description=__doc__.split("\n")[0])
     p.add_argument(
         "sweep_dir",
         nargs="+",

@@ -1048,7 +1048,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m rp_tune.trial.train",
+        prog="python -m rp_tune.train",
         description="Run one sparse-training trial without Ray (for debugging).",
     )
     p.add_argument("--model", default="cifar_resnet_20")
