@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from rp_tune.config import IMP_KEYS, ConfigError, from_flat, run_key, trial_epochs
+from rp_tune.config import ConfigError, from_flat, run_key, trial_epochs
 from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE, IMP_MASKS_DIR, IMP_ROUNDS_FILE
-from rp_tune.methods import imp
+from rp_tune.methods import METHODS, imp
+from rp_tune.methods.imp import round_densities
 from rp_tune.sparsity.masks import Masks
 from rp_tune.trial.groups import group_refusal
 from rp_tune.trial.train import latest_checkpoint, run_trial, setup
@@ -47,7 +48,7 @@ def _subset(a: Masks, b: Masks) -> bool:
 
 def test_schedule_epochs_and_run_key():
     cfg = from_flat(IMP_FLAT)
-    assert cfg.sparsity.imp_densities() == (0.5, 0.25, 0.125)
+    assert round_densities(cfg.sparsity) == (0.5, 0.25, 0.125)
     assert cfg.total_epochs == 3 + 2 * 2 == trial_epochs(cfg.to_flat())
     assert run_key(cfg).startswith("cifar_resnet_8-er0.5-imp-d0.125-s0-")
     assert [imp.round_of(e, 3, 1) for e in range(7)] == [
@@ -56,7 +57,7 @@ def test_schedule_epochs_and_run_key():
     assert imp.round_ends(3, 1, 3) == [3, 5, 7]
     # the last round is clamped to the target: 0.5 * 0.8^k never lands on 0.3 exactly
     dens = from_flat({**IMP_FLAT, "sparsity.density": 0.3, "sparsity.prune_fraction": 0.2})
-    assert dens.sparsity.imp_densities() == pytest.approx((0.5, 0.4, 0.32, 0.3))
+    assert round_densities(dens.sparsity) == pytest.approx((0.5, 0.4, 0.32, 0.3))
     dense = from_flat({**IMP_FLAT, "sparsity.start_density": 1.0})
     assert run_key(dense).startswith("cifar_resnet_8-dense-imp-d0.125-")
     assert trial_epochs(from_flat({"train.epochs": 7}).to_flat()) == 7  # not IMP: its epochs
@@ -151,7 +152,7 @@ def test_every_round_mask_is_a_subset_of_the_last_and_of_the_random_start(imp_ru
     assert len(rounds) == 3
     # round 0 is the random start: the ER mask a static trial at density 0.5 would draw
     static = from_flat(
-        {k: v for k, v in IMP_FLAT.items() if k not in IMP_KEYS}
+        {k: v for k, v in IMP_FLAT.items() if k not in METHODS["imp"].keys}
         | {"sparsity.mode": "static", "sparsity.density": 0.5}
     )
     assert rounds[0].equals(setup(static, tmp_path, run_key(static), "cpu").masks)
@@ -244,7 +245,7 @@ def test_a_dense_start_is_classic_imp(tmp_path):
     flat = {**IMP_FLAT, "sparsity.start_density": 1.0, "sparsity.density": 0.5,
             "sparsity.rewind_epoch": 0, "sparsity.scheme": "uniform"}  # fmt: skip
     cfg = from_flat(flat)
-    assert cfg.sparsity.imp_densities() == (1.0, 0.5)
+    assert round_densities(cfg.sparsity) == (1.0, 0.5)
     run_trial(cfg, tmp_path / "imp", keep_checkpoints=10)
     dense = from_flat(
         {k: v for k, v in flat.items() if not k.startswith("sparsity.")}

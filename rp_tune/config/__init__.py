@@ -22,13 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rp_tune.core.errors import ConfigError, fail
 from rp_tune.core.model_names import canonical_model_name, check_model_name
+from rp_tune.methods import DEFAULT_METHOD, METHODS, method, method_keys
 from rp_tune.sparsity import SCHEMES
 from rp_tune.sparsity.schemes import check_density
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key, the value and the valid choices."""
+__all__ = ["ConfigError"]  # defined in rp_tune.core.errors (the methods' checks raise it too)
 
 
 DATASETS: dict[str, int] = {
@@ -76,39 +76,10 @@ RECIPES["imagenet_dense"] = {**RECIPES["imagenet"], "epochs": 90, "milestones": 
 DENSE_RECIPE = {"imagenet": "imagenet_dense"}
 PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLINGS = ("exact", "bernoulli")
-# static: a fixed mask; dynamic: drop-and-grow (SET / RigL); imp: iterative magnitude pruning
-# inside the start mask, sparse to sparse (Gadhikar et al. 2023, Sec. 4); slt: strong lottery
-# tickets (edge-popup) inside a random source mask, weights never trained (ibid., Sec. 5)
-# granet: gradual magnitude pruning with regrowth from a random source (ibid., Sec. 4)
-MODES = ("static", "dynamic", "imp", "slt", "granet")
+# sparsity.mode: the registered sparse-training methods (rp_tune.methods.METHODS)
+MODES = tuple(METHODS)
 PRUNE_SCOPES = ("global", "layer")
-MAX_IMP_ROUNDS = 100  # each a full training run: more is a typo in prune_fraction
 GROWTHS = ("random", "gradient")
-# Keys that only matter for dynamic sparse training (equal to their defaults when static).
-DYNAMIC_KEYS = (
-    "sparsity.growth",
-    "sparsity.update_frequency",
-    "sparsity.death_rate",
-    "sparsity.drop_schedule",
-    "sparsity.death_rate_final",
-    "sparsity.stop_at",
-)
-# Keys that only matter for iterative magnitude pruning (equal to their defaults otherwise).
-IMP_KEYS = (
-    "sparsity.start_density",
-    "sparsity.prune_fraction",
-    "sparsity.prune_scope",
-    "sparsity.rewind_epoch",
-)
-# Keys that only matter for strong lottery tickets (the source density is start_density).
-SLT_KEYS = ("sparsity.start_density", "sparsity.levels")
-# the sparse-to-sparse modes and what each reads (the mode's name in messages)
-# Keys that only matter for GraNet (it reads dynamic sparse training's rate keys too).
-GRANET_KEYS = ("sparsity.start_density", "sparsity.prune_start", "sparsity.prune_end",
-               "sparsity.regrow_in_source", "sparsity.flow_preservation")  # fmt: skip
-MODE_KEYS = {"imp": (IMP_KEYS, "iterative magnitude pruning"),
-             "slt": (SLT_KEYS, "strong lottery tickets"),
-             "granet": (GRANET_KEYS, "GraNet")}  # fmt: skip
 # Keys that only shape a sparse plan (dropped at density 1.0: a dense net is one trial).
 SCHEME_OPTION_KEYS = (
     "sparsity.fc_density",
@@ -123,8 +94,7 @@ DROP_SCHEDULES = ("rigl", "cosine_whole_run")
 NOT_HASHED = ("data.root", "data.download", "data.num_workers", "train.checkpoint_every")
 
 
-def _fail(key: str, value: Any, valid: str) -> typing.NoReturn:
-    raise ConfigError(f"{key}={value!r} is invalid; valid: {valid}")
+_fail = fail
 
 
 @dataclass(frozen=True)
@@ -197,7 +167,7 @@ class SparsityConfig:
     grasp_per_class: int = 10  # grasp: images per class in its class-balanced batch (paper: 10)
     # a plan that keeps no weight in some layer cuts the network: refused unless this is set
     allow_empty_layers: bool = False
-    mode: str = "static"  # static: fixed mask; dynamic: drop-and-grow (SET / RigL)
+    mode: str = DEFAULT_METHOD  # a sparse-training method of rp_tune.methods.METHODS
     growth: str = "gradient"  # dynamic: random (SET) or gradient (RigL); drop is by magnitude
     update_frequency: int = 100  # dynamic: steps between mask updates
     death_rate: float = 0.5  # dynamic: initial fraction of kept weights replaced per update
@@ -276,112 +246,19 @@ class SparsityConfig:
                 _fail(f"sparsity.{key}", getattr(self, key), "a fraction in [0, 1]")
         if self.prune_scope not in PRUNE_SCOPES:
             _fail("sparsity.prune_scope", self.prune_scope, str(list(PRUNE_SCOPES)))
-        if self.mode == "imp":
-            self._check_imp()
-        elif self.mode == "slt":
-            self._check_slt()
-        elif self.mode == "granet":
-            self._check_granet()
-        own = MODE_KEYS.get(self.mode, ((), ""))[0]
-        for key in dict.fromkeys(k for keys, _ in MODE_KEYS.values() for k in keys):
+        method(self.mode).load().check(self)  # its own values first, then others' keys
+        own = method(self.mode).keys
+        for key in method_keys():
             name = key.split(".", 1)[1]
             default = SparsityConfig.__dataclass_fields__[name].default
             if key not in own and getattr(self, name) != default:
-                readers = [f"{what} (sparsity.mode={m!r})" for m, (keys, what) in
-                           MODE_KEYS.items() if key in keys]  # fmt: skip
+                readers = [f"{m.title} (sparsity.mode={m.name!r})" for m in METHODS.values()
+                           if key in m.keys]  # fmt: skip
                 raise ConfigError(
                     f"{key}={getattr(self, name)!r} with sparsity.mode={self.mode!r}: only "
                     f"{' and '.join(readers)} {'reads' if len(readers) == 1 else 'read'} it; "
                     f"leave it at {default!r}"
                 )
-
-    def _check_imp(self) -> None:
-        """IMP's values, one message each: the target below the start, fractions in (0, 1),
-        none of dynamic sparse training's keys (the mask of IMP only shrinks)."""
-        self._check_below_start("iterative magnitude pruning prunes")
-        if not 0.0 < self.prune_fraction < 1.0:
-            _fail("sparsity.prune_fraction", self.prune_fraction, "a fraction in (0, 1)")
-        if self.rewind_epoch < 0:
-            _fail("sparsity.rewind_epoch", self.rewind_epoch, "an integer >= 0 (0: the init)")
-        # prune steps: the least r with start (1 - f)^r <= target (imp_densities' count - 1)
-        steps = math.log(self.density / self.start_density) / math.log(1 - self.prune_fraction)
-        rounds = math.ceil(steps - 1e-9)
-        if rounds + 1 > MAX_IMP_ROUNDS:
-            raise ConfigError(
-                f"sparsity.prune_fraction={self.prune_fraction!r} from sparsity.start_density="
-                f"{self.start_density!r} to sparsity.density={self.density!r} takes {rounds + 1} "
-                f"rounds of training; at most {MAX_IMP_ROUNDS}: prune a larger fraction a round"
-            )
-        self._refuse_dynamic_keys("imp", "iterative magnitude pruning only removes them")
-
-    def _check_below_start(self, what: str) -> None:
-        try:
-            check_density(self.start_density)
-        except ValueError:
-            _fail("sparsity.start_density", self.start_density, "a number in (0, 1]; 1.0: dense")
-        if self.density >= self.start_density:
-            raise ConfigError(
-                f"sparsity.density={self.density!r} with sparsity.start_density="
-                f"{self.start_density!r}: {what} from the start density down to "
-                "sparsity.density, so it must be below the start (equal: a fixed mask, "
-                "sparsity.mode='static')"
-            )
-
-    def _check_slt(self) -> None:
-        """Strong lottery tickets: the target below the source, levels >= 1, none of dynamic
-        sparse training's keys (its weights never train, so nothing is regrown)."""
-        self._check_below_start("strong lottery tickets search")
-        if not isinstance(self.levels, int) or self.levels < 1:
-            _fail("sparsity.levels", self.levels, "an integer >= 1 (Gadhikar et al.: 5)")
-        self._refuse_dynamic_keys("slt", "strong lottery tickets train scores, never weights")
-
-    def _check_granet(self) -> None:
-        """GraNet: the target below the source, its schedule inside training, its own
-        regrowth (by gradient, on its cosine over the whole run)."""
-        self._check_below_start("GraNet prunes")
-        if not 0.0 <= self.prune_start < self.prune_end <= 1.0:
-            raise ConfigError(
-                f"sparsity.prune_start={self.prune_start!r}, sparsity.prune_end="
-                f"{self.prune_end!r}: GraNet's pruning must start at or after the start of "
-                "training and end before or at its end; valid: 0 <= prune_start < prune_end "
-                "<= 1 (fractions of training)"
-            )
-        for key, why in (("growth", "GraNet regrows by gradient (SET's random growth is "
-                          "sparsity.mode='dynamic')"),
-                         ("drop_schedule", "GraNet's drop fraction follows its own cosine "
-                          "from death_rate to death_rate_final over the whole run"),
-                         ("stop_at", "GraNet updates the mask all run long")):  # fmt: skip
-            default = SparsityConfig.__dataclass_fields__[key].default
-            if getattr(self, key) != default:
-                raise ConfigError(
-                    f"sparsity.{key}={getattr(self, key)!r} with sparsity.mode='granet': "
-                    f"{why}; leave it at {default!r}"
-                )
-
-    def _refuse_dynamic_keys(self, mode: str, why: str) -> None:
-        changed = [
-            k for k in DYNAMIC_KEYS
-            if getattr(self, k.split(".", 1)[1])
-            != SparsityConfig.__dataclass_fields__[k.split(".", 1)[1]].default
-        ]  # fmt: skip
-        if changed:
-            raise ConfigError(
-                f"{', '.join(changed)} with sparsity.mode={mode!r}: these set dynamic sparse "
-                f"training (SET/RigL), whose drop-and-grow revives weights; {why}. Use one "
-                f"mode: {mode!r} or 'dynamic'"
-            )
-
-    def imp_densities(self) -> tuple[float, ...]:
-        """IMP's nominal density of each round: d_r = start * (1 - f)^r while above the
-        target, then the target (rounds 0..R; round 0 trains the start mask). () otherwise."""
-        if self.mode != "imp":
-            return ()
-        out = [self.start_density]
-        while out[-1] > self.density:
-            nxt = out[-1] * (1.0 - self.prune_fraction)
-            # a last step within 1e-9 of the target is the target (float round-off)
-            out.append(self.density if nxt <= self.density * (1 + 1e-9) else nxt)
-        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -569,12 +446,13 @@ class TrialConfig:
                 f"evaluation.ood_sets={self.evaluation.ood_sets!r} holds the training dataset "
                 f"data.name={self.data.name!r}; an OoD set must be another dataset"
             )
-        if self.sparsity.mode == "imp" and self.sparsity.rewind_epoch >= self.train.epochs:
+        row = method(self.sparsity.mode)
+        if row.no_ddp and self.resources.workers > 1:
             raise ConfigError(
-                f"sparsity.rewind_epoch={self.sparsity.rewind_epoch!r} with train.epochs="
-                f"{self.train.epochs}: a round trains train.epochs epochs and rewinds to an "
-                f"epoch of it; valid: 0 (the initialization) to {self.train.epochs - 1}"
+                f"resources.workers={self.resources.workers} with sparsity.mode="
+                f"{row.name!r}: {row.no_ddp}; valid: resources.workers=1"
             )
+        row.load().check_trial(self)
         if self.data.name == "imagenet" and self.model.name.startswith(("cifar_", "vgg")):
             raise ConfigError(
                 f"model.name={self.model.name!r} is a 32x32 CIFAR net; with data.name="
@@ -586,15 +464,9 @@ class TrialConfig:
 
     @property
     def total_epochs(self) -> int:
-        """Epochs the trial trains in all: train.epochs, or under IMP the first round's
-        train.epochs plus train.epochs - rewind_epoch for every later round (each later
-        round goes on from the rewind point, lr schedule included: Frankle et al. 2020)."""
-        if self.sparsity.mode == "slt":  # each level trains the recipe's epochs
-            return self.sparsity.levels * self.train.epochs
-        rounds = len(self.sparsity.imp_densities())
-        if rounds == 0:
-            return self.train.epochs
-        return self.train.epochs + (rounds - 1) * (self.train.epochs - self.sparsity.rewind_epoch)
+        """Epochs the trial trains in all: train.epochs, or what its method's rounds or
+        levels add up to (`SparseTraining.total_epochs`)."""
+        return method(self.sparsity.mode).load().total_epochs(self.sparsity, self.train.epochs)
 
     def seed_of(self, what: str) -> int:
         """The seed of one source of randomness ("mask", "init", "data"): seeds.<what>,
@@ -641,7 +513,8 @@ def trial_epochs(flat: Mapping[str, Any]) -> int:
     """`TrialConfig.total_epochs` of a stored flat config (a sweep's trials.json entry or a
     Tune params.json): what "finished" means for that trial. Stored configs of releases
     before IMP lack its keys: their train.epochs."""
-    if flat.get("sparsity.mode") not in ("imp", "slt"):
+    row = METHODS.get(str(flat.get("sparsity.mode")))
+    if row is None or not row.repeats_recipe:
         return int(flat["train.epochs"])
     return from_flat(flat).total_epochs
 
@@ -762,15 +635,22 @@ def config_hash(cfg: TrialConfig, length: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def _value(cfg: TrialConfig, key: str) -> Any:
+    """The value of a flat key ("sparsity.growth") in a config."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+
+
 def run_key(cfg: TrialConfig) -> str:
     """Readable + hashed name, e.g. `cifar_resnet_20-erk-d0.1-s0-3f9a1c2e7b`; no timestamps."""
     s = cfg.sparsity
     scheme = "dense" if s.density == 1.0 else s.scheme
-    if s.mode == "dynamic" and s.density < 1.0:
-        scheme += "-" + {"random": "set", "gradient": "rigl"}[s.growth]
-    if s.mode in MODE_KEYS:  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: from ER at 0.5
+    row = method(s.mode)
+    if row.from_start:  # cifar_resnet_20-er0.5-imp-d0.05-s0-...: from ER at 0.5
         start = "dense" if s.start_density == 1.0 else f"{s.scheme}{s.start_density:g}"
         scheme = f"{start}-{s.mode}"
+    elif s.density < 1.0 and (variant := row.load().variant(lambda k: _value(cfg, k))):
+        scheme += "-" + variant  # cifar_resnet_20-erk-rigl-d0.1-...
     seeds = f"s{cfg.seed}" + "".join(  # s0m3: seed 0, mask seed 3
         f"{k[0]}{getattr(cfg.seeds, k)}"
         for k in ("mask", "init", "data")

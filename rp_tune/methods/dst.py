@@ -20,13 +20,14 @@ same updates as an unbroken one without any generator state in the checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rp_tune.core.seeds import derived_seed
+from rp_tune.methods.base import SparseTraining
 
 GROWTHS = ("random", "gradient")
 SCHEDULES = ("rigl", "cosine_whole_run")
@@ -226,3 +227,57 @@ class DynamicSparsity:
         device = self.weights[0].device
         self.ever = [e.to(device) for e in state["ever"]]
         self.updates = [list(u) for u in state["updates"]]
+
+
+def rewiring(cfg: Any, steps_per_epoch: int) -> dict[str, Any]:
+    """DynamicSparsity's schedule arguments from a trial config: the update frequency, the
+    drop fraction's start and end, the run's steps, the mask seed."""
+    sp = cfg.sparsity
+    return dict(update_frequency=sp.update_frequency, initial_rate=sp.death_rate,
+                final_rate=sp.death_rate_final, total_steps=cfg.train.epochs * steps_per_epoch,
+                steps_per_epoch=steps_per_epoch, seed=cfg.seed_of("mask"))  # fmt: skip
+
+
+class DropAndGrow(SparseTraining):
+    """sparsity.mode=dynamic: SET (random growth) or RigL (gradient growth) from the trial's
+    random masks (Evci et al. 2020; Liu et al. 2022 compare it with static training); a dense
+    trial (density 1.0) has nothing to rewire."""
+
+    state_key = "dst"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.dst: DynamicSparsity | None = None
+
+    @classmethod
+    def variant(cls, get: Any) -> str:
+        return "set" if get("sparsity.growth") == "random" else "rigl"
+
+    @property
+    def dense_gradient_on_update(self) -> bool:  # RigL's growth reads the dense gradient
+        return self.dst is not None and self.dst.growth == "gradient"
+
+    def start(self, model: Any, masks: Any, steps_per_epoch: int) -> None:
+        sp = self.cfg.sparsity
+        if sp.density < 1.0:
+            self.dst = DynamicSparsity(
+                masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at,
+                **rewiring(self.cfg, steps_per_epoch),
+            )  # fmt: skip
+
+    def after_step(self, step: int, optimizer: Any) -> bool:
+        if self.dst is None:
+            return False
+        before = len(self.dst.updates)
+        self.dst.after_step(step, optimizer)
+        return len(self.dst.updates) > before
+
+    def end_epoch(self, trial: Any, epoch: int) -> dict[str, Any]:
+        return self.dst.end_epoch(epoch) if self.dst is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dst.state_dict() if self.dst is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.dst is not None and state:
+            self.dst.load_state_dict(dict(state))

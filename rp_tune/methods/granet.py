@@ -26,13 +26,20 @@ the gradual pruning before it and logs each update's density.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from rp_tune.core.errors import ConfigError
+from rp_tune.core.layout import GRANET_UPDATES_FILE
 from rp_tune.core.seeds import derived_seed
 from rp_tune.methods import dst
+from rp_tune.methods.base import check_below_start, default_of
 from rp_tune.methods.imp import prune_by_magnitude
+
+log = logging.getLogger(__name__)
 
 
 def cubic_density(step: int, start: int, end: int, initial: float, final: float) -> float:
@@ -158,3 +165,73 @@ class GradualPruning(dst.DynamicSparsity):
         if state.get("source") is not None:
             device = self.weights[0].device
             self.allowed = [s.to(device) for s in state["source"]]
+
+
+class GraNet(dst.DropAndGrow):
+    """sparsity.mode=granet: `GradualPruning` from the trial's random source mask."""
+
+    state_key = "dst"  # a checkpoint keeps it where DST's state is (its state extends DST's)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.flow_added = 0  # weights flow preservation added to the source
+
+    @classmethod
+    def check(cls, s: Any) -> None:
+        """The target below the source, the schedule inside training, GraNet's own regrowth
+        (by gradient, on its cosine over the whole run)."""
+        check_below_start(s, "GraNet prunes")
+        if not 0.0 <= s.prune_start < s.prune_end <= 1.0:
+            raise ConfigError(
+                f"sparsity.prune_start={s.prune_start!r}, sparsity.prune_end="
+                f"{s.prune_end!r}: GraNet's pruning must start at or after the start of "
+                "training and end before or at its end; valid: 0 <= prune_start < prune_end "
+                "<= 1 (fractions of training)"
+            )
+        for key, why in (("growth", "GraNet regrows by gradient (SET's random growth is "
+                          "sparsity.mode='dynamic')"),
+                         ("drop_schedule", "GraNet's drop fraction follows its own cosine "
+                          "from death_rate to death_rate_final over the whole run"),
+                         ("stop_at", "GraNet updates the mask all run long")):  # fmt: skip
+            if getattr(s, key) != default_of(s, key):
+                raise ConfigError(
+                    f"sparsity.{key}={getattr(s, key)!r} with sparsity.mode='granet': "
+                    f"{why}; leave it at {default_of(s, key)!r}"
+                )
+
+    @classmethod
+    def variant(cls, get: Any) -> str:
+        return ""  # named by its start (METHODS' from_start), not by a growth
+
+    def prepare_masks(self, masks: Any, key: str) -> None:
+        if not self.cfg.sparsity.flow_preservation:
+            return
+        added = preserve_flow_(masks.masks, self.cfg.seed_of("mask"))
+        self.flow_added = sum(added.values())
+        log.info(
+            "%s flow preservation: %d weights added to the source (%s)",
+            key,
+            self.flow_added,
+            ", ".join(f"{n} +{k}" for n, k in added.items()) or "none needed",
+        )
+
+    def start(self, model: Any, masks: Any, steps_per_epoch: int) -> None:
+        sp = self.cfg.sparsity
+        self.dst = GradualPruning(
+            masks, start_density=sp.start_density, final_density=sp.density,
+            prune_start=sp.prune_start, prune_end=sp.prune_end,
+            regrow_in_source=sp.regrow_in_source, flow_added=self.flow_added,
+            **dst.rewiring(self.cfg, steps_per_epoch),
+        )  # fmt: skip
+
+    def final_metrics(self, trial: Any) -> dict[str, Any]:
+        if self.cfg.sparsity.flow_preservation and self.dst is not None:
+            return {"flow_added": float(self.dst.flow_added)}
+        return {}
+
+    def write_artifacts(self, trial: Any, folder: Path) -> None:
+        """The density after every update (granet_updates.csv: step, density)."""
+        assert isinstance(self.dst, GradualPruning)
+        (Path(folder) / GRANET_UPDATES_FILE).write_text(
+            "step,density\n" + "".join(f"{int(a)},{b!r}\n" for a, b in self.dst.densities)
+        )

@@ -5,7 +5,7 @@ Gadhikar et al. (ICML 2023, Sec. 4) argue that pruning need not start dense: a r
 subnetworks, and pruning within it reaches them at a fraction of the training cost. With a
 dense start (start_density 1.0) this is the classic IMP of Frankle & Carbin (2019).
 
-A trial of R + 1 rounds (`SparsityConfig.imp_densities`: d_0 = start, d_r = d_0 (1 - f)^r
+A trial of R + 1 rounds (`round_densities`: d_0 = start, d_r = d_0 (1 - f)^r
 while above the target, then the target):
 
 - round 0 trains the start mask for train.epochs epochs (the recipe, lr schedule and all);
@@ -32,10 +32,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import torch
 import torch.distributed as dist
 
+from rp_tune.core.errors import ConfigError, fail
+from rp_tune.core.layout import IMP_MASKS_DIR, IMP_ROUNDS_FILE, MASKS_FILE
+from rp_tune.methods.base import SparseTraining, check_below_start, refuse_drop_and_grow
+from rp_tune.sparsity.masks import Masks
+
 log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 100  # each a full training run: more is a typo in prune_fraction
 
 SCOPES = ("global", "layer")
 
@@ -239,3 +248,158 @@ class IterativePruning:
         if self.round_masks:  # the start's count, not the resumed round's
             start = sum(int(m.sum()) for m in self.masks_of_round(0).values())
             self.kept = kept_totals(start, self.total, self.densities)
+
+
+def round_densities(s: Any) -> tuple[float, ...]:
+    """IMP's nominal density of each round from the sparsity section `s`: d_r = start *
+    (1 - f)^r while above the target, then the target (rounds 0..R; round 0 trains the
+    start mask)."""
+    out = [s.start_density]
+    while out[-1] > s.density:
+        nxt = out[-1] * (1.0 - s.prune_fraction)
+        # a last step within 1e-9 of the target is the target (float round-off)
+        out.append(s.density if nxt <= s.density * (1 + 1e-9) else nxt)
+    return tuple(out)
+
+
+class IMP(SparseTraining):
+    """sparsity.mode=imp: `IterativePruning` in a trial: rounds as spans of its epochs."""
+
+    state_key = "imp"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.pruning: IterativePruning | None = None
+
+    @classmethod
+    def check(cls, s: Any) -> None:
+        """The target below the start, fractions in (0, 1), at most MAX_ROUNDS rounds, none
+        of dynamic sparse training's keys (the mask of IMP only shrinks)."""
+        check_below_start(s, "iterative magnitude pruning prunes")
+        if not 0.0 < s.prune_fraction < 1.0:
+            fail("sparsity.prune_fraction", s.prune_fraction, "a fraction in (0, 1)")
+        if s.rewind_epoch < 0:
+            fail("sparsity.rewind_epoch", s.rewind_epoch, "an integer >= 0 (0: the init)")
+        # prune steps: the least r with start (1 - f)^r <= target (round_densities' count - 1)
+        steps = math.log(s.density / s.start_density) / math.log(1 - s.prune_fraction)
+        rounds = math.ceil(steps - 1e-9)
+        if rounds + 1 > MAX_ROUNDS:
+            raise ConfigError(
+                f"sparsity.prune_fraction={s.prune_fraction!r} from sparsity.start_density="
+                f"{s.start_density!r} to sparsity.density={s.density!r} takes {rounds + 1} "
+                f"rounds of training; at most {MAX_ROUNDS}: prune a larger fraction a round"
+            )
+        refuse_drop_and_grow(s, "imp", "iterative magnitude pruning only removes them")
+
+    @classmethod
+    def check_trial(cls, cfg: Any) -> None:
+        s, epochs = cfg.sparsity, cfg.train.epochs
+        if s.rewind_epoch >= epochs:
+            raise ConfigError(
+                f"sparsity.rewind_epoch={s.rewind_epoch!r} with train.epochs={epochs}: a round "
+                "trains train.epochs epochs and rewinds to an epoch of it; valid: 0 (the "
+                f"initialization) to {epochs - 1}"
+            )
+
+    @classmethod
+    def total_epochs(cls, s: Any, epochs: int) -> int:
+        """The first round's epochs plus epochs - rewind_epoch for every later round (each
+        later round goes on from the rewind point, lr schedule included: Frankle et al.
+        2020)."""
+        return epochs + (len(round_densities(s)) - 1) * (epochs - s.rewind_epoch)
+
+    def start(self, model: Any, masks: Any, steps_per_epoch: int) -> None:
+        sp = self.cfg.sparsity
+        self.pruning = IterativePruning(
+            densities=round_densities(sp), epochs=self.cfg.train.epochs,
+            rewind_epoch=sp.rewind_epoch, scope=sp.prune_scope,
+            start_kept=sum(masks.kept().values()), total=masks.total(),
+        )  # fmt: skip
+
+    def recipe_step(self, step: int, steps_per_epoch: int) -> int:
+        """Every round after the first replays the recipe from the rewind point."""
+        assert self.pruning is not None
+        return self.pruning.recipe_step(step, steps_per_epoch)
+
+    def begin_epoch(self, trial: Any, epoch: int) -> None:
+        assert self.pruning is not None
+        self.pruning.capture(epoch, trial.model, trial.masks)
+
+    def end_epoch(self, trial: Any, epoch: int) -> dict[str, Any]:
+        assert self.pruning is not None
+        return {"imp_round": self.pruning.round_of(epoch)[0]}
+
+    def after_validation(self, trial: Any, epoch: int) -> dict[str, Any]:
+        assert self.pruning is not None
+        return self.end_round(trial, epoch) if self.pruning.is_round_end(epoch) else {}
+
+    def end_round(self, trial: Any, epoch: int) -> dict[str, Any]:
+        """The last epoch of a round: the round's record (test accuracy and loss of its
+        model, its density and kept count, its best validation accuracy, the training FLOPs
+        of the round and of all rounds so far); then, unless it was the last round, prune
+        and rewind (`IterativePruning.next_round`) and start model selection afresh, so the
+        trial's best-validation epoch is one of the final round's, at the target density."""
+        t, pruning = trial, self.pruning
+        assert pruning is not None
+        r = pruning.round_of(epoch)[0]
+        test = t.evaluate_test()
+        densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
+        round_epochs = pruning.epochs - (pruning.rewind_epoch if r > 0 else 0)
+        images = round_epochs * t.data.steps * self.cfg.train.batch_size * t.world
+        flops = t.training_flops(densities, images)
+        before = pruning.rounds[-1]["cumulative_train_flops"] if pruning.rounds else 0.0
+        record = {
+            "imp_round": r,
+            "round_test_acc": test["acc"],
+            "round_test_loss": test["loss"],
+            "round_density": t.masks.density(),
+            "round_kept": float(sum(t.masks.kept().values())),
+            "round_epochs": round_epochs,
+            "round_train_flops": flops,
+            "cumulative_train_flops": before + flops,
+        }
+        if t.best["epoch"] > 0:
+            record["round_best_val_acc"] = t.best["val_acc"]
+        pruning.rounds = [x for x in pruning.rounds if x["imp_round"] < r] + [record]
+        if r + 1 < len(pruning.densities):
+            kept = pruning.next_round(t.masks, t.model, t.optimizer)
+            t.reset_model_selection()
+            if t.rank == 0:
+                t.masks.save(t.out_dir / MASKS_FILE)
+            log.info(
+                "%s IMP round %d: test acc %.4f at density %.4f; round %d keeps %d weights "
+                "(density %.4f), rewound to epoch %d",
+                t.key, r, test["acc"], record["round_density"], r + 1, sum(kept.values()),
+                t.masks.density(), pruning.rewind_epoch,
+            )  # fmt: skip
+        return record
+
+    def final_metrics(self, trial: Any) -> dict[str, Any]:
+        """Training FLOPs summed over the rounds, each at its own density, where the trial
+        could not count them epoch by epoch (a checkpoint of an older release)."""
+        counted = trial.train_flops > 0 and trial.flops_complete
+        if not counted and self.pruning is not None and self.pruning.rounds:
+            return {"train_flops_sparse": self.pruning.rounds[-1]["cumulative_train_flops"]}
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.pruning is not None
+        return self.pruning.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        assert self.pruning is not None
+        self.pruning.load_state_dict(state)
+
+    def write_artifacts(self, trial: Any, folder: Any) -> None:
+        """The mask every round trained with, and the rounds' records (imp_rounds.csv)."""
+        from pathlib import Path
+
+        assert self.pruning is not None
+        art = Path(folder)
+        (art / IMP_MASKS_DIR).mkdir()
+        for r in range(len(self.pruning.round_masks)):
+            meta = {**trial.masks.meta, "imp_round": str(r)}
+            round_file = art / IMP_MASKS_DIR / f"round_{r:02d}.parquet"
+            Masks(self.pruning.masks_of_round(r), meta).save(round_file)
+        if self.pruning.rounds:
+            pacsv.write_csv(pa.Table.from_pylist(self.pruning.rounds), art / IMP_ROUNDS_FILE)

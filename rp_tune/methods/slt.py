@@ -40,7 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rp_tune.core.errors import fail
 from rp_tune.core.seeds import derived_seed
+from rp_tune.methods.base import SparseTraining, check_below_start, refuse_drop_and_grow
 from rp_tune.methods.imp import apportion, top_kept
 from rp_tune.models import prunable_layers
 from rp_tune.sparsity.masks import Masks
@@ -153,3 +155,72 @@ class StrongTickets:
         self.source_dev = [self.source[n].to(w.device).view(w.shape) for n, w in
                            zip(self.names, self.weights)]  # fmt: skip
         self.start_level(int(state["level"]))
+
+
+class SLT(SparseTraining):
+    """sparsity.mode=slt: `StrongTickets` in a trial: `levels` levels of train.epochs each,
+    the lr schedule and model selection restarting at every level."""
+
+    state_key = "slt"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.tickets: StrongTickets | None = None
+
+    @classmethod
+    def check(cls, s: Any) -> None:
+        """The target below the source, levels >= 1, none of dynamic sparse training's keys
+        (its weights never train, so nothing is regrown)."""
+        check_below_start(s, "strong lottery tickets search")
+        if not isinstance(s.levels, int) or s.levels < 1:
+            fail("sparsity.levels", s.levels, "an integer >= 1 (Gadhikar et al.: 5)")
+        refuse_drop_and_grow(s, "slt", "strong lottery tickets train scores, never weights")
+
+    @classmethod
+    def total_epochs(cls, s: Any, epochs: int) -> int:
+        return s.levels * epochs  # each level trains the recipe's epochs
+
+    def start(self, model: nn.Module, masks: Masks, steps_per_epoch: int) -> None:
+        """Before DDP wraps the model: DDP then reduces only what needs a gradient."""
+        sp, t = self.cfg.sparsity, self.cfg.train
+        self.tickets = StrongTickets(model, masks, sp.start_density, sp.density, sp.levels,
+                                     t.epochs, self.cfg.seed_of("init"))  # fmt: skip
+
+    def _t(self) -> StrongTickets:
+        assert self.tickets is not None, "start() builds the tickets"
+        return self.tickets
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self._t().scores  # only the scores train
+
+    def recipe_step(self, step: int, steps_per_epoch: int) -> int:
+        return self._t().recipe_step(step, steps_per_epoch)  # every level restarts the recipe
+
+    def begin_epoch(self, trial: Any, epoch: int) -> None:
+        """A new level: its counts, fresh momentum, and model selection within the level, so
+        the best-validation epoch is one of the last level's, at the target density."""
+        tickets = self._t()
+        if tickets.level_for(epoch) != tickets.level:
+            tickets.start_level(tickets.level_for(epoch))
+            trial.optimizer.state.clear()
+            trial.reset_model_selection()
+
+    def before_step(self) -> None:
+        self._t().before_step()  # the scores' gradients from the weights' (straight-through)
+
+    def apply_masks(self, masks: Masks) -> None:
+        self._t().after_step()  # the new top-k: w = w0 * subnetwork
+
+    def gradient_densities(self) -> dict[str, float]:
+        """The scores' gradient covers the source: 2 f(subnetwork) + f(source) a step."""
+        return {n: float(m.sum()) / m.numel() for n, m in self._t().source.items()}
+
+    def end_epoch(self, trial: Any, epoch: int) -> dict[str, Any]:
+        trial.masks.sync_from_bound()  # the subnetwork as the epoch ended, for its checkpoint
+        return {"slt_level": self._t().level, "slt_density": trial.masks.density()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._t().state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self._t().load_state_dict(dict(state))

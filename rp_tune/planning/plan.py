@@ -23,8 +23,6 @@ from types import ModuleType
 from typing import Any
 
 from rp_tune.config import (
-    DYNAMIC_KEYS,
-    MODE_KEYS,
     NOT_HASHED,
     SCHEME_OPTION_KEYS,
     ConfigError,
@@ -41,6 +39,7 @@ from rp_tune.config import (
 from rp_tune.core import storage as store
 from rp_tune.core.model_names import input_size, parse_cifar_resnet
 from rp_tune.data import absolute_data_root
+from rp_tune.methods import DEFAULT_METHOD, METHODS, from_start, method_keys
 from rp_tune.models import build_model
 from rp_tune.trial.groups import member_group
 
@@ -113,21 +112,20 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
         flat = {**fixed, **dict(zip(axes, point))}
         if float(flat.get("sparsity.density", 0.1)) == 1.0:
             flat["sparsity.scheme"] = "uniform"
-            flat["sparsity.mode"] = "static"
+            flat["sparsity.mode"] = DEFAULT_METHOD  # a fixed mask
             for key in SCHEME_OPTION_KEYS:  # meaningless for a dense net: one trial, not several
                 flat.pop(key, None)
         # Ray workers do not run in this folder: a relative data root is made absolute here.
         flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
-        if flat.get("sparsity.mode", "static") == "static":
-            for key in DYNAMIC_KEYS:  # meaningless for a fixed mask: one trial, not several
+        row = METHODS.get(str(flat.get("sparsity.mode", DEFAULT_METHOD)))  # None: from_flat says
+        for key in method_keys():  # only their method reads them: one trial, not several
+            if row is not None and key not in row.keys:
                 flat.pop(key, None)
-        mode = flat.get("sparsity.mode", "static")
-        own = MODE_KEYS.get(mode, ((), ""))[0]
-        for keys, _ in MODE_KEYS.values():
-            for key in keys:  # only their mode reads them: one trial, not several
-                if key not in own:
-                    flat.pop(key, None)
-        if own and float(flat.get("sparsity.start_density", 1.0)) == 1.0:
+        if (
+            row is not None
+            and row.from_start
+            and float(flat.get("sparsity.start_density", 1.0)) == 1.0
+        ):
             flat["sparsity.scheme"] = "uniform"  # a dense start: no scheme shapes it
             for key in SCHEME_OPTION_KEYS:
                 flat.pop(key, None)
@@ -210,7 +208,7 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
         s = cfg.sparsity
         data_free = not SCHEMES[s.scheme].needs_model
         by_hand = s.layer_density or s.classifier_density is not None
-        density = s.start_density if s.mode in MODE_KEYS else s.density  # its start
+        density = s.start_density if from_start(s.mode) else s.density  # its start
         if density < 1.0 and ((data_free and not s.allow_empty_layers) or by_hand):
             key = (cfg.model.name, cfg.data.classes or 1000)
             if key not in specs:

@@ -32,6 +32,7 @@ from typing import Any
 
 from rp_tune.core.model_names import DEFAULT_WIDTH, parse_cifar_resnet
 from rp_tune.core.paper_figures import FIGURES
+from rp_tune.methods import METHODS
 from rp_tune.results.grouping import (
     Group,
     by_panel,
@@ -417,7 +418,8 @@ def plot_imp_rounds(
 
 # --- sparse to sparse: each method from a dense start and from random starts ----------------
 
-S2S_METHODS = ("imp", "slt", "granet")  # sparsity modes that search from a start mask
+# the methods that search from a start mask
+S2S_METHODS = tuple(m.name for m in METHODS.values() if m.from_start)
 
 
 def _start_of(g: Group) -> tuple[str, float]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rp_tune.config import DENSE_RECIPE, NOT_HASHED, RECIPES
+from rp_tune.methods import METHODS, from_start
 from rp_tune.planning.plan import sort_values
 from rp_tune.trial.groups import SEED_KEYS
 
@@ -43,15 +44,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def line_label(row: dict[str, Any]) -> str:
-    """dense at density 1.0; else the scheme, with +set/+rigl for dynamic sparse training,
-    +imp for iterative magnitude pruning ("dense+imp" from a dense start, "er+imp" from ER)."""
+    """dense at density 1.0; else the scheme, with its method's variant (+set/+rigl for
+    dynamic sparse training), or for a method that starts from a mask its start and name
+    ("dense+imp" from a dense start, "er+imp" from ER)."""
     if float(row["sparsity.density"]) == 1.0:
         return "dense"
-    if row.get("sparsity.mode") in ("imp", "slt", "granet"):  # from a dense or random start
+    mode = row.get("sparsity.mode")
+    if from_start(mode):  # from a dense or random start
         start = float(row.get("sparsity.start_density", 1.0))
-        return f"{'dense' if start == 1.0 else row['sparsity.scheme']}+{row['sparsity.mode']}"
-    if row.get("sparsity.mode") == "dynamic":
-        return f"{row['sparsity.scheme']}+{'set' if row['sparsity.growth'] == 'random' else 'rigl'}"
+        return f"{'dense' if start == 1.0 else row['sparsity.scheme']}+{mode}"
+    if mode in METHODS and (variant := METHODS[mode].load().variant(row.get)):
+        return f"{row['sparsity.scheme']}+{variant}"
     return row["sparsity.scheme"]
 
 

@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 
 from rp_tune.config import NOT_HASHED, trial_epochs
 from rp_tune.core import storage
-from rp_tune.core.layout import ARTIFACTS_DIR, GRAD_FLOW_FILE, IMP_ROUNDS_FILE
+from rp_tune.core.layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
 from rp_tune.core.provenance import ENV_PREFIX
+from rp_tune.methods import METHODS
 from rp_tune.planning.plan import TRIALS_FILE, all_results, is_finished, trial_cost
 from rp_tune.results.evaluate import evaluated_metrics
 from rp_tune.results.figures import (
@@ -131,9 +132,10 @@ def imp_round_records(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, An
 
     out = {}
     for r in rows:
-        if r.get("status") != "finished" or r.get("sparsity.mode") != "imp":
+        row = METHODS.get(str(r.get("sparsity.mode")))
+        if r.get("status") != "finished" or row is None or not row.round_records:
             continue
-        where = storage.join(str(r.get("checkpoint", "")), ARTIFACTS_DIR, IMP_ROUNDS_FILE)
+        where = storage.join(str(r.get("checkpoint", "")), ARTIFACTS_DIR, row.round_records)
         if r.get("checkpoint") and storage.exists(where):
             text = storage.read_text(where).encode()
             out[r["run_key"]] = pacsv.read_csv(pa.BufferReader(text)).to_pylist()

@@ -18,6 +18,7 @@ from typing import Any
 from rp_tune.config import ConfigError, TrialConfig, from_flat, run_key
 from rp_tune.core import storage as store
 from rp_tune.core.layout import GROUP_FILE, GROUP_PREFIX
+from rp_tune.methods import DEFAULT_METHOD, method
 
 SEED_KEYS = ("seed", "seeds.mask", "seeds.init", "seeds.data")
 
@@ -30,24 +31,12 @@ def group_refusal(cfg: TrialConfig) -> str | None:
             "process, and DDP over a fused model would all-reduce every member's gradients "
             "as one; DDP trials run alone"
         )
-    if cfg.sparsity.mode in ("dynamic", "granet") and cfg.sparsity.density < 1.0:
-        return (
-            f"sparsity.mode={cfg.sparsity.mode}: SET/RigL and GraNet drop and regrow each "
-            "layer's weights from that member's own magnitudes, gradients and momentum, which "
-            "a fused model holds as one tensor per layer; dynamic sparse trials run alone"
+    row = method(cfg.sparsity.mode)
+    if (row.alone or row.name != DEFAULT_METHOD) and cfg.sparsity.density < 1.0:
+        why = row.alone or (
+            "a fused group trains fixed masks and calls no method's hooks; its trials run alone"
         )
-    if cfg.sparsity.mode == "imp":
-        return (
-            "sparsity.mode=imp: each round prunes by that member's own weight magnitudes "
-            "and rewinds that member alone, between epochs the members would not share; "
-            "IMP trials run alone"
-        )
-    if cfg.sparsity.mode == "slt":
-        return (
-            "sparsity.mode=slt: each member trains its own scores through its own top-k of "
-            "frozen weights, which the fused model's one optimizer over weights does not hold; "
-            "strong lottery ticket trials run alone"
-        )
+        return f"sparsity.mode={row.name}: {why}"
     if cfg.data.name == "imagenet":
         return (
             "data.name=imagenet: image folders stream through a DataLoader per trial, and "

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 import torch.distributed as dist
@@ -56,10 +55,7 @@ from rp_tune.core.layout import (
     CHECKPOINT_FILE,
     DENSITY_REPORT_FILE,
     GRAD_FLOW_FILE,
-    GRANET_UPDATES_FILE,
     HISTORY_FILE,
-    IMP_MASKS_DIR,
-    IMP_ROUNDS_FILE,
     MASKS_FILE,
     WEIGHTS_FILE,
 )
@@ -77,7 +73,9 @@ from rp_tune.data import (
     local_data_root,
     read_split,
 )
-from rp_tune.methods import dst, granet, imp, slt
+from rp_tune.methods import from_start
+from rp_tune.methods import method as method_row
+from rp_tune.methods.base import SparseTraining
 from rp_tune.models import build_model, layer_specs
 from rp_tune.sparsity import (
     SCHEMES,
@@ -338,15 +336,13 @@ class Trial:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     flow: metrics.GradientFlow
-    dst: dst.DynamicSparsity | None
+    method: SparseTraining  # the sparse-training method's hooks (rp_tune.methods)
     best: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"val_acc": -1.0, "epoch": -1, "state": None}
     )
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
-    imp: imp.IterativePruning | None = None  # iterative magnitude pruning (sparsity.mode=imp)
     dataset: str = ""  # what it trains on, as JSON (`data.dataset_record`); rank 0 only
-    slt: slt.StrongTickets | None = None  # strong lottery tickets (sparsity.mode=slt)
     # the dense model's FLOPs per image, total and per module (`metrics.layer_flops`), and
     # the training FLOPs of the epochs trained so far, each at its own densities
     layer_flops: tuple[float, dict[str, int]] | None = None  # set by `setup`
@@ -360,6 +356,26 @@ class Trial:
         if not self.bf16:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # --- what a sparse-training method asks of the trial (rp_tune.methods.base) ---------
+
+    def reset_model_selection(self) -> None:
+        """Forget the best-validation state: selection starts afresh (a new round or level)."""
+        self.best = {"val_acc": -1.0, "epoch": -1, "state": None}
+
+    def evaluate_test(self) -> dict[str, Any]:
+        """Test loss and accuracy of the model as it is now."""
+        return evaluate(
+            self.model, self.normalize, self.data.test, self.device, self.data.resident,
+            self.autocast,
+        )  # fmt: skip
+
+    def training_flops(self, densities: dict[str, float], images: int) -> float:
+        """Training FLOPs of `images` images at per-layer `densities` (`metrics.cost`)."""
+        size = (3, *input_size(self.cfg))
+        return metrics.cost(self.model, densities, size, images, self.layer_flops)[
+            "train_flops_sparse"
+        ]
 
 
 def run_trial(
@@ -402,18 +418,10 @@ def run_trial(
         log.info("%s had finished: reporting its last epoch again", key)
         on_epoch(dict(trial.history[-1]), Path(resume) if trial.rank == 0 else None)
     for epoch in range(trial.start_epoch, end):
-        if trial.imp is not None:
-            trial.imp.capture(epoch, trial.model, trial.masks)
-        if trial.slt is not None and trial.slt.level_for(epoch) != trial.slt.level:
-            # a level's counts, fresh momentum, and model selection within the level, so the
-            # best-validation epoch is one of the last level's, at the target density
-            trial.slt.start_level(trial.slt.level_for(epoch))
-            trial.optimizer.state.clear()
-            trial.best = {"val_acc": -1.0, "epoch": -1, "state": None}
+        trial.method.begin_epoch(trial, epoch)
         row = train_epoch(trial, epoch)
         row.update(validate(trial, epoch))
-        if trial.imp is not None and trial.imp.is_round_end(epoch):
-            row.update(end_round(trial, epoch))
+        row.update(trial.method.after_validation(trial, epoch))
         if epoch + 1 == epochs:
             row.update(final_evaluation(trial))
             row.update(time_spent([*trial.history, row]))
@@ -476,16 +484,9 @@ def setup(
         masks = Masks.load(checkpoint_masks_file(Path(masks_from)), model)
     else:
         masks = _draw_masks(cfg, model, data, device, normalize)
-    flow_added = 0  # GraNet's flow preservation: weights it added to the source
-    if masks_from is None and sp.mode == "granet" and sp.flow_preservation:
-        added = granet.preserve_flow_(masks.masks, cfg.seed_of("mask"))
-        flow_added = sum(added.values())
-        log.info(
-            "%s flow preservation: %d weights added to the source (%s)",
-            key,
-            flow_added,
-            ", ".join(f"{n} +{k}" for n, k in added.items()) or "none needed",
-        )
+    method = method_row(sp.mode).load()(cfg)  # the sparse-training method's hooks
+    if masks_from is None:
+        method.prepare_masks(masks, key)
     masks.bind(model)
     masks.apply_()
     if rank == 0:
@@ -497,57 +498,26 @@ def setup(
             masks.density(),
             format_report(density_report(masks, model)),
         )
-    tickets = None
-    if sp.mode == "slt":  # before DDP wraps the model: it reduces only what needs a gradient
-        tickets = slt.StrongTickets(model, masks, sp.start_density, sp.density, sp.levels,
-                                    t.epochs, cfg.seed_of("init"))  # fmt: skip
+    method.start(model, masks, data.steps)  # before DDP wraps the model
     flops = metrics.layer_flops(model, (3, *input_size(cfg)))  # the bare model, once
     train_model = wrap_model(model) if wrap_model is not None else model
     if t.compile:
         train_model = torch.compile(train_model)
-    if tickets is not None:  # only the scores train
-        optimizer = torch.optim.SGD(tickets.scores, lr=t.lr, momentum=t.momentum,
+    params = method.parameters()
+    if params is not None:  # e.g. strong tickets: only their scores train
+        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
                                     nesterov=t.nesterov, weight_decay=t.weight_decay)  # fmt: skip
     else:
         optimizer = make_optimizer(model, cfg)
     steps = data.steps
-    pruning = None
-    if sp.mode == "imp":
-        pruning = imp.IterativePruning(
-            densities=sp.imp_densities(),
-            epochs=t.epochs,
-            rewind_epoch=sp.rewind_epoch,
-            scope=sp.prune_scope,
-            start_kept=sum(masks.kept().values()),
-            total=masks.total(),
-        )
-        # every round after the first replays the recipe from the rewind point
-        schedule = lambda s: lr_factor(pruning.recipe_step(s, steps), steps, cfg)  # noqa: E731
-    elif tickets is not None:  # every level restarts the recipe's schedule
-        schedule = lambda s: lr_factor(tickets.recipe_step(s, steps), steps, cfg)  # noqa: E731
-    else:
-        schedule = lambda s: lr_factor(s, steps, cfg)  # noqa: E731
+    schedule = lambda s: lr_factor(method.recipe_step(s, steps), steps, cfg)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     weights, float_masks = masks.bound()
     flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
-    dynamic = None
-    rewiring = dict(update_frequency=sp.update_frequency, initial_rate=sp.death_rate,
-                    final_rate=sp.death_rate_final, total_steps=t.epochs * steps,
-                    steps_per_epoch=steps, seed=cfg.seed_of("mask"))  # fmt: skip
-    if sp.mode == "granet":  # gradual pruning from the source, drop-and-regrow all run long
-        dynamic = granet.GradualPruning(
-            masks, start_density=sp.start_density, final_density=sp.density,
-            prune_start=sp.prune_start, prune_end=sp.prune_end,
-            regrow_in_source=sp.regrow_in_source, flow_added=flow_added, **rewiring,
-        )  # fmt: skip
-    elif sp.mode == "dynamic" and sp.density < 1.0:
-        dynamic = dst.DynamicSparsity(
-            masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at, **rewiring
-        )
     return Trial(
         cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
-        normalize, masks, optimizer, scheduler, flow, dynamic, imp=pruning,
-        dataset=_dataset_json(cfg, data) if rank == 0 else "", slt=tickets, layer_flops=flops,
+        normalize, masks, optimizer, scheduler, flow, method,
+        dataset=_dataset_json(cfg, data) if rank == 0 else "", layer_flops=flops,
     )  # fmt: skip
 
 
@@ -595,12 +565,9 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
                     "release); train_flops_sparse will price every epoch at the final "
                     "masks", trial.key)  # fmt: skip
     trial.flow.load_state_dict(state.get("grad_flow", []))
-    if trial.dst is not None and state.get("dst"):
-        trial.dst.load_state_dict(state["dst"])
-    if trial.imp is not None and state.get("imp"):
-        trial.imp.load_state_dict(state["imp"])
-    if trial.slt is not None and state.get("slt"):
-        trial.slt.load_state_dict(state["slt"])
+    own = trial.method.state_key
+    if own and state.get(own):
+        trial.method.load_state_dict(state[own])
     log.info("resumed %s at epoch %d from %s", trial.key, trial.start_epoch, folder)
 
 
@@ -623,24 +590,16 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t.flow.after_backward(step)
-        if t.slt is not None:  # the scores' gradients from the weights' (straight-through)
-            t.slt.before_step()
+        t.method.before_step()
         opt.step()
         lr_sum, steps = lr_sum + opt.param_groups[0]["lr"], steps + 1
         t.scheduler.step()
-        if t.slt is not None:  # the new top-k: w = w0 * subnetwork
-            t.slt.after_step()
-        else:
-            t.masks.apply_()
+        t.method.apply_masks(t.masks)
         flops += rate * len(y)
-        if t.dst is not None:
-            updates = len(t.dst.updates)
-            t.dst.after_step(step, opt)
-            if len(t.dst.updates) > updates:  # the masks changed after this step
-                if t.dst.growth == "gradient":  # its weight gradient was dense: the step
-                    # cost 2 f(old) + f(dense), not 3 f(old) (rate: DST never runs with SLT)
-                    flops += (t.layer_flops[0] - rate / 3) * len(y)
-                rate = step_flops(t)
+        if t.method.after_step(step, opt):  # the masks changed after this step
+            if t.method.dense_gradient_on_update:  # RigL's growth: the step cost 2 f(old) +
+                flops += (t.layer_flops[0] - rate / 3) * len(y)  # f(dense), not 3 f(old)
+            rate = step_flops(t)
         stats[0] += loss.detach().double() * len(y)
         stats[1] += (logits.detach().argmax(1) == y).sum()
         stats[2] += len(y)
@@ -661,13 +620,7 @@ def train_epoch(trial: Trial, epoch: int) -> dict[str, Any]:
         "epoch_train_flops": flops * t.world,  # every rank trains a shard of the same size
     }
     t.train_flops += row["epoch_train_flops"]
-    if t.dst is not None:
-        row.update(t.dst.end_epoch(epoch))
-    if t.imp is not None:
-        row["imp_round"] = t.imp.round_of(epoch)[0]
-    if t.slt is not None:
-        t.masks.sync_from_bound()  # the subnetwork as the epoch ended, for its checkpoint
-        row["slt_level"], row["slt_density"] = t.slt.level, t.masks.density()
+    row.update(t.method.end_epoch(t, epoch))
     return row
 
 
@@ -681,54 +634,8 @@ def step_flops(trial: Trial) -> float:
     floats = trial.masks.bound()[1]  # current under DST, which syncs `masks` once per epoch
     kept = torch.stack([f.sum() for f in floats]).tolist() if floats else []
     densities = {n: k / f.numel() for n, k, f in zip(names, kept, floats)}
-    grads = None
-    if trial.slt is not None:
-        grads = {n: float(m.sum()) / m.numel() for n, m in trial.slt.source.items()}
+    grads = trial.method.gradient_densities()  # None: the masks'
     return metrics.train_flops_per_image(total, per, densities, grads)
-
-
-def end_round(trial: Trial, epoch: int) -> dict[str, Any]:
-    """The last epoch of an IMP round: the round's record (test accuracy and loss of its
-    model, its density and kept count, its best validation accuracy, the training FLOPs of
-    the round and of all rounds so far); then, unless it was the last round, prune and
-    rewind (`IterativePruning.next_round`) and start model selection afresh, so the trial's
-    best-validation epoch is one of the final round's, at the target density."""
-    t, cfg, pruning = trial, trial.cfg, trial.imp
-    assert pruning is not None
-    r = pruning.round_of(epoch)[0]
-    test = evaluate(t.model, t.normalize, t.data.test, t.device, t.data.resident, t.autocast)
-    densities = {n: int(m.sum()) / m.numel() for n, m in t.masks.masks.items()}
-    round_epochs = pruning.epochs - (pruning.rewind_epoch if r > 0 else 0)
-    images = round_epochs * t.data.steps * cfg.train.batch_size * t.world
-    flops = metrics.cost(t.model, densities, (3, *input_size(cfg)), images, t.layer_flops)[
-        "train_flops_sparse"
-    ]
-    before = pruning.rounds[-1]["cumulative_train_flops"] if pruning.rounds else 0.0
-    record = {
-        "imp_round": r,
-        "round_test_acc": test["acc"],
-        "round_test_loss": test["loss"],
-        "round_density": t.masks.density(),
-        "round_kept": float(sum(t.masks.kept().values())),
-        "round_epochs": round_epochs,
-        "round_train_flops": flops,
-        "cumulative_train_flops": before + flops,
-    }
-    if t.best["epoch"] > 0:
-        record["round_best_val_acc"] = t.best["val_acc"]
-    pruning.rounds = [x for x in pruning.rounds if x["imp_round"] < r] + [record]
-    if r + 1 < len(pruning.densities):
-        kept = pruning.next_round(t.masks, t.model, t.optimizer)
-        t.best = {"val_acc": -1.0, "epoch": -1, "state": None}
-        if t.rank == 0:
-            t.masks.save(t.out_dir / MASKS_FILE)
-        log.info(
-            "%s IMP round %d: test acc %.4f at density %.4f; round %d keeps %d weights "
-            "(density %.4f), rewound to epoch %d",
-            t.key, r, test["acc"], record["round_density"], r + 1, sum(kept.values()),
-            t.masks.density(), pruning.rewind_epoch,
-        )  # fmt: skip
-    return record
 
 
 def validate(trial: Trial, epoch: int) -> dict[str, Any]:
@@ -792,7 +699,7 @@ def _draw_masks(
     """
     s = cfg.sparsity
     # IMP draws its start mask, SLT its source
-    density = s.start_density if s.mode in ("imp", "slt", "granet") else s.density
+    density = s.start_density if from_start(s.mode) else s.density
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     specs = layer_specs(model)
@@ -920,10 +827,7 @@ def final_evaluation(trial: Trial) -> dict[str, Any]:
     out.update(metrics.cost(t.model, densities, (3, *input_size(cfg)), images_seen, t.layer_flops))
     if t.train_flops > 0 and t.flops_complete:  # every epoch at its own densities
         out["train_flops_sparse"] = t.train_flops
-    elif t.imp is not None and t.imp.rounds:  # each round at its own density
-        out["train_flops_sparse"] = t.imp.rounds[-1]["cumulative_train_flops"]
-    if isinstance(t.dst, granet.GradualPruning) and t.cfg.sparsity.flow_preservation:
-        out["flow_added"] = float(t.dst.flow_added)
+    out.update(t.method.final_metrics(t))
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     out["final_eval_seconds"] = time.perf_counter() - t0
@@ -1007,9 +911,11 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
             "best": t.best,
             "history": t.history,
             "grad_flow": t.flow.state_dict(),
-            **({"dst": t.dst.state_dict()} if t.dst is not None else {}),
-            **({"imp": t.imp.state_dict()} if t.imp is not None else {}),
-            **({"slt": t.slt.state_dict()} if t.slt is not None else {}),
+            **(
+                {own: state}
+                if (own := t.method.state_key) and (state := t.method.state_dict())
+                else {}
+            ),
         },
         tmp / CHECKPOINT_FILE,
     )
@@ -1020,18 +926,7 @@ def save_checkpoint(trial: Trial, epoch: int, keep: int, save_weights: bool = Fa
     (art / GRAD_FLOW_FILE).write_text(
         "step,kept_grad_norm\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.flow.history)
     )
-    if isinstance(t.dst, granet.GradualPruning):  # the density after every update
-        (art / GRANET_UPDATES_FILE).write_text(
-            "step,density\n" + "".join(f"{int(a)},{b!r}\n" for a, b in t.dst.densities)
-        )
-    if t.imp is not None:  # the mask every round trained with, and the rounds' records
-        (art / IMP_MASKS_DIR).mkdir()
-        for r in range(len(t.imp.round_masks)):
-            meta = {**t.masks.meta, "imp_round": str(r)}
-            round_file = art / IMP_MASKS_DIR / f"round_{r:02d}.parquet"
-            Masks(t.imp.masks_of_round(r), meta).save(round_file)
-        if t.imp.rounds:
-            pacsv.write_csv(pa.Table.from_pylist(t.imp.rounds), art / IMP_ROUNDS_FILE)
+    t.method.write_artifacts(t, art)
     if save_weights and epoch == t.cfg.total_epochs:
         torch.save(owned(t.model.state_dict()), art / WEIGHTS_FILE)
     shutil.rmtree(final, ignore_errors=True)
