@@ -25,7 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=_spaces_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--space", required=True, help="a module of search_spaces/, e.g. width_scan")
+    p.add_argument(
+        "--space",
+        default="smoke",
+        help="a module of search_spaces/, e.g. width_scan (default: smoke, 4 tiny CPU trials)",
+    )
     p.add_argument("--smoke", action="store_true", help="the space's tiny SMOKE version")
     p.add_argument(
         "--set",
@@ -199,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
         overrides.update(parse_grid(args.grid))
         if args.extend and args.resume:
-            raise SweepError("--extend adds trials to a finished sweep, --resume continues an "
-                             "interrupted one: pick one")  # fmt: skip
+            raise SweepError(
+                "--extend adds trials to a finished sweep, --resume continues an "
+                "interrupted one: pick one"
+            )
         if os.environ.get(DATA_ROOT_ENV) and "data.root" not in overrides:
             overrides["data.root"] = os.environ[DATA_ROOT_ENV]
         for key, value in (
@@ -314,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
-          f"{_with(argv, '--report')})")  # fmt: skip
+    print(
+        f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
+        f"{_with(argv, '--report')})"
+    )
     if summary.tracking_uri:
         print(f"MLflow UI: {mlflow_ui_command(summary.tracking_uri, summary.mlflow_url)}")
     if summary.unfinished or summary.failed:
@@ -376,8 +384,11 @@ def status(args: argparse.Namespace, name: str) -> int:
     try:
         states = sweep_status(path, driver_alive=holder is not None)
     except FileNotFoundError as e:
-        print(f"error: {e}; start it with: python run_sweep.py --space {args.space}"
-              f"{' --smoke' if args.smoke else ''}", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {e}; start it with: python run_sweep.py --space {args.space}"
+            f"{' --smoke' if args.smoke else ''}",
+            file=sys.stderr,
+        )
         return 2
     print(status_table(states))
     uri = _tracking_uri(args, path)

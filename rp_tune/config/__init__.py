@@ -252,8 +252,11 @@ class SparsityConfig:
             name = key.split(".", 1)[1]
             default = SparsityConfig.__dataclass_fields__[name].default
             if key not in own and getattr(self, name) != default:
-                readers = [f"{m.title} (sparsity.mode={m.name!r})" for m in METHODS.values()
-                           if key in m.keys]  # fmt: skip
+                readers = [
+                    f"{m.title} (sparsity.mode={m.name!r})"
+                    for m in METHODS.values()
+                    if key in m.keys
+                ]
                 raise ConfigError(
                     f"{key}={getattr(self, name)!r} with sparsity.mode={self.mode!r}: only "
                     f"{' and '.join(readers)} {'reads' if len(readers) == 1 else 'read'} it; "

@@ -20,8 +20,12 @@ DEFAULT_WIDTH = 16  # He et al.'s CIFAR ResNets: stages of 16, 32, 64 channels
 
 def model_names() -> list[str]:
     """The registered names (cifar_resnet_* stands for the whole family)."""
-    return ["cifar_resnet_<depth>[_<width>]", *SMALL_IMAGE_RESNETS,
-            *(f"{k}_bn" for k in VGG_NAMES), *IMAGENET_MODELS]  # fmt: skip
+    return [
+        "cifar_resnet_<depth>[_<width>]",
+        *SMALL_IMAGE_RESNETS,
+        *(f"{k}_bn" for k in VGG_NAMES),
+        *IMAGENET_MODELS,
+    ]
 
 
 def parse_cifar_resnet(name: str) -> tuple[int, int] | None:

@@ -25,9 +25,7 @@ def package_version(package: str) -> str:
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=20, cwd=cwd
-        )  # fmt: skip
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None

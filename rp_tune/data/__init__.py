@@ -393,8 +393,10 @@ def integrity_manifest(cfg: DataConfig, seed: int = 0) -> dict[str, str]:
     """
     name = cfg.name
     if name == "synthetic":
-        return {"synthetic": f"seed={seed},train={cfg.synthetic_train},"
-                f"test={cfg.synthetic_test},classes={cfg.classes}"}  # fmt: skip
+        return {
+            "synthetic": f"seed={seed},train={cfg.synthetic_train},"
+            f"test={cfg.synthetic_test},classes={cfg.classes}"
+        }
     if name in ("cifar10", "cifar100"):
         cls = _torchvision_cifar(name)
         folder = local_data_root(cfg.root, name) / cls.base_folder
@@ -751,8 +753,9 @@ def _tiny_listing(folder: Path, train: bool) -> tuple[list[str], list[tuple[Path
         if not line.strip():
             continue
         if len(parts) < 2 or parts[1] not in index:
-            raise ValueError(f"val/val_annotations.txt line {n} names no class of wnids.txt: "
-                             f"{line!r}")  # fmt: skip
+            raise ValueError(
+                f"val/val_annotations.txt line {n} names no class of wnids.txt: {line!r}"
+            )
         image = folder / "val" / "images" / parts[0]
         if not image.is_file():
             raise FileNotFoundError(f"{TINY}/val/images/{parts[0]} (annotations line {n})")
@@ -785,8 +788,9 @@ def _tiny_arrays(
     for i, (path, _) in enumerate(samples):
         with Image.open(path) as im:
             if im.size != (64, 64):
-                raise ValueError(f"{path.relative_to(folder)} is {im.size[0]}x{im.size[1]}, not "
-                                 "64x64")  # fmt: skip
+                raise ValueError(
+                    f"{path.relative_to(folder)} is {im.size[0]}x{im.size[1]}, not 64x64"
+                )
             images[i] = np.asarray(im.convert("RGB"))
     labels = np.array([c for _, c in samples], dtype=np.int64)
     cache.mkdir(exist_ok=True)

@@ -164,7 +164,9 @@ def refuse_drop_and_grow(s: Any, mode: str, why: str) -> None:
     """Refuse drop-and-grow's keys (set away from their defaults) under a method whose mask
     only shrinks, with its reason."""
     refuse_changed(
-        s, DYNAMIC_KEYS, mode,
+        s,
+        DYNAMIC_KEYS,
+        mode,
         f"these set dynamic sparse training (SET/RigL), whose drop-and-grow revives weights; {why}",
         "dynamic",
-    )  # fmt: skip
+    )

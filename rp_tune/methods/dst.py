@@ -181,7 +181,11 @@ class DynamicSparsity:
         self.weights, self.float_masks = masks.bound()
         self.growth, self.frequency = growth, update_frequency
         self.initial, self.final, self.schedule, self.stop_at = (
-            initial_rate, final_rate, schedule, stop_at)  # fmt: skip
+            initial_rate,
+            final_rate,
+            schedule,
+            stop_at,
+        )
         self.total_steps, self.steps_per_epoch, self.seed = total_steps, steps_per_epoch, seed
         self.ever = [f.detach() > 0 for f in self.float_masks]
         self.updates: list[list[float]] = []
@@ -194,15 +198,28 @@ class DynamicSparsity:
         if not is_update_step(step, self.frequency, self.total_steps, self.stop_at, self.schedule):
             return
         rate = death_rate(
-            step, self.total_steps, self.initial, self.final,
-            schedule=self.schedule, stop_at=self.stop_at,
-        )  # fmt: skip
+            step,
+            self.total_steps,
+            self.initial,
+            self.final,
+            schedule=self.schedule,
+            stop_at=self.stop_at,
+        )
         device = self.weights[0].device
         gen = torch.Generator(device=device).manual_seed(derived_seed(self.seed, "dst", step))
         momenta = [optimizer.state.get(w, {}).get("momentum_buffer") for w in self.weights]
         grads = [w.grad for w in self.weights]
-        upd = update_masks_(self.weights, self.float_masks, grads, rate, self.growth, gen, momenta,
-                            allowed=self.allowed, rounding=self.rounding)  # fmt: skip
+        upd = update_masks_(
+            self.weights,
+            self.float_masks,
+            grads,
+            rate,
+            self.growth,
+            gen,
+            momenta,
+            allowed=self.allowed,
+            rounding=self.rounding,
+        )
         for e, f in zip(self.ever, self.float_masks):
             e |= f.detach() > 0
         self.updates.append([step, rate, upd.changed])
@@ -233,9 +250,14 @@ def rewiring(cfg: Any, steps_per_epoch: int) -> dict[str, Any]:
     """DynamicSparsity's schedule arguments from a trial config: the update frequency, the
     drop fraction's start and end, the run's steps, the mask seed."""
     sp = cfg.sparsity
-    return dict(update_frequency=sp.update_frequency, initial_rate=sp.death_rate,
-                final_rate=sp.death_rate_final, total_steps=cfg.train.epochs * steps_per_epoch,
-                steps_per_epoch=steps_per_epoch, seed=cfg.seed_of("mask"))  # fmt: skip
+    return dict(
+        update_frequency=sp.update_frequency,
+        initial_rate=sp.death_rate,
+        final_rate=sp.death_rate_final,
+        total_steps=cfg.train.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        seed=cfg.seed_of("mask"),
+    )
 
 
 class DropAndGrow(SparseTraining):
@@ -261,9 +283,12 @@ class DropAndGrow(SparseTraining):
         sp = self.cfg.sparsity
         if sp.density < 1.0:
             self.dst = DynamicSparsity(
-                masks, growth=sp.growth, schedule=sp.drop_schedule, stop_at=sp.stop_at,
+                masks,
+                growth=sp.growth,
+                schedule=sp.drop_schedule,
+                stop_at=sp.stop_at,
                 **rewiring(self.cfg, steps_per_epoch),
-            )  # fmt: skip
+            )
 
     def after_step(self, step: int, optimizer: Any) -> bool:
         if self.dst is None:

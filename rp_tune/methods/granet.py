@@ -102,8 +102,9 @@ class GradualPruning(dst.DynamicSparsity):
         flow_added: int = 0,
         **dynamic: Any,
     ) -> None:
-        super().__init__(masks, growth="gradient", schedule="cosine_whole_run", stop_at=1.0,
-                         **dynamic)  # fmt: skip
+        super().__init__(
+            masks, growth="gradient", schedule="cosine_whole_run", stop_at=1.0, **dynamic
+        )
         self.initial_density, self.final_density = start_density, final_density
         self.start_step = int(prune_start * self.total_steps)
         self.end_step = int(prune_end * self.total_steps)
@@ -116,8 +117,9 @@ class GradualPruning(dst.DynamicSparsity):
 
     def target(self, step: int) -> int:
         """Weights kept after the pruning of `step`: round(d_t N)."""
-        d = cubic_density(step, self.start_step, self.end_step, self.initial_density,
-                          self.final_density)  # fmt: skip
+        d = cubic_density(
+            step, self.start_step, self.end_step, self.initial_density, self.final_density
+        )
         return round(d * self.total)
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -155,8 +157,12 @@ class GradualPruning(dst.DynamicSparsity):
 
     def state_dict(self) -> dict[str, Any]:
         source = None if self.allowed is None else [s.cpu() for s in self.allowed]
-        return {**super().state_dict(), "densities": [list(d) for d in self.densities],
-                "source": source, "flow_added": self.flow_added}  # fmt: skip
+        return {
+            **super().state_dict(),
+            "densities": [list(d) for d in self.densities],
+            "source": source,
+            "flow_added": self.flow_added,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -188,11 +194,18 @@ class GraNet(dst.DropAndGrow):
                 "training and end before or at its end; valid: 0 <= prune_start < prune_end "
                 "<= 1 (fractions of training)"
             )
-        for key, why in (("growth", "GraNet regrows by gradient (SET's random growth is "
-                          "sparsity.mode='dynamic')"),
-                         ("drop_schedule", "GraNet's drop fraction follows its own cosine "
-                          "from death_rate to death_rate_final over the whole run"),
-                         ("stop_at", "GraNet updates the mask all run long")):  # fmt: skip
+        for key, why in (
+            (
+                "growth",
+                "GraNet regrows by gradient (SET's random growth is sparsity.mode='dynamic')",
+            ),
+            (
+                "drop_schedule",
+                "GraNet's drop fraction follows its own cosine "
+                "from death_rate to death_rate_final over the whole run",
+            ),
+            ("stop_at", "GraNet updates the mask all run long"),
+        ):
             if getattr(s, key) != default_of(s, key):
                 raise ConfigError(
                     f"sparsity.{key}={getattr(s, key)!r} with sparsity.mode='granet': "
@@ -218,11 +231,15 @@ class GraNet(dst.DropAndGrow):
     def start(self, model: Any, masks: Any, steps_per_epoch: int) -> None:
         sp = self.cfg.sparsity
         self.dst = GradualPruning(
-            masks, start_density=sp.start_density, final_density=sp.density,
-            prune_start=sp.prune_start, prune_end=sp.prune_end,
-            regrow_in_source=sp.regrow_in_source, flow_added=self.flow_added,
+            masks,
+            start_density=sp.start_density,
+            final_density=sp.density,
+            prune_start=sp.prune_start,
+            prune_end=sp.prune_end,
+            regrow_in_source=sp.regrow_in_source,
+            flow_added=self.flow_added,
             **dst.rewiring(self.cfg, steps_per_epoch),
-        )  # fmt: skip
+        )
 
     def final_metrics(self, trial: Any) -> dict[str, Any]:
         if self.cfg.sparsity.flow_preservation and self.dst is not None:

@@ -311,10 +311,13 @@ class IMP(SparseTraining):
     def start(self, model: Any, masks: Any, steps_per_epoch: int) -> None:
         sp = self.cfg.sparsity
         self.pruning = IterativePruning(
-            densities=round_densities(sp), epochs=self.cfg.train.epochs,
-            rewind_epoch=sp.rewind_epoch, scope=sp.prune_scope,
-            start_kept=sum(masks.kept().values()), total=masks.total(),
-        )  # fmt: skip
+            densities=round_densities(sp),
+            epochs=self.cfg.train.epochs,
+            rewind_epoch=sp.rewind_epoch,
+            scope=sp.prune_scope,
+            start_kept=sum(masks.kept().values()),
+            total=masks.total(),
+        )
 
     def recipe_step(self, step: int, steps_per_epoch: int) -> int:
         """Every round after the first replays the recipe from the rewind point."""
@@ -369,9 +372,15 @@ class IMP(SparseTraining):
             log.info(
                 "%s IMP round %d: test acc %.4f at density %.4f; round %d keeps %d weights "
                 "(density %.4f), rewound to epoch %d",
-                t.key, r, test["acc"], record["round_density"], r + 1, sum(kept.values()),
-                t.masks.density(), pruning.rewind_epoch,
-            )  # fmt: skip
+                t.key,
+                r,
+                test["acc"],
+                record["round_density"],
+                r + 1,
+                sum(kept.values()),
+                t.masks.density(),
+                pruning.rewind_epoch,
+            )
         return record
 
     def final_metrics(self, trial: Any) -> dict[str, Any]:

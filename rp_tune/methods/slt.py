@@ -84,8 +84,9 @@ class StrongTickets:
         weights, _ = masks.bound()
         self.weights = weights
         self.initial = [w.detach().clone() for w in weights]  # w0: frozen for good
-        self.source_dev = [self.source[n].to(w.device).view(w.shape) for n, w in
-                           zip(self.names, weights)]  # fmt: skip
+        self.source_dev = [
+            self.source[n].to(w.device).view(w.shape) for n, w in zip(self.names, weights)
+        ]
         self.scores: list[torch.Tensor] = []
         last = self.names[-1]  # the classifier
         g = torch.Generator().manual_seed(derived_seed(seed, "slt-scores"))
@@ -115,8 +116,9 @@ class StrongTickets:
         self.level = level
         source_kept = {n: int(m.sum()) for n, m in self.source.items()}
         total = sum(m.numel() for m in self.source.values())
-        self.keep = apportion(source_kept, min(sum(source_kept.values()),
-                                               round(self.densities[level] * total)))  # fmt: skip
+        self.keep = apportion(
+            source_kept, min(sum(source_kept.values()), round(self.densities[level] * total))
+        )
         self.after_step()
 
     def before_step(self) -> None:
@@ -131,8 +133,9 @@ class StrongTickets:
     def after_step(self) -> None:
         """The subnetwork of the current scores into the float masks and w = w0 * mask."""
         _, floats = self.masks.bound()
-        for name, s, src, f, w, w0 in zip(self.names, self.scores, self.source_dev, floats,
-                                          self.weights, self.initial):  # fmt: skip
+        for name, s, src, f, w, w0 in zip(
+            self.names, self.scores, self.source_dev, floats, self.weights, self.initial
+        ):
             # the keep[name] largest |score| among the source's positions, ties by position
             f.copy_(top_kept(s.abs(), src, self.keep[name]).to(f.dtype).view(f.shape))
             w.copy_(w0 * f.view(w.shape))
@@ -152,8 +155,9 @@ class StrongTickets:
             for w0, saved in zip(self.initial, state["initial"]):
                 w0.copy_(saved.to(w0.device))
         self.source = {n: m.bool() for n, m in state["source"].items()}
-        self.source_dev = [self.source[n].to(w.device).view(w.shape) for n, w in
-                           zip(self.names, self.weights)]  # fmt: skip
+        self.source_dev = [
+            self.source[n].to(w.device).view(w.shape) for n, w in zip(self.names, self.weights)
+        ]
         self.start_level(int(state["level"]))
 
 
@@ -183,8 +187,15 @@ class SLT(SparseTraining):
     def start(self, model: nn.Module, masks: Masks, steps_per_epoch: int) -> None:
         """Before DDP wraps the model: DDP then reduces only what needs a gradient."""
         sp, t = self.cfg.sparsity, self.cfg.train
-        self.tickets = StrongTickets(model, masks, sp.start_density, sp.density, sp.levels,
-                                     t.epochs, self.cfg.seed_of("init"))  # fmt: skip
+        self.tickets = StrongTickets(
+            model,
+            masks,
+            sp.start_density,
+            sp.density,
+            sp.levels,
+            t.epochs,
+            self.cfg.seed_of("init"),
+        )
 
     def _t(self) -> StrongTickets:
         assert self.tickets is not None, "start() builds the tickets"

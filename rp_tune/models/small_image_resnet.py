@@ -80,6 +80,7 @@ class SmallImageResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer1(torch.relu(self.bn1(self.conv1(x))))
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(self.layer4(self.layer3(
-            self.layer2(x))), 1), 1)  # fmt: skip
+        x = torch.flatten(
+            nn.functional.adaptive_avg_pool2d(self.layer4(self.layer3(self.layer2(x))), 1), 1
+        )
         return self.fc(x)

@@ -218,10 +218,10 @@ def check_trials_fit(configs: Sequence[TrialConfig]) -> None:
                     specs[key], layer_density_map(s.layer_density), s.classifier_density
                 )
                 # a model-based scheme's ratios need the trial's data: check the budget only
-                scheme, options = (s.scheme, scheme_options(s.scheme, s)) if data_free else (
-                    "uniform", {})  # fmt: skip
-                plan = layer_densities(scheme, specs[key], density, overrides=overrides,
-                                       **options)  # fmt: skip
+                scheme, options = (
+                    (s.scheme, scheme_options(s.scheme, s)) if data_free else ("uniform", {})
+                )
+                plan = layer_densities(scheme, specs[key], density, overrides=overrides, **options)
                 if data_free and not s.allow_empty_layers:
                     check_no_empty_layers(plan)
             except ValueError as e:
@@ -385,8 +385,15 @@ def describe_axes(space: str, configs: Sequence[TrialConfig]) -> str:
     for k, values in varying.items():
         shown = ", ".join(map(str, values))
         lines.append(f"  {k:<{width}}{shown if len(shown) < 200 else shown[:197] + '...'}")
-    main = ("data.name", "train.recipe", "train.epochs", "train.batch_size", "resources.workers",
-            "resources.gpus_per_worker", "sparsity.mode")  # fmt: skip
+    main = (
+        "data.name",
+        "train.recipe",
+        "train.epochs",
+        "train.batch_size",
+        "resources.workers",
+        "resources.gpus_per_worker",
+        "sparsity.mode",
+    )
     fixed = [f"{k}={axes[k][0]}" for k in main if k in axes and len(axes[k]) == 1]
     lines.append("  fixed: " + ", ".join(fixed))
     return "\n".join(lines)
@@ -453,11 +460,15 @@ def stored_outcome(path: str, entry: Mapping[str, Any]) -> TrialOutcome:
     if results:
         metrics.update(trial_cost(results, entry["flat"]))
     return TrialOutcome(
-        entry["run_key"], status, int(last.get("epoch", 0) or 0), epochs,
-        int(last.get("resumed_from_epoch", 0) or 0), metrics,
+        entry["run_key"],
+        status,
+        int(last.get("epoch", 0) or 0),
+        epochs,
+        int(last.get("resumed_from_epoch", 0) or 0),
+        metrics,
         error=str(last.get("member_failed", "")),
         reused_from=str(entry.get("reused_from", "")),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -476,8 +487,11 @@ class SweepSummary:
         from rp_tune.core.text import format_duration as d
 
         t = self.totals()
-        hours = [f"{t[f'device_hours_{k}']:.3g} {k.upper()}-hours" for k in ("gpu", "cpu")
-                 if t[f"device_hours_{k}"] > 0]  # fmt: skip
+        hours = [
+            f"{t[f'device_hours_{k}']:.3g} {k.upper()}-hours"
+            for k in ("gpu", "cpu")
+            if t[f"device_hours_{k}"] > 0
+        ]
         return (
             f"cost: {d(t.get('sweep_wall_seconds', 0.0))} wall for the sweep; trials "
             f"{d(t['train_seconds'])} training, {d(t['eval_seconds'])} evaluation, "
@@ -514,14 +528,19 @@ class SweepSummary:
         trial reported: `metrics.Metric.column`), the epoch it resumed from."""
         from rp_tune.trial.metrics import METRICS
 
-        shown = [m for m in METRICS.values() if m.column and any(m.name in t.metrics
-                 for t in self.trials)]  # fmt: skip
+        shown = [
+            m
+            for m in METRICS.values()
+            if m.column and any(m.name in t.metrics for t in self.trials)
+        ]
         if not shown:  # nothing finished yet: the usual columns, empty
             shown = [m for m in METRICS.values() if m.column and m.applies is None]
         widths = [max(len(m.column), 7) for m in shown]
-        head = f"{'run_key':<52} {'status':<10} {'epoch':>7} " + " ".join(
-            f"{m.column:>{w}}" for m, w in zip(shown, widths)
-        ) + f" {'resumed@':>8}"  # fmt: skip
+        head = (
+            f"{'run_key':<52} {'status':<10} {'epoch':>7} "
+            + " ".join(f"{m.column:>{w}}" for m, w in zip(shown, widths))
+            + f" {'resumed@':>8}"
+        )
         rows = [head, "-" * len(head)]
         for t in sorted(self.trials, key=lambda t: t.run_key):
             values = [

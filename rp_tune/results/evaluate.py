@@ -140,15 +140,25 @@ def _evaluate_one(
     if entry is None:
         checkpoint = last.get("checkpoint_path")
         if not checkpoint:
-            return {"run_key": key, "status": "failed", "metrics": {}, "logged": False,
-                    "error": "its last result names no checkpoint"}  # fmt: skip
+            return {
+                "run_key": key,
+                "status": "failed",
+                "metrics": {},
+                "logged": False,
+                "error": "its last result names no checkpoint",
+            }
         where = store.on_storage_of(str(checkpoint), sweep_dir)
         try:
             result = _evaluate_checkpoint(cfg, where, device)
         except Exception as err:  # one trial's damaged checkpoint must not stop the rest
             log.warning("%s: evaluation failed: %s", key, err)
-            return {"run_key": key, "status": "failed", "metrics": {}, "logged": False,
-                    "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+            return {
+                "run_key": key,
+                "status": "failed",
+                "metrics": {},
+                "logged": False,
+                "error": f"{type(err).__name__}: {err}",
+            }
         entry = {
             "id": ident,
             "settings": {k: v for k, v in cfg.to_flat().items() if k.startswith("evaluation.")},
@@ -156,7 +166,7 @@ def _evaluate_one(
             "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "metrics": new_metrics(
                 result, {**last, **evaluated_metrics(trial_dir)}, cfg.evaluation.fgsm_eps
-            ),  # fmt: skip
+            ),
             "logged": False,
         }
         saved.append(entry)
@@ -168,8 +178,13 @@ def _evaluate_one(
         if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.total_epochs):
             entry["logged"] = True
             _save(trial_dir, saved)
-    return {"run_key": key, "status": status, "metrics": entry["metrics"],
-            "logged": entry["logged"], "error": ""}  # fmt: skip
+    return {
+        "run_key": key,
+        "status": status,
+        "metrics": entry["metrics"],
+        "logged": entry["logged"],
+        "error": "",
+    }
 
 
 def _evaluate_checkpoint(cfg: Any, checkpoint: str, device: str | None) -> dict[str, Any]:

@@ -101,9 +101,7 @@ def _finish(fig: Any, title: str, path: Path) -> list[dict[str, Any]]:
 
 def _panels(n: int, sharey: bool = True) -> tuple[Any, list[Any]]:
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        1, n, figsize=(max(6.5, 4.2 * n), 3.8), squeeze=False, sharey=sharey
-    )  # fmt: skip
+    fig, axes = plt.subplots(1, n, figsize=(max(6.5, 4.2 * n), 3.8), squeeze=False, sharey=sharey)
     return fig, list(axes[0])
 
 
@@ -154,8 +152,13 @@ def plot_vs_sparsity(
             # lines at one sparsity side by side, not on top of one another
             dodge = 0.006 * (series_all.index(series) - (len(series_all) - 1) / 2)
             points = sorted(points, key=lambda g: g.density)
-            _line(ax, [1 - g.density + dodge for g in points], [g.stat(metric) for g in points],
-                  series_label(series), markers[series])  # fmt: skip
+            _line(
+                ax,
+                [1 - g.density + dodge for g in points],
+                [g.stat(metric) for g in points],
+                series_label(series),
+                markers[series],
+            )
         ax.set_title(panel_title(panel), fontsize=9)
         ax.set_xlabel("sparsity (1 - density)")
         ax.set_ylabel(label)
@@ -197,14 +200,22 @@ def plot_vs_cost(
             xs = [g.stat(key)[0] for g in points]
             text = f"{model} {series_label((lab, line))}"
             if lab == "dense":
-                ax.errorbar(xs, [m for m, _, _ in stats], yerr=[s for _, s, _ in stats],
-                            marker="*", markersize=11, linestyle="none", color="black",
-                            label=f"{text} ({_n_text(stats)})")  # fmt: skip
+                ax.errorbar(
+                    xs,
+                    [m for m, _, _ in stats],
+                    yerr=[s for _, s, _ in stats],
+                    marker="*",
+                    markersize=11,
+                    linestyle="none",
+                    color="black",
+                    label=f"{text} ({_n_text(stats)})",
+                )
             else:
                 _line(ax, xs, stats, text, markers[model])
         ax.set_xscale("log")
-        ax.set_title(", ".join(f"{k.split('.')[-1]}={v}" for k, v in context) or "all models",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in context) or "all models", fontsize=9
+        )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.legend(fontsize=6)
@@ -240,8 +251,9 @@ def plot_vs_width(
             xs = [_depth_width(g.model)[1] / DEFAULT_WIDTH for g in points]
             text = "dense" if series[0] == "dense" else f"{series_label(series)}, d={density:g}"
             style = {"color": "black", "linestyle": "--"} if series[0] == "dense" else {}
-            _line(ax, xs, [g.stat(metric) for g in points], text, MARKERS[i % len(MARKERS)],
-                  **style)  # fmt: skip
+            _line(
+                ax, xs, [g.stat(metric) for g in points], text, MARKERS[i % len(MARKERS)], **style
+            )
         ax.set_title(panel_title((f"cifar_resnet_{depth}", context)), fontsize=9)
         ax.set_xlabel(f"width multiplier (width / {DEFAULT_WIDTH})")
         ax.set_ylabel(label)
@@ -282,8 +294,13 @@ def plot_vs_classifier(
         for i, ((lab, density), points) in enumerate(sorted(lines.items(), key=repr)):
             points = sorted(points, key=lambda g: -classifier_density(g))
             xs = [1 - classifier_density(g) for g in points]
-            _line(ax, xs, [g.stat(metric) for g in points], f"{lab}, d={density:g}",
-                  MARKERS[i % len(MARKERS)])  # fmt: skip
+            _line(
+                ax,
+                xs,
+                [g.stat(metric) for g in points],
+                f"{lab}, d={density:g}",
+                MARKERS[i % len(MARKERS)],
+            )
         ax.set_title(panel_title(panel), fontsize=9)
         ax.set_xlabel("classifier sparsity (1 - its density)")
         ax.set_ylabel(label)
@@ -319,8 +336,12 @@ def plot_grad_flow(
             steps = sorted(per_step)
             text = "dense" if g.dense else f"{series_label(g.series)}, d={g.density:g}"
             style = {"color": "black", "linestyle": "--"} if g.dense else {}
-            ax.plot(steps, [mean_std(per_step[s])[0] for s in steps],
-                    label=f"{text} (n={seeds})", **style)  # fmt: skip
+            ax.plot(
+                steps,
+                [mean_std(per_step[s])[0] for s in steps],
+                label=f"{text} (n={seeds})",
+                **style,
+            )
         ax.set_title(panel_title(panel), fontsize=9)
         ax.set_xlabel("training iteration")
         ax.set_ylabel("gradient norm (kept weights)")
@@ -330,8 +351,13 @@ def plot_grad_flow(
 
 # --- iterative magnitude pruning, round by round (Gadhikar et al. 2023) --------------------
 
-IMP_LINE_KEYS = ("sparsity.scheme", "sparsity.start_density", "sparsity.prune_fraction",
-                 "sparsity.prune_scope", "sparsity.rewind_epoch")  # fmt: skip
+IMP_LINE_KEYS = (
+    "sparsity.scheme",
+    "sparsity.start_density",
+    "sparsity.prune_fraction",
+    "sparsity.prune_scope",
+    "sparsity.rewind_epoch",
+)
 
 
 def imp_points(
@@ -367,12 +393,19 @@ def imp_summary(
             recs = by_density[d]
             acc = mean_std([float(r["round_test_acc"]) for r in recs])
             flops = mean_std([float(r["cumulative_train_flops"]) for r in recs])
-            out.append({
-                "model.name": model, **dict(context), "start": label[: -len("+imp")],
-                "start_density": dict(imp_keys).get("sparsity.start_density"),
-                "density": d, "test_acc_mean": acc[0], "test_acc_std": acc[1],
-                "cumulative_train_flops_mean": flops[0], "n": len(recs),
-            })  # fmt: skip
+            out.append(
+                {
+                    "model.name": model,
+                    **dict(context),
+                    "start": label[: -len("+imp")],
+                    "start_density": dict(imp_keys).get("sparsity.start_density"),
+                    "density": d,
+                    "test_acc_mean": acc[0],
+                    "test_acc_std": acc[1],
+                    "cumulative_train_flops_mean": flops[0],
+                    "n": len(recs),
+                }
+            )
     return out
 
 
@@ -396,14 +429,22 @@ def plot_imp_rounds(
             label, start = key[2], dict(key[4]).get("sparsity.start_density")
             text = "dense start" if label == "dense+imp" else f"{label[:-4]} start {start:g}"
             xs = sorted(by_density, reverse=True)
-            acc = [mean_std([float(r["round_test_acc"]) for r in by_density[d]]) + (
-                len(by_density[d]),) for d in xs]  # fmt: skip
-            flops = [mean_std([float(r["cumulative_train_flops"]) for r in by_density[d]])
-                     + (len(by_density[d]),) for d in xs]  # fmt: skip
+            acc = [
+                mean_std([float(r["round_test_acc"]) for r in by_density[d]])
+                + (len(by_density[d]),)
+                for d in xs
+            ]
+            flops = [
+                mean_std([float(r["cumulative_train_flops"]) for r in by_density[d]])
+                + (len(by_density[d]),)
+                for d in xs
+            ]
             _line(acc_ax, xs, acc, text, MARKERS[i % len(MARKERS)])
             _line(cost_ax, xs, flops, text, MARKERS[i % len(MARKERS)])
-        for ax, ylabel in ((acc_ax, "test accuracy at the round's end"),
-                           (cost_ax, "training FLOPs, all rounds so far")):  # fmt: skip
+        for ax, ylabel in (
+            (acc_ax, "test accuracy at the round's end"),
+            (cost_ax, "training FLOPs, all rounds so far"),
+        ):
             ax.set_xscale("log")
             if not ax.xaxis_inverted():
                 ax.invert_xaxis()
@@ -412,8 +453,11 @@ def plot_imp_rounds(
             ax.set_title(panel_title(panel), fontsize=9)
             ax.legend(fontsize=7)
         cost_ax.set_yscale("log")
-    return _finish(fig, "IMP round by round: accuracy and cumulative training cost "
-                   "(mean ± std over seeds)", path)  # fmt: skip
+    return _finish(
+        fig,
+        "IMP round by round: accuracy and cumulative training cost (mean ± std over seeds)",
+        path,
+    )
 
 
 # --- sparse to sparse: each method from a dense start and from random starts ----------------
@@ -457,9 +501,15 @@ def sparse_to_sparse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         dense_flops = dense.stat("train_flops_sparse") if dense is not None else None
         for g in starts:
             start, start_density = _start_of(g)
-            row: dict[str, Any] = {"model.name": model, **dict(context), **dict(other),
-                                   "method": method, "density": density, "start": start,
-                                   "start_density": start_density}  # fmt: skip
+            row: dict[str, Any] = {
+                "model.name": model,
+                **dict(context),
+                **dict(other),
+                "method": method,
+                "density": density,
+                "start": start,
+                "start_density": start_density,
+            }
             for metric in ("test_acc", "test_acc_best_val", "train_flops_sparse"):
                 stat = g.stat(metric)
                 if stat is not None:
@@ -509,8 +559,9 @@ def plot_sparse_to_sparse(
             ax.set_title(f"{panel_title((model, context))}: {method}", fontsize=9)
             ax.legend(fontsize=7)
         cost_ax.set_yscale("log")
-    return _finish(fig, "sparse to sparse: dense start vs random starts (mean ± std over "
-                   "seeds)", path)  # fmt: skip
+    return _finish(
+        fig, "sparse to sparse: dense start vs random starts (mean ± std over seeds)", path
+    )
 
 
 # --- one trial's training curves (an MLflow artifact) ---------------------------------

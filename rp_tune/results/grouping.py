@@ -67,10 +67,14 @@ def varying_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
     folded into the label, NOT_HASHED (where a trial ran, not what it is) and ALWAYS."""
     keys = sorted({k for r in rows for k in r if "." in k})
     return [
-        k for k in keys
-        if k not in SEED_KEYS and k not in LABEL_KEYS and k not in NOT_HASHED
-        and k not in ALWAYS and len({repr(r.get(k)) for r in rows}) > 1
-    ]  # fmt: skip
+        k
+        for k in keys
+        if k not in SEED_KEYS
+        and k not in LABEL_KEYS
+        and k not in NOT_HASHED
+        and k not in ALWAYS
+        and len({repr(r.get(k)) for r in rows}) > 1
+    ]
 
 
 @dataclass
@@ -173,9 +177,15 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[Group]:
     models = {m: i for i, m in enumerate(sort_values({g.model for g in by.values()}))}
     return sorted(
         by.values(),
-        key=lambda g: (models[g.model], repr(g.context), not g.dense, g.label, repr(g.line),
-                       -g.density),
-    )  # fmt: skip
+        key=lambda g: (
+            models[g.model],
+            repr(g.context),
+            not g.dense,
+            g.label,
+            repr(g.line),
+            -g.density,
+        ),
+    )
 
 
 def dense_of(members: Iterable[Group]) -> Group | None:

@@ -93,7 +93,7 @@ def beside_the_paper(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         k: v
                         for k, v in g.keys().items()
                         if k not in ("model.name", "scheme", "sparsity.density")
-                    },  # fmt: skip
+                    },
                     "paper": p.value,
                     "ours_mean": mean,
                     "ours_std": std,
@@ -109,8 +109,10 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     """The rows of `beside_the_paper` as text."""
     if not rows:
         return "no finished group matches a number the papers give"
-    head = (f"{'source':<44} {'model':<18} {'scheme':<8} {'density':>7} {'paper':>7} "
-            f"{'ours (n)':>18} {'diff':>6} {'epochs':>6}")  # fmt: skip
+    head = (
+        f"{'source':<44} {'model':<18} {'scheme':<8} {'density':>7} {'paper':>7} "
+        f"{'ours (n)':>18} {'diff':>6} {'epochs':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         ours = f"{r['ours_mean']:.2f} ± {r['ours_std']:.2f} ({r['n']})"

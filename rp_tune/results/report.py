@@ -147,9 +147,16 @@ def imp_rounds_table(
 ) -> pa.Table:
     """One row per IMP trial and round: the trial's run key, model, start, target and
     seeds beside the round's record."""
-    keys = ("model.name", "sparsity.scheme", "sparsity.start_density", "sparsity.density",
-            "sparsity.prune_fraction", "sparsity.prune_scope", "sparsity.rewind_epoch",
-            *SEED_KEYS)  # fmt: skip
+    keys = (
+        "model.name",
+        "sparsity.scheme",
+        "sparsity.start_density",
+        "sparsity.density",
+        "sparsity.prune_fraction",
+        "sparsity.prune_scope",
+        "sparsity.rewind_epoch",
+        *SEED_KEYS,
+    )
     out = [
         {"run_key": r["run_key"], **{k: r.get(k) for k in keys}, **rec}
         for r in rows
@@ -185,8 +192,11 @@ def _context_identity(row: dict[str, Any]) -> str:
     """A trial's model, data and recipe: its config less the sparsity keys, the seeds and
     where it ran (a dense reference on its own recipe read as its sparse recipe)."""
     g = as_sparse_recipe(row)
-    keep = {k: g[k] for k in sorted(g) if "." in k and not k.startswith("sparsity.")
-            and k not in SEED_KEYS and k not in NOT_HASHED}  # fmt: skip
+    keep = {
+        k: g[k]
+        for k in sorted(g)
+        if "." in k and not k.startswith("sparsity.") and k not in SEED_KEYS and k not in NOT_HASHED
+    }
     return repr(keep)
 
 
@@ -206,8 +216,12 @@ def borrow_dense(
         if storage.basename(other) == own:
             continue
         for r in read_trials(other):
-            if (r.get("status") == "finished" and float(r["sparsity.density"]) == 1.0
-                    and r["run_key"] not in keys and _context_identity(r) in want):  # fmt: skip
+            if (
+                r.get("status") == "finished"
+                and float(r["sparsity.density"]) == 1.0
+                and r["run_key"] not in keys
+                and _context_identity(r) in want
+            ):
                 borrowed.append({**r, "sweep": storage.basename(other)})
                 keys.add(r["run_key"])
     return rows + borrowed, borrowed
@@ -280,8 +294,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     `rp_tune.results.grouping`): trials that differ in anything but the seed are never averaged."""
     all_groups = groups(rows)
     metrics = _aggregated_metrics(finished(rows))
-    extra = sorted({k for g in all_groups for k in g.keys()} - {"model.name", "scheme",
-                                                                "sparsity.density"})  # fmt: skip
+    extra = sorted(
+        {k for g in all_groups for k in g.keys()} - {"model.name", "scheme", "sparsity.density"}
+    )
     out = []
     for g in all_groups:
         keys = g.keys()
@@ -309,9 +324,12 @@ def aggregate_table(agg: list[dict[str, Any]]) -> str:
     for r in agg[1:]:
         metrics += [k[: -len("_mean")] for k in r if k.endswith("_mean") and k[:-5] not in metrics]
     extra = [k for k in agg[0] if "." in k and k not in ("model.name", "sparsity.density")]
-    head = f"{'model':<22} {'scheme':<14} {'density':>7} " + "".join(
-        f"{k.split('.')[-1][:14]:>15}" for k in extra
-    ) + f" {'n':>3} " + " ".join(f"{m:>{max(17, len(m))}}" for m in metrics)  # fmt: skip
+    head = (
+        f"{'model':<22} {'scheme':<14} {'density':>7} "
+        + "".join(f"{k.split('.')[-1][:14]:>15}" for k in extra)
+        + f" {'n':>3} "
+        + " ".join(f"{m:>{max(17, len(m))}}" for m in metrics)
+    )
     lines = [head, "-" * len(head)]
     for r in agg:
         cells = []
@@ -325,7 +343,7 @@ def aggregate_table(agg: list[dict[str, Any]]) -> str:
             + "".join(f"{_cell(r.get(k)):>15}" for k in extra)
             + f" {r['n']:>3} "
             + " ".join(f"{c:>{max(17, len(m))}}" for c, m in zip(cells, metrics))
-        )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
@@ -422,7 +440,7 @@ def build_report(
                 str(out / "matching_density.parquet"),
                 *extra_tables,
                 *figures,
-            ],  # fmt: skip
+            ],
         )
     all_groups = groups(rows)
     no_dense = [
@@ -483,13 +501,17 @@ def print_report(rep: dict[str, Any]) -> None:
         )
     if rep.get("imp_summary"):
         print("\niterative magnitude pruning, round by round (mean ± std (n) over seeds):")
-        print(f"{'model':<22} {'start':<10} {'from':>6} {'density':>8} {'test acc':>18} "
-              f"{'train FLOPs so far':>19}")  # fmt: skip
+        print(
+            f"{'model':<22} {'start':<10} {'from':>6} {'density':>8} {'test acc':>18} "
+            f"{'train FLOPs so far':>19}"
+        )
         for r in rep["imp_summary"]:
             acc = f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f} ({r['n']})"
             flops = r["cumulative_train_flops_mean"]
-            print(f"{r['model.name']:<22} {r['start']:<10} {r['start_density']:>6g} "
-                  f"{r['density']:>8.4f} {acc:>18} {flops:>19.3g}")  # fmt: skip
+            print(
+                f"{r['model.name']:<22} {r['start']:<10} {r['start_density']:>6g} "
+                f"{r['density']:>8.4f} {acc:>18} {flops:>19.3g}"
+            )
         print()
     if rep.get("sparse_to_sparse"):
         print(sparse_to_sparse_table(rep["sparse_to_sparse"]))

@@ -198,8 +198,9 @@ def layer_densities(
     layers = tuple(layers)
     info = SCHEMES[scheme]
     if overrides and density < 1.0:
-        return _with_overrides(scheme, layers, density, overrides, model, batch, input_shape,
-                               options)  # fmt: skip
+        return _with_overrides(
+            scheme, layers, density, overrides, model, batch, input_shape, options
+        )
     if density == 1.0:
         plan = DensityPlan(scheme, 1.0, layers, tuple(s.numel for s in layers))
     elif scheme in DATA_FREE:

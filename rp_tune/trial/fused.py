@@ -109,10 +109,17 @@ def _fused_module(mod: nn.Module, members: Sequence[nn.Module], k: int) -> nn.Mo
     kw = {"device": w.device, "dtype": w.dtype} if isinstance(w, torch.Tensor) else {}
     if type(mod) is nn.Conv2d:
         new: nn.Module = nn.Conv2d(
-            k * mod.in_channels, k * mod.out_channels, mod.kernel_size, mod.stride,
-            mod.padding, mod.dilation, groups=k * mod.groups, bias=mod.bias is not None,
-            padding_mode=mod.padding_mode, **kw,
-        )  # fmt: skip
+            k * mod.in_channels,
+            k * mod.out_channels,
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            groups=k * mod.groups,
+            bias=mod.bias is not None,
+            padding_mode=mod.padding_mode,
+            **kw,
+        )
     elif type(mod) is nn.BatchNorm2d:
         new = nn.BatchNorm2d(
             k * mod.num_features, mod.eps, mod.momentum, mod.affine, mod.track_running_stats, **kw
@@ -326,9 +333,11 @@ class TrialGroup:
             with first.autocast():
                 logits = self.train_model(x).view(b, k, -1).transpose(0, 1)  # [K, B, classes]
                 per_sample = F.cross_entropy(
-                    logits.float().reshape(k * b, -1), y.reshape(-1),
-                    reduction="none", label_smoothing=smoothing,
-                )  # fmt: skip
+                    logits.float().reshape(k * b, -1),
+                    y.reshape(-1),
+                    reduction="none",
+                    label_smoothing=smoothing,
+                )
                 losses = per_sample.view(k, b).mean(1)
             self.optimizer.zero_grad(set_to_none=True)
             losses.masked_fill(~alive, 0.0).sum().backward()
@@ -350,15 +359,17 @@ class TrialGroup:
         seconds = time.perf_counter() - t0
         rows = []
         for m, (loss_sum, correct, n) in zip(self.members, rows_stats):
-            rows.append({
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / n,
-                "train_acc": correct / n,
-                "lr": lr_sum / max(steps, 1),
-                "epoch_seconds": seconds,  # the group's epoch: every member trained in it
-                "images_per_second": n / seconds,
-                "epoch_train_flops": step_flops(m) * n,  # fixed masks: one rate all epoch
-            })  # fmt: skip
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum / n,
+                    "train_acc": correct / n,
+                    "lr": lr_sum / max(steps, 1),
+                    "epoch_seconds": seconds,  # the group's epoch: every member trained in it
+                    "images_per_second": n / seconds,
+                    "epoch_train_flops": step_flops(m) * n,  # fixed masks: one rate all epoch
+                }
+            )
             m.train_flops += rows[-1]["epoch_train_flops"]
         return rows
 
@@ -445,10 +456,16 @@ def build_group(
             )
     shared: dict[Any, Any] = {}
     members = [
-        setup(cfg, Path(out), key, device, masks_from=None if resume is None else resume[i],
-              shared_data=shared)
+        setup(
+            cfg,
+            Path(out),
+            key,
+            device,
+            masks_from=None if resume is None else resume[i],
+            shared_data=shared,
+        )
         for i, (cfg, out, key) in enumerate(zip(cfgs, out_dirs, keys))
-    ]  # fmt: skip
+    ]
     group = TrialGroup(members)
     group.resumed_from = [Path(f) for f in resume] if resume is not None else None
     if states is not None:
@@ -533,10 +550,14 @@ def train_group(
         elif end < epochs:
             results.append({"epoch": end, "stopped": True, "history": m.history})
         else:
-            results.append({
-                **m.history[-1], "history": m.history, "grad_flow": m.flow.state_dict(),
-                "run_key": m.key,
-            })  # fmt: skip
+            results.append(
+                {
+                    **m.history[-1],
+                    "history": m.history,
+                    "grad_flow": m.flow.state_dict(),
+                    "run_key": m.key,
+                }
+            )
     return results
 
 

@@ -414,6 +414,8 @@ def unregistered(result: dict[str, Any]) -> list[str]:
     return sorted(
         k
         for k, v in result.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-        and k not in skip and metric(k) is None
-    )  # fmt: skip
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k not in skip
+        and metric(k) is None
+    )

@@ -366,9 +366,13 @@ class Trial:
     def evaluate_test(self) -> dict[str, Any]:
         """Test loss and accuracy of the model as it is now."""
         return evaluate(
-            self.model, self.normalize, self.data.test, self.device, self.data.resident,
+            self.model,
+            self.normalize,
+            self.data.test,
+            self.device,
+            self.data.resident,
             self.autocast,
-        )  # fmt: skip
+        )
 
     def training_flops(self, densities: dict[str, float], images: int) -> float:
         """Training FLOPs of `images` images at per-layer `densities` (`metrics.cost`)."""
@@ -505,8 +509,9 @@ def setup(
         train_model = torch.compile(train_model)
     params = method.parameters()
     if params is not None:  # e.g. strong tickets: only their scores train
-        optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
-                                    nesterov=t.nesterov, weight_decay=t.weight_decay)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
+        )
     else:
         optimizer = make_optimizer(model, cfg)
     steps = data.steps
@@ -515,10 +520,26 @@ def setup(
     weights, float_masks = masks.bound()
     flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
     return Trial(
-        cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model,
-        normalize, masks, optimizer, scheduler, flow, method,
-        dataset=_dataset_json(cfg, data) if rank == 0 else "", layer_flops=flops,
-    )  # fmt: skip
+        cfg,
+        key,
+        out_dir,
+        device,
+        rank,
+        world,
+        bf16,
+        data,
+        ood,
+        model,
+        train_model,
+        normalize,
+        masks,
+        optimizer,
+        scheduler,
+        flow,
+        method,
+        dataset=_dataset_json(cfg, data) if rank == 0 else "",
+        layer_flops=flops,
+    )
 
 
 def _dataset_json(cfg: TrialConfig, data: _Data) -> str:
@@ -530,8 +551,11 @@ def _dataset_json(cfg: TrialConfig, data: _Data) -> str:
             return 0
         return len(loader.labels) if data.resident else len(loader.dataset)
 
-    sizes = {"train": examples(data.train), "val": examples(data.val),
-             "test": examples(data.test_full)}  # fmt: skip
+    sizes = {
+        "train": examples(data.train),
+        "val": examples(data.val),
+        "test": examples(data.test_full),
+    }
     try:  # what trackers show; never a reason for a trial to fail
         record = dataset_record(cfg.data, cfg.seed_of("data"), sizes, data.num_classes)
     except Exception as e:
@@ -561,9 +585,12 @@ def restore(trial: Trial, state: dict[str, Any], folder: str | os.PathLike) -> N
     trial.train_flops = sum(float(h.get("epoch_train_flops", 0.0)) for h in trial.history)
     trial.flops_complete = all("epoch_train_flops" in h for h in trial.history)
     if not trial.flops_complete:
-        log.warning("%s: its checkpoint's epochs carry no epoch_train_flops (an older "
-                    "release); train_flops_sparse will price every epoch at the final "
-                    "masks", trial.key)  # fmt: skip
+        log.warning(
+            "%s: its checkpoint's epochs carry no epoch_train_flops (an older "
+            "release); train_flops_sparse will price every epoch at the final "
+            "masks",
+            trial.key,
+        )
     trial.flow.load_state_dict(state.get("grad_flow", []))
     own = trial.method.state_key
     if own and state.get(own):

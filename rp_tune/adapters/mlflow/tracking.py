@@ -344,8 +344,9 @@ class SweepTracker:
         from mlflow.entities import Param
 
         arch = mlflow_view.arch_params(str(flat.get("model.name", "")))
-        params = [Param(k, _param(v)) for k, v in sorted({**flat, **arch}.items())
-                  if k not in logged]  # fmt: skip
+        params = [
+            Param(k, _param(v)) for k, v in sorted({**flat, **arch}.items()) if k not in logged
+        ]
         for i in range(0, len(params), 90):
             client.log_batch(run_id, params=params[i : i + 90])
         self._runs[run_key] = run_id
@@ -367,7 +368,7 @@ class SweepTracker:
             source=json.dumps({"uri": record.get("source", "")}),
             profile=json.dumps(
                 {k: v for k, v in record.items() if k.endswith("_examples") or k == "num_classes"}
-            ),  # fmt: skip
+            ),
         )
         context = InputTag(key="mlflow.data.context", value="training")
         self._client_().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
@@ -446,8 +447,11 @@ class SweepTracker:
                 client.set_tag(run_id, "rp_tune.ood_used", str(result["ood_used"])[:5000])
             from mlflow.entities import RunTag
 
-            env = [RunTag(f"rp_tune.{k}", str(v)[:5000]) for k, v in result.items()
-                   if k.startswith(ENV_PREFIX)]  # fmt: skip
+            env = [
+                RunTag(f"rp_tune.{k}", str(v)[:5000])
+                for k, v in result.items()
+                if k.startswith(ENV_PREFIX)
+            ]
             if env:  # the trial's machine: versions, CUDA, cuDNN, GPU model
                 client.log_batch(run_id, tags=env)
             ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
@@ -490,11 +494,18 @@ class SweepTracker:
         client = self._client_()
         parent = self._ensure_parent()
         if totals:  # the cost of the whole sweep, summed: tags, not charts of one point each
-            client.log_batch(parent, tags=[RunTag(f"total_{k}", f"{float(v):.6g}")
-                                           for k, v in sorted(totals.items())])  # fmt: skip
+            client.log_batch(
+                parent,
+                tags=[RunTag(f"total_{k}", f"{float(v):.6g}") for k, v in sorted(totals.items())],
+            )
         # plain tags, not metrics: they are counts of the sweep, not curves to chart
-        for key, tag in (("total", "trials"), ("finished", "finished"), ("failed", "failed"),
-                         ("unfinished", "unfinished"), ("resumed", "resumed")):  # fmt: skip
+        for key, tag in (
+            ("total", "trials"),
+            ("finished", "finished"),
+            ("failed", "failed"),
+            ("unfinished", "unfinished"),
+            ("resumed", "resumed"),
+        ):
             if key in summary:
                 client.set_tag(parent, tag, str(int(summary[key])))
         for path in artifacts:
@@ -643,8 +654,7 @@ def _cuda_uuids() -> list[str]:
 
     if not torch.cuda.is_available():
         return []
-    return [str(torch.cuda.get_device_properties(i).uuid) for i in
-            range(torch.cuda.device_count())]  # fmt: skip
+    return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
 
 
 def system_metrics_on(setting: str, device_type: str) -> bool:
@@ -754,8 +764,11 @@ def log_evaluation(
         return False
     run = found[0]
     ts = int(time.time() * 1000)
-    todo = [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items())
-            if k not in run.data.metrics]  # fmt: skip
+    todo = [
+        Metric(k, float(v), ts, step)
+        for k, v in sorted(metrics.items())
+        if k not in run.data.metrics
+    ]
     if todo:
         client.log_batch(run.info.run_id, metrics=todo)
     return True

@@ -40,12 +40,29 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"  # MLflow's experiment kind for model training
 RUN_COLOR_TAG = "mlflow.runColor"
 # matplotlib's tab10, one per scheme in registry order; dense trials are black
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 DENSE_COLOR = "#000000"
 # the trial params a comparison names (arch.* are derived from model.name, see arch_params)
-KEY_PARAMS = ("model.name", "arch.depth", "arch.width", "sparsity.scheme", "sparsity.density",
-              "seed", "sparsity.mode")  # fmt: skip
+KEY_PARAMS = (
+    "model.name",
+    "arch.depth",
+    "arch.width",
+    "sparsity.scheme",
+    "sparsity.density",
+    "seed",
+    "sparsity.mode",
+)
 KEY_METRICS = ("test_acc", "test_acc_best_val", "test_loss", "test_ece", "fgsm_acc")
 SECTION = "rp_tune-comparison"
 
@@ -109,7 +126,7 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
             "selectedParams": [*parallel, "sparsity.scheme", "sparsity.density"],
             "selectedMetrics": ["test_acc"],
             "showAllRuns": True,
-        },  # fmt: skip
+        },
         {
             **_chart("rp_tune-val_acc", "LINE", n),
             "metricKey": "val_acc",
@@ -120,19 +137,37 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
             "xAxisScaleType": "linear",
             "useGlobalXaxisKey": False,
             "useGlobalLineSmoothing": False,
-        },  # fmt: skip
+        },
         _scatter("rp_tune-fgsm-vs-density", "sparsity.density", "fgsm_acc", n),
         _scatter("rp_tune-ece-vs-density", "sparsity.density", "test_ece", n),
     ]
     sections = [
-        {"uuid": SECTION, "name": "rp_tune: trials compared", "display": True,
-         "isReordered": False, "deleted": False, "isGenerated": False},
+        {
+            "uuid": SECTION,
+            "name": "rp_tune: trials compared",
+            "display": True,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": False,
+        },
         # the UI adds a chart for every other metric in these two, which stay folded
-        {"uuid": "rp_tune-model-metrics", "name": "Model metrics", "display": False,
-         "isReordered": False, "deleted": False, "isGenerated": True},
-        {"uuid": "rp_tune-system-metrics", "name": "System metrics", "display": False,
-         "isReordered": False, "deleted": False, "isGenerated": True},
-    ]  # fmt: skip
+        {
+            "uuid": "rp_tune-model-metrics",
+            "name": "Model metrics",
+            "display": False,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": True,
+        },
+        {
+            "uuid": "rp_tune-system-metrics",
+            "name": "System metrics",
+            "display": False,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": True,
+        },
+    ]
     return {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         "orderByKey": _column("metrics", "test_acc"),
@@ -149,13 +184,22 @@ def comparison_view(configs: Sequence[TrialConfig], parent_run_id: str) -> dict[
 
 
 def _chart(uuid: str, kind: str, runs: int) -> dict[str, Any]:
-    return {"uuid": uuid, "type": kind, "runsCountToCompare": max(100, runs),
-            "metricSectionId": SECTION, "deleted": False, "isGenerated": False}  # fmt: skip
+    return {
+        "uuid": uuid,
+        "type": kind,
+        "runsCountToCompare": max(100, runs),
+        "metricSectionId": SECTION,
+        "deleted": False,
+        "isGenerated": False,
+    }
 
 
 def _scatter(uuid: str, param: str, metric: str, runs: int) -> dict[str, Any]:
-    return {**_chart(uuid, "SCATTER", runs), "xaxis": {"key": param, "type": "PARAM"},
-            "yaxis": {"key": metric, "type": "METRIC"}}  # fmt: skip
+    return {
+        **_chart(uuid, "SCATTER", runs),
+        "xaxis": {"key": param, "type": "PARAM"},
+        "yaxis": {"key": metric, "type": "METRIC"},
+    }
 
 
 def view_tags(configs: Sequence[TrialConfig], sweep_path: str, parent_run_id: str) -> dict:
@@ -167,7 +211,12 @@ def view_tags(configs: Sequence[TrialConfig], sweep_path: str, parent_run_id: st
 def comparison_url(base: str, experiment_id: str, sweep_path: str) -> str:
     """The address of a sweep's saved view in the MLflow UI at `base` (http://host:port):
     its trials in the chart view, in MLflow's model-training pages."""
-    query = "&".join(f"{k}={quote(v)}" for k, v in (
-        ("viewStateShareKey", share_key(sweep_path)), ("workflowType", "machine_learning"),
-        ("compareRunsMode", "CHART")))  # fmt: skip
+    query = "&".join(
+        f"{k}={quote(v)}"
+        for k, v in (
+            ("viewStateShareKey", share_key(sweep_path)),
+            ("workflowType", "machine_learning"),
+            ("compareRunsMode", "CHART"),
+        )
+    )
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"

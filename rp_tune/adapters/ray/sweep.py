@@ -323,13 +323,14 @@ def _group_loop(
             for i, f in saved:  # hard links: the member folders are not copied
                 shutil.copytree(f, folder / MEMBERS_DIR / keys[i], copy_function=os.link)
             failed.update({keys[i]: message for i, message in stopped})
-            common = {"resumed_from_epoch": resumed_from, "group": unit,
-                      "group_size": len(members)}  # fmt: skip
+            common = {"resumed_from_epoch": resumed_from, "group": unit, "group_size": len(members)}
             if system is not None:  # the group's one worker: the same machine for every member
                 common.update(system.epoch())
             out = [{**_report_row(row), **common, "run_key": keys[i]} for i, row, _ in rows]
-            out += [{"run_key": keys[i], "epoch": epoch, "member_failed": message, **common}
-                    for i, message in stopped]  # fmt: skip
+            out += [
+                {"run_key": keys[i], "epoch": epoch, "member_failed": message, **common}
+                for i, message in stopped
+            ]
             if skipped and out:
                 out[0]["checkpoints_skipped"] = "; ".join(skipped)
                 skipped.clear()
@@ -426,8 +427,11 @@ def _unregistered_checkpoint(run_dir: str) -> Any:
     import ray.train
 
     try:
-        fs, path = pafs.FileSystem.from_uri(run_dir) if store.is_uri(run_dir) else (
-            pafs.LocalFileSystem(), run_dir)  # fmt: skip
+        fs, path = (
+            pafs.FileSystem.from_uri(run_dir)
+            if store.is_uri(run_dir)
+            else (pafs.LocalFileSystem(), run_dir)
+        )
         found = _checkpoint_folders(fs, path)
     except OSError:
         return None
@@ -585,8 +589,9 @@ def _make_tracking_callback() -> type:
                 self.tracker.trial_result(key, flat, dict(result))
                 if result.get("member_failed") and key not in self._ended:  # a member stopped
                     self._ended.add(key)
-                    self.tracker.trial_end(key, flat, dict(result), "failed",
-                                           str(result["member_failed"]))  # fmt: skip
+                    self.tracker.trial_end(
+                        key, flat, dict(result), "failed", str(result["member_failed"])
+                    )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.tracker is not None:
@@ -872,8 +877,10 @@ def run_sweep(
             else None
         )
         if resume:
-            for flag, given in (("--log-weights", log_weights),
-                                ("--system-metrics", system_metrics != "auto")):  # fmt: skip
+            for flag, given in (
+                ("--log-weights", log_weights),
+                ("--system-metrics", system_metrics != "auto"),
+            ):
                 if given:
                     log.warning(
                         "%s is set when a sweep starts and kept by --resume: this sweep keeps "
@@ -949,9 +956,12 @@ def run_sweep(
                     write_member_records(path, unit)  # configs for the group's worker
                     group_file = store.join(train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
                     store.write_text(group_file, json.dumps(unit["members"], default=list))
-                    entries[i] = {"run_key": unit["run_key"], "flat": unit["flat"],
-                                  "members": [m["run_key"] for m in unit["members"]],
-                                  "group_file": group_file}  # fmt: skip
+                    entries[i] = {
+                        "run_key": unit["run_key"],
+                        "flat": unit["flat"],
+                        "members": [m["run_key"] for m in unit["members"]],
+                        "group_file": group_file,
+                    }
             known = {e["run_key"]: trial_epochs(e["flat"]) for e in trials.entries}
             concurrent = max_concurrent or default_concurrency(configs, capacity)
             progress = Progress(known, concurrent)
