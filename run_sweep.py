@@ -20,18 +20,26 @@ DATA_ROOT_ENV = "RP_TUNE_DATA_ROOT"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: one parser, its options in groups (the sweep, what to do with it,
+    MLflow, resources); every command reads the same overrides (`_overrides`)."""
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog=_spaces_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
+    for add, title in GROUPS:
+        add(p.add_argument_group(title))
+    return p.parse_args(argv)
+
+
+def _what_to_run(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
         "--space",
         default="smoke",
         help="a module of search_spaces/, e.g. width_scan (default: smoke, 4 tiny CPU trials)",
     )
-    p.add_argument("--smoke", action="store_true", help="the space's tiny SMOKE version")
-    p.add_argument(
+    g.add_argument("--smoke", action="store_true", help="the space's tiny SMOKE version")
+    g.add_argument(
         "--set",
         action="append",
         default=[],
@@ -39,62 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"override a flat config key for every trial (repeatable); data.root defaults "
         f"to ${DATA_ROOT_ENV} when set",
     )
-    p.add_argument(
-        "--storage",
-        default=os.environ.get(STORAGE_ENV, "results"),
-        help=f"results folder (a shared path on a cluster) or s3://bucket/prefix (default: "
-        f"${STORAGE_ENV}, else results)",
-    )
-    p.add_argument("--name", default=None, help="sweep name (default: the space's name)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow server, e.g. http://head:5000 (default: MLFLOW_TRACKING_URI, else SQLite "
-        "in the sweep's results folder)",
-    )
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the space)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument(
-        "--log-weights",
-        action="store_true",
-        help="also log each trial's final weights as an MLflow artifact",
-    )
-    p.add_argument(
-        "--system-metrics",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="each trial's CPU, memory, disk, network and GPU utilization and memory per epoch "
-        "in its MLflow run (MLflow's system metrics); auto: on for trials on a GPU (default)",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="GPUs per DDP worker; fractions pack several trials on one GPU; 0: the CPU "
-        "(default: 1 wherever the Ray cluster has GPUs, else the CPU)",
-    )
-    p.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
-    p.add_argument("--cpus-per-worker", type=float, default=None)
-    p.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=None,
-        help="trials at once (default: what the cluster's GPUs/CPUs fit)",
-    )
-    p.add_argument(
-        "--max-failures",
-        type=int,
-        default=3,
-        help="worker-crash retries per trial (Train), from the last checkpoint",
-    )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    p.add_argument(
-        "--extend",
-        action="store_true",
-        help="add trials to a finished sweep (a space edit, --set or --grid that gives more "
-        "seeds or grid values): only those it does not hold are trained",
-    )
-    p.add_argument(
+    g.add_argument(
         "--grid",
         action="append",
         default=[],
@@ -102,54 +55,111 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="make a flat config key an axis of the sweep with these values (repeatable), "
         "e.g. --grid seed=0,1,2",
     )
-    p.add_argument(
+    g.add_argument("--name", default=None, help="sweep name (default: the space's name)")
+    g.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENV, "results"),
+        help=f"results folder (a shared path on a cluster) or s3://bucket/prefix (default: "
+        f"${STORAGE_ENV}, else results)",
+    )
+
+
+def _commands(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    g.add_argument(
+        "--extend",
+        action="store_true",
+        help="add trials to a finished sweep (a space edit, --set or --grid that gives more "
+        "seeds or grid values): only those it does not hold are trained",
+    )
+    g.add_argument(
         "--no-reuse",
         action="store_true",
         help="train every trial, even one whose config finished in another sweep under "
         "--storage (by default it is taken from there)",
     )
-    p.add_argument(
+    g.add_argument(
         "--status",
         action="store_true",
         help="the table of this sweep's trials (finished, running, failed, pending) from its "
         "storage, without starting Ray; during a run or after",
     )
-    p.add_argument(
+    g.add_argument(
+        "--report",
+        action="store_true",
+        help="write the results table and figures of an existing sweep; no training",
+    )
+    g.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate the sweep's finished trials again from their final checkpoints with "
+        "the --set evaluation.* values (an OoD set, FGSM eps, top-5); no training",
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trial table and estimated GPU-hours; start nothing",
+    )
+    g.add_argument(
         "-v",
         "--verbose",
         action="store_true",
         help="Ray's, Tune's and the trials' own output on the console (default: in files of "
         "the sweep folder); with --dry-run, the table of every trial",
     )
-    p.add_argument(
-        "--report",
-        action="store_true",
-        help="write the results table and figures of an existing sweep; no training",
+
+
+def _tracking(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow server, e.g. http://head:5000 (default: MLFLOW_TRACKING_URI, else SQLite "
+        "in the sweep's results folder)",
     )
-    p.add_argument(
-        "--evaluate",
+    g.add_argument("--experiment", default=None, help="MLflow experiment (default: the space)")
+    g.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    g.add_argument(
+        "--log-weights",
         action="store_true",
-        help="evaluate the sweep's finished trials again from their final checkpoints with "
-        "the --set evaluation.* values (an OoD set, FGSM eps, top-5); no training",
+        help="also log each trial's final weights as an MLflow artifact",
     )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the trial table and estimated GPU-hours; start nothing",
+    g.add_argument(
+        "--system-metrics",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="each trial's CPU, memory, disk, network and GPU utilization and memory per epoch "
+        "in its MLflow run (MLflow's system metrics); auto: on for trials on a GPU (default)",
     )
-    p.add_argument(
-        "--assumed-tflops",
+
+
+def _resources(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--gpus-per-trial",
         type=float,
         default=None,
-        help="sustained TFLOP/s per device for the --dry-run estimate (default: measured on "
-        "the finished trials under --storage, else 25)",
+        help="GPUs per DDP worker; fractions pack several trials on one GPU; 0: the CPU "
+        "(default: 1 wherever the Ray cluster has GPUs, else the CPU)",
     )
-    p.add_argument(
+    g.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
+    g.add_argument("--cpus-per-worker", type=float, default=None)
+    g.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials at once (default: what the cluster's GPUs/CPUs fit)",
+    )
+    g.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="worker-crash retries per trial (Train), from the last checkpoint",
+    )
+    g.add_argument(
         "--address",
         default=None,
         help="Ray cluster to join ('auto' on a cluster node); default: local Ray",
     )
-    p.add_argument(
+    g.add_argument(
         "--group-size",
         type=int,
         default=1,
@@ -158,15 +168,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(one worker, K times wider kernels; each stays its own trial everywhere); DDP, "
         "dynamic sparse and ImageNet trials run alone (default: 1, every trial alone)",
     )
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
-    p.add_argument(
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    g.add_argument(
+        "--assumed-tflops",
+        type=float,
+        default=None,
+        help="sustained TFLOP/s per device for the --dry-run estimate (default: measured on "
+        "the finished trials under --storage, else 25)",
+    )
+    g.add_argument(
         "--inject-fault",
         type=int,
         default=None,
         metavar="EPOCH",
         help="testing: SIGKILL each trial's training worker once at EPOCH",
     )
-    return p.parse_args(argv)
+
+
+GROUPS = (
+    (_what_to_run, "the sweep"),
+    (_commands, "what to do with it (default: run it)"),
+    (_tracking, "MLflow"),
+    (_resources, "resources and scheduling"),
+)
 
 
 def _spaces_help() -> str:
@@ -184,115 +208,134 @@ def _spaces_help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, expand and check the sweep's trials (one message and exit 2 for bad input,
+    before anything starts), then one command: --status, --evaluate, --report, --dry-run,
+    or the sweep itself."""
+    from rp_tune.planning.plan import SweepError, check_trials_fit
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    from rp_tune.core import storage
-    from rp_tune.planning.plan import (
-        SweepError,
-        check_data_roots,
-        check_not_held,
-        check_resume,
-        check_trials_fit,
-        expand_space,
-        parse_grid,
-        parse_overrides,
-        trial_table,
-    )
-
+    command = next((c for c in COMMAND_FLAGS if getattr(args, c)), "run")
     try:
-        overrides = parse_overrides(args.set)
-        overrides.update(parse_grid(args.grid))
-        if args.extend and args.resume:
-            raise SweepError(
-                "--extend adds trials to a finished sweep, --resume continues an "
-                "interrupted one: pick one"
-            )
-        if os.environ.get(DATA_ROOT_ENV) and "data.root" not in overrides:
-            overrides["data.root"] = os.environ[DATA_ROOT_ENV]
-        for key, value in (
-            ("resources.gpus_per_worker", args.gpus_per_trial),
-            ("resources.workers", args.workers_per_trial),
-            ("resources.cpus_per_worker", args.cpus_per_worker),
-        ):
-            if value is not None:
-                overrides[key] = value
-        for flag, value in (
-            ("--max-concurrent", args.max_concurrent),
-            ("--max-failures", args.max_failures),
-            ("--inject-fault", args.inject_fault),
-            ("--num-cpus", args.num_cpus),
-            ("--group-size", args.group_size),
-        ):
-            if value is not None and value < (0 if flag == "--max-failures" else 1):
-                raise SweepError(
-                    f"{flag}={value} is invalid; valid: an integer >= "
-                    f"{0 if flag == '--max-failures' else 1}"
-                )
-        if args.assumed_tflops is not None and not (
-            math.isfinite(args.assumed_tflops) and args.assumed_tflops > 0
-        ):
-            raise SweepError(
-                f"--assumed-tflops={args.assumed_tflops:g} is invalid; valid: a number > 0"
-            )
-        configs = expand_space(args.space, overrides, smoke=args.smoke)
+        configs = _configs(args)
         name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
-        if args.status:  # reads the storage only: no data, no Ray
-            return status(args, name)
-        if args.evaluate:  # the finished trials' checkpoints, on this machine: no Ray
-            return evaluate(args, name)
+        if command in ("status", "evaluate"):  # the storage only: no data, no Ray
+            return COMMANDS[command](args, name, configs, argv)
         check_trials_fit(configs)
-        if args.resume and not (args.dry_run or args.report):
-            root = storage.resolve(args.storage)
-            check_not_held(root, name)
-            check_resume(storage.join(root, name), configs)
-        if not (args.dry_run or args.report):  # a report reads results, never the data
-            try:
-                storage.check_usable(args.storage)
-            except OSError as e:
-                raise SweepError(f"--storage {args.storage!r} cannot be used: {e}") from None
-            check_data_roots(configs)
+        if command == "run":
+            _preflight(args, name, configs)
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.report:
-        return report(args, name)
-    if args.dry_run:
-        from rp_tune.planning.plan import (
-            ASSUMED_TFLOPS,
-            describe_axes,
-            device_kind,
-            measured_speed,
-            planned_capacity,
-            resolve_gpus,
-            speed_assumption,
-        )
+    return COMMANDS[command](args, name, configs, argv)
 
-        capacity, where = planned_capacity(args.address)
-        configs, gpu_choice = resolve_gpus(configs, capacity, where)
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The flat overrides every command reads: --set, --grid, $RP_TUNE_DATA_ROOT (where
+    --set gives no data.root) and the per-trial resource flags."""
+    from rp_tune.planning.plan import parse_grid, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    overrides.update(parse_grid(args.grid))
+    if os.environ.get(DATA_ROOT_ENV) and "data.root" not in overrides:
+        overrides["data.root"] = os.environ[DATA_ROOT_ENV]
+    for key, value in (
+        ("resources.gpus_per_worker", args.gpus_per_trial),
+        ("resources.workers", args.workers_per_trial),
+        ("resources.cpus_per_worker", args.cpus_per_worker),
+    ):
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+def _configs(args: argparse.Namespace) -> list:
+    """The sweep's trial configs, expanded and validated; SweepError for a bad option."""
+    from rp_tune.planning.plan import SweepError, expand_space
+
+    overrides = _overrides(args)
+    if args.extend and args.resume:
+        raise SweepError(
+            "--extend adds trials to a finished sweep, --resume continues an interrupted one: "
+            "pick one"
+        )
+    for flag, value, least in (
+        ("--max-concurrent", args.max_concurrent, 1),
+        ("--max-failures", args.max_failures, 0),
+        ("--inject-fault", args.inject_fault, 1),
+        ("--num-cpus", args.num_cpus, 1),
+        ("--group-size", args.group_size, 1),
+    ):
+        if value is not None and value < least:
+            raise SweepError(f"{flag}={value} is invalid; valid: an integer >= {least}")
+    tflops = args.assumed_tflops
+    if tflops is not None and not (math.isfinite(tflops) and tflops > 0):
+        raise SweepError(f"--assumed-tflops={tflops:g} is invalid; valid: a number > 0")
+    return expand_space(args.space, overrides, smoke=args.smoke)
+
+
+def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:
+    """Before a sweep starts: a --resume against the stored sweep (and no driver holding
+    it), storage that can be written, the data roots the trials read."""
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import SweepError, check_data_roots, check_not_held, check_resume
+
+    if args.resume:
         root = storage.resolve(args.storage)
-        measured = measured_speed(root) if args.assumed_tflops is None else None
-        table, hours = trial_table(configs, args.assumed_tflops or ASSUMED_TFLOPS, measured)
-        if args.verbose:
-            print(table)
-        print(describe_axes(args.space, configs))
-        print(gpu_choice)
-        print(
-            f"{len(configs)} trials; estimated {hours:.1f} device-hours "
-            f"({'/'.join(sorted({device_kind(c) for c in configs}))}) on the dense training "
-            "FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed up dense "
-            f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
-        )
-        if args.group_size > 1:
-            from rp_tune.planning.plan import trial_entries
-            from rp_tune.trial.groups import describe_units, plan_units
+        check_not_held(root, name)
+        check_resume(storage.join(root, name), configs)
+    try:
+        storage.check_usable(args.storage)
+    except OSError as e:
+        raise SweepError(f"--storage {args.storage!r} cannot be used: {e}") from None
+    check_data_roots(configs)
 
-            units = plan_units(trial_entries(configs), args.group_size)
-            print(describe_units(*units, args.group_size))
-        print(f"results would go to {storage.join(storage.resolve(args.storage), name)}")
-        if not args.verbose:
-            print("every trial with its run key and estimate: add -v")
-        return 0
+
+def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | None) -> int:
+    """--dry-run: what the sweep varies, the device each trial takes, how many trials and the
+    device-hours they need; nothing started, nothing written."""
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import (
+        ASSUMED_TFLOPS,
+        describe_axes,
+        device_kind,
+        measured_speed,
+        planned_capacity,
+        resolve_gpus,
+        speed_assumption,
+        trial_entries,
+        trial_table,
+    )
+    from rp_tune.trial.groups import describe_units, plan_units
+
+    capacity, where = planned_capacity(args.address)
+    configs, gpu_choice = resolve_gpus(configs, capacity, where)
+    root = storage.resolve(args.storage)
+    measured = measured_speed(root) if args.assumed_tflops is None else None
+    table, hours = trial_table(configs, args.assumed_tflops or ASSUMED_TFLOPS, measured)
+    if args.verbose:
+        print(table)
+    print(describe_axes(args.space, configs))
+    print(gpu_choice)
+    print(
+        f"{len(configs)} trials; estimated {hours:.1f} device-hours "
+        f"({'/'.join(sorted({device_kind(c) for c in configs}))}) on the dense training "
+        "FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed up dense "
+        f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
+    )
+    if args.group_size > 1:
+        print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
+    print(f"results would go to {storage.join(root, name)}")
+    if not args.verbose:
+        print("every trial with its run key and estimate: add -v")
+    return 0
+
+
+def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | None) -> int:
+    """The sweep (or its --resume / --extend) on Ray; its summary table at the end; exit 0
+    when every trial finished."""
     from rp_tune.adapters.ray.sweep import run_sweep
+    from rp_tune.planning.plan import SweepError
 
     _console(args.verbose)
     try:
@@ -366,7 +409,7 @@ def _with(argv: list[str] | None, flag: str) -> str:
     return resume_command(argv).replace(" --resume", f" {flag}")
 
 
-def status(args: argparse.Namespace, name: str) -> int:
+def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] | None) -> int:
     """--status: every trial of the sweep at <storage>/<name> and where it stands."""
     from rp_tune.core import storage
     from rp_tune.planning.plan import driver_lock
@@ -417,7 +460,7 @@ def resume_command(argv: list[str] | None = None) -> str:
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 
 
-def evaluate(args: argparse.Namespace, name: str) -> int:
+def evaluate(args: argparse.Namespace, name: str, configs: list, argv: list[str] | None) -> int:
     """--evaluate: the final evaluation of the finished trials again (rp_tune.results.evaluate)."""
     from rp_tune.config import parse_set
     from rp_tune.core import storage
@@ -454,7 +497,7 @@ def _tracking_uri(args: argparse.Namespace, sweep_dir: str) -> str | None:
     return uri
 
 
-def report(args: argparse.Namespace, name: str) -> int:
+def report(args: argparse.Namespace, name: str, configs: list, argv: list[str] | None) -> int:
     """--report: results table and figures of the sweep at <storage>/<name>."""
 
     from rp_tune.core import storage
@@ -465,6 +508,17 @@ def report(args: argparse.Namespace, name: str) -> int:
     return report_main(
         [sweep_dir, "--space", args.space, *(["--tracking-uri", uri] if uri else [])]
     )
+
+
+# one function per command, in the order the flags are read (the first given wins)
+COMMAND_FLAGS = ("status", "evaluate", "report", "dry_run")
+COMMANDS = {
+    "status": status,
+    "evaluate": evaluate,
+    "report": report,
+    "dry_run": dry_run,
+    "run": run,
+}
 
 
 if __name__ == "__main__":

@@ -363,36 +363,11 @@ def build_report(
     `sweep_dir`: one sweep (its dense references borrowed from the other sweeps under its
     results root where it has none), several (their trials as one table), or a results root
     (every sweep under it)."""
-    dirs = [str(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else None
-    if dirs is None and not storage.exists(storage.join(str(sweep_dir), TRIALS_FILE)):
-        if storage.exists(str(sweep_dir)) and not _has_trials(str(sweep_dir)):
-            dirs = sweeps_under(str(sweep_dir))  # a results root
-    borrowed: list[dict[str, Any]] = []
-    if dirs is None:
-        rows = read_trials(sweep_dir)
-        parent = storage.parent(str(sweep_dir))
-        rows, borrowed = borrow_dense(rows, parent, storage.basename(str(sweep_dir)))
-        out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
-    else:
-        if not dirs:
-            raise FileNotFoundError(f"{sweep_dir}: no sweeps (no */trials.json)")
-        rows = read_sweeps(dirs)
-        out = (
-            Path(out_dir)
-            if out_dir
-            else default_out_dir(
-                dirs[0] if len(dirs) == 1 else storage.join(storage.parent(dirs[0]), "report-all")
-            )
-        )
+    rows, borrowed, out = _rows_and_out(sweep_dir, out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(results_table(rows), out / TABLE_FILE)
-    metrics = {m.name: m.label for m in METRICS.values() if m.plotted}
-    for k in sorted({k for r in rows for k in r if k.startswith("ood_auroc_")}):
-        metrics[k] = f"{METRICS['ood_auroc_'].label} vs {k[len('ood_auroc_') :]}"
-    for k in sorted({k for r in rows for k in r if k.startswith("fgsm_acc_eps")}):
-        metrics[k] = f"FGSM accuracy (eps {k[len('fgsm_acc_eps') :]})"
     rounds = imp_round_records(rows)
-    drawn = draw_all(rows, metrics, out, grad_flow_curves(rows), rounds)
+    drawn = draw_all(rows, _plotted_metrics(rows), out, grad_flow_curves(rows), rounds)
     figures = [str(out / name) for name in drawn]
     paper = {}
     if space is not None:
@@ -400,72 +375,98 @@ def build_report(
 
         for ref in getattr(load_space(space), "FIGURES", ()):
             paper[ref] = [str(out / name) for name in figure_files(ref, drawn)]
-    extra_tables = []
-    if rounds:
-        pq.write_table(imp_rounds_table(rows, rounds), out / IMP_TABLE_FILE)
-        extra_tables.append(str(out / IMP_TABLE_FILE))
-    starts = sparse_to_sparse(rows)
-    if starts:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(rows_table(starts), out / S2S_FILE)
-        extra_tables.append(str(out / S2S_FILE))
-    matching = smallest_matching_density(rows)
-    pq.write_table(
-        rows_table(matching) if matching else pa.table({}),
-        out / "matching_density.parquet",
-    )
-    agg = aggregate(rows)
-    import pyarrow.csv as pacsv
-
-    pacsv.write_csv(
-        rows_table(agg) if agg else pa.table({"model.name": pa.array([], pa.string())}),
-        out / AGGREGATE_FILE,
-    )
-    paper_rows = beside_the_paper(rows)
-    pacsv.write_csv(
-        rows_table(paper_rows) if paper_rows else pa.table({"source": pa.array([], pa.string())}),
-        out / PAPER_FILE,
-    )
+    tables = _write_tables(rows, rounds, out)
     if tracking_uri:
         from rp_tune.adapters.mlflow.tracking import log_report
 
-        log_report(
-            tracking_uri,
-            storage.resolve(str(sweep_dir)),
-            [
-                str(out / TABLE_FILE),
-                str(out / AGGREGATE_FILE),
-                str(out / PAPER_FILE),
-                str(out / "matching_density.parquet"),
-                *extra_tables,
-                *figures,
-            ],
-        )
-    all_groups = groups(rows)
+        files = [tables[k] for k in ("table", "aggregate", "paper_table", "matching_table")]
+        extra = [tables[k] for k in ("imp_rounds", "sparse_to_sparse_table") if tables[k]]
+        log_report(tracking_uri, storage.resolve(str(sweep_dir)), [*files, *extra, *figures])
     no_dense = [
         panel_title(panel)
-        for panel, members in by_panel(all_groups).items()
+        for panel, members in by_panel(groups(rows)).items()
         if dense_of(members) is None
     ]
     return {
-        "table": str(out / TABLE_FILE),
-        "aggregate": str(out / AGGREGATE_FILE),
-        "aggregated": agg,
+        **tables,
         "figures": figures,
         "drawn": drawn,
         "paper_figures": paper,
         "borrowed": borrowed,
-        "paper_numbers": paper_rows,
-        "paper_table": str(out / PAPER_FILE),
-        "imp_rounds": str(out / IMP_TABLE_FILE) if rounds else None,
         "imp_summary": imp_summary(rows, rounds),
-        "sparse_to_sparse": starts,
-        "sparse_to_sparse_table": str(out / S2S_FILE) if starts else None,
-        "matching": matching,
         "no_dense": no_dense,
         "trials": len(rows),
         "finished": sum(r.get("status") == "finished" for r in rows),
+    }
+
+
+def _rows_and_out(
+    sweep_dir: str | Path | list[str], out_dir: str | Path | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
+    """The trials' rows, the dense references borrowed for them, and the report's folder:
+    one sweep, several, or every sweep under a results root."""
+    dirs = [str(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else None
+    if dirs is None and not storage.exists(storage.join(str(sweep_dir), TRIALS_FILE)):
+        if storage.exists(str(sweep_dir)) and not _has_trials(str(sweep_dir)):
+            dirs = sweeps_under(str(sweep_dir))  # a results root
+    if dirs is None:
+        rows = read_trials(sweep_dir)
+        parent = storage.parent(str(sweep_dir))
+        rows, borrowed = borrow_dense(rows, parent, storage.basename(str(sweep_dir)))
+        return rows, borrowed, Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
+    if not dirs:
+        raise FileNotFoundError(f"{sweep_dir}: no sweeps (no */trials.json)")
+    if out_dir:
+        out = Path(out_dir)
+    else:
+        both = storage.join(storage.parent(dirs[0]), "report-all")
+        out = default_out_dir(dirs[0] if len(dirs) == 1 else both)
+    return read_sweeps(dirs), [], out
+
+
+def _plotted_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Metric -> label of every plotted metric, each OoD set and FGSM eps the rows hold."""
+    metrics = {m.name: m.label for m in METRICS.values() if m.plotted}
+    for k in sorted({k for r in rows for k in r if k.startswith("ood_auroc_")}):
+        metrics[k] = f"{METRICS['ood_auroc_'].label} vs {k[len('ood_auroc_') :]}"
+    for k in sorted({k for r in rows for k in r if k.startswith("fgsm_acc_eps")}):
+        metrics[k] = f"FGSM accuracy (eps {k[len('fgsm_acc_eps') :]})"
+    return metrics
+
+
+def _write_tables(
+    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]], out: Path
+) -> dict[str, Any]:
+    """The aggregate (mean ± std over seeds), the papers' numbers beside ours, the matching
+    density, and where the rows hold them IMP's rounds and the sparse-to-sparse comparison;
+    their paths and contents as the report's entries."""
+    import pyarrow.csv as pacsv
+
+    if rounds:
+        pq.write_table(imp_rounds_table(rows, rounds), out / IMP_TABLE_FILE)
+    starts = sparse_to_sparse(rows)
+    if starts:
+        pacsv.write_csv(rows_table(starts), out / S2S_FILE)
+    matching = smallest_matching_density(rows)
+    matching_file = out / "matching_density.parquet"
+    pq.write_table(rows_table(matching) if matching else pa.table({}), matching_file)
+    agg = aggregate(rows)
+    empty = pa.table({"model.name": pa.array([], pa.string())})
+    pacsv.write_csv(rows_table(agg) if agg else empty, out / AGGREGATE_FILE)
+    paper_rows = beside_the_paper(rows)
+    no_paper = pa.table({"source": pa.array([], pa.string())})
+    pacsv.write_csv(rows_table(paper_rows) if paper_rows else no_paper, out / PAPER_FILE)
+    return {
+        "table": str(out / TABLE_FILE),
+        "aggregate": str(out / AGGREGATE_FILE),
+        "aggregated": agg,
+        "paper_numbers": paper_rows,
+        "paper_table": str(out / PAPER_FILE),
+        "imp_rounds": str(out / IMP_TABLE_FILE) if rounds else None,
+        "sparse_to_sparse": starts,
+        "sparse_to_sparse_table": str(out / S2S_FILE) if starts else None,
+        "matching": matching,
+        "matching_table": str(matching_file),
     }
 
 

@@ -461,85 +461,101 @@ def setup(
     shared_data: dict[Any, Any] | None = None,
 ) -> Trial:
     """Data (fails fast: DataError before anything trains), OoD sets, seeded model, masks
-    (drawn from the scheme, or read from the checkpoint being resumed), optimizer, schedule,
-    DST and gradient-flow state. Writes `out_dir/masks.parquet` on rank 0. `shared_data`:
-    see `_load_data`."""
+    (drawn from the scheme, or read from the checkpoint being resumed), the sparse-training
+    method, optimizer, schedule and gradient-flow state. Writes `out_dir/masks.parquet` on
+    rank 0. `shared_data`: see `_load_data`."""
     device = pick_device(cfg, device)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    t, sp, ev = cfg.train, cfg.sparsity, cfg.evaluation
+    bf16 = _numerics(cfg, device)
+    data = _load_data(cfg, device, rank, world, shared_data)  # DataError here: nothing trained yet
+    ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
+    model, normalize = _model(cfg, data, device)
+    method = method_row(cfg.sparsity.mode).load()(cfg)  # the sparse-training method's hooks
+    masks = _masks(cfg, model, data, normalize, method, out_dir, key, masks_from, rank)
+    method.start(model, masks, data.steps)  # before DDP wraps the model
+    flops = metrics.layer_flops(model, (3, *input_size(cfg)))  # the bare model, once
+    train_model = wrap_model(model) if wrap_model is not None else model
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    optimizer, scheduler = _optimizer(cfg, model, method, data.steps)
+    ev = cfg.evaluation
+    flow = metrics.GradientFlow(*masks.bound(), ev.grad_flow_every, ev.grad_flow_steps)
+    return Trial(
+        cfg, key, out_dir, device, rank, world, bf16, data, ood, model, train_model, normalize,
+        masks, optimizer, scheduler, flow, method,
+        dataset=_dataset_json(cfg, data) if rank == 0 else "", layer_flops=flops,
+    )  # fmt: skip
+
+
+def _numerics(cfg: TrialConfig, device: torch.device) -> bool:
+    """Deterministic kernels where asked (cuBLAS's workspace on CUDA), else cuDNN's
+    autotuner on CUDA; whether the trial computes in bf16 autocast."""
+    t = cfg.train
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    data = _load_data(cfg, device, rank, world, shared_data)  # DataError here: nothing trained yet
-    ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
+    return t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+
+
+def _model(cfg: TrialConfig, data: _Data, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The model, initialized from the trial's init seed (the global RNG left as it was),
+    on the device (channels_last on CUDA where asked), and the input normalization."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed_of("init"), "init"))
         model = build_model(cfg.model.name, data.num_classes)
     model.to(device)
-    if device.type == "cuda" and t.channels_last:
+    if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    normalize = Normalize(cfg.data.name).to(device)
+    return model, Normalize(cfg.data.name).to(device)
+
+
+def _masks(
+    cfg: TrialConfig,
+    model: nn.Module,
+    data: _Data,
+    normalize: nn.Module,
+    method: SparseTraining,
+    out_dir: Path,
+    key: str,
+    masks_from: str | os.PathLike | None,
+    rank: int,
+) -> Masks:
+    """The masks, drawn (and prepared by the method) or read from the checkpoint resumed,
+    bound to the model and applied; saved as out_dir/masks.parquet on rank 0."""
     if masks_from is not None:
         masks = Masks.load(checkpoint_masks_file(Path(masks_from)), model)
     else:
-        masks = _draw_masks(cfg, model, data, device, normalize)
-    method = method_row(sp.mode).load()(cfg)  # the sparse-training method's hooks
-    if masks_from is None:
+        masks = _draw_masks(cfg, model, data, next(model.parameters()).device, normalize)
         method.prepare_masks(masks, key)
     masks.bind(model)
     masks.apply_()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         masks.save(out_dir / MASKS_FILE)
-        log.debug(
-            "masks (%s, density %.4f):\n%s",
-            sp.scheme,
-            masks.density(),
-            format_report(density_report(masks, model)),
-        )
-    method.start(model, masks, data.steps)  # before DDP wraps the model
-    flops = metrics.layer_flops(model, (3, *input_size(cfg)))  # the bare model, once
-    train_model = wrap_model(model) if wrap_model is not None else model
-    if t.compile:
-        train_model = torch.compile(train_model)
+        report = format_report(density_report(masks, model))
+        log.debug("masks (%s, density %.4f):\n%s", cfg.sparsity.scheme, masks.density(), report)
+    return masks
+
+
+def _optimizer(
+    cfg: TrialConfig, model: nn.Module, method: SparseTraining, steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD over the model's parameters (or what the method trains instead, e.g. strong
+    tickets' scores), and the recipe's schedule at the step the method says."""
+    t = cfg.train
     params = method.parameters()
-    if params is not None:  # e.g. strong tickets: only their scores train
+    if params is not None:
         optimizer = torch.optim.SGD(
             params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay
         )
     else:
         optimizer = make_optimizer(model, cfg)
-    steps = data.steps
     schedule = lambda s: lr_factor(method.recipe_step(s, steps), steps, cfg)  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    weights, float_masks = masks.bound()
-    flow = metrics.GradientFlow(weights, float_masks, ev.grad_flow_every, ev.grad_flow_steps)
-    return Trial(
-        cfg,
-        key,
-        out_dir,
-        device,
-        rank,
-        world,
-        bf16,
-        data,
-        ood,
-        model,
-        train_model,
-        normalize,
-        masks,
-        optimizer,
-        scheduler,
-        flow,
-        method,
-        dataset=_dataset_json(cfg, data) if rank == 0 else "",
-        layer_flops=flops,
-    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def _dataset_json(cfg: TrialConfig, data: _Data) -> str:

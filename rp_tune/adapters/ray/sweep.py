@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -697,6 +698,46 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@dataclass
+class _Driver:
+    """One driver's state while it runs a sweep: the options it was given, where the sweep
+    lives, and what its steps make (the lock, the tracker, the trials' configs by run key)."""
+
+    configs: Sequence[TrialConfig]
+    name: str
+    storage: str
+    space: str
+    tracking_uri: str | None
+    tracking: bool
+    experiment: str | None
+    log_weights: bool
+    resume: bool
+    address: str | None
+    max_concurrent: int | None
+    train_max_failures: int
+    tune_max_failures: int
+    num_cpus: int | None
+    inject_fault_epoch: int | None
+    verbose: bool
+    extend: bool
+    reuse: bool
+    group_size: int
+    system_metrics: str
+    root: str = ""
+    path: str = ""
+    train_storage: str = ""
+    uri: str | None = None
+    lock: Any = None
+    tracker: Any = None
+    flats: dict[str, dict] = field(default_factory=dict)  # run key -> flat config, all trials
+    known: dict[str, int] = field(default_factory=dict)  # run key -> its epochs
+    callbacks: list[Any] = field(default_factory=list)
+    need_ray: bool = True
+    ahead: Any = None  # the trial plan made before Ray, for the devices of this machine
+    local: dict[str, float] = field(default_factory=dict)
+    resolved: Sequence[TrialConfig] = ()
+
+
 def run_sweep(
     configs: Sequence[TrialConfig],
     *,
@@ -735,357 +776,421 @@ def run_sweep(
 
     verbose: Ray's, Tune's and the training workers' own output on the console too; without
     it they go to Ray's session logs, and this module's log to `<sweep>/driver.log`."""
-    import ray
-    from ray import tune
-
-    if system_metrics not in ("auto", "on", "off"):
-        raise SweepError(f"--system-metrics {system_metrics!r} is invalid; valid: auto, on, off")
-    root = store.resolve(storage)
-    path = store.join(root, name)
-    train_storage = store.join(root, f"{name}-train")
-    lock = driver_lock(root, name)
-    check_not_held(root, name)  # first: a sweep another driver is starting may not be restorable
-    try:
-        can_restore = tune.Tuner.can_restore(path)
-    except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
-        raise SweepError(f"--storage {storage!r} cannot be read: {e}") from None
-    if resume and not can_restore:
-        raise SweepError(f"--resume: no sweep to resume at {path}")
-    # a sweep whose every trial was reused has its trials.json and no Tune experiment
-    exists = can_restore or store.exists(store.join(path, TRIALS_FILE))
-    if extend and not exists:
-        raise SweepError(f"--extend: no sweep at {path} to extend; start it without --extend")
-    if not resume and not extend and exists:
-        raise SweepError(
-            f"a sweep already exists at {path}: pass --resume to continue it, --extend to add "
-            "trials to it, or --name to start another"
-        )
-    if extend:
-        left = [t for t in stored_trials(path) if stored_outcome(path, t).status != "finished"]
-        if left:
-            raise SweepError(
-                f"--extend: {len(left)} trials of the sweep at {path} are not finished "
-                f"(e.g. {left[0]['run_key']}); --resume it first"
-            )
-    if resume:
-        check_resume(path, configs)
-    uri = None
-    if tracking:
-        from rp_tune.adapters.mlflow.tracking import default_tracking_uri
-
-        try:
-            uri = tracking_uri or default_tracking_uri(path)
-        except ValueError as e:
-            raise SweepError(str(e)) from None
-    # Where every trial finished already (reused, or kept by --extend), a local sweep has
-    # nothing to train: it records the trials and ends without starting Ray.
-    need_ray, ahead = True, None
-    if not resume and not (address or os.environ.get("RAY_ADDRESS")):
-        local = {"CPU": float(num_cpus or os.cpu_count() or 1), **local_gpu_capacity()}
-        resolved, _ = resolve_gpus(configs, local, "this machine")
-        ahead = plan_trials(resolved, root, name, stored_trials(path) if extend else (), reuse)
-        need_ray = bool(ahead.train)
+    d = _Driver(**locals())  # the options as given; the steps fill in the rest
+    _refuse_a_bad_state(d)
+    _plan_before_ray(d)
     started, code = time.time(), code_state()
+    _take_the_lock(d)
+    handler = _log_to_the_sweep(d)
     try:
-        lock.acquire()
-    except store.LockHeld as e:
-        raise SweepError(str(e)) from None
-    except OSError as e:  # a read-only or unreachable store
-        raise SweepError(f"--storage {storage!r}: cannot write the sweep's lock: {e}") from None
-    tracker = None
-    flats: dict[str, dict] = {}  # run key -> flat config of every trial, for the callbacks
-    handler, driver_log = None, None
-    if not store.is_uri(path):  # this driver's own log, beside the sweep's results
-        Path(path).mkdir(parents=True, exist_ok=True)
-        driver_log = str(Path(path, "driver.log"))
-        handler = logging.FileHandler(driver_log)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        for name_ in _LOGGED:
-            logging.getLogger(name_).addHandler(handler)
-    try:
-        dead = lock.previous or {}
-        if dead.get("ray_session") and dead.get("host") == lock.host:
-            stopped = stop_ray_session(dead["ray_session"])
-            if stopped:
-                log.info(
-                    "stopped %d processes left by the crashed driver's Ray (%s)",
-                    stopped,
-                    dead["ray_session"],
-                )
-        if resume:  # the data may have been fixed since: trials that failed on it try again
-            for key in store.list_names(store.join(train_storage, RECURRING_ERRORS)):
-                store.delete(store.join(train_storage, RECURRING_ERRORS, key))
-        # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if not need_ray:
-            console.info("every trial of the sweep finished before: nothing to train, no Ray")
-        elif address is None and not ray.is_initialized():
-            # address="local": a new Ray of our own, never the cluster that
-            # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
-            ray.init(
-                address="local",
-                _system_config=_expected_startups(configs, num_cpus, max_concurrent),
-                num_cpus=num_cpus,
-                include_dashboard=True,
-                log_to_driver=verbose,
-                logging_level=logging.INFO if verbose else logging.ERROR,
-            )
-            node = getattr(ray._private.worker, "_global_node", None)
-            if node is not None:  # so that a successor can stop it if this driver is killed
-                lock.update(ray_session=node.get_session_dir_path())
-        elif not ray.is_initialized():
-            ray.init(
-                address=address,
-                log_to_driver=verbose,
-                logging_level=logging.INFO if verbose else logging.ERROR,
-            )
-        stop_on_sigterm()  # after ray.init, which sets its own SIGTERM handler
-        if need_ray:
-            console.info(
-                "logs: Ray's and the training workers' in %s; this driver's in %s%s",
-                _ray_logs_dir(),
-                driver_log or "the console",
-                "" if verbose else " (-v shows them here)",
-            )
-        callbacks = []
-        if uri is not None:
-            from rp_tune.adapters.mlflow.tracking import SweepTracker
-
-            embedded = uri.startswith("sqlite:")
-            exp_name = experiment or space or name
-            tracker = SweepTracker(
-                uri,
-                exp_name,
-                sweep_path=path,
-                space=space or name,
-                sweep_dir=path,
-                artifact_location=(
-                    Path(root, "mlartifacts", exp_name).resolve().as_uri()
-                    if embedded and not store.is_uri(path)
-                    else None
-                ),
-                space_params=space_params(configs),
-                configs=configs,
-            )
-            callbacks.append(__getattr__("TrackingCallback")(tracker, flats))
-            console.info("MLflow tracking at %s (experiment %r)", uri, tracker.experiment)
-        if not verbose:  # Tune's own reporter: its new one prints a box at any verbosity,
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic one none at 0
-        trainable = (
-            tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
-            if need_ray
-            else None
-        )
-        if resume:
-            for flag, given in (
-                ("--log-weights", log_weights),
-                ("--system-metrics", system_metrics != "auto"),
-            ):
-                if given:
-                    log.warning(
-                        "%s is set when a sweep starts and kept by --resume: this sweep keeps "
-                        "the setting it started with",
-                        flag,
-                    )
-            tuner = tune.Tuner.restore(
-                path, trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-            # Callbacks come back unpickled without their tracker: attach the live ones again.
-            run_config = tuner._local_tuner.get_run_config()
-            # the trials as stored when the sweep started (Tune does not keep its param space)
-            entries = stored_trials(path)  # read once: trial epochs and configs
-            known = {e["run_key"]: trial_epochs(e["flat"]) for e in entries}
-            stored = [from_flat(e["flat"]) for e in entries]
-            concurrent = max_concurrent or default_concurrency(
-                stored or configs, cluster_capacity(address is not None)
-            )
-            flats.update({e["run_key"]: e["flat"] for e in entries})
-            callbacks.append(__getattr__("ConsoleCallback")(Progress(known, concurrent), flats))
-            lazy = (__getattr__("TrackingCallback"), __getattr__("ConsoleCallback"))
-            run_config.callbacks = [
-                c for c in run_config.callbacks or [] if not isinstance(c, lazy)
-            ] + callbacks
-            run_config.verbose = 1 if verbose else 0
-            console.info(
-                "sweep %s: resuming %d trials, at most %d at a time, results in %s",
-                name,
-                len(known),
-                concurrent,
-                path,
-            )
-        else:
-            if need_ray:
-                capacity = cluster_capacity(address is not None)
-                configs, gpu_choice = resolve_gpus(configs, capacity, "the Ray cluster")
-                console.info("%s", gpu_choice)
-                if ahead is not None and [c.to_flat() for c in configs] == [
-                    c.to_flat() for c in resolved
-                ]:  # the local Ray chose the devices the plan assumed: no second scan
-                    trials = ahead
-                else:
-                    held = stored_trials(path) if extend else ()
-                    trials = plan_trials(configs, root, name, held, reuse=reuse)
-            else:
-                capacity, configs, trials = local, resolved, ahead
-            if trials.reused:  # their records join this sweep; their checkpoints stay
-                copy_reused_trials(root, name, trials.reused)
-                by = Counter(e["reused_from"] for e in trials.reused)
-                console.info(
-                    "reused %d trials that finished in other sweeps under %s, not trained "
-                    "again: %s",
-                    len(trials.reused),
-                    root,
-                    ", ".join(f"{n} from {s}" for s, n in sorted(by.items())),
-                )
-                for e in trials.reused:
-                    log.info("reused %s from %s", e["run_key"], e["reused_from"])
-            if extend:
-                console.info(
-                    "sweep %s extended: %d new trials, %d finished before and kept",
-                    name,
-                    len(trials.entries) - len(trials.kept),
-                    len(trials.kept),
-                )
-            write_trial_entries(path, trials.entries)
-            flats.update({e["run_key"]: e["flat"] for e in trials.entries})
-            entries, why_alone = plan_units(trials.train, group_size)
-            if group_size > 1:
-                console.info("%s", describe_units(entries, why_alone, group_size))
-            for i, unit in enumerate(entries):
-                if is_unit(unit):  # members' own folders, for status and report; their
-                    write_member_records(path, unit)  # configs for the group's worker
-                    group_file = store.join(train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
-                    store.write_text(group_file, json.dumps(unit["members"], default=list))
-                    entries[i] = {
-                        "run_key": unit["run_key"],
-                        "flat": unit["flat"],
-                        "members": [m["run_key"] for m in unit["members"]],
-                        "group_file": group_file,
-                    }
-            known = {e["run_key"]: trial_epochs(e["flat"]) for e in trials.entries}
-            concurrent = max_concurrent or default_concurrency(configs, capacity)
-            progress = Progress(known, concurrent)
-            progress.finished_before(e["run_key"] for e in trials.kept + trials.reused)
-            callbacks.append(__getattr__("ConsoleCallback")(progress, flats))
-            tuner = None
-            if entries:  # else every trial finished before: nothing for Tune
-                param_space = {
-                    "trial": tune.grid_search(entries),
-                    "train_storage": train_storage,
-                    "train_max_failures": train_max_failures,
-                    "save_weights": log_weights,
-                    # measured for MLflow: nothing to measure for without tracking
-                    "system_metrics": system_metrics if uri is not None else "off",
-                    "fault": (
-                        {"epoch": inject_fault_epoch, "dir": store.join(train_storage, "_faults")}
-                        if inject_fault_epoch
-                        else None
-                    ),
-                }
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=param_space,
-                    tune_config=tune.TuneConfig(
-                        max_concurrent_trials=concurrent,
-                        trial_name_creator=lambda t: t.config["trial"]["run_key"],
-                        trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
-                    ),
-                    run_config=tune.RunConfig(
-                        name=name,
-                        storage_path=root,
-                        failure_config=tune.FailureConfig(max_failures=tune_max_failures),
-                        callbacks=callbacks,
-                        verbose=1 if verbose else 0,
-                    ),
-                )
-                console.info(
-                    "sweep %s: %d trials, %d to train, at most %d at a time, results in %s",
-                    name,
-                    len(trials.entries),
-                    len(trials.train),
-                    concurrent,
-                    path,
-                )
+        _start_or_join_ray(d)
+        _start_tracking(d)
+        tuner = _restore_tuner(d) if d.resume else _new_tuner(d)
         grid = tuner.fit() if tuner is not None else []
-        outcomes = []
-        for i, result in enumerate(grid):
-            trial = (result.config or {}).get("trial")
-            if trial is not None and is_unit(trial):  # a group: each member from its rows
-                error = "" if result.error is None else error_summary(result.error)
-                for member in trial["members"]:
-                    out = stored_outcome(path, {"run_key": member, "flat": flats[member]})
-                    if error and out.status != "finished" and not out.error:
-                        out.status, out.error = "failed", error
-                    outcomes.append(out)
-                continue
-            if trial is None:  # stopped before it started (Ctrl-C): Tune kept no config
-                key = store.basename(result.path) if result.path else f"trial-{i}"
-                if key.startswith(GROUP_PREFIX):  # its members: pending, from trials.json
-                    continue
-                error = "" if result.error is None else error_summary(result.error)
-                status = "failed" if error else "pending"
-                outcomes.append(TrialOutcome(key, status, 0, known.get(key, 0), 0, error=error))
-                continue
-            epochs = trial_epochs(trial["flat"])
-            m = dict(result.metrics or {})
-            if result.path:  # wall-clock, retries, device-hours: from all it reported
-                m.update(trial_cost(all_results(result.path) or [m], trial["flat"]))
-            epoch = int(m.get("epoch", 0) or 0)
-            status = trial_status(m, epochs, errored=result.error is not None)
-            outcomes.append(
-                TrialOutcome(
-                    run_key=trial["run_key"],
-                    status=status,
-                    epoch=epoch,
-                    epochs=epochs,
-                    resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
-                    metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
-                    error="" if result.error is None else error_summary(result.error),
-                )
-            )
-        seen = {t.run_key for t in outcomes}
-        for e in stored_trials(path):  # finished before, reused, or not started by Tune yet
-            if e["run_key"] not in seen:
-                outcomes.append(stored_outcome(path, e))
-        summary = SweepSummary(
-            name=name,
-            path=path,
-            trials=outcomes,
-            tracking_uri=uri,
-            wall_seconds=time.time() - started,
-            code=code,
-            mlflow_url=tracker.link if tracker is not None else None,
-        )
-        if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
-            store.write_text(store.join(path, CODE_DIFF_FILE), code["diff"])
-        store.write_text(store.join(path, "summary.json"), summary.to_json())
-        if tracker is not None:
-            with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
-                local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
-                local.write_text(summary.to_json())
-                tracker.sweep_end(
-                    {
-                        "total": len(outcomes),
-                        "finished": summary.finished,
-                        "failed": summary.failed,
-                        "unfinished": summary.unfinished,
-                        "resumed": summary.resumed,
-                    },
-                    artifacts=[str(local)],
-                    totals=summary.totals(),
-                )
-                tracker.close()  # waits until the events (and this file) are delivered or saved
-                tracker = None
-        return summary
+        outcomes = _collect_outcomes(d, grid)
+        return _finish(d, outcomes, time.time() - started, code)
     finally:
-        if tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
-            tracker.sweep_end({"interrupted": 1})
-            tracker.close()  # what cannot be delivered goes to the pending file
+        if d.tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
+            d.tracker.sweep_end({"interrupted": 1})
+            d.tracker.close()  # what cannot be delivered goes to the pending file
         if handler is not None:
             for name_ in _LOGGED:
                 logging.getLogger(name_).removeHandler(handler)
             handler.close()
-        lock.release()
+        d.lock.release()
+
+
+def _refuse_a_bad_state(d: _Driver) -> None:
+    """SweepError, before anything is written: a bad option, a sweep another driver holds,
+    storage that cannot be read, --resume without a sweep or --extend of an unfinished one,
+    a new sweep where one exists, configs that are not the stored sweep's, a bad MLflow URI."""
+    from ray import tune
+
+    if d.system_metrics not in ("auto", "on", "off"):
+        raise SweepError(f"--system-metrics {d.system_metrics!r} is invalid; valid: auto, on, off")
+    d.root = store.resolve(d.storage)
+    d.path = store.join(d.root, d.name)
+    d.train_storage = store.join(d.root, f"{d.name}-train")
+    d.lock = driver_lock(d.root, d.name)
+    check_not_held(d.root, d.name)  # first: a sweep another driver starts may not restore
+    try:
+        can_restore = tune.Tuner.can_restore(d.path)
+    except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
+        raise SweepError(f"--storage {d.storage!r} cannot be read: {e}") from None
+    if d.resume and not can_restore:
+        raise SweepError(f"--resume: no sweep to resume at {d.path}")
+    # a sweep whose every trial was reused has its trials.json and no Tune experiment
+    exists = can_restore or store.exists(store.join(d.path, TRIALS_FILE))
+    if d.extend and not exists:
+        raise SweepError(f"--extend: no sweep at {d.path} to extend; start it without --extend")
+    if not d.resume and not d.extend and exists:
+        raise SweepError(
+            f"a sweep already exists at {d.path}: pass --resume to continue it, --extend to add "
+            "trials to it, or --name to start another"
+        )
+    if d.extend:
+        left = [t for t in stored_trials(d.path) if stored_outcome(d.path, t).status != "finished"]
+        if left:
+            raise SweepError(
+                f"--extend: {len(left)} trials of the sweep at {d.path} are not finished "
+                f"(e.g. {left[0]['run_key']}); --resume it first"
+            )
+    if d.resume:
+        check_resume(d.path, d.configs)
+    if d.tracking:
+        from rp_tune.adapters.mlflow.tracking import default_tracking_uri
+
+        try:
+            d.uri = d.tracking_uri or default_tracking_uri(d.path)
+        except ValueError as e:
+            raise SweepError(str(e)) from None
+
+
+def _plan_before_ray(d: _Driver) -> None:
+    """Where every trial finished already (reused, or kept by --extend), a local sweep has
+    nothing to train: it records the trials and ends without starting Ray."""
+    if not d.resume and not (d.address or os.environ.get("RAY_ADDRESS")):
+        d.local = {"CPU": float(d.num_cpus or os.cpu_count() or 1), **local_gpu_capacity()}
+        d.resolved, _ = resolve_gpus(d.configs, d.local, "this machine")
+        held = stored_trials(d.path) if d.extend else ()
+        d.ahead = plan_trials(d.resolved, d.root, d.name, held, d.reuse)
+        d.need_ray = bool(d.ahead.train)
+
+
+def _take_the_lock(d: _Driver) -> None:
+    try:
+        d.lock.acquire()
+    except store.LockHeld as e:
+        raise SweepError(str(e)) from None
+    except OSError as e:  # a read-only or unreachable store
+        raise SweepError(f"--storage {d.storage!r}: cannot write the sweep's lock: {e}") from None
+
+
+def _log_to_the_sweep(d: _Driver) -> logging.Handler | None:
+    """This driver's own log, `<sweep>/driver.log`, beside the sweep's results (local)."""
+    if store.is_uri(d.path):
+        return None
+    Path(d.path).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(str(Path(d.path, "driver.log")))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    for name_ in _LOGGED:
+        logging.getLogger(name_).addHandler(handler)
+    return handler
+
+
+def _start_or_join_ray(d: _Driver) -> None:
+    """Stop what a crashed driver's Ray left here, then a Ray of our own (local), the
+    cluster at --address / RAY_ADDRESS, or none when nothing is left to train."""
+    import ray
+
+    dead = d.lock.previous or {}
+    if dead.get("ray_session") and dead.get("host") == d.lock.host:
+        stopped = stop_ray_session(dead["ray_session"])
+        if stopped:
+            log.info(
+                "stopped %d processes left by the crashed driver's Ray (%s)",
+                stopped,
+                dead["ray_session"],
+            )
+    if d.resume:  # the data may have been fixed since: trials that failed on it try again
+        for key in store.list_names(store.join(d.train_storage, RECURRING_ERRORS)):
+            store.delete(store.join(d.train_storage, RECURRING_ERRORS, key))
+    # `ray job submit` sets RAY_ADDRESS for its driver: join that cluster as with --address.
+    d.address = d.address or os.environ.get("RAY_ADDRESS") or None
+    level = logging.INFO if d.verbose else logging.ERROR
+    if not d.need_ray:
+        console.info("every trial of the sweep finished before: nothing to train, no Ray")
+    elif d.address is None and not ray.is_initialized():
+        # address="local": a new Ray of our own, never the cluster that
+        # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
+        startups = _expected_startups(d.configs, d.num_cpus, d.max_concurrent)
+        ray.init(
+            address="local",
+            _system_config=startups,
+            num_cpus=d.num_cpus,
+            include_dashboard=True,
+            log_to_driver=d.verbose,
+            logging_level=level,
+        )
+        node = getattr(ray._private.worker, "_global_node", None)
+        if node is not None:  # so that a successor can stop it if this driver is killed
+            d.lock.update(ray_session=node.get_session_dir_path())
+    elif not ray.is_initialized():
+        ray.init(address=d.address, log_to_driver=d.verbose, logging_level=level)
+    stop_on_sigterm()  # after ray.init, which sets its own SIGTERM handler
+    if d.need_ray:
+        console.info(
+            "logs: Ray's and the training workers' in %s; this driver's in %s%s",
+            _ray_logs_dir(),
+            str(Path(d.path, "driver.log")) if not store.is_uri(d.path) else "the console",
+            "" if d.verbose else " (-v shows them here)",
+        )
+    if not d.verbose:  # Tune's own reporter: its new one prints a box at any verbosity,
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic one none at 0
+
+
+def _start_tracking(d: _Driver) -> None:
+    """The sweep's MLflow tracker and the Tune callback that feeds it."""
+    if d.uri is None:
+        return
+    from rp_tune.adapters.mlflow.tracking import SweepTracker
+
+    embedded = d.uri.startswith("sqlite:")
+    exp_name = d.experiment or d.space or d.name
+    location = None
+    if embedded and not store.is_uri(d.path):
+        location = Path(d.root, "mlartifacts", exp_name).resolve().as_uri()
+    d.tracker = SweepTracker(
+        d.uri,
+        exp_name,
+        sweep_path=d.path,
+        space=d.space or d.name,
+        sweep_dir=d.path,
+        artifact_location=location,
+        space_params=space_params(d.configs),
+        configs=d.configs,
+    )
+    d.callbacks.append(__getattr__("TrackingCallback")(d.tracker, d.flats))
+    console.info("MLflow tracking at %s (experiment %r)", d.uri, d.tracker.experiment)
+
+
+def _trainable(d: _Driver) -> Any:
+    import ray
+    from ray import tune
+
+    if not d.need_ray:
+        return None
+    return tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
+
+
+def _restore_tuner(d: _Driver) -> Any:
+    """The interrupted sweep's Tuner, its unpickled callbacks (which lost their tracker and
+    console) replaced by live ones; the trials as stored when it started."""
+    from ray import tune
+
+    for flag, given in (
+        ("--log-weights", d.log_weights),
+        ("--system-metrics", d.system_metrics != "auto"),
+    ):
+        if given:
+            log.warning(
+                "%s is set when a sweep starts and kept by --resume: this sweep keeps "
+                "the setting it started with",
+                flag,
+            )
+    tuner = tune.Tuner.restore(
+        d.path, trainable=_trainable(d), resume_unfinished=True, resume_errored=True
+    )
+    run_config = tuner._local_tuner.get_run_config()
+    entries = stored_trials(d.path)  # read once: trial epochs and configs
+    d.known = {e["run_key"]: trial_epochs(e["flat"]) for e in entries}
+    stored = [from_flat(e["flat"]) for e in entries]
+    capacity = cluster_capacity(d.address is not None)
+    concurrent = d.max_concurrent or default_concurrency(stored or d.configs, capacity)
+    d.flats.update({e["run_key"]: e["flat"] for e in entries})
+    d.callbacks.append(__getattr__("ConsoleCallback")(Progress(d.known, concurrent), d.flats))
+    lazy = (__getattr__("TrackingCallback"), __getattr__("ConsoleCallback"))
+    run_config.callbacks = [
+        c for c in run_config.callbacks or [] if not isinstance(c, lazy)
+    ] + d.callbacks
+    run_config.verbose = 1 if d.verbose else 0
+    console.info(
+        "sweep %s: resuming %d trials, at most %d at a time, results in %s",
+        d.name,
+        len(d.known),
+        concurrent,
+        d.path,
+    )
+    return tuner
+
+
+def _new_tuner(d: _Driver) -> Any:
+    """A new sweep: the devices Ray has, the trials to train (others reused or kept), the
+    trial groups, then a Tuner over them; None when every trial finished before."""
+    from ray import tune
+
+    if d.need_ray:
+        capacity = cluster_capacity(d.address is not None)
+        configs, gpu_choice = resolve_gpus(d.configs, capacity, "the Ray cluster")
+        console.info("%s", gpu_choice)
+        if d.ahead is not None and [c.to_flat() for c in configs] == [
+            c.to_flat() for c in d.resolved
+        ]:  # the local Ray chose the devices the plan assumed: no second scan
+            trials = d.ahead
+        else:
+            held = stored_trials(d.path) if d.extend else ()
+            trials = plan_trials(configs, d.root, d.name, held, reuse=d.reuse)
+    else:
+        capacity, configs, trials = d.local, d.resolved, d.ahead
+    _record_the_plan(d, trials)
+    entries = _units(d, trials)
+    d.known = {e["run_key"]: trial_epochs(e["flat"]) for e in trials.entries}
+    concurrent = d.max_concurrent or default_concurrency(configs, capacity)
+    progress = Progress(d.known, concurrent)
+    progress.finished_before(e["run_key"] for e in trials.kept + trials.reused)
+    d.callbacks.append(__getattr__("ConsoleCallback")(progress, d.flats))
+    if not entries:  # every trial finished before: nothing for Tune
+        return None
+    fault = None
+    if d.inject_fault_epoch:
+        fault = {"epoch": d.inject_fault_epoch, "dir": store.join(d.train_storage, "_faults")}
+    param_space = {
+        "trial": tune.grid_search(entries),
+        "train_storage": d.train_storage,
+        "train_max_failures": d.train_max_failures,
+        "save_weights": d.log_weights,
+        # measured for MLflow: nothing to measure for without tracking
+        "system_metrics": d.system_metrics if d.uri is not None else "off",
+        "fault": fault,
+    }
+    tuner = tune.Tuner(
+        _trainable(d),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrent,
+            trial_name_creator=lambda t: t.config["trial"]["run_key"],
+            trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
+        ),
+        run_config=tune.RunConfig(
+            name=d.name,
+            storage_path=d.root,
+            failure_config=tune.FailureConfig(max_failures=d.tune_max_failures),
+            callbacks=d.callbacks,
+            verbose=1 if d.verbose else 0,
+        ),
+    )
+    console.info(
+        "sweep %s: %d trials, %d to train, at most %d at a time, results in %s",
+        d.name,
+        len(trials.entries),
+        len(trials.train),
+        concurrent,
+        d.path,
+    )
+    return tuner
+
+
+def _record_the_plan(d: _Driver, trials: Any) -> None:
+    """The reused trials' records into this sweep, and trials.json: every trial's entry."""
+    if trials.reused:  # their records join this sweep; their checkpoints stay
+        copy_reused_trials(d.root, d.name, trials.reused)
+        by = Counter(e["reused_from"] for e in trials.reused)
+        console.info(
+            "reused %d trials that finished in other sweeps under %s, not trained again: %s",
+            len(trials.reused),
+            d.root,
+            ", ".join(f"{n} from {s}" for s, n in sorted(by.items())),
+        )
+        for e in trials.reused:
+            log.info("reused %s from %s", e["run_key"], e["reused_from"])
+    if d.extend:
+        console.info(
+            "sweep %s extended: %d new trials, %d finished before and kept",
+            d.name,
+            len(trials.entries) - len(trials.kept),
+            len(trials.kept),
+        )
+    write_trial_entries(d.path, trials.entries)
+    d.flats.update({e["run_key"]: e["flat"] for e in trials.entries})
+
+
+def _units(d: _Driver, trials: Any) -> list[dict[str, Any]]:
+    """What Tune trains: trials alone, and trial groups whose members' configs go to the
+    group's worker through a file (in Tune's config they would repeat in every result row)."""
+    entries, why_alone = plan_units(trials.train, d.group_size)
+    if d.group_size > 1:
+        console.info("%s", describe_units(entries, why_alone, d.group_size))
+    for i, unit in enumerate(entries):
+        if is_unit(unit):  # members' own folders, for status and report
+            write_member_records(d.path, unit)
+            group_file = store.join(d.train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
+            store.write_text(group_file, json.dumps(unit["members"], default=list))
+            entries[i] = {
+                "run_key": unit["run_key"],
+                "flat": unit["flat"],
+                "members": [m["run_key"] for m in unit["members"]],
+                "group_file": group_file,
+            }
+    return entries
+
+
+def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
+    """Every trial's outcome: from Tune's results (a group's members from their own rows),
+    then the stored trials Tune did not hold (finished before, reused, not started)."""
+    outcomes = []
+    for i, result in enumerate(grid):
+        trial = (result.config or {}).get("trial")
+        error = "" if result.error is None else error_summary(result.error)
+        if trial is not None and is_unit(trial):  # a group: each member from its rows
+            for member in trial["members"]:
+                out = stored_outcome(d.path, {"run_key": member, "flat": d.flats[member]})
+                if error and out.status != "finished" and not out.error:
+                    out.status, out.error = "failed", error
+                outcomes.append(out)
+        elif trial is None:  # stopped before it started (Ctrl-C): Tune kept no config
+            key = store.basename(result.path) if result.path else f"trial-{i}"
+            if not key.startswith(GROUP_PREFIX):  # a group's members: pending, from trials.json
+                status = "failed" if error else "pending"
+                outcomes.append(TrialOutcome(key, status, 0, d.known.get(key, 0), 0, error=error))
+        else:
+            outcomes.append(_outcome(trial, result, error))
+    seen = {t.run_key for t in outcomes}
+    for e in stored_trials(d.path):  # finished before, reused, or not started by Tune yet
+        if e["run_key"] not in seen:
+            outcomes.append(stored_outcome(d.path, e))
+    return outcomes
+
+
+def _outcome(trial: Mapping[str, Any], result: Any, error: str) -> TrialOutcome:
+    """A trial's outcome from its Tune result: its last metrics, and its wall-clock,
+    retries and device-hours from all it reported."""
+    epochs = trial_epochs(trial["flat"])
+    m = dict(result.metrics or {})
+    if result.path:
+        m.update(trial_cost(all_results(result.path) or [m], trial["flat"]))
+    return TrialOutcome(
+        run_key=trial["run_key"],
+        status=trial_status(m, epochs, errored=result.error is not None),
+        epoch=int(m.get("epoch", 0) or 0),
+        epochs=epochs,
+        resumed_from_epoch=int(m.get("resumed_from_epoch", 0) or 0),
+        metrics={k: v for k, v in m.items() if not k.startswith(("config", "_"))},
+        error=error,
+    )
+
+
+def _finish(
+    d: _Driver, outcomes: list[TrialOutcome], wall: float, code: dict[str, Any]
+) -> SweepSummary:
+    """summary.json (and the diff of a dirty checkout beside it), the sweep's end in MLflow
+    with the summary as an artifact; the tracker closed once its events are delivered."""
+    summary = SweepSummary(
+        name=d.name,
+        path=d.path,
+        trials=outcomes,
+        tracking_uri=d.uri,
+        wall_seconds=wall,
+        code=code,
+        mlflow_url=d.tracker.link if d.tracker is not None else None,
+    )
+    if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
+        store.write_text(store.join(d.path, CODE_DIFF_FILE), code["diff"])
+    store.write_text(store.join(d.path, "summary.json"), summary.to_json())
+    if d.tracker is not None:
+        with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
+            local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
+            local.write_text(summary.to_json())
+            counts = {
+                "total": len(outcomes),
+                "finished": summary.finished,
+                "failed": summary.failed,
+                "unfinished": summary.unfinished,
+                "resumed": summary.resumed,
+            }
+            d.tracker.sweep_end(counts, artifacts=[str(local)], totals=summary.totals())
+            d.tracker.close()  # waits until the events (and this file) are delivered or saved
+            d.tracker = None
+    return summary
 
 
 # loggers whose records also go to <sweep>/driver.log (the console's own does not propagate)
