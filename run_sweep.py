@@ -7,7 +7,6 @@ Thin CLI over rp_tune.adapters.ray.sweep: every config is expanded and validated
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -211,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, expand and check the sweep's trials (one message and exit 2 for bad input,
     before anything starts), then one command: --status, --evaluate, --report, --dry-run,
     or the sweep itself."""
-    from rp_tune.planning.plan import SweepError, check_trials_fit
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.space import check_trials_fit
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     """The flat overrides every command reads: --set, --grid, $RP_TUNE_DATA_ROOT (where
     --set gives no data.root) and the per-trial resource flags."""
-    from rp_tune.planning.plan import parse_grid, parse_overrides
+    from rp_tune.planning.space import parse_grid, parse_overrides
 
     overrides = parse_overrides(args.set)
     overrides.update(parse_grid(args.grid))
@@ -251,7 +251,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def _configs(args: argparse.Namespace) -> list:
     """The sweep's trial configs, expanded and validated; SweepError for a bad option."""
-    from rp_tune.planning.plan import SweepError, expand_space
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.space import expand_space
 
     overrides = _overrides(args)
     if args.extend and args.resume:
@@ -278,7 +279,9 @@ def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:
     """Before a sweep starts: a --resume against the stored sweep (and no driver holding
     it), storage that can be written, the data roots the trials read."""
     from rp_tune.core import storage
-    from rp_tune.planning.plan import SweepError, check_data_roots, check_not_held, check_resume
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.plan import check_not_held, check_resume
+    from rp_tune.planning.space import check_data_roots
 
     if args.resume:
         root = storage.resolve(args.storage)
@@ -295,17 +298,16 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     """--dry-run: what the sweep varies, the device each trial takes, how many trials and the
     device-hours they need; nothing started, nothing written."""
     from rp_tune.core import storage
-    from rp_tune.planning.plan import (
+    from rp_tune.planning.capacity import planned_capacity, resolve_gpus
+    from rp_tune.planning.estimate import (
         ASSUMED_TFLOPS,
-        describe_axes,
         device_kind,
         measured_speed,
-        planned_capacity,
-        resolve_gpus,
         speed_assumption,
-        trial_entries,
         trial_table,
     )
+    from rp_tune.planning.records import trial_entries
+    from rp_tune.planning.space import describe_axes
     from rp_tune.trial.groups import describe_units, plan_units
 
     capacity, where = planned_capacity(args.address)
@@ -335,7 +337,7 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     """The sweep (or its --resume / --extend) on Ray; its summary table at the end; exit 0
     when every trial finished."""
     from rp_tune.adapters.ray.sweep import run_sweep
-    from rp_tune.planning.plan import SweepError
+    from rp_tune.core.errors import SweepError
 
     _console(args.verbose)
     try:
@@ -414,6 +416,7 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
     from rp_tune.core import storage
     from rp_tune.planning.plan import driver_lock
     from rp_tune.planning.progress import counts, status_table, sweep_status
+    from rp_tune.planning.records import read_summary
 
     root = storage.resolve(args.storage)
     path = storage.join(root, name)
@@ -436,12 +439,7 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
     print(status_table(states))
     uri = _tracking_uri(args, path)
     if uri is not None:  # the URL the sweep made (summary.json): no call to MLflow here
-        try:
-            link = json.loads(storage.read_text(storage.join(path, "summary.json"))).get(
-                "mlflow_url"
-            )
-        except (OSError, ValueError):  # not ended yet, or a summary of an earlier release
-            link = None
+        link = (read_summary(path) or {}).get("mlflow_url")  # None before a driver ended
         print(f"MLflow UI: {mlflow_ui_command(uri, link)}")
     c = counts(states)
     if holder is not None:

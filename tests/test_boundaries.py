@@ -1,7 +1,7 @@
 """Who may import what: the edges of the design, enforced.
 
 - only the Ray adapter (`rp_tune/adapters/ray/sweep.py`) imports ray, only the MLflow
-  tracker (`rp_tune/adapters/mlflow/tracking.py`) imports mlflow, only the figures and the
+  adapter (its tracker and run model) imports mlflow, only the figures and the
   trial curves beside an MLflow run import matplotlib (every import statement, at the top or
   inside a function, is read from the source);
 - the core (model names, layout, seeds, storage, provenance...), the config and the search
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
 ONLY = {
     "ray": {"rp_tune/adapters/ray/sweep.py"},
-    "mlflow": {"rp_tune/adapters/mlflow/tracking.py"},
+    "mlflow": {"rp_tune/adapters/mlflow/tracking.py", "rp_tune/adapters/mlflow/runs.py"},
     "matplotlib": {"rp_tune/results/figures.py", "rp_tune/adapters/mlflow/curves.py"},
 }
 TORCH_FREE = {
@@ -89,7 +89,8 @@ BAD_OR_PLANNING = [
 def test_planning_and_bad_input_never_import_ray(tmp_path):
     """One fresh interpreter runs every case in turn: the dry run exits 0, each bad input 2,
     and after all of them neither ray nor mlflow was ever imported."""
-    from rp_tune.planning.plan import expand_space, write_stored_trials
+    from rp_tune.planning.records import write_stored_trials
+    from rp_tune.planning.space import expand_space
 
     stored = tmp_path / "stored"
     write_stored_trials(str(stored / "smoke"), expand_space("smoke"))

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from rp_tune.adapters.ray.sweep import HEAD_RESOURCE, trial_driver_resources
-from rp_tune.planning.plan import default_concurrency, expand_space, max_cluster_resources
+from rp_tune.planning.capacity import default_concurrency, max_cluster_resources
+from rp_tune.planning.space import expand_space
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -119,7 +119,7 @@ def test_uri_data_root_without_the_dataset_is_a_clear_error(tmp_path, monkeypatc
 
 def test_relative_data_root_is_made_absolute_for_ray_workers(tmp_path, monkeypatch):
     from rp_tune.data import absolute_data_root
-    from rp_tune.planning.plan import expand_space
+    from rp_tune.planning.space import expand_space
 
     monkeypatch.chdir(tmp_path)
     assert absolute_data_root("data") == str(tmp_path / "data")

@@ -115,7 +115,7 @@ def test_bad_growth():
 # --- in a trial -----------------------------------------------------------------------------
 
 from rp_tune.config import from_flat  # noqa: E402
-from rp_tune.planning.plan import expand_space  # noqa: E402
+from rp_tune.planning.space import expand_space  # noqa: E402
 from rp_tune.sparsity.masks import Masks  # noqa: E402
 from rp_tune.trial.train import latest_checkpoint, run_trial  # noqa: E402
 

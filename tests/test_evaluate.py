@@ -7,8 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.config import from_flat, run_key
-from rp_tune.planning.plan import SweepError, write_stored_trials
-from rp_tune.results.evaluate import EVALUATIONS_FILE, evaluate_sweep, new_metrics
+from rp_tune.core.errors import SweepError
+from rp_tune.planning.records import EVALUATIONS_FILE, write_stored_trials
+from rp_tune.results.evaluate import evaluate_sweep, new_metrics
 from rp_tune.results.report import read_trials
 from rp_tune.trial.train import run_trial
 

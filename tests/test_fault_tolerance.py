@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from rp_tune.config import from_flat, run_key
 from rp_tune.core import storage
 from rp_tune.models import build_model, layer_specs
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from rp_tune.sparsity import layer_densities
 from rp_tune.sparsity.masks import Masks
 from rp_tune.trial.train import checkpoint_masks_file
@@ -513,7 +513,7 @@ def test_server_restart_and_killed_workers(tmp_path):
         assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
         parents, children = mlflow_runs(client, "smoke")
         assert len(parents) == 1 and len(children) == n
-        from rp_tune.planning.plan import resolve_gpus
+        from rp_tune.planning.capacity import resolve_gpus
 
         # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
         cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3", **ONE}), {"GPU": 0}, "")

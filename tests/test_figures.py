@@ -114,7 +114,8 @@ def test_the_readme_lists_every_figure_with_the_spaces_that_serve_it():
 def test_a_space_naming_an_unknown_figure_is_refused():
     import types
 
-    from rp_tune.planning.plan import SweepError, expand_space
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.space import expand_space
 
     space = types.ModuleType("bad_figures")
     space.DESCRIPTION, space.GRID, space.FIXED, space.SMOKE = "x", {}, {}, {}

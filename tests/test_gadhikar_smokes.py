@@ -5,7 +5,7 @@ import pyarrow.csv as pacsv
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from tests.helpers import cli, mlflow_runs
 
 

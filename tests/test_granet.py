@@ -148,7 +148,7 @@ def test_a_granet_trial_is_named_by_its_source():
 
 
 def test_the_granet_space_and_its_smoke(tmp_path):
-    from rp_tune.planning.plan import expand_space
+    from rp_tune.planning.space import expand_space
 
     full = expand_space("granet_sparse_to_sparse")
     starts = sorted({(c.sparsity.scheme, c.sparsity.start_density) for c in full})

@@ -14,7 +14,7 @@ from rp_tune.config import ConfigError, SparsityConfig, from_flat, run_key, tria
 from rp_tune.methods import DEFAULT_METHOD, METHODS, Method
 from rp_tune.methods.base import SparseTraining, check_below_start
 from rp_tune.methods.imp import prune_by_magnitude
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from rp_tune.results.grouping import line_label
 from rp_tune.trial.groups import group_refusal
 from rp_tune.trial.train import run_trial

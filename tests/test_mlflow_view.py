@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from rp_tune.adapters.mlflow import view as mlflow_view
 from rp_tune.adapters.mlflow.tracking import SweepTracker, SystemMetrics, system_metrics_on
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from tests.helpers import mlflow_runs
 
 

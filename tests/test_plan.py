@@ -4,15 +4,10 @@ import json
 
 import pytest
 
-from rp_tune.planning.plan import (
-    SweepError,
-    check_resume,
-    config_differences,
-    expand_space,
-    is_finished,
-    stored_trials,
-    write_stored_trials,
-)
+from rp_tune.core.errors import SweepError
+from rp_tune.planning.plan import check_resume, config_differences
+from rp_tune.planning.records import is_finished, stored_trials, write_stored_trials
+from rp_tune.planning.space import expand_space
 
 
 def test_a_stored_config_without_a_newer_field_matches_the_same_trials():
@@ -69,7 +64,7 @@ def test_the_estimate_uses_the_speed_measured_on_finished_trials(tmp_path):
     """Finished trials under the results root that reported their training time give the
     dry run its rate (per model and device kind, else over all models); without them it
     assumes 25 TFLOP/s and says so."""
-    from rp_tune.planning.plan import (
+    from rp_tune.planning.estimate import (
         estimate_gpu_hours,
         measured_speed,
         speed_assumption,

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from rp_tune.planning.plan import expand_space, write_stored_trials
 from rp_tune.planning.progress import (
     Progress,
     eta_seconds,
@@ -12,6 +11,8 @@ from rp_tune.planning.progress import (
     status_table,
     sweep_status,
 )
+from rp_tune.planning.records import write_stored_trials
+from rp_tune.planning.space import expand_space
 
 
 def test_durations_read_as_a_person_writes_them():

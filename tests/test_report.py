@@ -8,7 +8,7 @@ import pytest
 
 from rp_tune.adapters.mlflow.curves import plot_curves
 from rp_tune.config import run_key
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from rp_tune.results.grouping import dense_reference, groups
 from rp_tune.results.report import aggregate, build_report, read_trials, smallest_matching_density
 

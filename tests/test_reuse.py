@@ -8,15 +8,11 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rp_tune.planning.plan import (
-    SweepError,
-    check_resume,
-    expand_space,
-    parse_grid,
-    plan_trials,
-    resolve_gpus,
-    write_stored_trials,
-)
+from rp_tune.core.errors import SweepError
+from rp_tune.planning.capacity import resolve_gpus
+from rp_tune.planning.plan import check_resume, plan_trials
+from rp_tune.planning.records import write_stored_trials
+from rp_tune.planning.space import expand_space, parse_grid
 from tests.test_sweep import incli
 
 

@@ -33,8 +33,6 @@ LONG_MODULES = {
     "rp_tune/adapters/ray/sweep.py": "split pending: driver, trainable, worker loops, callbacks",
     "rp_tune/data/__init__.py": "split pending: the data sets' formats, download, loaders",
     "rp_tune/trial/train.py": "split pending: setup, the loop, evaluation, checkpoints",
-    "rp_tune/planning/plan.py": "split pending: the sweep's records (item 4), estimates",
-    "rp_tune/adapters/mlflow/tracking.py": "split pending: the event queue and the run model",
     "rp_tune/config/__init__.py": "the config tree: six sections, each with its checks",
     "rp_tune/results/figures.py": "one plot function per paper figure, and their registry",
     "rp_tune/results/report.py": "split pending: tables, the papers' comparison, printing",

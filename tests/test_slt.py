@@ -149,7 +149,7 @@ def test_an_slt_trial_is_named_by_its_source():
 
 
 def test_the_slt_space_pairs_each_source_with_its_targets_and_its_smoke_trains(tmp_path):
-    from rp_tune.planning.plan import expand_space
+    from rp_tune.planning.space import expand_space
 
     full = expand_space("slt_sparse_to_sparse")
     pairs = {(c.sparsity.start_density, c.sparsity.density) for c in full}

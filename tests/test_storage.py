@@ -14,7 +14,7 @@ import torch
 
 from rp_tune.core import storage
 from rp_tune.core.storage import DriverLock, LockHeld
-from rp_tune.planning.plan import expand_space
+from rp_tune.planning.space import expand_space
 from tests.helpers import ROOT
 
 
@@ -187,7 +187,8 @@ def test_uri_helpers_keep_the_query_and_map_rays_paths():
 
 
 def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
-    from rp_tune.planning.plan import SweepError, check_data_roots
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.space import check_data_roots
     from tests.helpers import write_tiny_cifar10
 
     bucket = tmp_path / "bucket"

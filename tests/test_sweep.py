@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.config import run_key
-from rp_tune.planning.plan import SweepError, expand_space
+from rp_tune.core.errors import SweepError
+from rp_tune.planning.space import expand_space
 from search_spaces import space_names
 from tests.helpers import cli
 
@@ -76,7 +77,7 @@ def test_help_lists_the_spaces_with_what_they_reproduce(capsys):
 
 
 def test_status_reads_the_sweep_without_ray(tmp_path, capsys):
-    from rp_tune.planning.plan import write_stored_trials
+    from rp_tune.planning.records import write_stored_trials
 
     r = incli(capsys, "--space", "smoke", "--status", "--storage", str(tmp_path / "res"))
     assert r.returncode == 2 and "no sweep at" in r.stderr
@@ -208,7 +209,7 @@ def test_report_needs_the_results_not_the_data(tmp_path, capsys):
 
 def test_missing_ood_sets_stop_the_sweep_unless_left_out_explicitly(tmp_path):
     """CIFAR-10's default OoD sets (CIFAR-100, SVHN) are data the sweep needs."""
-    from rp_tune.planning.plan import check_data_roots
+    from rp_tune.planning.space import check_data_roots
     from tests.helpers import write_tiny_cifar10
 
     data = tmp_path / "data"
@@ -434,7 +435,7 @@ def test_er_width_space_widens_each_density_up_to_its_factor():
 def test_gpus_by_default_wherever_the_cluster_has_them():
     """No flag: one GPU per training worker where there are GPUs, the CPU where there are
     none; an explicit value (a flag, a space, --set; 0 = CPU) is kept."""
-    from rp_tune.planning.plan import resolve_gpus
+    from rp_tune.planning.capacity import resolve_gpus
 
     cfgs = expand_space("width_scan", smoke=True)
     assert {c.resources.gpus_per_worker for c in cfgs} == {None}  # unset: the sweep decides
@@ -482,7 +483,7 @@ def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
     import ray
 
     from rp_tune.adapters.ray.sweep import cluster_capacity
-    from rp_tune.planning.plan import default_concurrency, resolve_gpus
+    from rp_tune.planning.capacity import default_concurrency, resolve_gpus
 
     ray.init(num_cpus=1, num_gpus=3, include_dashboard=False)
     try:
@@ -546,7 +547,7 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     local raylet is told so, or a 2-core machine prints Ray's "4x the maximum expected
     startup concurrency" warning for the smoke sweep. A user's own setting wins."""
     from rp_tune.adapters.ray.sweep import _expected_startups
-    from rp_tune.planning.plan import startup_concurrency
+    from rp_tune.planning.capacity import startup_concurrency
 
     monkeypatch.delenv("RAY_worker_maximum_startup_concurrency", raising=False)
     smoke = expand_space("smoke")  # 0.5 CPU per worker: 3 trials at once on 2 CPUs

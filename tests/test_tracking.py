@@ -183,8 +183,8 @@ def test_epochs_the_sweep_never_saw_are_logged_from_the_trials_history(tmp_path)
     tracker = SweepTracker(uri, "x", sweep_path=str(tmp_path), space="x", sweep_dir=str(tmp_path))
     try:
         history = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * e} for e in (1, 2, 3)]
-        assert tracker._backfill_epochs(run, history) == 1
-        assert tracker._backfill_epochs(run, history) == 0
+        assert tracker.runs.backfill_epochs(run, history) == 1
+        assert tracker.runs.backfill_epochs(run, history) == 0
     finally:
         tracker.close()
     steps = sorted(m.step for m in client.get_metric_history(run, "train_loss"))
@@ -211,7 +211,7 @@ def test_per_update_values_are_logged_at_their_training_step(tmp_path):
                for e in (1, 2)]  # fmt: skip
     t2 = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "sweep"), space="smoke")
     try:
-        assert t2._backfill_epochs(run, history) == 1  # epoch 2 only
+        assert t2.runs.backfill_epochs(run, history) == 1  # epoch 2 only
     finally:
         t2.close()
     hist = client.get_metric_history(run, "granet_update_density")

@@ -356,7 +356,7 @@ def test_a_checkpoint_of_the_layout_before_the_artifacts_folder_still_resumes_an
     report those releases' trackers wrote themselves)."""
     import shutil
 
-    from rp_tune.adapters.mlflow.tracking import _fetch_artifacts
+    from rp_tune.adapters.mlflow.runs import _fetch_artifacts
 
     cfg = _cfg(cifar_root, **{"train.epochs": 2})
     full = run_trial(cfg, tmp_path / "full")

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from rp_tune.config import ConfigError, from_flat, run_key
-from rp_tune.planning.plan import (
+from rp_tune.planning.plan import stored_outcome, trial_cost
+from rp_tune.planning.progress import sweep_status
+from rp_tune.planning.records import (
     all_results,
     copy_reused_trials,
     last_result,
-    stored_outcome,
-    trial_cost,
+    write_member_records,
 )
-from rp_tune.planning.progress import sweep_status
-from rp_tune.trial.groups import is_unit, plan_units, unit_key, write_member_records
+from rp_tune.trial.groups import is_unit, plan_units, unit_key
 
 BASE = {"model.name": "cifar_resnet_8", "data.name": "synthetic", "train.epochs": 2}
 

@@ -14,3 +14,7 @@ class ConfigError(ValueError):
 def fail(key: str, value: Any, valid: str) -> typing.NoReturn:
     """Raise the one message of a bad value: `key=value is invalid; valid: ...`."""
     raise ConfigError(f"{key}={value!r} is invalid; valid: {valid}")
+
+
+class SweepError(ValueError):
+    """A sweep cannot start: bad space, override or storage; nothing was started or written."""

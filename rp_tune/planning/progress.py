@@ -19,8 +19,7 @@ from typing import Any
 from rp_tune.config import trial_epochs
 from rp_tune.core import storage as store
 from rp_tune.core.text import format_duration
-from rp_tune.planning.plan import is_finished, last_result, stored_trials
-from rp_tune.trial.groups import member_group
+from rp_tune.planning.records import is_finished, last_result, member_group, stored_trials
 from rp_tune.trial.metrics import METRICS, metric
 
 STATUSES = ("finished", "running", "failed", "stopped", "pending")

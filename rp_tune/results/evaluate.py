@@ -28,17 +28,19 @@ from typing import Any
 
 from rp_tune.config import ConfigError, EvaluationConfig, from_flat, trial_epochs
 from rp_tune.core import storage as store
-from rp_tune.planning.plan import (
-    SweepError,
-    check_data_roots,
+from rp_tune.core.errors import SweepError
+from rp_tune.planning.records import (
+    evaluated_metrics,
     is_finished,
     last_result,
+    read_evaluations,
     stored_trials,
+    write_evaluations,
 )
+from rp_tune.planning.space import check_data_roots
 
 log = logging.getLogger(__name__)
 
-EVALUATIONS_FILE = "evaluations.json"
 DEFAULT_FGSM_EPS = EvaluationConfig.fgsm_eps  # the paper's 8/255: the name fgsm_acc is its
 
 
@@ -46,26 +48,6 @@ def evaluation_id(flat: Mapping[str, Any]) -> str:
     """A short hash of a config's evaluation settings: what one evaluation computed."""
     ev = {k: flat[k] for k in sorted(flat) if k.startswith("evaluation.")}
     return hashlib.sha256(json.dumps(ev, default=list).encode()).hexdigest()[:10]
-
-
-def read_evaluations(trial_dir: str) -> list[dict[str, Any]]:
-    """The evaluations saved for a trial (a folder or a URI); [] when there are none."""
-    location = store.join(trial_dir, EVALUATIONS_FILE)
-    if not store.exists(location):
-        return []
-    return json.loads(store.read_text(location))
-
-
-def evaluated_metrics(trial_dir: str) -> dict[str, float]:
-    """Every metric the trial's evaluations added (a later evaluation wins)."""
-    out: dict[str, float] = {}
-    for entry in read_evaluations(trial_dir):
-        out.update(entry.get("metrics", {}))
-    return out
-
-
-def _save(trial_dir: str, entries: list[dict[str, Any]]) -> None:
-    store.write_text(store.join(trial_dir, EVALUATIONS_FILE), json.dumps(entries, indent=1))
 
 
 def new_metrics(
@@ -170,14 +152,16 @@ def _evaluate_one(
             "logged": False,
         }
         saved.append(entry)
-        _save(trial_dir, saved)  # saved before MLflow hears of it: nothing computed twice
+        write_evaluations(
+            trial_dir, saved
+        )  # saved before MLflow hears of it: nothing computed twice
         status = "evaluated"
     if tracking_uri and not entry["logged"] and entry["metrics"]:
         from rp_tune.adapters.mlflow.tracking import log_evaluation
 
         if log_evaluation(tracking_uri, sweep_dir, key, entry["metrics"], cfg.total_epochs):
             entry["logged"] = True
-            _save(trial_dir, saved)
+            write_evaluations(trial_dir, saved)
     return {
         "run_key": key,
         "status": status,

@@ -26,7 +26,7 @@ from typing import Any
 
 from rp_tune.config import DENSE_RECIPE, NOT_HASHED, RECIPES
 from rp_tune.methods import METHODS, from_start
-from rp_tune.planning.plan import sort_values
+from rp_tune.planning.space import sort_values
 from rp_tune.trial.groups import SEED_KEYS
 
 # What mean ± std is over: never a group key.

@@ -14,7 +14,6 @@ parent run when a tracking URI is given.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,8 +27,15 @@ from rp_tune.core import storage
 from rp_tune.core.layout import ARTIFACTS_DIR, GRAD_FLOW_FILE
 from rp_tune.core.provenance import ENV_PREFIX
 from rp_tune.methods import METHODS
-from rp_tune.planning.plan import TRIALS_FILE, all_results, is_finished, trial_cost
-from rp_tune.results.evaluate import evaluated_metrics
+from rp_tune.planning.plan import trial_cost
+from rp_tune.planning.records import (
+    TRIALS_FILE,
+    all_results,
+    evaluated_metrics,
+    has_trials,
+    is_finished,
+    read_params,
+)
 from rp_tune.results.figures import (
     FIGURES,
     PLOTS,
@@ -67,11 +73,10 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for name in storage.list_names(sweep_dir):
         trial = storage.join(sweep_dir, name)
-        params_file = storage.join(trial, "params.json")
-        if not storage.exists(params_file):
-            continue
-        entry = json.loads(storage.read_text(params_file))["trial"]
-        if "members" in entry:  # a trial group's Tune trial: its members have their own rows
+        entry = read_params(trial)
+        if (
+            entry is None or "members" in entry
+        ):  # a trial group's Tune trial: its members have their own rows
             continue
         results = all_results(trial)
         last = results[-1] if results else {}
@@ -96,13 +101,6 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise FileNotFoundError(f"{sweep_dir} holds no trials (no */params.json)")
     return rows
-
-
-def _has_trials(folder: str) -> bool:
-    """A sweep folder of a release before trials.json: trial folders with params.json."""
-    return any(
-        storage.exists(storage.join(folder, n, "params.json")) for n in storage.list_names(folder)
-    )
 
 
 def grad_flow_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -407,7 +405,7 @@ def _rows_and_out(
     one sweep, several, or every sweep under a results root."""
     dirs = [str(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else None
     if dirs is None and not storage.exists(storage.join(str(sweep_dir), TRIALS_FILE)):
-        if storage.exists(str(sweep_dir)) and not _has_trials(str(sweep_dir)):
+        if storage.exists(str(sweep_dir)) and not has_trials(str(sweep_dir)):
             dirs = sweeps_under(str(sweep_dir))  # a results root
     if dirs is None:
         rows = read_trials(sweep_dir)

@@ -4,20 +4,18 @@ No torch, no Ray: the plan is made before Ray starts. The fused model itself is
 `rp_tune.trial.fused`. A group is one Tune trial (a "unit": its run key starts with `group-`)
 whose members stay trials of their own wherever the user looks: each has its folder in the
 sweep (`params.json` with its entry, `group.json` naming its unit), its rows in the unit's
-`result.json` (read through `rp_tune.planning.plan.all_results`), its checkpoint inside the unit's
-(`members/<run key>/`), its MLflow run, summary row and report row.
+`result.json` (read through `rp_tune.planning.records.all_results`), its checkpoint inside
+the unit's (`members/<run key>/`), its MLflow run, summary row and report row.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rp_tune.config import ConfigError, TrialConfig, from_flat, run_key
-from rp_tune.core import storage as store
-from rp_tune.core.layout import GROUP_FILE, GROUP_PREFIX
+from rp_tune.core.layout import GROUP_PREFIX
 from rp_tune.methods import DEFAULT_METHOD, method
 
 SEED_KEYS = ("seed", "seeds.mask", "seeds.init", "seeds.data")
@@ -145,23 +143,3 @@ def describe_units(units: Sequence[Mapping[str, Any]], why: Mapping[str, str], s
         f"{len(units) - len(groups)} alone"
         + "".join(f"\n  {n} alone: {reason}" for reason, n in sorted(reasons.items()))
     )
-
-
-def write_member_records(path: str, unit: Mapping[str, Any]) -> None:
-    """Each member's folder in the sweep before it trains: `params.json` (its entry, as Tune
-    writes a trial's) and `group.json` (its unit), so status, report and reuse find it."""
-    for m in unit["members"]:
-        folder = store.join(path, m["run_key"])
-        store.write_text(store.join(folder, "params.json"), json.dumps({"trial": m}, default=list))
-        store.write_text(
-            store.join(folder, GROUP_FILE),
-            json.dumps({"group": unit["run_key"], "size": len(unit["members"])}),
-        )
-
-
-def member_group(trial_dir: str) -> str | None:
-    """The unit folder name a member's folder points at, or None for a trial alone."""
-    location = store.join(trial_dir, GROUP_FILE)
-    if not store.exists(location):
-        return None
-    return str(json.loads(store.read_text(location))["group"])

@@ -1,23 +1,9 @@
-"""MLflow tracking of sweeps: the only module that imports mlflow.
-
-One experiment per search space, one parent run per sweep (a resumed sweep reuses its parent),
-one nested child run per trial (tag `mlflow.parentRunId`), found again by its `rp_tune.run_key`
-tag, so a retried or resumed trial continues its own run and never gets a second one.
-
-Child run: name = run_key; params = the flat config (and `arch.depth`/`arch.width` of a CIFAR
-ResNet); per-epoch metrics with step = epoch (the training workers' system metrics,
-`system/*`, among them); final metrics; tags (run_key, scheme, density, model, git commit,
-versions, status, `mlflow.runColor` of its scheme); its dataset as an MLflow input (name, split
-sizes, the digest of the integrity manifest); artifacts: the final checkpoint's artifacts
-folder as the trial wrote it (masks Parquet, per-layer density report CSV, history JSON,
-gradient-flow CSV, optionally the final weights) plus the training curves (PNG, drawn by
-rp_tune.results.report). The experiment holds the sweep's saved comparison view
-(`rp_tune.adapters.mlflow.view`).
-
-Events go through a queue drained by one background thread, so a tracking server that is
-slow or down never blocks the sweep: failed calls are retried with backoff, in order, and
-whatever is still queued when the sweep ends is written to `mlflow-pending.jsonl` beside the
-sweep and replayed by the next `--resume`.
+"""MLflow tracking of sweeps, as the driver sees it: `SweepTracker` hands every trial event to
+a durable queue (`queue.DurableQueue`: one background thread, retried in order, never
+dropped, what is left at the end saved to `mlflow-pending.jsonl` beside the sweep and replayed
+by the next `--resume`) that feeds the sweep's run model (`runs.MlflowRuns`: experiment,
+parent and child runs). Also here: the training workers' system metrics (MLflow's monitors),
+and the report's and `--evaluate`'s logging to a finished sweep's runs.
 """
 
 from __future__ import annotations
@@ -25,25 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rp_tune.adapters.mlflow import view as mlflow_view
+from rp_tune.adapters.mlflow.queue import DurableQueue
+from rp_tune.adapters.mlflow.runs import MlflowRuns, find_parent_run
 from rp_tune.core import storage
-from rp_tune.core.layout import (
-    ARTIFACTS_DIR,
-    DENSITY_REPORT_FILE,
-    HISTORY_FILE,
-    LEGACY_ARTIFACTS,
-    MASKS_FILE,
-)
-from rp_tune.core.provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
-from rp_tune.trial.metrics import EPOCH, FINAL, numeric_metrics, step_of, step_series
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +50,8 @@ def default_tracking_uri(sweep_dir: str) -> str:
 
 
 class SweepTracker:
-    """Logs a sweep's trials to MLflow from the driver, without ever blocking it."""
+    """Logs a sweep's trials to MLflow from the driver, without ever blocking it: events go
+    through a `DurableQueue` to the sweep's `MlflowRuns`."""
 
     def __init__(
         self,
@@ -89,40 +66,33 @@ class SweepTracker:
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.sweep_path = sweep_path
-        self.space = space
         self.sweep_dir = sweep_dir  # a folder or a URI (s3://...): where pending events go
-        self.artifact_location = artifact_location
-        # the parent run's params: the space's axes and fixed values (plan.space_params)
-        self.space_params = dict(space_params or {})
-        self.configs = list(configs)  # the sweep's TrialConfigs: its saved comparison view
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._client = None
-        self._experiment_id: str | None = None
-        self._parent_id: str | None = None
-        self._runs: dict[str, str] = {}  # run_key -> run id
-        self._last_step: dict[str, int] = {}  # run id -> last epoch logged
-        self._datasets: set[tuple[str, str]] = set()  # (run id, digest) logged as inputs
-        # the URL of the sweep's saved view, once the parent run is known (never a network
-        # call of its own: the driver prints it at the end whatever the server does)
-        self.link: str | None = None
-        code = code_state()
-        self.code_diff = code["diff"]  # an artifact of the parent run when the code is dirty
-        self._tags = {
-            "rp_tune.git_commit": code["commit"],
-            "rp_tune.git_dirty": str(code["dirty"]).lower(),
-        }
-        self._thread = threading.Thread(target=self._drain, name="mlflow-tracker", daemon=True)
-        self._busy = threading.Event()
-        self.failures = 0
-        for event in self._load_pending():
-            self._queue.put(event)
-        self._queue.put({"type": "start"})
-        self._thread.start()
+        self.runs = MlflowRuns(
+            tracking_uri, experiment, sweep_path, space, artifact_location, space_params, configs
+        )
+        pending = storage.join(sweep_dir, PENDING_FILE) if sweep_dir else None
+        self._events = DurableQueue(self.runs.handle, pending, f"MLflow at {tracking_uri}")
+        self._events.put({"type": "start"})  # after the replayed events, before any new one
+        self._events.start()
+
+    @property
+    def link(self) -> str | None:
+        """The URL of the sweep's saved comparison view, once the parent run is known."""
+        return self.runs.link
+
+    @property
+    def failures(self) -> int:
+        return self._events.failures
+
+    def close(self, timeout_s: float = 120.0) -> int:
+        """Wait up to timeout_s for the events to be delivered; persist what is left (the
+        pending file). Returns its count."""
+        return self._events.close(timeout_s)
 
     # --- events from the sweep (any thread) ---------------------------------------------------
+    # --- events from the sweep (any thread) ---------------------------------------------------
     def trial_result(self, run_key: str, flat: dict[str, Any], result: dict[str, Any]) -> None:
-        self._queue.put(
+        self._events.put(
             {
                 "type": "result",
                 "run_key": run_key,
@@ -139,7 +109,7 @@ class SweepTracker:
         status: str,
         error: str = "",
     ) -> None:
-        self._queue.put(
+        self._events.put(
             {
                 "type": "end",
                 "run_key": run_key,
@@ -157,7 +127,7 @@ class SweepTracker:
         totals: dict[str, float] | None = None,
     ) -> None:
         """The sweep's counts (tags), files (artifacts) and cost totals (parent metrics)."""
-        self._queue.put(
+        self._events.put(
             {
                 "type": "sweep_end",
                 "summary": _jsonable(summary),
@@ -165,381 +135,6 @@ class SweepTracker:
                 "totals": _jsonable(totals or {}),
             }
         )
-
-    def close(self, timeout_s: float = 120.0) -> int:
-        """Wait up to timeout_s for the queue to drain; persist what is left. Returns its count."""
-        deadline = time.monotonic() + timeout_s
-        while (not self._queue.empty() or self._busy.is_set()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = []
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if event is not None:
-                left.append(event)
-        if self._current is not None and self._busy.is_set():
-            left.insert(0, self._current)
-        self._stop = True
-        self._save_pending(left)
-        if left:
-            log.warning(
-                "MLflow at %s unreachable: %d tracking events saved to %s; they are "
-                "replayed by the next --resume",
-                self.tracking_uri,
-                len(left),
-                self._pending_path(),
-            )
-        return len(left)
-
-    # --- the background thread ------------------------------------------------------------------
-    _current: dict[str, Any] | None = None
-    _stop = False
-
-    def _drain(self) -> None:
-        delay = 1.0
-        while not self._stop:
-            try:
-                event = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if event is None:
-                return
-            self._current = event
-            self._busy.set()
-            while not self._stop:
-                try:
-                    self._handle(event)
-                    delay = 1.0
-                    break
-                except Exception as e:  # server down, slow, or refusing: retry, never drop
-                    self.failures += 1
-                    log.warning(
-                        "MLflow tracking call failed (%s: %s); retrying in %.0fs",
-                        type(e).__name__,
-                        str(e).splitlines()[0][:200],
-                        delay,
-                    )
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-            self._busy.clear()
-            self._current = None
-
-    def _client_(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
-
-    def _handle(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
-        if kind == "start":
-            self._ensure_parent()
-        elif kind == "result":
-            run_id = self._ensure_child(event["run_key"], event["flat"])
-            if event["result"].get("dataset"):  # the first row after each (re)start
-                self._log_dataset(run_id, json.loads(event["result"]["dataset"]))
-            self._log_epoch(run_id, event["result"])
-        elif kind == "end":
-            run_id = self._ensure_child(event["run_key"], event["flat"])
-            self._log_end(run_id, event["result"], event["status"], event["error"])
-        elif kind == "sweep_end":
-            self._log_sweep_end(event["summary"], event["artifacts"], event.get("totals") or {})
-
-    def _ensure_experiment(self) -> str:
-        if self._experiment_id is None:
-            client = self._client_()
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                try:
-                    self._experiment_id = client.create_experiment(
-                        self.experiment, artifact_location=self.artifact_location
-                    )
-                except Exception:
-                    exp = client.get_experiment_by_name(self.experiment)  # created meanwhile
-                    if exp is None:
-                        raise
-                    self._experiment_id = exp.experiment_id
-            else:
-                self._experiment_id = exp.experiment_id
-        return self._experiment_id
-
-    def _ensure_parent(self) -> str:
-        if self._parent_id is None:
-            client = self._client_()
-            exp = self._ensure_experiment()
-            found = find_parent_run(client, self.sweep_path, [exp])
-            if found is not None:
-                self._parent_id = found
-                client.set_tag(self._parent_id, "rp_tune.status", "running")
-            else:
-                run = client.create_run(
-                    exp,
-                    run_name=storage.basename(self.sweep_path),
-                    tags={
-                        "rp_tune.role": "sweep",
-                        "rp_tune.sweep_path": self.sweep_path,
-                        "rp_tune.space": self.space,
-                        "rp_tune.status": "running",
-                        **self._tags,
-                    },
-                )
-                self._parent_id = run.info.run_id
-                from mlflow.entities import Param
-
-                params = [Param(k, _param(v)[:500]) for k, v in sorted(self.space_params.items())]
-                for i in range(0, len(params), 90):
-                    client.log_batch(self._parent_id, params=params[i : i + 90])
-                if self.code_diff:  # uncommitted changes: what the commit alone does not say
-                    with tempfile.TemporaryDirectory(prefix="rp_tune-code-") as tmp:
-                        diff = Path(tmp, CODE_DIFF_FILE)
-                        diff.write_text(self.code_diff)
-                        client.log_artifact(self._parent_id, str(diff))
-            if self.configs:  # the saved view names the parent: its trials are its children
-                tags = mlflow_view.view_tags(self.configs, self.sweep_path, self._parent_id)
-                for key, value in tags.items():
-                    client.set_experiment_tag(exp, key, value)
-                self.link = comparison_url_at(self.tracking_uri, exp, self.sweep_path)
-        return self._parent_id
-
-    def _ensure_child(self, run_key: str, flat: dict[str, Any]) -> str:
-        if run_key in self._runs:
-            return self._runs[run_key]
-        client = self._client_()
-        exp = self._ensure_experiment()
-        parent = self._ensure_parent()
-        # Scoped to this sweep's parent: another sweep of the same grid in the same experiment
-        # (another --name or --storage) has children with the same run keys.
-        found = client.search_runs(
-            [exp],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
-            f"tags.`rp_tune.run_key` = '{run_key}'",
-            max_results=1,
-        )
-        logged: dict[str, str] = {}
-        if found:
-            run_id = found[0].info.run_id
-            logged = found[0].data.params
-            history = client.get_metric_history(run_id, "train_loss")
-            self._last_step[run_id] = max((m.step for m in history), default=0)
-            client.update_run(run_id, status="RUNNING")
-        else:
-            tags = {
-                "mlflow.parentRunId": parent,
-                "rp_tune.run_key": run_key,
-                "rp_tune.scheme": str(flat.get("sparsity.scheme")),
-                "rp_tune.density": str(flat.get("sparsity.density")),
-                "rp_tune.model": str(flat.get("model.name")),
-                "rp_tune.status": "running",
-                mlflow_view.RUN_COLOR_TAG: mlflow_view.run_color(flat),
-                **self._tags,
-            }
-            run = client.create_run(exp, run_name=run_key, tags=tags)
-            run_id = run.info.run_id
-            self._last_step[run_id] = 0
-        # Also for a run found again: the server may have gone down between creating it and
-        # logging its params, and the retried event lands here.
-        from mlflow.entities import Param
-
-        arch = mlflow_view.arch_params(str(flat.get("model.name", "")))
-        params = [
-            Param(k, _param(v)) for k, v in sorted({**flat, **arch}.items()) if k not in logged
-        ]
-        for i in range(0, len(params), 90):
-            client.log_batch(run_id, params=params[i : i + 90])
-        self._runs[run_key] = run_id
-        return run_id
-
-    def _log_dataset(self, run_id: str, record: dict[str, Any]) -> None:
-        """The trial's dataset as an MLflow input of its run (the runs table's Dataset column):
-        name and digest of its integrity manifest; split sizes and classes as its profile.
-        MLflow keeps one input per (run, dataset), so a restarted trial adds none."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        if (run_id, record["digest"]) in self._datasets:
-            return
-        generated = record.get("source") == "generated"
-        dataset = Dataset(
-            name=record["name"],
-            digest=record["digest"],
-            source_type="code" if generated else "local",
-            source=json.dumps({"uri": record.get("source", "")}),
-            profile=json.dumps(
-                {k: v for k, v in record.items() if k.endswith("_examples") or k == "num_classes"}
-            ),
-        )
-        context = InputTag(key="mlflow.data.context", value="training")
-        self._client_().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
-        self._datasets.add((run_id, record["digest"]))
-
-    def _log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        epoch = int(result.get("epoch", 0))
-        if epoch <= self._last_step.get(run_id, 0):
-            return  # re-reported after a restart: the history stays one value per epoch
-        ts = int(time.time() * 1000)
-        metrics = [
-            Metric(k, v, ts, step_of(k, result)) for k, v in numeric_metrics(result, EPOCH).items()
-        ]
-        metrics += [Metric(k, v, ts, step) for k, v, step in step_series(result)]
-        metrics.append(
-            Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
-        )
-        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics a batch
-            self._client_().log_batch(run_id, metrics=metrics[i : i + 900])
-        self._last_step[run_id] = epoch
-
-    def _backfill_epochs(self, run_id: str, history: list[dict[str, Any]]) -> int:
-        """Log the epochs of the trial's own history that the run lacks; returns how many.
-
-        An epoch whose checkpoint Ray Train registered just before the driver stopped never
-        reached Tune's callbacks (so neither this tracker); the restored trial goes on from
-        the epoch after it. The final checkpoint's history holds every epoch: each reaches
-        MLflow exactly once, whatever interrupted the sweep.
-        """
-        from mlflow.entities import Metric
-
-        client = self._client_()
-        logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
-        ts = int(time.time() * 1000)
-        missing = [row for row in history if int(row.get("epoch", 0)) not in logged]
-        batch: list = []
-        for row in missing:  # whole rows per batch: train_loss marks an epoch as logged
-            metrics = [
-                Metric(k, v, ts, step_of(k, row))
-                for k, v in numeric_metrics(row, EPOCH).items()
-                if k != "train_loss"
-            ]
-            metrics += [Metric(k, v, ts, step) for k, v, step in step_series(row)]
-            if isinstance(row.get("train_loss"), (int, float)):  # last: the row's marker
-                metrics.append(
-                    Metric("train_loss", float(row["train_loss"]), ts, int(row["epoch"]))
-                )
-            if len(batch) + len(metrics) > 900:
-                client.log_batch(run_id, metrics=batch)
-                batch = []
-            batch += metrics
-        if batch:
-            client.log_batch(run_id, metrics=batch)
-        if missing:
-            log.info(
-                "MLflow run %s: logged %d epoch(s) the sweep had not seen: %s",
-                run_id,
-                len(missing),
-                [int(r["epoch"]) for r in missing],
-            )
-        return len(missing)
-
-    def _log_end(self, run_id: str, result: dict[str, Any], status: str, error: str) -> None:
-        from mlflow.entities import Metric
-
-        client = self._client_()
-        epoch = int(result.get("epoch", 0))
-        if status == "finished":
-            ts = int(time.time() * 1000)
-            final = [Metric(k, v, ts, epoch) for k, v in numeric_metrics(result, FINAL).items()]
-            if final:
-                client.log_batch(run_id, metrics=final)
-            if result.get("ood_used") is not None:
-                client.set_tag(run_id, "rp_tune.ood_used", str(result["ood_used"])[:5000])
-            from mlflow.entities import RunTag
-
-            env = [
-                RunTag(f"rp_tune.{k}", str(v)[:5000])
-                for k, v in result.items()
-                if k.startswith(ENV_PREFIX)
-            ]
-            if env:  # the trial's machine: versions, CUDA, cuDNN, GPU model
-                client.log_batch(run_id, tags=env)
-            ckpt = result.get("checkpoint_path")  # Ray's filesystem path: no s3:// scheme
-            if ckpt:
-                self._log_artifacts(run_id, storage.on_storage_of(str(ckpt), self.sweep_path))
-        elif result.get("checkpoint_path"):  # failed: its epochs still all reach the run
-            where = storage.on_storage_of(str(result["checkpoint_path"]), self.sweep_path)
-            with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
-                history = _fetch_artifacts(where, Path(tmp)) / HISTORY_FILE
-                if history.is_file():
-                    self._backfill_epochs(run_id, json.loads(history.read_text()))
-        client.set_tag(run_id, "rp_tune.status", status)
-        if error:
-            client.set_tag(run_id, "rp_tune.error", error[:5000])
-        client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
-
-    def _log_artifacts(self, run_id: str, checkpoint: str) -> None:
-        """The final checkpoint's artifacts folder as the trial wrote it (masks, density
-        report, history, gradient flow, weights if asked), plus its training curves (PNG);
-        epochs the run lacks are logged from the history first."""
-        from rp_tune.adapters.mlflow.curves import plot_curves
-
-        client = self._client_()
-        with tempfile.TemporaryDirectory(prefix="rp_tune-artifacts-") as tmp:
-            out = _fetch_artifacts(checkpoint, Path(tmp))
-            if not any(out.iterdir()):
-                log.warning("no artifacts in the final checkpoint %s: none logged", checkpoint)
-                return
-            if (out / HISTORY_FILE).is_file():
-                history = json.loads((out / HISTORY_FILE).read_text())
-                self._backfill_epochs(run_id, history)
-                plot_curves(history, out / "training_curves.png")
-            client.log_artifacts(run_id, str(out))
-
-    def _log_sweep_end(
-        self, summary: dict[str, Any], artifacts: list[str], totals: dict[str, float]
-    ) -> None:
-        from mlflow.entities import RunTag
-
-        client = self._client_()
-        parent = self._ensure_parent()
-        if totals:  # the cost of the whole sweep, summed: tags, not charts of one point each
-            client.log_batch(
-                parent,
-                tags=[RunTag(f"total_{k}", f"{float(v):.6g}") for k, v in sorted(totals.items())],
-            )
-        # plain tags, not metrics: they are counts of the sweep, not curves to chart
-        for key, tag in (
-            ("total", "trials"),
-            ("finished", "finished"),
-            ("failed", "failed"),
-            ("unfinished", "unfinished"),
-            ("resumed", "resumed"),
-        ):
-            if key in summary:
-                client.set_tag(parent, tag, str(int(summary[key])))
-        for path in artifacts:
-            if Path(path).is_file():
-                client.log_artifact(parent, path)
-        # failed: some trial failed; interrupted: stopped with trials left for --resume
-        if summary.get("failed", 0):
-            status, state = "failed", "FAILED"
-        elif summary.get("unfinished", 0) or summary.get("interrupted", 0):
-            status, state = "interrupted", "KILLED"
-        else:
-            status, state = "finished", "FINISHED"
-        client.set_tag(parent, "rp_tune.status", status)
-        client.set_terminated(parent, state)
-
-    # --- pending events -------------------------------------------------------------------------
-    def _pending_path(self) -> str | None:
-        return storage.join(self.sweep_dir, PENDING_FILE) if self.sweep_dir else None
-
-    def _load_pending(self) -> list[dict[str, Any]]:
-        path = self._pending_path()
-        if path is None or not storage.exists(path):
-            return []
-        text = storage.read_text(path)
-        events = [json.loads(line) for line in text.splitlines() if line.strip()]
-        storage.delete(path)
-        log.info("replaying %d MLflow events saved by an earlier run", len(events))
-        return events
-
-    def _save_pending(self, events: list[dict[str, Any]]) -> None:
-        path = self._pending_path()
-        if path is None or not events:
-            return
-        storage.append_text(path, "".join(json.dumps(e) + "\n" for e in events))
 
 
 class SystemMetrics:
@@ -664,65 +259,10 @@ def system_metrics_on(setting: str, device_type: str) -> bool:
     return setting == "on" or (setting == "auto" and device_type == "cuda")
 
 
-def _param(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
-
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(
         json.dumps(obj, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
     )
-
-
-def _fetch_artifacts(checkpoint: str, tmp: Path) -> Path:
-    """A local copy of a checkpoint's artifacts folder (a folder or a URI: s3://...).
-
-    A checkpoint of a release before the artifacts folder kept its masks, history and
-    gradient flow at the top: those are copied instead, so a sweep resumed across the
-    upgrade logs them too."""
-    out = tmp / "artifacts"
-    folder = storage.join(checkpoint, ARTIFACTS_DIR)
-    if storage.exists(folder):
-        storage.copy_to_local(folder, out)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    for name in LEGACY_ARTIFACTS:
-        if storage.exists(storage.join(checkpoint, name)):
-            storage.copy_to_local(storage.join(checkpoint, name), out / name)
-    if (out / MASKS_FILE).is_file():  # the report those releases' trackers wrote themselves
-        import pyarrow.csv as pacsv
-
-        from rp_tune.sparsity.masks import Masks, density_report, report_table
-
-        rows = density_report(Masks.load(out / MASKS_FILE))
-        pacsv.write_csv(report_table(rows), out / DENSITY_REPORT_FILE)
-    return out
-
-
-def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | None = None):
-    """The run id of the sweep's parent run (tags rp_tune.role = sweep and its path), in the
-    given experiments or any; None if there is none."""
-    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
-    for exp in ids:
-        runs = client.search_runs(
-            [exp],
-            filter_string=(
-                f"tags.`rp_tune.sweep_path` = '{sweep_path}' and tags.`rp_tune.role` = 'sweep'"
-            ),
-            max_results=1,
-        )
-        if runs:
-            return runs[0].info.run_id
-    return None
-
-
-def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:
-    """The URL of the sweep's saved comparison view (`rp_tune.adapters.mlflow.view`): on the
-    server at `uri`, or, for a database, on `mlflow ui`'s default address."""
-    base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return mlflow_view.comparison_url(base, experiment_id, sweep_path)
 
 
 def log_report(uri: str, sweep_path: str, paths: list[str]) -> None:

@@ -31,34 +31,40 @@ from typing import Any
 
 from rp_tune.config import ConfigError, TrialConfig, from_flat, run_key, trial_epochs
 from rp_tune.core import storage as store
+from rp_tune.core.errors import SweepError
 from rp_tune.core.layout import GROUP_PREFIX
 from rp_tune.core.provenance import CODE_DIFF_FILE, code_state
-from rp_tune.planning.plan import (
-    TRIALS_FILE,
-    SweepError,
-    SweepSummary,
-    TrialOutcome,
-    all_results,
-    check_not_held,
-    check_resume,
-    copy_reused_trials,
+from rp_tune.planning.capacity import (
     default_concurrency,
-    driver_lock,
     local_gpu_capacity,
     max_cluster_resources,
-    plan_trials,
     read_autoscaling_config,
     resolve_gpus,
-    space_params,
     startup_concurrency,
+)
+from rp_tune.planning.plan import (
+    SweepSummary,
+    TrialOutcome,
+    check_not_held,
+    check_resume,
+    driver_lock,
+    plan_trials,
     stored_outcome,
-    stored_trials,
     trial_cost,
     trial_status,
-    write_trial_entries,
 )
 from rp_tune.planning.progress import Progress
-from rp_tune.trial.groups import describe_units, is_unit, plan_units, write_member_records
+from rp_tune.planning.records import (
+    TRIALS_FILE,
+    all_results,
+    copy_reused_trials,
+    stored_trials,
+    write_member_records,
+    write_summary,
+    write_trial_entries,
+)
+from rp_tune.planning.space import space_params
+from rp_tune.trial.groups import describe_units, is_unit, plan_units
 from rp_tune.trial.metrics import ITERATION, metric
 
 log = logging.getLogger(__name__)
@@ -1175,7 +1181,7 @@ def _finish(
     )
     if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
         store.write_text(store.join(d.path, CODE_DIFF_FILE), code["diff"])
-    store.write_text(store.join(d.path, "summary.json"), summary.to_json())
+    write_summary(d.path, summary.to_json())
     if d.tracker is not None:
         with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
             local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
