@@ -583,3 +583,16 @@ def test_the_ratio_comparison_of_gadhikar_et_al_covers_its_three_data_sets():
     assert {c.sparsity.scheme for c in sparse} == {"uniform", "erk", "balanced", "pyramidal"}
     assert len(sparse) == 5 * 4 * 4 * 3 and len(cfgs) == len(sparse) + 5 * 3  # + dense nets
     assert len(expand_space("gadhikar_ratios", smoke=True)) == 4
+
+
+def test_the_callback_classes_are_one_class_whatever_asks_and_by_the_old_path():
+    """Tune unpickles a sweep's callbacks by their import path (releases before the layered
+    packages: rp_tune.sweep.*); --resume swaps them for live ones by isinstance, so the class
+    the driver builds and the one unpickling finds must be the same."""
+    import rp_tune.sweep as old_path
+    from rp_tune.adapters.ray import sweep
+
+    for name in ("TrackingCallback", "ConsoleCallback"):
+        built = sweep.__getattr__(name)
+        assert built is getattr(sweep, name) is sweep.__getattr__(name)
+        assert getattr(old_path, name) is built

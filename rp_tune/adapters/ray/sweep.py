@@ -697,10 +697,13 @@ _LAZY = {"TrackingCallback": _make_tracking_callback, "ConsoleCallback": _make_c
 
 
 def __getattr__(name: str) -> Any:
+    """The lazily built callback classes, built once: the driver's explicit calls and
+    unpickling (attribute access) must see the same class, or a restored sweep's unpickled
+    callbacks would not be recognized (and replaced) as such."""
     if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
+        if name not in globals():
+            globals()[name] = _LAZY[name]()
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
