@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rp_tune.adapters.ray.sweep import HEAD_RESOURCE, trial_driver_resources
+from rp_tune.adapters.ray.cluster import HEAD_RESOURCE, trial_driver_resources
 from rp_tune.planning.capacity import default_concurrency, max_cluster_resources
 from rp_tune.planning.space import expand_space
 

@@ -84,7 +84,7 @@ def test_on_object_storage_of_two_racing_drivers_only_one_goes_on(tmp_path, monk
 def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
     """Processes of the dead driver's Ray session (named in their command lines) and their
     children are stopped; other processes are left alone."""
-    from rp_tune.adapters.ray.sweep import stop_ray_session
+    from rp_tune.adapters.ray.cluster import stop_ray_session
 
     session = f"/tmp/ray/session_2026-01-01_00-00-00_000000_{os.getpid()}"
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"  # noqa: E501

@@ -482,7 +482,7 @@ def test_a_local_ray_with_gpus_resolves_to_a_gpu_per_worker():
     reads gives every unset trial one GPU per worker."""
     import ray
 
-    from rp_tune.adapters.ray.sweep import cluster_capacity
+    from rp_tune.adapters.ray.cluster import cluster_capacity
     from rp_tune.planning.capacity import default_concurrency, resolve_gpus
 
     ray.init(num_cpus=1, num_gpus=3, include_dashboard=False)
@@ -523,7 +523,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does():
     """A scheduler's SIGTERM becomes the SIGINT Tune handles as Ctrl-C (state saved, summary
     and --resume command printed); a second SIGTERM goes to the handler it replaced (Ray's,
     which stops its processes). The real thing: test_fault_tolerance's SIGTERM of a driver."""
-    from rp_tune.adapters.ray.sweep import stop_on_sigterm
+    from rp_tune.adapters.ray.cluster import stop_on_sigterm
 
     seen = []
     before = signal.signal(signal.SIGTERM, lambda *a: seen.append("ray's handler"))
@@ -546,7 +546,7 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     """Train V2 starts a Tune trainable, a Train controller and the workers per trial: the
     local raylet is told so, or a 2-core machine prints Ray's "4x the maximum expected
     startup concurrency" warning for the smoke sweep. A user's own setting wins."""
-    from rp_tune.adapters.ray.sweep import _expected_startups
+    from rp_tune.adapters.ray.cluster import expected_startups
     from rp_tune.planning.capacity import startup_concurrency
 
     monkeypatch.delenv("RAY_worker_maximum_startup_concurrency", raising=False)
@@ -554,11 +554,11 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     assert startup_concurrency(smoke, 3) == 9
     two = expand_space("smoke", {"resources.workers": "2"})
     assert startup_concurrency(two, 3) == 12
-    assert _expected_startups(smoke, 2, None) == {"worker_maximum_startup_concurrency": 9}
-    assert _expected_startups(smoke, 2, 1) == {"worker_maximum_startup_concurrency": 3}
-    assert _expected_startups(smoke, 16, 1) == {"worker_maximum_startup_concurrency": 16}
+    assert expected_startups(smoke, 2, None) == {"worker_maximum_startup_concurrency": 9}
+    assert expected_startups(smoke, 2, 1) == {"worker_maximum_startup_concurrency": 3}
+    assert expected_startups(smoke, 16, 1) == {"worker_maximum_startup_concurrency": 16}
     monkeypatch.setenv("RAY_worker_maximum_startup_concurrency", "4")
-    assert _expected_startups(smoke, 2, None) == {}
+    assert expected_startups(smoke, 2, None) == {}
 
 
 def test_evaluate_refuses_what_it_cannot_do_and_creates_nothing(tmp_path, capsys):

@@ -198,7 +198,7 @@ def test_per_update_values_are_logged_at_their_training_step(tmp_path):
     the sweep never saw brings its updates from the trial's history."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     t = SweepTracker(uri, "exp", sweep_path=str(tmp_path / "sweep"), space="smoke")
-    from rp_tune.adapters.ray.sweep import _report_row
+    from rp_tune.adapters.ray.trainable import _report_row
 
     row = {"epoch": 1, "train_loss": 2.0, "granet_density": 0.3,
            "granet_update_density": [[4, 0.4], [8, 0.3]]}  # fmt: skip

@@ -318,7 +318,7 @@ def test_the_sweep_worker_resumes_from_the_newest_checkpoint_that_reads(
 
     import ray.train
 
-    from rp_tune.adapters.ray.sweep import _readable_checkpoint
+    from rp_tune.adapters.ray.trainable import _readable_checkpoint
 
     run = tmp_path / "train-x"
     names = [f"checkpoint_2026-12-01_10-00-0{i}.000000" for i in (1, 2, 3)]

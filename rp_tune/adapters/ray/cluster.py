@@ -1,0 +1,142 @@
+"""The Ray processes of a sweep: the driver's SIGTERM, what a killed driver's Ray left
+behind, the resources a trial's Tune driver reserves, the cluster's capacity."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rp_tune.config import TrialConfig
+from rp_tune.planning.capacity import (
+    default_concurrency,
+    local_gpu_capacity,
+    max_cluster_resources,
+    read_autoscaling_config,
+    resolve_gpus,
+    startup_concurrency,
+)
+
+log = logging.getLogger(__name__)
+console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_sweep.py shows them
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) stops the sweep as Ctrl-C does: it becomes
+    the SIGINT that Tune handles by saving its state and returning, so the summary and the
+    --resume command are printed. A second SIGTERM goes to the handler it replaced (Ray's:
+    stop its processes and exit). Only from the main thread, where signals are handled."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def ray_logs_dir() -> str:
+    """Where this Ray session keeps its processes' logs (the training workers' included)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None:
+        return str(Path(node.get_session_dir_path(), "logs"))
+    return "the Ray head node's /tmp/ray/session_latest/logs"
+
+
+def stop_ray_session(session_dir: str) -> int:
+    """SIGKILL what is left of a local Ray whose driver was killed; returns the count.
+
+    A SIGKILLed driver takes only itself down: its GCS, raylet, dashboard and their agents
+    run on. They carry the session folder (`/tmp/ray/session_<date>_<pid>`) in their
+    command lines; each of them and every process under them is stopped.
+    """
+    import psutil
+
+    name = os.path.basename(session_dir.rstrip("/"))
+    if not name.startswith("session_"):
+        return 0
+    victims: dict[int, Any] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and any(name in a for a in p.info["cmdline"] or []):
+                for q in [p, *p.children(recursive=True)]:
+                    victims[q.pid] = q
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for q in victims.values():
+        try:
+            q.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=10)
+    return len(victims)
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource
+
+
+def trial_driver_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """What one trial's driver (the Tune trainable and its Train controller) reserves.
+
+    It only waits on its workers, so 0.01 CPU. Where the head node has a CPU, the driver is
+    pinned there: the autoscaler never removes the head, so losing a worker node (spot
+    preemption, scale-down, hardware) costs only that node's training workers, which Ray
+    Train restarts elsewhere from the trial's last checkpoint; the trial itself lives on.
+    """
+    for node in nodes:
+        res = node.get("Resources", {})
+        if node.get("Alive") and HEAD_RESOURCE in res and res.get("CPU", 0) >= 1:
+            return {"CPU": 0.01, HEAD_RESOURCE: 0.001}
+    return {"CPU": 0.01}
+
+
+def expected_startups(
+    configs: Sequence[TrialConfig], num_cpus: int | None, max_concurrent: int | None
+) -> dict[str, int]:
+    """Tell the local raylet how many worker processes this sweep starts at once.
+
+    Without it a 2-core machine prints Ray's "8 PYTHON worker processes have been started
+    ... 4x the maximum expected startup concurrency" on the console for a sweep of three
+    trials, the normal shape of Train V2 (see `startup_concurrency`). A user's own
+    RAY_worker_maximum_startup_concurrency wins; never below Ray's own default (the CPUs).
+    Returns the local Ray's `_system_config`.
+    """
+    if "RAY_worker_maximum_startup_concurrency" in os.environ:
+        return {}
+    cpus = num_cpus or os.cpu_count() or 1
+    capacity = {"CPU": float(cpus), **local_gpu_capacity()}
+    resolved, _ = resolve_gpus(configs, capacity, "this machine")
+    concurrent = max_concurrent or default_concurrency(resolved, capacity)
+    expected = max(cpus, startup_concurrency(resolved, concurrent))
+    return {"worker_maximum_startup_concurrency": expected}
+
+
+def cluster_capacity(joined: bool) -> dict[str, float]:
+    """Resources of the Ray cluster at its largest (see `max_cluster_resources`).
+
+    When the sweep joined a cluster (`joined`, i.e. --address) and runs on a `ray up` head
+    node, that node holds the autoscaler's config with every node type's resources; without
+    it, an autoscaling cluster that starts with no GPU workers would run one trial at a time.
+    """
+    import ray
+
+    current = ray.cluster_resources()
+    autoscaling, cfg_path = read_autoscaling_config() if joined else (None, None)
+    capacity = max_cluster_resources(current, autoscaling)
+    if autoscaling:
+        log.info(
+            "autoscaling cluster (%s): up now %s, at most %s",
+            cfg_path,
+            {k: current.get(k, 0) for k in ("CPU", "GPU")},
+            {k: capacity.get(k, 0) for k in ("CPU", "GPU")},
+        )
+    return capacity
