@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -134,11 +136,11 @@ def test_masks_metadata_is_covered_by_a_checksum(tmp_path):
     assert Masks.load(path, model).meta["seed"] == "3"
     table = pq.read_table(path)
     meta = dict(table.schema.metadata)
-    meta[b"rp_tune.sparsity.masks"] = json.dumps({**masks.meta, "seed": "4"}).encode()
+    meta[b"rp_tune.masks"] = json.dumps({**masks.meta, "seed": "4"}).encode()
     pq.write_table(table.replace_schema_metadata(meta), tmp_path / "lied.parquet")
     with pytest.raises(ValueError, match="checksum mismatch of the metadata"):
         Masks.load(tmp_path / "lied.parquet")
-    old = {k: v for k, v in meta.items() if k != b"rp_tune.sparsity.masks.sha256"}
+    old = {k: v for k, v in meta.items() if k != b"rp_tune.masks.sha256"}
     pq.write_table(table.replace_schema_metadata(old), tmp_path / "old.parquet")
     assert Masks.load(tmp_path / "old.parquet").meta["seed"] == "4"  # files from before
 
@@ -160,3 +162,24 @@ def test_a_plan_that_empties_a_layer_is_refused_unless_asked(tmp_path):
     assert not (tmp_path / "run").exists()
     r = run_trial(from_flat({**flat, "sparsity.allow_empty_layers": True}), tmp_path / "ok")
     assert r["achieved_density"] == 0.0
+
+
+def test_masks_written_by_the_release_before_the_layers_read_back_with_their_metadata(tmp_path):
+    """The file format outlives module paths: a masks.parquet that release 6265fed wrote
+    (in the interrupted sweep of tests/data) reads back with its metadata and its checksum
+    checked, and one written now carries the same keys."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from rp_tune.models import build_model
+
+    archive = Path(__file__).parent / "data" / "old_sweep_6265fed.tar.gz"
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/masks.parquet"))
+        (tmp_path / "old.parquet").write_bytes(tar.extractfile(member).read())
+    old = Masks.load(tmp_path / "old.parquet", build_model("cifar_resnet_8"))
+    assert old.meta["scheme"] in ("erk", "uniform") and "seed" in old.meta
+    old.save(tmp_path / "new.parquet")
+    keys = set(pq.read_metadata(tmp_path / "new.parquet").metadata)
+    assert {b"rp_tune.masks", b"rp_tune.masks.sha256"} <= keys

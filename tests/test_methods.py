@@ -139,3 +139,17 @@ def test_planning_drops_the_keys_a_trials_method_does_not_read(toy):
     by_mode = {c.sparsity.mode: c for c in plan}
     assert by_mode["static"].sparsity.start_density == SparsityConfig.start_density
     assert by_mode["one_shot"].sparsity.start_density == 0.5
+
+
+def test_drop_and_grow_keys_ride_along_as_before():
+    """Every method's config carries SET/RigL's keys: a fixed mask ignores them (planning
+    drops them from a grid), IMP refuses them with its reason, in a config and in a space."""
+    static = from_flat({"sparsity.mode": "static", "sparsity.growth": "random"})
+    assert run_key(static) == "cifar_resnet_20-erk-d0.1-s0-aa0f176218"  # as release 6265fed
+    imp = {"sparsity.mode": "imp", "sparsity.start_density": 0.5, "sparsity.growth": "random"}
+    with pytest.raises(ConfigError, match="sparsity.growth with sparsity.mode='imp'"):
+        from_flat({**imp, "sparsity.density": 0.25})
+    grid = {"sparsity.mode": ["static", "dynamic"], "sparsity.growth": "random"}
+    by_mode = {c.sparsity.mode: c for c in expand_space("smoke", grid)}
+    assert by_mode["static"].sparsity.growth == SparsityConfig.growth
+    assert by_mode["dynamic"].sparsity.growth == "random"

@@ -39,7 +39,8 @@ class Method:
     name: str  # the value of sparsity.mode
     title: str  # in messages and tables
     runtime: str  # "module:Class", the SparseTraining subclass (imported on first use)
-    keys: tuple[str, ...] = ()  # config keys it reads that other methods leave at default
+    keys: tuple[str, ...] = ()  # config keys only it reads: refused elsewhere unless at default
+    ignores: tuple[str, ...] = ()  # keys a grid may set that it ignores: planning drops them
     from_start: bool = False  # masks drawn at sparsity.start_density, trained to .density
     repeats_recipe: bool = False  # trains train.epochs per round or level (total_epochs)
     alone: str = ""  # why its trials cannot join a fused trial group ("": they can)
@@ -55,9 +56,10 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("static", "a fixed random mask", "rp_tune.methods.static:FixedMask"),
+        Method("static", "a fixed random mask", "rp_tune.methods.static:FixedMask",
+               ignores=DYNAMIC_KEYS),
         Method("dynamic", "dynamic sparse training", "rp_tune.methods.dst:DropAndGrow",
-               keys=DYNAMIC_KEYS, alone=_REGROWS_ALONE),
+               alone=_REGROWS_ALONE),
         Method("imp", "iterative magnitude pruning", "rp_tune.methods.imp:IMP",
                keys=("sparsity.start_density", "sparsity.prune_fraction",
                      "sparsity.prune_scope", "sparsity.rewind_epoch"),
@@ -73,7 +75,7 @@ METHODS: dict[str, Method] = {
                "strong lottery ticket trials run alone"),
         Method("granet", "GraNet", "rp_tune.methods.granet:GraNet",
                keys=("sparsity.start_density", "sparsity.prune_start", "sparsity.prune_end",
-                     "sparsity.regrow_in_source", "sparsity.flow_preservation", *DYNAMIC_KEYS),
+                     "sparsity.regrow_in_source", "sparsity.flow_preservation"),
                from_start=True, alone=_REGROWS_ALONE),
     )
 }  # fmt: skip
@@ -88,7 +90,10 @@ def method(name: str) -> Method:
 
 
 def method_keys() -> tuple[str, ...]:
-    """Every key some method reads and the others leave at its default, in registry order."""
+    """Every key only some methods read (the others refuse it away from its default), in
+    registry order. Drop-and-grow's keys are not among them: every method's config carries
+    them (static ignores them, IMP and SLT refuse them in their own checks, GraNet reads
+    some)."""
     return tuple(dict.fromkeys(k for m in METHODS.values() for k in m.keys))
 
 

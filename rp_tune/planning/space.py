@@ -90,9 +90,10 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
         # Ray workers do not run in this folder: a relative data root is made absolute here.
         flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
         row = METHODS.get(str(flat.get("sparsity.mode", DEFAULT_METHOD)))  # None: from_flat says
-        for key in method_keys():  # only their method reads them: one trial, not several
-            if row is not None and key not in row.keys:
-                flat.pop(key, None)
+        if row is not None:  # keys its method ignores or another's: one trial, not several
+            for key in (*row.ignores, *method_keys()):
+                if key not in row.keys:
+                    flat.pop(key, None)
         if (
             row is not None
             and row.from_start

@@ -206,8 +206,9 @@ class Masks:
                 ("sha256", pa.string()),
             ],
             metadata={
-                "rp_tune.sparsity.masks": json.dumps(self.meta),
-                "rp_tune.sparsity.masks.sha256": _file_digest(json.dumps(self.meta), rows),
+                # the file format's keys (not a module path): files of every release read alike
+                "rp_tune.masks": json.dumps(self.meta),
+                "rp_tune.masks.sha256": _file_digest(json.dumps(self.meta), rows),
             },
         )
         table = pa.table(rows, schema=schema)
@@ -246,8 +247,8 @@ class Masks:
                 )
             masks[name] = torch.from_numpy(arr.astype(bool)).view(shape)
         metadata = table.schema.metadata or {}
-        raw_meta = metadata.get(b"rp_tune.sparsity.masks", b"{}").decode()
-        digest = metadata.get(b"rp_tune.sparsity.masks.sha256")
+        raw_meta = metadata.get(b"rp_tune.masks", b"{}").decode()
+        digest = metadata.get(b"rp_tune.masks.sha256")
         if digest is not None and digest.decode() != _file_digest(raw_meta, table.to_pydict()):
             raise ValueError(
                 f"{path}: checksum mismatch of the metadata (scheme, seed, target density) or "
