@@ -25,6 +25,7 @@ from typing import Any
 from rp_tune.core.errors import ConfigError, fail
 from rp_tune.core.model_names import canonical_model_name, check_model_name
 from rp_tune.methods import DEFAULT_METHOD, METHODS, method, method_keys
+from rp_tune.methods.base import default_of
 from rp_tune.sparsity import SCHEMES
 from rp_tune.sparsity.schemes import check_density
 
@@ -246,12 +247,12 @@ class SparsityConfig:
                 _fail(f"sparsity.{key}", getattr(self, key), "a fraction in [0, 1]")
         if self.prune_scope not in PRUNE_SCOPES:
             _fail("sparsity.prune_scope", self.prune_scope, str(list(PRUNE_SCOPES)))
-        method(self.mode).load().check(self)  # its own values first, then others' keys
-        own = method(self.mode).keys
+        row = method(self.mode)
+        row.load().check(self)  # its own values first, then others' keys
         for key in method_keys():
             name = key.split(".", 1)[1]
-            default = SparsityConfig.__dataclass_fields__[name].default
-            if key not in own and getattr(self, name) != default:
+            default = default_of(self, name)
+            if key not in row.keys and getattr(self, name) != default:
                 readers = [
                     f"{m.title} (sparsity.mode={m.name!r})"
                     for m in METHODS.values()

@@ -212,10 +212,6 @@ class GraNet(dst.DropAndGrow):
                     f"{why}; leave it at {default_of(s, key)!r}"
                 )
 
-    @classmethod
-    def variant(cls, get: Any) -> str:
-        return ""  # named by its start (METHODS' from_start), not by a growth
-
     def prepare_masks(self, masks: Any, key: str) -> None:
         if not self.cfg.sparsity.flow_preservation:
             return

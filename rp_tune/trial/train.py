@@ -472,7 +472,7 @@ def setup(
     ood = _ood_sources(cfg)  # likewise: an OoD set the trial needs is there, or it stops now
     model, normalize = _model(cfg, data, device)
     method = method_row(cfg.sparsity.mode).load()(cfg)  # the sparse-training method's hooks
-    masks = _masks(cfg, model, data, normalize, method, out_dir, key, masks_from, rank)
+    masks = _masks(cfg, model, data, device, normalize, method, out_dir, key, masks_from, rank)
     method.start(model, masks, data.steps)  # before DDP wraps the model
     flops = metrics.layer_flops(model, (3, *input_size(cfg)))  # the bare model, once
     train_model = wrap_model(model) if wrap_model is not None else model
@@ -517,6 +517,7 @@ def _masks(
     cfg: TrialConfig,
     model: nn.Module,
     data: _Data,
+    device: torch.device,
     normalize: nn.Module,
     method: SparseTraining,
     out_dir: Path,
@@ -529,7 +530,7 @@ def _masks(
     if masks_from is not None:
         masks = Masks.load(checkpoint_masks_file(Path(masks_from)), model)
     else:
-        masks = _draw_masks(cfg, model, data, next(model.parameters()).device, normalize)
+        masks = _draw_masks(cfg, model, data, device, normalize)
         method.prepare_masks(masks, key)
     masks.bind(model)
     masks.apply_()

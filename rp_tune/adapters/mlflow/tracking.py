@@ -64,9 +64,6 @@ class SweepTracker:
         space_params: dict[str, Any] | None = None,
         configs: Sequence[Any] = (),
     ) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.sweep_dir = sweep_dir  # a folder or a URI (s3://...): where pending events go
         self.runs = MlflowRuns(
             tracking_uri, experiment, sweep_path, space, artifact_location, space_params, configs
         )
@@ -74,6 +71,10 @@ class SweepTracker:
         self._events = DurableQueue(self.runs.handle, pending, f"MLflow at {tracking_uri}")
         self._events.put({"type": "start"})  # after the replayed events, before any new one
         self._events.start()
+
+    @property
+    def experiment(self) -> str:
+        return self.runs.experiment
 
     @property
     def link(self) -> str | None:

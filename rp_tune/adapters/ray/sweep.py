@@ -60,6 +60,7 @@ from rp_tune.planning.plan import (
 )
 from rp_tune.planning.progress import Progress
 from rp_tune.planning.records import (
+    SUMMARY_FILE,
     TRIALS_FILE,
     all_results,
     copy_reused_trials,
@@ -555,7 +556,7 @@ def _finish(
     write_summary(d.path, summary.to_json())
     if d.tracker is not None:
         with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
-            local = Path(tmp, "summary.json")  # MLflow logs local files; storage may be s3://
+            local = Path(tmp, SUMMARY_FILE)  # MLflow logs local files; storage may be s3://
             local.write_text(summary.to_json())
             counts = {
                 "total": len(outcomes),
