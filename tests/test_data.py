@@ -334,7 +334,7 @@ def test_a_failed_download_removes_the_folders_it_made_and_nothing_else(tmp_path
 def test_cleanup_leaves_a_lock_file_that_another_process_holds(tmp_path):
     from filelock import FileLock
 
-    from rp_tune.data import _remove_unless_locked
+    from rp_tune.data.preflight import _remove_unless_locked
 
     held, free = tmp_path / ".a.lock", tmp_path / ".b.lock"
     free.write_text("")

@@ -1,5 +1,5 @@
 """`python -m rp_tune.data`: prepare, check or list the data sets."""
 
-from rp_tune.data import main
+from rp_tune.data.prepare import main
 
 raise SystemExit(main())
