@@ -41,8 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from rp_tune.config import from_flat, run_key  # noqa: E402
 from rp_tune.core.provenance import code_state  # noqa: E402
+from rp_tune.trial.build import setup  # noqa: E402
 from rp_tune.trial.fused import build_group  # noqa: E402
-from rp_tune.trial.train import setup, train_epoch  # noqa: E402
+from rp_tune.trial.train import train_epoch  # noqa: E402
 
 FULL = {"models": ["cifar_resnet_20", "cifar_resnet_56"], "fused": [1, 4, 8, 16],
         "packed": [4, 8, 16], "steps": 60}  # fmt: skip

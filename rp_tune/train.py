@@ -2,6 +2,6 @@
 packages; the code is `rp_tune.trial.train`)."""
 
 if __name__ == "__main__":
-    from rp_tune.trial.train import main
+    from rp_tune.trial.cli import main
 
     raise SystemExit(main())

@@ -117,7 +117,8 @@ def test_bad_growth():
 from rp_tune.config import from_flat  # noqa: E402
 from rp_tune.planning.space import expand_space  # noqa: E402
 from rp_tune.sparsity.masks import Masks  # noqa: E402
-from rp_tune.trial.train import latest_checkpoint, run_trial  # noqa: E402
+from rp_tune.trial.checkpoints import latest_checkpoint  # noqa: E402
+from rp_tune.trial.train import run_trial  # noqa: E402
 
 
 def _cfg(**over):

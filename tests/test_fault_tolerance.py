@@ -23,7 +23,7 @@ from rp_tune.models import build_model, layer_specs
 from rp_tune.planning.space import expand_space
 from rp_tune.sparsity import layer_densities
 from rp_tune.sparsity.masks import Masks
-from rp_tune.trial.train import checkpoint_masks_file
+from rp_tune.trial.checkpoints import checkpoint_masks_file
 from tests.helpers import (
     ROOT,
     cli,

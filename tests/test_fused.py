@@ -19,6 +19,7 @@ import torch
 from rp_tune.config import ConfigError, from_flat, run_key
 from rp_tune.models import build_model
 from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.checkpoints import read_checkpoint
 from rp_tune.trial.fused import (
     GroupedLinear,
     build_group,
@@ -28,7 +29,7 @@ from rp_tune.trial.fused import (
     run_group,
     train_group,
 )
-from rp_tune.trial.train import read_checkpoint, run_trial
+from rp_tune.trial.train import run_trial
 
 BASE = {
     "model.name": "cifar_resnet_8_4",

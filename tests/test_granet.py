@@ -8,7 +8,8 @@ from rp_tune.config import ConfigError, from_flat, run_key
 from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE
 from rp_tune.methods.granet import cubic_density
 from rp_tune.sparsity.masks import Masks
-from rp_tune.trial.train import latest_checkpoint, run_trial
+from rp_tune.trial.checkpoints import latest_checkpoint
+from rp_tune.trial.train import run_trial
 from tests.helpers import QUICK_TRIAL
 
 GRANET = {
@@ -83,7 +84,7 @@ def test_training_flops_price_every_step_at_the_masks_it_computed_with(tmp_path)
     regrowth by gradient), the other 6 at 3 f(new), 32 images a step."""
     from rp_tune.models import build_model
     from rp_tune.trial import metrics
-    from rp_tune.trial.train import checkpoint_masks_file
+    from rp_tune.trial.checkpoints import checkpoint_masks_file
 
     cfg = _cfg(**{"sparsity.update_frequency": 7})
     r = run_trial(cfg, tmp_path, keep_checkpoints=3)

@@ -12,8 +12,10 @@ from rp_tune.core.layout import ARTIFACTS_DIR, CHECKPOINT_FILE, IMP_MASKS_DIR, I
 from rp_tune.methods import METHODS, imp
 from rp_tune.methods.imp import round_densities
 from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.build import setup
+from rp_tune.trial.checkpoints import latest_checkpoint
 from rp_tune.trial.groups import group_refusal
-from rp_tune.trial.train import latest_checkpoint, run_trial, setup
+from rp_tune.trial.train import run_trial
 
 # Three rounds at 0.5, 0.25, 0.125 of an ER start; rounds of 3, then 2 epochs each (rewound
 # to epoch 1): trial epochs 1-3, 4-5, 6-7

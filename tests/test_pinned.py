@@ -20,8 +20,9 @@ import torch
 
 from rp_tune.config import from_flat
 from rp_tune.sparsity.masks import Masks
+from rp_tune.trial.checkpoints import checkpoint_masks_file, latest_checkpoint
 from rp_tune.trial.metrics import unregistered
-from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from rp_tune.trial.train import run_trial
 
 
 def _cfg(**over):

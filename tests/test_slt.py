@@ -10,7 +10,8 @@ from rp_tune.core.seeds import derived_seed
 from rp_tune.methods.slt import level_densities
 from rp_tune.models import build_model, prunable_layers
 from rp_tune.sparsity.masks import Masks
-from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
+from rp_tune.trial.checkpoints import checkpoint_masks_file, latest_checkpoint
+from rp_tune.trial.train import run_trial
 from tests.helpers import QUICK_TRIAL
 
 SLT = {

@@ -272,7 +272,8 @@ def test_scheme_options_and_per_layer_keys_are_validated_in_the_config():
 def test_a_trial_with_a_dense_classifier_under_snip(tmp_path):
     from rp_tune.config import ConfigError, from_flat
     from rp_tune.sparsity.masks import Masks
-    from rp_tune.trial.train import checkpoint_masks_file, latest_checkpoint, run_trial
+    from rp_tune.trial.checkpoints import checkpoint_masks_file, latest_checkpoint
+    from rp_tune.trial.train import run_trial
 
     cfg = from_flat({
         "model.name": "cifar_resnet_8", "data.name": "synthetic", "data.synthetic_train": 128,

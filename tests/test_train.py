@@ -5,7 +5,10 @@ from rp_tune.config import ConfigError, from_flat, run_key
 from rp_tune.data import DataError
 from rp_tune.models import prunable_layers
 from rp_tune.sparsity.masks import Masks
-from rp_tune.trial.train import latest_checkpoint, lr_factor, main, run_trial
+from rp_tune.trial.build import lr_factor
+from rp_tune.trial.checkpoints import latest_checkpoint
+from rp_tune.trial.cli import main
+from rp_tune.trial.train import run_trial
 from tests.helpers import write_tiny_cifar10
 
 
@@ -144,7 +147,7 @@ def test_each_epoch_logs_the_rate_it_trained_at(tmp_path):
 
 def test_weight_decay_groups():
     from rp_tune.models import build_model
-    from rp_tune.trial.train import make_optimizer
+    from rp_tune.trial.build import make_optimizer
 
     cfg = from_flat({"train.bn_weight_decay": False})
     opt = make_optimizer(build_model("cifar_resnet_8"), cfg)
@@ -201,7 +204,8 @@ def _ddp_draw_masks(rank, world, init, out, flat):
 
     from rp_tune.data import Normalize, synthetic_arrays
     from rp_tune.models import build_model
-    from rp_tune.trial.train import _Data, _draw_masks
+    from rp_tune.trial.build import draw_masks
+    from rp_tune.trial.state import TrialData
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -210,8 +214,8 @@ def _ddp_draw_masks(rank, world, init, out, flat):
         model = build_model(cfg.model.name, 10)
         x, y = synthetic_arrays(32, 10, seed=100 + rank)  # this rank's shard: its own images
         batch = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255, torch.from_numpy(y))
-        data = _Data([batch], None, None, 10, 1, resident=False)
-        masks = _draw_masks(cfg, model, data, torch.device("cpu"), Normalize("synthetic"))
+        data = TrialData([batch], None, None, 10, 1, resident=False)
+        masks = draw_masks(cfg, model, data, torch.device("cpu"), Normalize("synthetic"))
         masks.save(f"{out}/rank{rank}.parquet")
     finally:
         dist.destroy_process_group()
@@ -248,7 +252,7 @@ def test_saliency_scores_normalized_images_and_grasp_takes_ten_per_class(tmp_pat
     from rp_tune.data import Normalize
     from rp_tune.models import build_model, layer_specs
     from rp_tune.sparsity import layer_densities
-    from rp_tune.trial.train import _draw_masks, _load_data, _score_batch
+    from rp_tune.trial.build import draw_masks, load_data, score_batch
 
     flat = {
         "data.name": "synthetic",
@@ -259,19 +263,19 @@ def test_saliency_scores_normalized_images_and_grasp_takes_ten_per_class(tmp_pat
     }
     cfg = from_flat(flat)
     cpu = torch.device("cpu")
-    data = _load_data(cfg, cpu, 0, 1)
+    data = load_data(cfg, cpu, 0, 1)
     norm = Normalize("synthetic")
-    x, y = _score_batch(cfg, data, cpu, norm)
+    x, y = score_batch(cfg, data, cpu, norm)
     assert x.shape[0] == 128 and x.min() < -0.5  # normalized, not [0, 1] pixels
     raw = (x * norm.std + norm.mean, y)  # the same images as [0, 1] pixels
     torch.manual_seed(0)
     model = build_model("cifar_resnet_8", 10)
-    masks = _draw_masks(cfg, model, data, cpu, norm)
+    masks = draw_masks(cfg, model, data, cpu, norm)
     specs = layer_specs(model)
     scored = layer_densities("snip", specs, 0.1, model=model, batch=(x, y)).kept
     on_pixels = layer_densities("snip", specs, 0.1, model=model, batch=raw).kept
     assert list(masks.kept().values()) == list(scored) != list(on_pixels)
-    gx, gy = _score_batch(cfg.replace(**{"sparsity.scheme": "grasp"}), data, cpu, norm)
+    gx, gy = score_batch(cfg.replace(**{"sparsity.scheme": "grasp"}), data, cpu, norm)
     assert torch.bincount(gy, minlength=10).tolist() == [10] * 10 and len(gx) == 100
 
 
@@ -389,7 +393,7 @@ def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
     args = ["--model", "cifar_resnet_8", "--density", "0.1", "--data", "cifar10", "--epochs",
             "2", "--data-root", str(cifar_root), "--device", "cpu", "--set",
             "evaluation.ood_sets=gaussian", "--set", "train.batch_size=20"]  # fmt: skip
-    from rp_tune.trial.train import config_from_args
+    from rp_tune.trial.cli import config_from_args
 
     cfg = config_from_args(_parse_args_for_test(args)).replace(**{"resources.gpus_per_worker": 0.0})
     old_key = run_key(cfg).rsplit("-", 1)[0] + "-0123456789"  # what the earlier release named it
@@ -406,7 +410,7 @@ def test_the_cli_resumes_a_run_saved_under_an_earlier_releases_run_key(
 
 
 def _parse_args_for_test(args):
-    from rp_tune.trial.train import _parse_args
+    from rp_tune.trial.cli import _parse_args
 
     return _parse_args(args)
 
@@ -414,7 +418,7 @@ def _parse_args_for_test(args):
 def test_mask_init_and_data_order_each_have_their_own_seed(tmp_path):
     """seeds.mask / seeds.init / seeds.data vary one source of randomness alone; unset, each
     takes the trial's seed (the same trial as before they existed, bit for bit)."""
-    from rp_tune.trial.train import setup
+    from rp_tune.trial.build import setup
 
     base = {"model.name": "cifar_resnet_8", "data.name": "synthetic",
             "data.synthetic_train": 128, "data.synthetic_test": 32, "train.batch_size": 32,
@@ -479,7 +483,8 @@ def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root
     """Issue 19's slip, for the validation values: epoch e's val_loss, val_acc and val_ece are
     those of the weights epoch e ended with (its checkpoint), not of the next epoch's; its
     images_per_second is its own images over its own seconds."""
-    from rp_tune.trial.train import evaluate, setup
+    from rp_tune.trial.build import setup
+    from rp_tune.trial.evaluation import evaluate
 
     cfg = _cfg(cifar_root, **{"train.epochs": 2})
     result = run_trial(cfg, tmp_path / "run", keep_checkpoints=2)

@@ -1,4 +1,4 @@
-"""The names of a trial's files: what a checkpoint folder holds (written by rp_tune.trial.train,
+"""The names of a trial's files: what a checkpoint folder holds (written by rp_tune.trial.checkpoints,
 read by the sweep's resume and by trackers); no torch, so trackers and reports need none.
 
     checkpoints/epoch_NNNN/state.pt              what resuming needs (read by train.read_checkpoint)

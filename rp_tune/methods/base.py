@@ -1,7 +1,7 @@
 """The protocol of a sparse-training method: what the config asks of it (checks, epochs, the
 piece of a trial's name), and the hooks one trial's loop calls, in the order it calls them.
 
-`trial` in the hooks is the trial the loop trains (`rp_tune.trial.train.Trial`); a method
+`trial` in the hooks is the trial the loop trains (`rp_tune.trial.state.Trial`); a method
 reads its `cfg`, `model`, `masks`, `optimizer`, `best`, `rank`, `key` and `data.steps`, and
 asks it for `evaluate_test()`, `training_flops(densities, images)`, `save_masks()` and
 `reset_model_selection()`. Every hook has a default that leaves the mask fixed, so a method

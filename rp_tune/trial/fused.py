@@ -49,23 +49,12 @@ from torch import nn
 
 from rp_tune.config import ConfigError, TrialConfig, run_key
 from rp_tune.core.layout import FAILED_MEMBERS_FILE, MEMBERS_DIR
+from rp_tune.trial.build import lr_factor, make_optimizer, setup
+from rp_tune.trial.checkpoints import CheckpointError, read_checkpoint, restore, save_checkpoint
 from rp_tune.trial.groups import check_group
 from rp_tune.trial.machine import environment
-from rp_tune.trial.train import (
-    CheckpointError,
-    Trial,
-    final_evaluation,
-    lr_factor,
-    make_optimizer,
-    read_checkpoint,
-    report,
-    restore,
-    save_checkpoint,
-    setup,
-    step_flops,
-    time_spent,
-    validate,
-)
+from rp_tune.trial.state import Trial
+from rp_tune.trial.train import final_evaluation, report, step_flops, time_spent, validate
 
 log = logging.getLogger(__name__)
 

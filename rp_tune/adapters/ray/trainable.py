@@ -415,7 +415,7 @@ def _readable_checkpoint(
 
     import ray.train
 
-    from rp_tune.trial.train import CheckpointError, read_checkpoint
+    from rp_tune.trial.checkpoints import CheckpointError, read_checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     try:
