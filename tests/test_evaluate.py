@@ -10,7 +10,7 @@ from rp_tune.config import from_flat, run_key
 from rp_tune.core.errors import SweepError
 from rp_tune.planning.records import EVALUATIONS_FILE, write_stored_trials
 from rp_tune.results.evaluate import evaluate_sweep, new_metrics
-from rp_tune.results.report import read_trials
+from rp_tune.results.sweep_rows import read_trials
 from rp_tune.trial.train import run_trial
 
 FLAT = {"model.name": "cifar_resnet_8", "data.name": "synthetic", "data.synthetic_train": 128,

@@ -33,7 +33,6 @@ LONG_MODULES = {
     "rp_tune/adapters/ray/sweep.py": "the driver: its named steps and the state they share",
     "rp_tune/config/__init__.py": "the config tree: six sections, each with its checks",
     "rp_tune/results/figures.py": "one plot function per paper figure, and their registry",
-    "rp_tune/results/report.py": "split pending: tables, the papers' comparison, printing",
     "rp_tune/trial/fused.py": "the fused model, its optimizer and its loop, one idea",
     "run_sweep.py": "the command line: its options, one function per command",
 }

@@ -1,7 +1,8 @@
-"""The names of a trial's files: what a checkpoint folder holds (written by rp_tune.trial.checkpoints,
-read by the sweep's resume and by trackers); no torch, so trackers and reports need none.
+"""The names of a trial's files: what a checkpoint folder holds (written by
+rp_tune.trial.checkpoints, read by the sweep's resume and by trackers); no torch, so trackers
+and reports need none.
 
-    checkpoints/epoch_NNNN/state.pt              what resuming needs (read by train.read_checkpoint)
+    checkpoints/epoch_NNNN/state.pt              what resuming needs (checkpoints.read_checkpoint)
     checkpoints/epoch_NNNN/artifacts/            what trackers log, in open formats:
         masks.parquet, density_report.csv, history.json, grad_flow.csv, [final_weights.pt]
         [imp_masks/round_NN.parquet, imp_rounds.csv]   iterative magnitude pruning: the mask
