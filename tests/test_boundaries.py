@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
 ONLY = {
@@ -86,6 +88,7 @@ BAD_OR_PLANNING = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_planning_and_bad_input_never_import_ray(tmp_path):
     """One fresh interpreter runs every case in turn: the dry run exits 0, each bad input 2,
     and after all of them neither ray nor mlflow was ever imported."""

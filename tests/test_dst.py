@@ -187,6 +187,7 @@ def test_dynamic_resume_across_an_update_boundary(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_dst_vs_static_space_smoke_runs(tmp_path):
     cfgs = expand_space("dst_vs_static", smoke=True)
     assert sorted((c.sparsity.mode, c.sparsity.growth) for c in cfgs) == [

@@ -240,6 +240,7 @@ def test_resume_mid_round_is_bit_for_bit(imp_runs):
     assert [h["epoch"] for h in history] == list(range(1, 8))
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_a_dense_start_is_classic_imp(tmp_path):
     """Round 0 from a dense start is dense training (the same run as a static dense trial
     of that seed); round 1 keeps the global top |w| of its final weights, rewound to the

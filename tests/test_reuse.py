@@ -112,6 +112,7 @@ def test_extend_refuses_what_it_cannot_do_and_touches_nothing(tmp_path, capsys):
         assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_the_report_borrows_a_dense_reference_and_reads_several_sweeps(tmp_path, capsys):
     """A sparse-only sweep takes its dense reference of the same model, data and recipe
     from another sweep under the root; the root's report is one table of every sweep, a

@@ -51,7 +51,10 @@ def _params():
         for scheme in SCHEMES:
             if model == "cifar_resnet18" and SCHEMES[scheme].needs_model:
                 continue  # the shape-only schemes; scored ones run on it in test_models
-            slow = model == "vgg16_bn" and SCHEMES[scheme].needs_model
+            # scored on the model: seconds each on VGG-16, and on any model for SynFlow's 100
+            # rounds and GraSP's Hessian-vector product
+            scored = SCHEMES[scheme].needs_model
+            slow = scored and (model == "vgg16_bn" or scheme in ("synflow", "grasp"))
             marks = [pytest.mark.slow] if slow else []
             yield pytest.param(model, scheme, marks=marks, id=f"{model}-{scheme}")
 

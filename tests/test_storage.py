@@ -205,6 +205,7 @@ def test_data_roots_on_a_uri_are_checked_before_the_sweep(tmp_path):
     check_data_roots(expand_space("smoke", flat))  # present: no error
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_remote_storage_without_a_tracking_server_fails_before_ray(tmp_path):
     shared = tmp_path / "bucket"
     r = subprocess.run(
@@ -221,6 +222,7 @@ def test_remote_storage_without_a_tracking_server_fails_before_ray(tmp_path):
     assert not shared.exists()
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_storage_default_comes_from_the_environment(tmp_path):
     env = {**os.environ, "RP_TUNE_STORAGE": str(tmp_path / "shared")}
     r = subprocess.run(

@@ -221,6 +221,7 @@ def _ddp_draw_masks(rank, world, init, out, flat):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_every_ddp_rank_trains_the_same_mask_for_data_dependent_schemes(tmp_path):
     """SNIP scores a batch; under DDP each rank holds another shard. The counts come from
     rank 0 and are broadcast, so both ranks build identical masks (2 CPU ranks, gloo)."""
@@ -352,6 +353,7 @@ def test_the_single_trial_cli_refuses_an_untrainable_config_in_one_line(tmp_path
     assert err.startswith("error: ") and "keeps no weight in 10 of 10 layers" in err
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_a_checkpoint_of_the_layout_before_the_artifacts_folder_still_resumes_and_logs(
     cifar_root, tmp_path
 ):
@@ -501,6 +503,7 @@ def test_each_epochs_validation_is_of_the_model_that_epoch_ended_with(cifar_root
         assert row["images_per_second"] == pytest.approx(180 // 20 * 20 / row["epoch_seconds"])
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_a_trial_on_tiny_imagenet_sees_64x64_images_and_64x64_noise(tmp_path):
     from tests.helpers import write_tiny_imagenet
 
