@@ -311,6 +311,14 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     from rp_tune.trial.groups import describe_units, plan_units
 
     capacity, where = planned_capacity(args.address)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if capacity is None and address:  # a running cluster: ask it (Ray imported only here)
+        from rp_tune.adapters.ray.cluster import capacity_at
+
+        try:
+            capacity, where = capacity_at(address), f"the Ray cluster at {address}"
+        except Exception as e:  # not up yet: the sweep decides when it joins
+            where = f"the Ray cluster at {address} (not reachable now: {e})"
     configs, gpu_choice = resolve_gpus(configs, capacity, where)
     root = storage.resolve(args.storage)
     measured = measured_speed(root) if args.assumed_tflops is None else None
@@ -420,9 +428,9 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
 
     root = storage.resolve(args.storage)
     path = storage.join(root, name)
-    holder = None
+    holder, dead = None, None
     try:
-        driver_lock(root, name).check()
+        dead = driver_lock(root, name).check()
     except storage.LockHeld as e:
         holder = str(e)
     except OSError as e:
@@ -437,6 +445,7 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
         )
         return 2
     print(status_table(states))
+    _after_a_killed_driver(args, path, dead)
     uri = _tracking_uri(args, path)
     if uri is not None:  # the URL the sweep made (summary.json): no call to MLflow here
         link = (read_summary(path) or {}).get("mlflow_url")  # None before a driver ended
@@ -447,6 +456,44 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
     elif c["finished"] < len(states):
         print(f"no driver is running it; continue it with: {resume_command()}")
     return 0
+
+
+def _after_a_killed_driver(args: argparse.Namespace, path: str, dead: dict | None) -> None:
+    """A driver killed without ending its sweep (SIGKILL, a lost node) left its MLflow runs
+    RUNNING: the next command against the sweep marks them KILLED and says so. `dead` is the
+    lease it left (`DriverLock.check`), which names its tracking URI."""
+    if not dead or args.no_tracking:
+        return
+    uri = dead.get("tracking_uri") or _tracking_uri(args, path)
+    if uri is None:
+        return
+    from rp_tune.adapters.mlflow.runs import close_abandoned_runs
+
+    try:
+        closed = close_abandoned_runs(uri, path)
+    except Exception as e:  # a server that is down: the next command tries again
+        why = f"{type(e).__name__}: {e}"
+        print(
+            f"warning: MLflow at {uri}: cannot close the killed driver's runs ({why})",
+            file=sys.stderr,
+        )
+        return
+    if closed:
+        print(
+            f"the sweep's last driver (pid {dead.get('pid')} on {dead.get('host')}) was killed: "
+            f"{closed} MLflow runs it left RUNNING are now KILLED; --resume continues them"
+        )
+
+
+def _dead_lease(root: str, name: str) -> dict | None:
+    """The lease a killed driver left on the sweep, or None (none, or a live driver's)."""
+    from rp_tune.core import storage
+    from rp_tune.planning.plan import driver_lock
+
+    try:
+        return driver_lock(root, name).check()
+    except (storage.LockHeld, OSError):
+        return None
 
 
 def resume_command(argv: list[str] | None = None) -> str:
@@ -468,6 +515,7 @@ def evaluate(args: argparse.Namespace, name: str, configs: list, argv: list[str]
     root = storage.resolve(args.storage)
     sweep_dir = storage.join(root, name)
     check_not_held(root, name)  # a running sweep's trials are its driver's
+    _after_a_killed_driver(args, sweep_dir, _dead_lease(root, name))
     outcomes = evaluate_sweep(sweep_dir, parse_set(args.set or []), _tracking_uri(args, sweep_dir))
     for o in outcomes:
         values = "  ".join(f"{k} {v:.4f}" for k, v in sorted(o["metrics"].items()))
@@ -501,7 +549,9 @@ def report(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
     from rp_tune.core import storage
     from rp_tune.results.report import main as report_main
 
-    sweep_dir = storage.join(storage.resolve(args.storage), name)
+    root = storage.resolve(args.storage)
+    sweep_dir = storage.join(root, name)
+    _after_a_killed_driver(args, sweep_dir, _dead_lease(root, name))
     uri = _tracking_uri(args, sweep_dir)
     return report_main(
         [sweep_dir, "--space", args.space, *(["--tracking-uri", uri] if uri else [])]

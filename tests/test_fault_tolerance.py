@@ -134,6 +134,11 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
     ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
     assert parent[0].info.status == "KILLED"
     assert parent[0].data.tags["rp_tune.status"] == "interrupted"
+    # the trial that was training is not left RUNNING beside its stopped sweep
+    _, children = mlflow_runs(MlflowClient(db), "smoke")
+    assert children and {(c.info.status, c.data.tags["rp_tune.status"]) for c in children} == {
+        ("KILLED", "interrupted")
+    }
     stored = json.loads((res / "smoke" / "trials.json").read_text())
     assert all("sparsity.grasp_per_class" not in e["flat"] for e in stored)
     # this release would name every trial otherwise: the stored identity is what counts
@@ -159,6 +164,7 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert len(runs) == N_SMOKE + 1
     for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name  # RUNNING again, then ended
         if "rp_tune.run_key" in run.data.tags:
             for key in ("train_loss", "val_acc", "lr"):
                 steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
@@ -227,6 +233,8 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         session = json.loads((res / ".smoke.driver.json").read_text())["ray_session"]
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone: its Ray processes run on
         proc.wait()
+        # it could end no MLflow run: the next command marks them KILLED and says so
+        status = cli(*args, "--status")
         r = cli(*args, "--resume")
     finally:
         if proc.poll() is None:
@@ -240,7 +248,11 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     if left:  # do not leave them to the rest of the test run
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left, f"the killed driver's Ray still runs: {left}"
+    assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
+    assert f"the sweep's last driver (pid {proc.pid} on " in status.stdout
+    assert "MLflow runs it left RUNNING are now KILLED" in status.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"the sweep's last driver was killed (pid {proc.pid} on " in r.stdout
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
     assert not lock.exists()
     results = _results(exp)
@@ -255,6 +267,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     children = [r for r in runs if "rp_tune.run_key" in r.data.tags]
     assert len(runs) == N_SMOKE + 1 and len(children) == N_SMOKE
     assert len({r.data.tags["rp_tune.run_key"] for r in children}) == N_SMOKE
+    assert {r.info.status for r in runs} == {"FINISHED"}
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert steps == [1, 2], (r.info.run_name, steps)

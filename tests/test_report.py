@@ -10,7 +10,9 @@ from rp_tune.adapters.mlflow.curves import plot_curves
 from rp_tune.config import run_key
 from rp_tune.planning.space import expand_space
 from rp_tune.results.grouping import dense_reference, groups
-from rp_tune.results.report import aggregate, build_report, read_trials, smallest_matching_density
+from rp_tune.results.report import build_report
+from rp_tune.results.sweep_rows import read_trials
+from rp_tune.results.tables import aggregate, smallest_matching_density
 
 
 def _write_sweep(folder, results):
@@ -118,7 +120,7 @@ def test_report_reads_a_sweep_on_a_uri(tmp_path):
 def test_the_aggregated_table_groups_by_everything_but_the_seed(tmp_path):
     """Trials that differ in more than the seed (here the classifier's density) are never
     averaged together; the CSV holds the table; one seed shows no spread."""
-    from rp_tune.results.report import aggregate, aggregate_table
+    from rp_tune.results.tables import aggregate, aggregate_table
 
     folder = tmp_path / "smoke"
     results = [
@@ -257,29 +259,103 @@ def test_the_report_names_the_files_that_show_each_figure_of_the_space(tmp_path,
     assert "Liu et al. Fig. 7: not drawn - the finished trials do not fit it" in out
 
 
-def test_ours_beside_the_papers_numbers():
-    """A reproduced group sits beside the paper's number for it, in percent, with n and the
-    difference; a dense ResNet-20 has two references (Liu et al. Fig. 6 and He et al.)."""
+def _paper_rows(key: str, accs, **flat):
+    """Finished rows as the report reads them (the whole flat config, tuples joined), one
+    per seed, of a CIFAR-10 ResNet-20 in Liu et al.'s recipe unless `flat` says otherwise."""
+    from rp_tune.config import from_flat
+
+    rows = []
+    for seed, acc in enumerate(accs):
+        cfg = from_flat(
+            {
+                "model.name": "cifar_resnet_20",
+                "data.name": "cifar10",
+                "sparsity.scheme": "erk",
+                "sparsity.density": 0.5,
+                **flat,
+                "seed": seed,
+            }
+        )
+        row = {
+            k: ",".join(map(str, v)) if isinstance(v, tuple) else v
+            for k, v in cfg.to_flat().items()
+        }
+        rows.append({**row, "run_key": f"{key}{seed}", "status": "finished", "test_acc": acc})
+    return rows
+
+
+def test_ours_beside_the_papers_numbers_only_in_the_papers_setting():
+    """A group in the paper's whole setting sits beside its number with the difference; a
+    dense ResNet-20 has two references, and only Liu et al.'s recipe is ours (He et al.
+    trained 64k iterations at weight decay 1e-4 on all 50k images): beside He et al.'s number
+    it is shown with those keys named and no difference."""
     from rp_tune.results.paper_numbers import beside_the_paper, comparison_table
 
-    base = {"status": "finished", "model.name": "cifar_resnet_20", "data.name": "cifar10",
-            "train.epochs": 160}  # fmt: skip
-    rows = [
-        {**base, "run_key": f"e{s}", "sparsity.scheme": "erk", "sparsity.density": 0.5,
-         "seed": s, "test_acc": a} for s, a in ((0, 0.915), (1, 0.917))
-    ] + [{**base, "run_key": "d", "sparsity.scheme": "uniform", "sparsity.density": 1.0,
-          "seed": 0, "test_acc": 0.92}]  # fmt: skip
+    rows = _paper_rows("e", (0.915, 0.917)) + _paper_rows("d", (0.92,), **{"sparsity.density": 1.0})
     got = {(r["source"].split(" (")[0], r["scheme"]): r for r in beside_the_paper(rows)}
-    assert sorted(got) == [("He et al. 2016", "dense"), ("Liu et al. Fig. 6", "dense"),
-                           ("Liu et al. Fig. 6", "erk")]  # fmt: skip
+    assert sorted(got) == [
+        ("He et al. 2016", "dense"),
+        ("Liu et al. Fig. 6", "dense"),
+        ("Liu et al. Fig. 6", "erk"),
+    ]
     erk = got[("Liu et al. Fig. 6", "erk")]
     assert erk["paper"] == 91.57 and erk["n"] == 2 and erk["epochs"] == "160"
     assert erk["ours_mean"] == pytest.approx(91.6) and erk["difference"] == pytest.approx(0.03)
-    assert got[("He et al. 2016", "dense")]["difference"] == pytest.approx(0.75)
+    assert erk["setting"] == "paper's" and erk["differs"] == ""
+    assert got[("Liu et al. Fig. 6", "dense")]["difference"] == pytest.approx(-0.37)
+    he = got[("He et al. 2016", "dense")]
+    assert he["setting"] == "differs" and he["difference"] is None
+    for key in (
+        "train.epochs 160 (paper 164)",
+        "train.weight_decay 0.0005 (paper 0.0001)",
+        "train.nesterov True (paper False)",
+        "data.val_fraction 0.1 (paper 0)",
+    ):
+        assert key in he["differs"]
     text = comparison_table(beside_the_paper(rows))
-    assert "91.60 ± 0.14 (2)" in text and "+0.03" in text
-    other = [{**r, "data.name": "cifar100"} for r in rows]  # CIFAR-100: no number to match
-    assert beside_the_paper(other) == []
+    assert "91.60 ± 0.14 (2)" in text and "+0.03" in text and "-0.37" in text
+    assert "not the paper's setting: " in text and "+0.75" not in text  # He et al.: no gap
+
+
+def test_a_classifier_density_or_a_shorter_recipe_is_named_and_never_a_gap():
+    """Three ResNet-20s at ERK 0.5 with the classifier at density 0.2 (0.70, 0.71, 0.72) are
+    not Liu et al.'s Fig. 6 trial: the row names the key, and no -20.57 is printed. A
+    two-epoch smoke run likewise names its recipe."""
+    from rp_tune.results.paper_numbers import beside_the_paper, comparison_table
+
+    rows = _paper_rows("c", (0.70, 0.71, 0.72), **{"sparsity.classifier_density": 0.2})
+    (row,) = beside_the_paper(rows)
+    assert (row["paper"], row["n"], row["setting"]) == (91.57, 3, "differs")
+    assert row["difference"] is None and row["ours_mean"] == pytest.approx(71.0)
+    assert row["differs"] == "sparsity.classifier_density 0.2 (paper none)"
+    text = comparison_table([row])
+    assert "-20.57" not in text and "71.00 ± 1.00 (3)" in text
+    assert "not the paper's setting: sparsity.classifier_density 0.2 (paper none)" in text
+    assert "no group was trained in a paper's setting" in text
+    short = _paper_rows("s", (0.5, 0.52), **{"train.epochs": 2, "train.milestones": (1,)})
+    (row,) = beside_the_paper(short)
+    assert row["difference"] is None and row["epochs"] == "2"
+    assert "train.epochs 2 (paper 160)" in row["differs"]
+    assert "train.milestones 1 (paper 80,120)" in row["differs"]
+
+
+def test_another_data_set_has_no_paper_number():
+    from rp_tune.results.paper_numbers import beside_the_paper
+
+    assert beside_the_paper(_paper_rows("x", (0.6, 0.61), **{"data.name": "cifar100"})) == []
+
+
+def test_a_row_without_a_newer_key_counts_as_its_default():
+    """A sweep of a release before a setting key existed ran with its default: it still
+    reproduces the paper's setting."""
+    from rp_tune.results.paper_numbers import beside_the_paper
+
+    rows = [
+        {k: v for k, v in r.items() if k != "sparsity.classifier_density"}
+        for r in _paper_rows("o", (0.915, 0.917))
+    ]
+    (row,) = beside_the_paper(rows)
+    assert row["setting"] == "paper's" and row["difference"] == pytest.approx(0.03)
 
 
 def _s2s_rows(space):
@@ -313,7 +389,7 @@ def test_the_report_puts_each_methods_dense_and_random_starts_side_by_side(
     tmp_path, space, method, expected
 ):
     from rp_tune.results.figures import plot_sparse_to_sparse, sparse_to_sparse
-    from rp_tune.results.report import sparse_to_sparse_table
+    from rp_tune.results.tables import sparse_to_sparse_table
 
     rows = _s2s_rows(space)
     starts = sparse_to_sparse(rows)

@@ -168,6 +168,7 @@ OFFLINE = {
 }
 
 
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_absent_dataset_that_cannot_be_downloaded_stops_the_sweep_at_once(tmp_path):
     """Offline, a sweep on CIFAR-10 fails before Ray starts with one message naming the
     dataset, the root, the layout and the fixes; the failed download leaves nothing behind."""
@@ -474,6 +475,53 @@ def test_dry_run_says_which_device_the_trials_get_and_why(tmp_path, capsys, monk
     assert rows and all(row[4] == "1" for row in rows)  # the gpu/w column
     r = incli(capsys, "--space", "smoke", "--dry-run", "--gpus-per-trial", "0")
     assert "GPUs per training worker as set: 0" in r.stdout
+
+
+FAKE_GPU_CLUSTER = """
+import ray, time
+ctx = ray.init(num_cpus=1, num_gpus=2, include_dashboard=False)
+print(ctx.address_info["gcs_address"], ctx.address_info["session_dir"], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_the_dry_run_counts_the_gpus_of_the_cluster_it_is_pointed_at(tmp_path):
+    """`--address` at a running Ray (here one with 2 fake GPUs, as `ray start --head
+    --num-gpus 2` makes): the dry run joins it for a moment, says it has 2 GPUs and gives
+    every trial one per worker, as the sweep will. Where nothing answers, it says so and
+    leaves the choice to the sweep."""
+    import subprocess
+    import sys
+
+    from rp_tune.adapters.ray.cluster import stop_ray_session
+    from tests.helpers import free_port
+
+    # without token authentication on either side (Ray 2.60 turns it on for local clusters;
+    # ~/.ray/auth_token may not exist here)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_GPU_CLUSTER], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True, env=env)  # fmt: skip
+    session = None
+    try:
+        address, session = proc.stdout.readline().split()
+        r = cli("--space", "smoke", "--dry-run", "-v", "--address", address,
+                "--storage", str(tmp_path / "res"), timeout=180, env=env)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert f"GPUs: the Ray cluster at {address} has 2, so each training worker" in r.stdout
+        rows = [ln.split() for ln in r.stdout.splitlines() if "-s0-" in ln]
+        assert rows and all(row[4] == "1" for row in rows)  # the gpu/w column
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        if session:
+            stop_ray_session(session)
+    nobody = f"127.0.0.1:{free_port()}"
+    r = cli("--space", "smoke", "--dry-run", "--address", nobody, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"GPUs: decided when the sweep joins the Ray cluster at {nobody} (not reachable" in (
+        r.stdout
+    )
 
 
 @pytest.mark.slow

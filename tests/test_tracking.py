@@ -70,6 +70,50 @@ def test_tracker_nests_children_and_never_duplicates(tmp_path):
     assert [m.step for m in hist] == [1, 2, 3]  # the first sweep's child is untouched
 
 
+def _states(client):
+    """{run name: (MLflow status, rp_tune.status tag)} of the experiment's runs."""
+    parents, children = mlflow_runs(client, "exp")
+    return {r.info.run_name: (r.info.status, r.data.tags.get("rp_tune.status"))
+            for r in parents + children}  # fmt: skip
+
+
+def test_no_run_is_left_running_after_the_sweep_stops_or_its_driver_is_killed(tmp_path):
+    """Ctrl-C: the sweep ends with k2 still training; k2 is KILLED (interrupted) beside its
+    KILLED parent, k1 stays FINISHED. --resume: the parent is RUNNING again at once, k2 when
+    its first epoch arrives. A driver killed then (SIGKILL) could end nothing: the next
+    command's `close_abandoned_runs` marks the parent and k2 KILLED, and a second call finds
+    nothing left to do."""
+    from rp_tune.adapters.mlflow.runs import close_abandoned_runs
+
+    uri, sweep = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "sweep")
+    t = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep)
+    t.trial_result("k1", _flat(), {"epoch": 1, "train_loss": 1.0})
+    t.trial_end("k1", _flat(), {"epoch": 2, "test_acc": 0.5}, "finished")
+    t.trial_result("k2", _flat(), {"epoch": 1, "train_loss": 1.0})
+    t.sweep_end({"total": 2, "finished": 1, "unfinished": 1})
+    assert t.close(timeout_s=60) == 0
+    client = MlflowClient(uri)
+    assert _states(client) == {"sweep": ("KILLED", "interrupted"),
+                               "k1": ("FINISHED", "finished"),
+                               "k2": ("KILLED", "interrupted")}  # fmt: skip
+    t2 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep)
+    t2.trial_result("k2", _flat(), {"epoch": 2, "train_loss": 0.5})
+    assert t2.close(timeout_s=60) == 0  # then killed: no sweep_end
+    assert _states(client)["sweep"][0] == "RUNNING" and _states(client)["k2"][0] == "RUNNING"
+    assert close_abandoned_runs(uri, sweep) == 2
+    assert _states(client) == {"sweep": ("KILLED", "interrupted"),
+                               "k1": ("FINISHED", "finished"),
+                               "k2": ("KILLED", "interrupted")}  # fmt: skip
+    assert close_abandoned_runs(uri, sweep) == 0
+    assert close_abandoned_runs(uri, str(tmp_path / "never-tracked")) == 0
+    # the next driver after a killed one closes them itself before it starts
+    t3 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep,
+                      after_a_killed_driver=True)  # fmt: skip
+    assert t3.close(timeout_s=60) == 0
+    assert _states(client)["sweep"] == ("RUNNING", "running")
+
+
+@pytest.mark.slow  # a process of its own or a longer loop: seconds
 def test_unreachable_server_loses_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -110,7 +154,7 @@ def _row(model, scheme, density, seed, acc):
 
 def test_matching_density_and_grouping_by_hand():
     from rp_tune.results.grouping import groups
-    from rp_tune.results.report import smallest_matching_density
+    from rp_tune.results.tables import smallest_matching_density
 
     rows = [_row("m", "uniform", 1.0, s, a) for s, a in ((0, 0.90), (1, 0.92))]
     rows += [_row("m", "erk", 0.5, s, a) for s, a in ((0, 0.91), (1, 0.90))]

@@ -87,7 +87,11 @@ class MlflowRuns:
     def handle(self, event: dict[str, Any]) -> None:
         """Carry out one tracking event (raises where MLflow fails: the queue retries)."""
         kind = event["type"]
-        if kind == "start":
+        if kind == "abandoned":
+            closed = close_abandoned_runs(self.tracking_uri, self.sweep_path)
+            if closed:
+                log.warning("MLflow: %d runs the killed driver left RUNNING are KILLED", closed)
+        elif kind == "start":
             self._ensure_parent()
         elif kind == "result":
             run_id = self._ensure_child(event["run_key"], event["flat"])
@@ -123,8 +127,9 @@ class MlflowRuns:
             client = self._client_()
             exp = self._ensure_experiment()
             found = find_parent_run(client, self.sweep_path, [exp])
-            if found is not None:
+            if found is not None:  # a resumed sweep: running again (KILLED when it stopped)
                 self._parent_id = found
+                client.update_run(self._parent_id, status="RUNNING")
                 client.set_tag(self._parent_id, "rp_tune.status", "running")
             else:
                 run = client.create_run(
@@ -370,6 +375,8 @@ class MlflowRuns:
             status, state = "interrupted", "KILLED"
         else:
             status, state = "finished", "FINISHED"
+        # a trial the sweep did not end (Ctrl-C, SIGTERM while it trained) is not running
+        close_running_children(client, self._ensure_experiment(), parent)
         client.set_tag(parent, "rp_tune.status", status)
         client.set_terminated(parent, state)
 
@@ -420,6 +427,44 @@ def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | No
         if runs:
             return runs[0].info.run_id
     return None
+
+
+def close_running_children(client: Any, experiment_id: str, parent: str) -> int:
+    """Mark every child run of `parent` still RUNNING as KILLED (tag rp_tune.status
+    "interrupted"): its trial stopped with the sweep and continues on `--resume`, which sets
+    it RUNNING again when its first epoch arrives. Returns how many."""
+    query = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
+    running, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        running += [r.info.run_id for r in page]
+        token = page.token
+        if not token:
+            break
+    for run_id in running:
+        client.set_tag(run_id, "rp_tune.status", "interrupted")
+        client.set_terminated(run_id, "KILLED")
+    return len(running)
+
+
+def close_abandoned_runs(tracking_uri: str, sweep_path: str) -> int:
+    """After a driver that was killed (SIGKILL, a lost node: it could not end its runs): the
+    sweep's parent run and every trial run it left RUNNING become KILLED, tag rp_tune.status
+    "interrupted". Returns how many runs changed (0 where none was left running, so a second
+    call does nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = find_parent_run(client, sweep_path)
+    if parent is None:
+        return 0
+    run = client.get_run(parent)
+    closed = close_running_children(client, run.info.experiment_id, parent)
+    if run.info.status == "RUNNING":
+        client.set_tag(parent, "rp_tune.status", "interrupted")
+        client.set_terminated(parent, "KILLED")
+        closed += 1
+    return closed
 
 
 def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:

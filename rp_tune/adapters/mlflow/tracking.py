@@ -63,12 +63,15 @@ class SweepTracker:
         artifact_location: str | None = None,
         space_params: dict[str, Any] | None = None,
         configs: Sequence[Any] = (),
+        after_a_killed_driver: bool = False,
     ) -> None:
         self.runs = MlflowRuns(
             tracking_uri, experiment, sweep_path, space, artifact_location, space_params, configs
         )
         pending = storage.join(sweep_dir, PENDING_FILE) if sweep_dir else None
         self._events = DurableQueue(self.runs.handle, pending, f"MLflow at {tracking_uri}")
+        if after_a_killed_driver:  # the runs it left RUNNING: KILLED, before this one starts
+            self._events.put({"type": "abandoned"})
         self._events.put({"type": "start"})  # after the replayed events, before any new one
         self._events.start()
 

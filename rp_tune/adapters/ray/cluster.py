@@ -140,3 +140,36 @@ def cluster_capacity(joined: bool) -> dict[str, float]:
             {k: capacity.get(k, 0) for k in ("CPU", "GPU")},
         )
     return capacity
+
+
+def capacity_at(address: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """The resources of the running Ray cluster at `address`, at their largest (its
+    autoscaler's node types where `ray up` left their config here), for a dry run: joins it
+    as a driver for a moment (no task, no actor, nothing written to it) and leaves.
+
+    ConnectionError naming the address when nothing answers at host:port within `timeout_s`
+    (Ray's own connect would wait a minute before it gives up)."""
+    import socket
+
+    import ray
+
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "://" not in address:
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as e:
+            raise ConnectionError(f"no Ray cluster answers at {address}: {e}") from None
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as e:
+        if os.environ.get("RAY_AUTH_MODE") is None:  # Ray 2.60's own clusters check a token
+            raise ConnectionError(
+                f"{e}; a cluster started by `ray start` or `ray up` checks a token: export "
+                "RAY_AUTH_MODE=token where ~/.ray/auth_token (or RAY_AUTH_TOKEN) holds it, for "
+                "the sweep too"
+            ) from None
+        raise
+    try:
+        return cluster_capacity(joined=True)
+    finally:
+        ray.shutdown()

@@ -327,7 +327,16 @@ def _start_tracking(d: _Driver) -> None:
         artifact_location=location,
         space_params=space_params(d.configs),
         configs=d.configs,
+        after_a_killed_driver=bool(d.lock.previous),
     )
+    if d.lock.previous:
+        console.info(
+            "the sweep's last driver was killed (pid %s on %s): the MLflow runs it left "
+            "RUNNING are marked KILLED, and RUNNING again as their trials continue",
+            d.lock.previous.get("pid"),
+            d.lock.previous.get("host"),
+        )
+    d.lock.update(tracking_uri=d.uri)  # so that a command after a killed driver can close them
     d.callbacks.append(callback_class("TrackingCallback")(d.tracker, d.flats))
     console.info("MLflow tracking at %s (experiment %r)", d.uri, d.tracker.experiment)
 
