@@ -465,12 +465,12 @@ def _after_a_killed_driver(args: argparse.Namespace, path: str, dead: dict | Non
     if not dead or args.no_tracking:
         return
     uri = dead.get("tracking_uri") or _tracking_uri(args, path)
-    if uri is None:
-        return
-    from rp_tune.adapters.mlflow.runs import close_abandoned_runs
+    if uri is None or (uri.startswith("sqlite:///") and not os.path.isfile(uri[10:])):
+        return  # no store, or a database on the killed driver's machine, not this one
+    from rp_tune.adapters.mlflow.states import close_abandoned_runs
 
     try:
-        closed = close_abandoned_runs(uri, path)
+        closed = close_abandoned_runs(uri, path, dead.get("token"))
     except Exception as e:  # a server that is down: the next command tries again
         why = f"{type(e).__name__}: {e}"
         print(

@@ -1,7 +1,7 @@
 """Who may import what: the edges of the design, enforced.
 
 - only the Ray adapter (`rp_tune/adapters/ray/`) imports ray, only the MLflow
-  adapter (its tracker and run model) imports mlflow, only the figures and the
+  adapter (its tracker, run model and run states) imports mlflow, only the figures and the
   trial curves beside an MLflow run import matplotlib (every import statement, at the top or
   inside a function, is read from the source);
 - the core (model names, layout, seeds, storage, provenance...), the config and the search
@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
 ONLY = {
     "ray": {f"rp_tune/adapters/ray/{m}.py" for m in ("sweep", "trainable", "callbacks", "cluster")},
-    "mlflow": {"rp_tune/adapters/mlflow/tracking.py", "rp_tune/adapters/mlflow/runs.py"},
+    "mlflow": {
+        "rp_tune/adapters/mlflow/tracking.py",
+        "rp_tune/adapters/mlflow/runs.py",
+        "rp_tune/adapters/mlflow/states.py",
+    },  # fmt: skip
     "matplotlib": {"rp_tune/results/figures.py", "rp_tune/adapters/mlflow/curves.py"},
 }
 TORCH_FREE = {

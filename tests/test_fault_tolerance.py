@@ -134,11 +134,13 @@ def test_ctrl_c_then_an_upgrade_and_a_damaged_checkpoint_lose_nothing(tmp_path):
     ) if r.data.tags.get("rp_tune.role") == "sweep"]  # fmt: skip
     assert parent[0].info.status == "KILLED"
     assert parent[0].data.tags["rp_tune.status"] == "interrupted"
-    # the trial that was training is not left RUNNING beside its stopped sweep
+    # a trial that was training is not left RUNNING beside its stopped sweep (whether its
+    # first epoch reached Tune, and so MLflow, before the stop depends on the machine)
     _, children = mlflow_runs(MlflowClient(db), "smoke")
-    assert children and {(c.info.status, c.data.tags["rp_tune.status"]) for c in children} == {
-        ("KILLED", "interrupted")
-    }
+    assert all(
+        (c.info.status, c.data.tags["rp_tune.status"]) == ("KILLED", "interrupted")
+        for c in children
+    ), [(c.info.run_name, c.info.status) for c in children]
     stored = json.loads((res / "smoke" / "trials.json").read_text())
     assert all("sparsity.grasp_per_class" not in e["flat"] for e in stored)
     # this release would name every trial otherwise: the stored identity is what counts

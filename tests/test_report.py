@@ -337,6 +337,9 @@ def test_a_classifier_density_or_a_shorter_recipe_is_named_and_never_a_gap():
     assert row["difference"] is None and row["epochs"] == "2"
     assert "train.epochs 2 (paper 160)" in row["differs"]
     assert "train.milestones 1 (paper 80,120)" in row["differs"]
+    # train.batch_size is per worker: two workers train batches of 256, not the paper's 128
+    (row,) = beside_the_paper(_paper_rows("w", (0.91, 0.92), **{"resources.workers": 2}))
+    assert row["differs"] == "resources.workers 2 (paper 1)"
 
 
 def test_another_data_set_has_no_paper_number():

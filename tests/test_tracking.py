@@ -83,7 +83,7 @@ def test_no_run_is_left_running_after_the_sweep_stops_or_its_driver_is_killed(tm
     its first epoch arrives. A driver killed then (SIGKILL) could end nothing: the next
     command's `close_abandoned_runs` marks the parent and k2 KILLED, and a second call finds
     nothing left to do."""
-    from rp_tune.adapters.mlflow.runs import close_abandoned_runs
+    from rp_tune.adapters.mlflow.states import close_abandoned_runs
 
     uri, sweep = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "sweep")
     t = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep)
@@ -96,11 +96,14 @@ def test_no_run_is_left_running_after_the_sweep_stops_or_its_driver_is_killed(tm
     assert _states(client) == {"sweep": ("KILLED", "interrupted"),
                                "k1": ("FINISHED", "finished"),
                                "k2": ("KILLED", "interrupted")}  # fmt: skip
-    t2 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep)
+    t2 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep, driver="t2")
     t2.trial_result("k2", _flat(), {"epoch": 2, "train_loss": 0.5})
     assert t2.close(timeout_s=60) == 0  # then killed: no sweep_end
-    assert _states(client)["sweep"][0] == "RUNNING" and _states(client)["k2"][0] == "RUNNING"
-    assert close_abandoned_runs(uri, sweep) == 2
+    assert _states(client)["sweep"] == ("RUNNING", "running")
+    assert _states(client)["k2"] == ("RUNNING", "running")
+    # a command whose dead lease is not the driver that last started the parent: no change
+    assert close_abandoned_runs(uri, sweep, driver="another-driver") == 0
+    assert close_abandoned_runs(uri, sweep, driver="t2") == 2
     assert _states(client) == {"sweep": ("KILLED", "interrupted"),
                                "k1": ("FINISHED", "finished"),
                                "k2": ("KILLED", "interrupted")}  # fmt: skip
@@ -108,9 +111,35 @@ def test_no_run_is_left_running_after_the_sweep_stops_or_its_driver_is_killed(tm
     assert close_abandoned_runs(uri, str(tmp_path / "never-tracked")) == 0
     # the next driver after a killed one closes them itself before it starts
     t3 = SweepTracker(uri, "exp", sweep_path=sweep, space="smoke", sweep_dir=sweep,
-                      after_a_killed_driver=True)  # fmt: skip
+                      after_a_killed_driver="dead-token", driver="t3")  # fmt: skip
     assert t3.close(timeout_s=60) == 0
     assert _states(client)["sweep"] == ("RUNNING", "running")
+    parents, _ = mlflow_runs(client, "exp")
+    assert parents[0].data.tags["rp_tune.driver"] == "t3"
+
+
+def test_a_resumed_sweep_runs_again_after_replaying_the_stopped_drivers_end(tmp_path):
+    """A driver stopped by Ctrl-C while MLflow was down left its events, its sweep's end
+    among them, in the pending file: the next --resume replays them (parent and trial
+    KILLED, as they stopped), then starts: the parent is RUNNING, and the trial is when
+    its next epoch arrives."""
+    import json
+
+    uri, sweep = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
+    sweep.mkdir()
+    flat = {k: list(v) if isinstance(v, tuple) else v for k, v in _flat().items()}
+    events = [
+        {"type": "start"},
+        {"type": "result", "run_key": "k1", "flat": flat, "result": {"epoch": 1, "train_loss": 1}},
+        {"type": "sweep_end", "summary": {"total": 1, "unfinished": 1}, "artifacts": []},
+    ]
+    (sweep / PENDING_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))
+    t = SweepTracker(uri, "exp", sweep_path=str(sweep), space="smoke", sweep_dir=str(sweep))
+    t.trial_result("k1", _flat(), {"epoch": 2, "train_loss": 0.5})
+    assert t.close(timeout_s=60) == 0
+    assert not (sweep / PENDING_FILE).exists()
+    states = _states(MlflowClient(uri))
+    assert states == {"sweep": ("RUNNING", "running"), "k1": ("RUNNING", "running")}
 
 
 @pytest.mark.slow  # a process of its own or a longer loop: seconds
@@ -261,3 +290,78 @@ def test_per_update_values_are_logged_at_their_training_step(tmp_path):
     hist = client.get_metric_history(run, "granet_update_density")
     assert sorted((m.step, m.value) for m in hist) == [(4, 0.4), (8, 0.3), (12, 0.2)]
     assert [m.step for m in client.get_metric_history(run, "granet_density")] == [1]
+
+
+def test_the_queue_hands_over_what_waits_and_retries_only_what_is_not_done():
+    """Events waiting are handed over as one list; a handler that fails midway is given the
+    events it had not done, so each is done exactly once, in order."""
+    import threading
+
+    from rp_tune.adapters.mlflow.queue import DurableQueue
+
+    done, calls, failed_once = [], [], threading.Event()
+
+    def handle_batch(events):
+        calls.append(len(events))
+        while events:
+            if events[0]["n"] == 3 and not failed_once.is_set():
+                failed_once.set()
+                raise ConnectionError("server down")
+            done.append(events[0]["n"])
+            del events[0]
+
+    q = DurableQueue(handle_batch, None, "test")
+    for n in range(10):  # all waiting before the thread starts
+        q.put({"n": n})
+    q.start()
+    assert q.close(timeout_s=30) == 0
+    assert done == list(range(10)) and q.failures == 1
+    assert calls == [10, 7]  # one list; then the seven left after the failure
+
+
+def test_each_runs_waiting_rows_go_to_mlflow_in_one_call(tmp_path):
+    """40 rows of 3 trials waiting at once: one log_batch of metrics per trial (whole rows,
+    under MLflow's 1000 a call), every epoch stored once; the same rows again (re-reported
+    after a restart) store nothing."""
+    from rp_tune.adapters.mlflow.runs import MlflowRuns
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = MlflowRuns(uri, "exp", str(tmp_path / "sweep"), "smoke")
+    client = runs._client_()
+    metric_calls = []
+    real = client.log_batch
+
+    def counting(run_id, metrics=(), **kw):
+        if metrics:
+            metric_calls.append((run_id, len(metrics)))
+        return real(run_id, metrics=metrics, **kw)
+
+    client.log_batch = counting
+    rows = [{"type": "result", "run_key": f"k{r}", "flat": _flat(),
+             "result": {"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * r, "lr": 0.1}}
+            for e in range(1, 41) for r in range(3)]  # fmt: skip
+    events = [{"type": "start"}, *rows]
+    runs.handle_batch(events)
+    assert events == []  # every event done and taken off the list
+    assert len(metric_calls) == 3 and all(n == 40 * 4 for _, n in metric_calls)
+    runs.handle_batch(list(rows))
+    assert len(metric_calls) == 3
+    _, children = mlflow_runs(MlflowClient(uri), "exp")
+    for child in children:
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(child.info.run_id, "lr")]
+        assert steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_the_tracking_rate_benchmark_runs_reduced(capsys):
+    """benchmarks/tracking_rate.py on 2 trials x 3 epochs into SQLite: it runs and counts
+    every value it produced (no speed asserted)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.tracking_rate import main
+
+    assert main(["--runs", "2", "--epochs", "3", "--store", "sqlite"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["values_stored"] == out["values_expected"] and out["left_pending"] == 0

@@ -21,6 +21,7 @@ matched nothing.)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,19 +32,24 @@ from rp_tune.methods import DEFAULT_METHOD
 from rp_tune.results.grouping import Group, groups
 
 # What a paper number's setting fixes, as flat config keys (the recipe's keys included).
+# train.batch_size is per training worker: resources.workers makes the batch of a step.
+SCORING_KEYS = ("sparsity.score_batch", "sparsity.grasp_per_class")  # SNIP's and GraSP's batch
 SETTING_KEYS: tuple[str, ...] = (
     "model.name",
     "data.name",
     "data.val_fraction",
+    "data.image_size",
     "sparsity.scheme",
     "sparsity.density",
     "sparsity.mode",
     "sparsity.sampling",
+    *SCORING_KEYS,
     *SCHEME_OPTION_KEYS,
     *(f"train.{k}" for k in RECIPES["cifar"]),
+    "resources.workers",
 )
 # Keys a dense number's setting leaves out: a dense net has no scheme or layer-wise options.
-DENSE_FREE = ("sparsity.scheme", "sparsity.sampling", *SCHEME_OPTION_KEYS)
+DENSE_FREE = ("sparsity.scheme", "sparsity.sampling", *SCORING_KEYS, *SCHEME_OPTION_KEYS)
 
 
 def setting(
@@ -107,15 +113,15 @@ def _liu_fig6() -> list[PaperNumber]:
 
 def _liu_wrn50() -> list[PaperNumber]:
     """ImageNet Wide ResNet-50-2, Liu et al. Table 1's ImageNet recipe: sparse nets 100 epochs
-    (x0.1 at 30, 60, 90), the dense one 90; batch 192 x 4 GPUs is one batch of 768 per step,
-    rp_tune's `imagenet` recipe is per worker: the setting names the per-worker 192."""
+    (x0.1 at 30, 60, 90), the dense one 90; batch 192 on each of 4 GPUs (rp_tune's `imagenet`
+    recipe is per worker: 4 training workers)."""
     src = "Liu et al. ImageNet (Fig. 6 bottom, Fig. 14 right)"
-    wrn = "wide_resnet50_2"
-    out = [_number(src, wrn, "imagenet", "dense", 1.0, 78.11, "imagenet_dense")]
+    wrn, four = "wide_resnet50_2", {"resources.workers": 4}
+    out = [_number(src, wrn, "imagenet", "dense", 1.0, 78.11, "imagenet_dense", **four)]
     for density, erk, snip in ((0.15, 68.93, 73.48), (0.3, 74.50, 76.81), (0.4, 76.28, 77.55)):
         out += [
-            _number(src, wrn, "imagenet", "erk", density, erk, "imagenet"),
-            _number(src, wrn, "imagenet", "snip", density, snip, "imagenet"),
+            _number(src, wrn, "imagenet", "erk", density, erk, "imagenet", **four),
+            _number(src, wrn, "imagenet", "snip", density, snip, "imagenet", **four),
         ]
     return out
 
@@ -164,7 +170,15 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-_DEFAULTS = to_flat_defaults()
+@functools.cache
+def _defaults(data: str, recipe: str) -> dict[str, Any]:
+    """The flat config a row of `data` and `recipe` ran with for the keys it does not hold."""
+    try:
+        return from_flat({"data.name": data, "train.recipe": recipe}).to_flat()
+    except Exception:  # a data set or recipe this release no longer knows
+        return to_flat_defaults()
+
+
 # matched before the setting is compared (the model by its canonical name)
 MATCHED = ("model.name", "data.name", "sparsity.density")
 
@@ -177,9 +191,13 @@ def setting_differences(g: Group, p: PaperNumber) -> list[str]:
     for key, theirs in p.setting.items():
         if key in MATCHED:
             continue
-        values = {_shown(r.get(key, _DEFAULTS.get(key))) for r in g.rows}
-        if not all(_same(r.get(key, _DEFAULTS.get(key)), theirs) for r in g.rows):
-            out.append(f"{key} {'/'.join(sorted(values))} (paper {_shown(theirs)})")
+        ours = [
+            r.get(key, _defaults(str(r.get("data.name")), str(r.get("train.recipe"))).get(key))
+            for r in g.rows
+        ]
+        if not all(_same(v, theirs) for v in ours):
+            values = "/".join(sorted({_shown(v) for v in ours}))
+            out.append(f"{key} {values} (paper {_shown(theirs)})")
     return out
 
 

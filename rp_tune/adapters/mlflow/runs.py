@@ -11,8 +11,9 @@ sizes, the digest of the integrity manifest); artifacts: the final checkpoint's 
 folder as the trial wrote it plus the training curves (PNG). The experiment holds the sweep's
 saved comparison view (`rp_tune.adapters.mlflow.view`).
 
-`MlflowRuns.handle(event)` makes the calls of one event; it never queues or retries (the
-tracker's `DurableQueue` does).
+`MlflowRuns.handle_batch(events)` makes the calls of the events waiting in the tracker's
+queue, the epoch rows of each run in one call; it never queues or retries (the tracker's
+`DurableQueue` does).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from rp_tune.adapters.mlflow import view as mlflow_view
+from rp_tune.adapters.mlflow.states import (
+    DRIVER_TAG,
+    close_abandoned_runs,
+    close_running_children,
+    find_parent_run,
+)
 from rp_tune.core import storage
 from rp_tune.core.layout import (
     ARTIFACTS_DIR,
@@ -38,6 +45,8 @@ from rp_tune.core.provenance import CODE_DIFF_FILE, ENV_PREFIX, code_state
 from rp_tune.trial.metrics import EPOCH, FINAL, numeric_metrics, step_of, step_series
 
 log = logging.getLogger(__name__)
+
+MAX_METRICS = 900  # per log_batch call: MLflow takes at most 1000 metrics a call
 
 
 class MlflowRuns:
@@ -52,8 +61,10 @@ class MlflowRuns:
         artifact_location: str | None = None,
         space_params: dict[str, Any] | None = None,
         configs: Sequence[Any] = (),
+        driver: str = "",
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.driver = driver  # the driver's lease token: which driver the parent run is of
         self.experiment = experiment
         self.sweep_path = sweep_path
         self.space = space
@@ -84,20 +95,53 @@ class MlflowRuns:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
+    def handle_batch(self, events: list[dict[str, Any]]) -> None:
+        """Carry out queued events in order, each removed from the front of `events` once
+        done (the queue retries what is left after a failure).
+
+        Consecutive epoch rows are stored together: every row of one run in one `log_batch`
+        (whole rows, at most `MAX_METRICS` metrics a call). A call costs about the same for
+        one row as for fifty (a transaction on SQLite, a request to a server), so when rows
+        arrive faster than one call each can store them, the backlog itself makes the calls
+        larger and the tracker keeps up (`benchmarks/tracking_rate.py`). Each run's last
+        logged epoch (`_last_step`) advances with each call, so a retried batch logs no epoch
+        twice."""
+        while events:
+            if events[0]["type"] != "result":
+                self.handle(events[0])
+                del events[0]
+                continue
+            n = next((i for i, e in enumerate(events) if e["type"] != "result"), len(events))
+            self._log_results(events[:n])
+            del events[:n]
+
+    def _log_results(self, results: list[dict[str, Any]]) -> None:
+        """Epoch rows of any runs: each run's rows in order, in as few calls as fit."""
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for event in results:
+            run_id = self._ensure_child(event["run_key"], event["flat"])
+            if event["result"].get("dataset"):  # the first row after each (re)start
+                self._log_dataset(run_id, json.loads(event["result"]["dataset"]))
+            rows.setdefault(run_id, []).append(event["result"])
+        for run_id, run_rows in rows.items():
+            self._log_epochs(run_id, run_rows)
+
     def handle(self, event: dict[str, Any]) -> None:
         """Carry out one tracking event (raises where MLflow fails: the queue retries)."""
         kind = event["type"]
         if kind == "abandoned":
-            closed = close_abandoned_runs(self.tracking_uri, self.sweep_path)
+            closed = close_abandoned_runs(self.tracking_uri, self.sweep_path, event.get("driver"))
             if closed:
                 log.warning("MLflow: %d runs the killed driver left RUNNING are KILLED", closed)
-        elif kind == "start":
-            self._ensure_parent()
+        elif kind == "start":  # this driver's: the parent RUNNING, marked as its own
+            parent = self._ensure_parent()
+            client = self._client_()
+            client.update_run(parent, status="RUNNING")
+            client.set_tag(parent, "rp_tune.status", "running")
+            if self.driver:
+                client.set_tag(parent, DRIVER_TAG, self.driver)
         elif kind == "result":
-            run_id = self._ensure_child(event["run_key"], event["flat"])
-            if event["result"].get("dataset"):  # the first row after each (re)start
-                self._log_dataset(run_id, json.loads(event["result"]["dataset"]))
-            self._log_epoch(run_id, event["result"])
+            self._log_results([event])
         elif kind == "end":
             run_id = self._ensure_child(event["run_key"], event["flat"])
             self._log_end(run_id, event["result"], event["status"], event["error"])
@@ -127,10 +171,8 @@ class MlflowRuns:
             client = self._client_()
             exp = self._ensure_experiment()
             found = find_parent_run(client, self.sweep_path, [exp])
-            if found is not None:  # a resumed sweep: running again (KILLED when it stopped)
+            if found is not None:  # a resumed sweep's ("start" sets it RUNNING again)
                 self._parent_id = found
-                client.update_run(self._parent_id, status="RUNNING")
-                client.set_tag(self._parent_id, "rp_tune.status", "running")
             else:
                 run = client.create_run(
                     exp,
@@ -181,7 +223,8 @@ class MlflowRuns:
             logged = found[0].data.params
             history = client.get_metric_history(run_id, "train_loss")
             self._last_step[run_id] = max((m.step for m in history), default=0)
-            client.update_run(run_id, status="RUNNING")
+            client.update_run(run_id, status="RUNNING")  # KILLED when the sweep stopped
+            client.set_tag(run_id, "rp_tune.status", "running")
         else:
             tags = {
                 "mlflow.parentRunId": parent,
@@ -231,22 +274,39 @@ class MlflowRuns:
         self._client_().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
         self._datasets.add((run_id, record["digest"]))
 
-    def _log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
+    def _log_epochs(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """The run's epoch rows it has not logged yet (a row re-reported after a restart is
+        skipped: one value per epoch), whole rows per `log_batch`."""
         from mlflow.entities import Metric
 
-        epoch = int(result.get("epoch", 0))
-        if epoch <= self._last_step.get(run_id, 0):
-            return  # re-reported after a restart: the history stays one value per epoch
         ts = int(time.time() * 1000)
-        metrics = [
-            Metric(k, v, ts, step_of(k, result)) for k, v in numeric_metrics(result, EPOCH).items()
-        ]
-        metrics += [Metric(k, v, ts, step) for k, v, step in step_series(result)]
-        metrics.append(
-            Metric("resumed_from_epoch", float(result.get("resumed_from_epoch", 0)), ts, epoch)
-        )
-        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics a batch
-            self._client_().log_batch(run_id, metrics=metrics[i : i + 900])
+        batch: list = []
+        last = done = self._last_step.get(run_id, 0)
+        for row in rows:
+            epoch = int(row.get("epoch", 0))
+            if epoch <= last:
+                continue
+            metrics = [
+                Metric(k, v, ts, step_of(k, row)) for k, v in numeric_metrics(row, EPOCH).items()
+            ]
+            metrics += [Metric(k, v, ts, step) for k, v, step in step_series(row)]
+            metrics.append(
+                Metric("resumed_from_epoch", float(row.get("resumed_from_epoch", 0)), ts, epoch)
+            )
+            if batch and len(batch) + len(metrics) > MAX_METRICS:
+                self._log_metrics(run_id, batch, done)
+                batch = []
+            batch += metrics
+            done = last = epoch
+        if batch:
+            self._log_metrics(run_id, batch, done)
+
+    def _log_metrics(self, run_id: str, metrics: list, epoch: int) -> None:
+        """`metrics` (whole rows up to `epoch`) in calls of at most MAX_METRICS; the run's
+        last logged epoch is `epoch` once they are stored."""
+        client = self._client_()
+        for i in range(0, len(metrics), MAX_METRICS):  # more only where one row is longer
+            client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS])
         self._last_step[run_id] = epoch
 
     def backfill_epochs(self, run_id: str, history: list[dict[str, Any]]) -> int:
@@ -275,7 +335,7 @@ class MlflowRuns:
                 metrics.append(
                     Metric("train_loss", float(row["train_loss"]), ts, int(row["epoch"]))
                 )
-            if len(batch) + len(metrics) > 900:
+            if len(batch) + len(metrics) > MAX_METRICS:
                 client.log_batch(run_id, metrics=batch)
                 batch = []
             batch += metrics
@@ -320,10 +380,11 @@ class MlflowRuns:
                 history = _fetch_artifacts(where, Path(tmp)) / HISTORY_FILE
                 if history.is_file():
                     self.backfill_epochs(run_id, json.loads(history.read_text()))
-        client.set_tag(run_id, "rp_tune.status", status)
+        state = {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
+        client.set_tag(run_id, "rp_tune.status", status if state != "KILLED" else "interrupted")
         if error:
             client.set_tag(run_id, "rp_tune.error", error[:5000])
-        client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
+        client.set_terminated(run_id, state)  # KILLED: stopped unfinished, --resume goes on
 
     def _log_artifacts(self, run_id: str, checkpoint: str) -> None:
         """The final checkpoint's artifacts folder as the trial wrote it (masks, density
@@ -379,6 +440,7 @@ class MlflowRuns:
         close_running_children(client, self._ensure_experiment(), parent)
         client.set_tag(parent, "rp_tune.status", status)
         client.set_terminated(parent, state)
+        self._runs.clear()  # a replayed sweep's end: its next results find them again
 
 
 def _param(value: Any) -> str:
@@ -410,61 +472,6 @@ def _fetch_artifacts(checkpoint: str, tmp: Path) -> Path:
         rows = density_report(Masks.load(out / MASKS_FILE))
         pacsv.write_csv(report_table(rows), out / DENSITY_REPORT_FILE)
     return out
-
-
-def find_parent_run(client: Any, sweep_path: str, experiment_ids: list[str] | None = None):
-    """The run id of the sweep's parent run (tags rp_tune.role = sweep and its path), in the
-    given experiments or any; None if there is none."""
-    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
-    for exp in ids:
-        runs = client.search_runs(
-            [exp],
-            filter_string=(
-                f"tags.`rp_tune.sweep_path` = '{sweep_path}' and tags.`rp_tune.role` = 'sweep'"
-            ),
-            max_results=1,
-        )
-        if runs:
-            return runs[0].info.run_id
-    return None
-
-
-def close_running_children(client: Any, experiment_id: str, parent: str) -> int:
-    """Mark every child run of `parent` still RUNNING as KILLED (tag rp_tune.status
-    "interrupted"): its trial stopped with the sweep and continues on `--resume`, which sets
-    it RUNNING again when its first epoch arrives. Returns how many."""
-    query = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
-    running, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        running += [r.info.run_id for r in page]
-        token = page.token
-        if not token:
-            break
-    for run_id in running:
-        client.set_tag(run_id, "rp_tune.status", "interrupted")
-        client.set_terminated(run_id, "KILLED")
-    return len(running)
-
-
-def close_abandoned_runs(tracking_uri: str, sweep_path: str) -> int:
-    """After a driver that was killed (SIGKILL, a lost node: it could not end its runs): the
-    sweep's parent run and every trial run it left RUNNING become KILLED, tag rp_tune.status
-    "interrupted". Returns how many runs changed (0 where none was left running, so a second
-    call does nothing)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    parent = find_parent_run(client, sweep_path)
-    if parent is None:
-        return 0
-    run = client.get_run(parent)
-    closed = close_running_children(client, run.info.experiment_id, parent)
-    if run.info.status == "RUNNING":
-        client.set_tag(parent, "rp_tune.status", "interrupted")
-        client.set_terminated(parent, "KILLED")
-        closed += 1
-    return closed
 
 
 def comparison_url_at(uri: str, experiment_id: str, sweep_path: str) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rp_tune.adapters.mlflow.queue import DurableQueue
-from rp_tune.adapters.mlflow.runs import MlflowRuns, find_parent_run
+from rp_tune.adapters.mlflow.runs import MlflowRuns
+from rp_tune.adapters.mlflow.states import find_parent_run
 from rp_tune.core import storage
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,25 @@ class SweepTracker:
         artifact_location: str | None = None,
         space_params: dict[str, Any] | None = None,
         configs: Sequence[Any] = (),
-        after_a_killed_driver: bool = False,
+        after_a_killed_driver: str | None = None,
+        driver: str = "",
     ) -> None:
+        """after_a_killed_driver: the lease token of the killed driver this one took over
+        (its runs are closed first); driver: this driver's own token."""
         self.runs = MlflowRuns(
-            tracking_uri, experiment, sweep_path, space, artifact_location, space_params, configs
+            tracking_uri,
+            experiment,
+            sweep_path,
+            space,
+            artifact_location,
+            space_params,
+            configs,
+            driver,
         )
         pending = storage.join(sweep_dir, PENDING_FILE) if sweep_dir else None
-        self._events = DurableQueue(self.runs.handle, pending, f"MLflow at {tracking_uri}")
-        if after_a_killed_driver:  # the runs it left RUNNING: KILLED, before this one starts
-            self._events.put({"type": "abandoned"})
+        self._events = DurableQueue(self.runs.handle_batch, pending, f"MLflow at {tracking_uri}")
+        if after_a_killed_driver is not None:  # the runs it left RUNNING: KILLED, first
+            self._events.put({"type": "abandoned", "driver": after_a_killed_driver})
         self._events.put({"type": "start"})  # after the replayed events, before any new one
         self._events.start()
 
@@ -87,6 +98,10 @@ class SweepTracker:
     @property
     def failures(self) -> int:
         return self._events.failures
+
+    def wait_idle(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every event so far reached MLflow (or timeout_s passed); whether it did."""
+        return self._events.wait_idle(timeout_s)
 
     def close(self, timeout_s: float = 120.0) -> int:
         """Wait up to timeout_s for the events to be delivered; persist what is left (the

@@ -145,7 +145,8 @@ def cluster_capacity(joined: bool) -> dict[str, float]:
 def capacity_at(address: str, timeout_s: float = 5.0) -> dict[str, float]:
     """The resources of the running Ray cluster at `address`, at their largest (its
     autoscaler's node types where `ray up` left their config here), for a dry run: joins it
-    as a driver for a moment (no task, no actor, nothing written to it) and leaves.
+    as a driver for a moment (no task, no actor: the cluster lists a job of a few seconds)
+    and leaves.
 
     ConnectionError naming the address when nothing answers at host:port within `timeout_s`
     (Ray's own connect would wait a minute before it gives up)."""

@@ -327,12 +327,14 @@ def _start_tracking(d: _Driver) -> None:
         artifact_location=location,
         space_params=space_params(d.configs),
         configs=d.configs,
-        after_a_killed_driver=bool(d.lock.previous),
+        after_a_killed_driver=d.lock.previous.get("token", "") if d.lock.previous else None,
+        driver=d.lock.token,
     )
     if d.lock.previous:
         console.info(
             "the sweep's last driver was killed (pid %s on %s): the MLflow runs it left "
-            "RUNNING are marked KILLED, and RUNNING again as their trials continue",
+            "RUNNING are closed (KILLED) before this driver logs, and RUNNING again as their "
+            "trials continue",
             d.lock.previous.get("pid"),
             d.lock.previous.get("host"),
         )
