@@ -21,7 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spaces").glob("*.py"))
 ONLY = {
-    "ray": {f"rp_tune/adapters/ray/{m}.py" for m in ("sweep", "trainable", "callbacks", "cluster")},
+    "ray": {
+        f"rp_tune/adapters/ray/{m}.py"
+        for m in ("sweep", "trainable", "callbacks", "cluster", "searcher")
+    },
     "mlflow": {
         "rp_tune/adapters/mlflow/tracking.py",
         "rp_tune/adapters/mlflow/runs.py",

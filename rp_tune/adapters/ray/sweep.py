@@ -423,8 +423,9 @@ def _new_tuner(d: _Driver) -> Any:
     fault = None
     if d.inject_fault_epoch:
         fault = {"epoch": d.inject_fault_epoch, "dir": store.join(d.train_storage, "_faults")}
-    param_space = {
-        "trial": tune.grid_search(entries),
+    from rp_tune.adapters.ray.searcher import PlannedTrials
+
+    param_space = {  # what every trial shares; each trial's own entry comes from the searcher
         "train_storage": d.train_storage,
         "train_max_failures": d.train_max_failures,
         "save_weights": d.log_weights,
@@ -436,6 +437,8 @@ def _new_tuner(d: _Driver) -> Any:
         _trainable(d),
         param_space=param_space,
         tune_config=tune.TuneConfig(
+            search_alg=PlannedTrials(entries),  # not a grid-search spec: see its module
+            num_samples=len(entries),
             max_concurrent_trials=concurrent,
             trial_name_creator=lambda t: t.config["trial"]["run_key"],
             trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
