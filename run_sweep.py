@@ -514,8 +514,8 @@ def evaluate(args: argparse.Namespace, name: str, configs: list, argv: list[str]
 
     root = storage.resolve(args.storage)
     sweep_dir = storage.join(root, name)
-    check_not_held(root, name)  # a running sweep's trials are its driver's
-    _after_a_killed_driver(args, sweep_dir, _dead_lease(root, name))
+    dead = check_not_held(root, name)  # a running sweep's trials are its driver's
+    _after_a_killed_driver(args, sweep_dir, dead)
     outcomes = evaluate_sweep(sweep_dir, parse_set(args.set or []), _tracking_uri(args, sweep_dir))
     for o in outcomes:
         values = "  ".join(f"{k} {v:.4f}" for k, v in sorted(o["metrics"].items()))

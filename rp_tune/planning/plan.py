@@ -337,11 +337,12 @@ def driver_lock(root: str, name: str) -> store.DriverLock:
     return store.DriverLock(store.join(root, f".{name}.driver.json"), f"the sweep at {path}")
 
 
-def check_not_held(root: str, name: str) -> None:
+def check_not_held(root: str, name: str) -> dict | None:
     """SweepError if another live driver holds the sweep (checked before anything else: a
-    sweep that driver is starting may not be restorable yet)."""
+    sweep that driver is starting may not be restorable yet); else the lease a killed driver
+    left, or None."""
     try:
-        driver_lock(root, name).check()
+        return driver_lock(root, name).check()
     except store.LockHeld as e:
         raise SweepError(str(e)) from None
     except OSError as e:  # an unreadable lease is never taken for a free sweep

@@ -25,17 +25,6 @@ from rp_tune.core import storage
 log = logging.getLogger(__name__)
 
 
-def one_at_a_time(handle: Callable[[dict[str, Any]], None]) -> Callable[[list], None]:
-    """A batch handler over a handler of one event: each done event leaves the list."""
-
-    def handle_batch(events: list[dict[str, Any]]) -> None:
-        while events:
-            handle(events[0])
-            del events[0]
-
-    return handle_batch
-
-
 class DurableQueue:
     """Events (JSON-able dicts) to `handle_batch`, in order, in lists of what is waiting,
     retried until done. `handle_batch(events)` removes each event from the front of the list
@@ -78,9 +67,7 @@ class DurableQueue:
 
     def close(self, timeout_s: float = 120.0) -> int:
         """Wait up to timeout_s for the queue to drain; persist what is left. Returns its count."""
-        deadline = time.monotonic() + timeout_s
-        while (not self._queue.empty() or self._busy.is_set()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        self.wait_idle(timeout_s)
         left = []
         while True:
             try:

@@ -281,7 +281,7 @@ class MlflowRuns:
 
         ts = int(time.time() * 1000)
         batch: list = []
-        last = done = self._last_step.get(run_id, 0)
+        last = self._last_step.get(run_id, 0)  # the newest epoch logged or in `batch`
         for row in rows:
             epoch = int(row.get("epoch", 0))
             if epoch <= last:
@@ -294,12 +294,12 @@ class MlflowRuns:
                 Metric("resumed_from_epoch", float(row.get("resumed_from_epoch", 0)), ts, epoch)
             )
             if batch and len(batch) + len(metrics) > MAX_METRICS:
-                self._log_metrics(run_id, batch, done)
+                self._log_metrics(run_id, batch, last)
                 batch = []
             batch += metrics
-            done = last = epoch
+            last = epoch
         if batch:
-            self._log_metrics(run_id, batch, done)
+            self._log_metrics(run_id, batch, last)
 
     def _log_metrics(self, run_id: str, metrics: list, epoch: int) -> None:
         """`metrics` (whole rows up to `epoch`) in calls of at most MAX_METRICS; the run's

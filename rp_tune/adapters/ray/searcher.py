@@ -29,10 +29,6 @@ class PlannedTrials(Searcher):
         self._entries = list(entries)
         self._next = 0
 
-    @property
-    def total(self) -> int:
-        return len(self._entries)
-
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
     ) -> bool:
