@@ -23,7 +23,6 @@ from rp_tune.models import build_model, layer_specs
 from rp_tune.planning.space import expand_space
 from rp_tune.sparsity import layer_densities
 from rp_tune.sparsity.masks import Masks
-from rp_tune.trial.checkpoints import checkpoint_masks_file
 from tests.helpers import (
     ROOT,
     cli,
@@ -276,75 +275,108 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_on_s3_storage_with_killed_workers(tmp_path, s3_bucket):
-    """Results and checkpoints on an S3-compatible server, the trials trained as one fused
-    trial group (--group-size 2): the group's worker is SIGKILLed once at epoch 2 and resumes
-    from its epoch-1 checkpoint (every member's, in one) read back from S3; each member's
-    summary row, MLflow run with its masks (from the S3 checkpoint) and report row work from
-    the URI."""
+def test_on_s3_storage_a_server_restart_and_killed_workers_lose_nothing(tmp_path, s3_bucket):
+    """Results and checkpoints on an S3-compatible server, MLflow on a real server that goes
+    down midway, the trials trained as one fused trial group (--group-size 2) whose worker
+    is SIGKILLed once at epoch 2: the group resumes from its epoch-1 checkpoint (every
+    member's, in one) read back from S3; MLflow holds one child per member with its params,
+    one value per epoch (some delivered after the server came back) and its masks (from the
+    S3 checkpoint); the summary and the report work from the URI."""
     overrides = {"train.epochs": "3", **ONE}
-    db = tmp_path / "mlflow.db"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "run_sweep.py",
-            "--space",
-            "smoke",
-            "--num-cpus",
-            "2",
-            "--storage",
-            s3_bucket,
-            "--tracking-uri",
-            f"sqlite:///{db}",
-            "--inject-fault",
-            "2",
-            "--group-size",
-            "2",
-            *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")],
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    n = len(expand_space("smoke", overrides))
-    assert n == 2 and "trial groups of up to 2: 2 trials in 1 groups, 0 alone" in r.stdout
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert (
-        f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
-        in r.stdout
-    )
-    sweep = storage.join(s3_bucket, "smoke")
-    summary = json.loads(storage.read_text(storage.join(sweep, "summary.json")))
-    assert {t["status"] for t in summary["trials"]} == {"finished"}
-    assert len(storage.list_names(storage.join(s3_bucket, "smoke-train", "_faults"))) == 1
-    assert all(t["metrics"]["group_size"] == 2 for t in summary["trials"])
-    client = MlflowClient(f"sqlite:///{db}")
-    parents, children = mlflow_runs(client, "smoke")
-    assert [p.info.run_name for p in parents] == ["smoke"] and len(children) == n
-    configs = {c.sparsity.scheme: c for c in expand_space("smoke", overrides)}
-    for run in children:
-        cfg = configs[run.data.params["sparsity.scheme"]]
-        model = build_model(cfg.model.name)
-        plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
-        local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
-        assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(folder, port)
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    log_file = open(tmp_path / "sweep.log", "w")  # a pipe would fill up and stall the sweep
+    sweep = subprocess.Popen(
+        [sys.executable, "run_sweep.py", "--space", "smoke", "--num-cpus", "2",
+         "--storage", s3_bucket, "--tracking-uri", uri, "--inject-fault", "2",
+         "--group-size", "2",
+         *[a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]],
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    restarted_at = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait for the first child run, then take the server down
+            time.sleep(1)
+            if sweep.poll() is not None:
+                break
+            exp = client.get_experiment_by_name("smoke")
+            if exp and mlflow_runs(client, "smoke")[1]:
+                break
+        stop_process_group(server)
+        time.sleep(8)  # trials keep training while the server is down
+        server = start_mlflow_server(folder, port)
+        restarted_at = time.time() * 1000
+        sweep.wait(timeout=600)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    try:
+        out = (tmp_path / "sweep.log").read_text()
+        n = len(expand_space("smoke", overrides))
+        assert n == 2 and "trial groups of up to 2: 2 trials in 1 groups, 0 alone" in out
+        assert sweep.returncode == 0, out[-4000:]
+        assert (
+            f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
+            in out
+        )
+        sweep_dir = storage.join(s3_bucket, "smoke")
+        summary = json.loads(storage.read_text(storage.join(sweep_dir, "summary.json")))
+        assert {t["status"] for t in summary["trials"]} == {"finished"}
+        assert all(t["metrics"]["group_size"] == 2 for t in summary["trials"])
+        train = storage.join(s3_bucket, "smoke-train")
+        assert len(storage.list_names(storage.join(train, "_faults"))) == 1  # one group
+        parents, children = mlflow_runs(client, "smoke")
+        assert [p.info.run_name for p in parents] == ["smoke"] and len(children) == n
+        from rp_tune.planning.capacity import resolve_gpus
+
+        # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
+        cpu, _ = resolve_gpus(expand_space("smoke", overrides), {"GPU": 0}, "")
+        configs = {c.sparsity.scheme: c for c in cpu}
+        late = 0
+        for run in children:
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert run.data.tags["rp_tune.status"] == "finished"
+            assert run.info.run_name == run.data.tags["rp_tune.run_key"]
+            cfg = configs[run.data.params["sparsity.scheme"]]
+            for key, value in cfg.to_flat().items():
+                expect = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                assert run.data.params[key] == expect, key
+            hist = client.get_metric_history(run.info.run_id, "val_acc")
+            assert [m.step for m in hist] == [1, 2, 3]
+            late += any(m.timestamp >= restarted_at for m in hist)
+            assert run.data.metrics["resumed_from_epoch"] == 1.0
+            model = build_model(cfg.model.name)
+            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+            local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
+            assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
+            arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"density_report.csv", "grad_flow.csv", "training_curves.png"} <= arts
+        assert late >= 1, "nothing was logged after the server came back"
+    finally:
+        stop_process_group(server)
+    # the group's checkpoints in S3 hold each member's own masks
+    (run_dir,) = [k for k in storage.list_names(train) if k.startswith("train-group-")]
+    names = storage.list_names(storage.join(train, run_dir))
+    ckpts = [k for k in names if k.startswith("checkpoint_") and not k.endswith(".json")]
+    assert len(ckpts) >= 2, ckpts
+    for ckpt in ckpts:
+        for key, cfg in ((run_key(c), c) for c in cpu):
+            masks = storage.join(train, run_dir, ckpt, "members", key, "artifacts", "masks.parquet")
+            storage.copy_to_local(masks, tmp_path / "m.parquet")
+            model = build_model(cfg.model.name)
+            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
+            assert Masks.load(tmp_path / "m.parquet", model).equals(Masks.random(plan, cfg.seed))
     rep = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run_sweep.py"),
-            "--space",
-            "smoke",
-            "--storage",
-            s3_bucket,
-            "--report",
-            "--no-tracking",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, str(ROOT / "run_sweep.py"), "--space", "smoke", "--storage", s3_bucket,
+         "--report", "--no-tracking"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert rep.returncode == 0, rep.stderr[-2000:]
     table = pq.read_table(tmp_path / "smoke-report" / "results.parquet").to_pylist()
     assert sorted(row["run_key"] for row in table) == sorted(
@@ -458,113 +490,5 @@ def test_smoke_sweep_on_a_multinode_cluster_survives_losing_a_worker_node(tmp_pa
             plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
             local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
             assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
-    finally:
-        stop_process_group(server)
-
-
-@pytest.mark.slow
-def test_server_restart_and_killed_workers(tmp_path):
-    """The smoke sweep against a real server that goes down midway, every trial's training
-    worker SIGKILLed once at epoch 2: all trials resume from their epoch-1 checkpoint with the
-    same masks, and MLflow holds one child per trial with one value per epoch."""
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = start_mlflow_server(folder, port)
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    log_file = open(tmp_path / "sweep.log", "w")  # a pipe would fill up and stall the sweep
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "run_sweep.py",
-            "--space",
-            "smoke",
-            "--storage",
-            str(tmp_path / "res"),
-            "--num-cpus",
-            "2",
-            "--tracking-uri",
-            uri,
-            "--set",
-            "train.epochs=3",
-            "--set",
-            "sparsity.density=0.1",
-            "--inject-fault",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    client = MlflowClient(uri)
-    restarted_at = None
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # wait for the first child run, then take the server down
-            time.sleep(1)
-            if sweep.poll() is not None:
-                break
-            exp = client.get_experiment_by_name("smoke")
-            if exp and mlflow_runs(client, "smoke")[1]:
-                break
-        stop_process_group(server)
-        time.sleep(8)  # trials keep training while the server is down
-        server = start_mlflow_server(folder, port)
-        restarted_at = time.time() * 1000
-        sweep.wait(timeout=600)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    try:
-        out = (tmp_path / "sweep.log").read_text()
-        assert sweep.returncode == 0, out[-4000:]
-        n = N_SMOKE
-        assert (
-            f"trials: {n}  finished: {n}  failed: 0  unfinished: 0  resumed from a checkpoint: {n}"
-            in out
-        )
-        assert len(list((tmp_path / "res" / "smoke-train" / "_faults").iterdir())) == n
-        parents, children = mlflow_runs(client, "smoke")
-        assert len(parents) == 1 and len(children) == n
-        from rp_tune.planning.capacity import resolve_gpus
-
-        # as the sweep ran them: on this CPU machine, every trial resolved to the CPU
-        cpu, _ = resolve_gpus(expand_space("smoke", {"train.epochs": "3", **ONE}), {"GPU": 0}, "")
-        configs = {c.to_flat()["sparsity.scheme"] + str(c.sparsity.density): c for c in cpu}
-        late = 0
-        for run in children:
-            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-            assert run.data.tags["rp_tune.status"] == "finished"
-            cfg = configs[run.data.params["sparsity.scheme"] + run.data.params["sparsity.density"]]
-            assert run.info.run_name == run.data.tags["rp_tune.run_key"]
-            for key, value in cfg.to_flat().items():
-                expect = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                assert run.data.params[key] == expect, key
-            hist = client.get_metric_history(run.info.run_id, "val_acc")
-            assert [m.step for m in hist] == [1, 2, 3]
-            late += any(m.timestamp >= restarted_at for m in hist)
-            local = client.download_artifacts(run.info.run_id, "masks.parquet", str(tmp_path))
-            model = build_model(cfg.model.name)
-            plan = layer_densities(cfg.sparsity.scheme, layer_specs(model), cfg.sparsity.density)
-            assert Masks.load(local, model).equals(Masks.random(plan, cfg.seed))
-            ckpts = [
-                p
-                for p in (tmp_path / "res" / "smoke-train" / f"train-{run.info.run_name}").glob(
-                    "checkpoint_*"
-                )
-                if p.is_dir()
-            ]
-            assert ckpts and all(
-                Masks.load(checkpoint_masks_file(p), model).equals(Masks.random(plan, cfg.seed))
-                for p in ckpts
-            )
-            assert run.data.metrics["resumed_from_epoch"] == 1.0
-            arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-            assert {"density_report.csv", "grad_flow.csv", "training_curves.png"} <= arts
-        assert late >= 1, "nothing was logged after the server came back"
-        summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
-        assert len(summary["trials"]) == n
     finally:
         stop_process_group(server)

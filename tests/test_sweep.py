@@ -609,6 +609,25 @@ def test_the_local_ray_expects_each_trials_three_kinds_of_process(monkeypatch):
     assert expected_startups(smoke, 2, None) == {}
 
 
+def test_a_local_ray_starts_without_a_preemption_watcher_and_leaves_the_environment_alone(
+    monkeypatch,
+):
+    """A Ray of the sweep's own has one node, the driver's: Ray Train's per-trial preemption
+    watcher (an actor process per trial) is off for it, unless the user set the variable;
+    the driver's own environment is as before once Ray has started."""
+    from rp_tune.adapters.ray.cluster import local_ray_environment
+
+    name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    monkeypatch.delenv(name, raising=False)
+    with local_ray_environment():
+        assert os.environ[name] == "0"  # what the raylet, and so every worker, inherits
+    assert name not in os.environ
+    monkeypatch.setenv(name, "1")
+    with local_ray_environment():
+        assert os.environ[name] == "1"
+    assert os.environ[name] == "1"
+
+
 def test_evaluate_refuses_what_it_cannot_do_and_creates_nothing(tmp_path, capsys):
     res = tmp_path / "res"
     r = incli(capsys, "--space", "smoke", "--evaluate", "--storage", str(res))

@@ -31,6 +31,7 @@ from rp_tune.adapters.ray.callbacks import callback_class
 from rp_tune.adapters.ray.cluster import (
     cluster_capacity,
     expected_startups,
+    local_ray_environment,
     ray_logs_dir,
     stop_on_sigterm,
     stop_ray_session,
@@ -282,14 +283,15 @@ def _start_or_join_ray(d: _Driver) -> None:
         # address="local": a new Ray of our own, never the cluster that
         # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
         startups = expected_startups(d.configs, d.num_cpus, d.max_concurrent)
-        ray.init(
-            address="local",
-            _system_config=startups,
-            num_cpus=d.num_cpus,
-            include_dashboard=True,
-            log_to_driver=d.verbose,
-            logging_level=level,
-        )
+        with local_ray_environment():
+            ray.init(
+                address="local",
+                _system_config=startups,
+                num_cpus=d.num_cpus,
+                include_dashboard=True,
+                log_to_driver=d.verbose,
+                logging_level=level,
+            )
         node = getattr(ray._private.worker, "_global_node", None)
         if node is not None:  # so that a successor can stop it if this driver is killed
             d.lock.update(ray_session=node.get_session_dir_path())
