@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.planning.space import expand_space
-from tests.helpers import cli, mlflow_runs
+from tests.helpers import cli, incli, mlflow_runs
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ from tests.helpers import cli, mlflow_runs
     ],
 )
 def test_a_sparse_to_sparse_smoke_sweep_trains_tracks_and_compares_its_starts(
-    tmp_path, space, method, source, per_epoch, artifact
+    tmp_path, capsys, space, method, source, per_epoch, artifact
 ):
     """Every trial finishes; MLflow holds its per-epoch density, its training FLOPs per
     epoch and its artifact; the report prints and writes the dense start beside the random
@@ -47,7 +47,7 @@ def test_a_sparse_to_sparse_smoke_sweep_trains_tracks_and_compares_its_starts(
             updates = client.get_metric_history(rid, "granet_update_density")
             steps = sorted(m.step for m in updates)
             assert steps and steps == list(range(4, 4 * len(steps) + 1, 4))
-    rep = cli(*args, "--report")
+    rep = incli(capsys, *args, "--report")
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "sparse to sparse: each method from a dense start" in rep.stdout
     folder = res / f"{space}-smoke" / "report"
@@ -59,7 +59,7 @@ def test_a_sparse_to_sparse_smoke_sweep_trains_tracks_and_compares_its_starts(
 
 
 @pytest.mark.slow
-def test_the_ratio_comparison_smoke_sweep_trains_each_ratio_as_one_fused_group(tmp_path):
+def test_the_ratio_comparison_smoke_sweep_trains_each_ratio_as_one_fused_group(tmp_path, capsys):
     """gadhikar_ratios' smoke (uniform, ERK, balanced, pyramidal at one density) as one
     trial group of 4: an MLflow run and a report row per ratio."""
     res = tmp_path / "res"
@@ -76,7 +76,7 @@ def test_the_ratio_comparison_smoke_sweep_trains_each_ratio_as_one_fused_group(t
     for run in children:  # each member's training FLOPs, epoch by epoch, at its own mask
         flops = client.get_metric_history(run.info.run_id, "epoch_train_flops")
         assert run.data.metrics["train_flops_sparse"] == pytest.approx(sum(m.value for m in flops))
-    rep = cli(*args, "--report")
+    rep = incli(capsys, *args, "--report")
     assert rep.returncode == 0, rep.stderr[-3000:]
     agg = pacsv.read_csv(res / "gadhikar_ratios-smoke" / "report" / "aggregate.csv").to_pylist()
     assert sorted(a["scheme"] for a in agg) == schemes

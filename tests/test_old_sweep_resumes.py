@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import incli
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "tests" / "data" / "old_sweep_6265fed.tar.gz"
 MADE_AT = "/tmp/rp_tune_old_sweep_6265fed/" + "x" * 161 + "/results"  # 200 characters
@@ -115,12 +117,13 @@ def _checkpoints(train_run: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # minutes: see pyproject.toml
 @pytest.mark.skipif(
     sys.version_info[:2] != (3, 11),
     reason="the sweep's Tune state holds functions cloudpickled by value (rp_tune.sweep's "
     "trial-name lambdas): Python 3.11 bytecode, from the interpreter that made it",
 )
-def test_a_sweep_interrupted_under_release_6265fed_resumes_and_reports(tmp_path):
+def test_a_sweep_interrupted_under_release_6265fed_resumes_and_reports(tmp_path, capsys):
     """The old folder reads (--status), --resume trains the unfinished trial on from its
     epoch-1 checkpoint and the two it never started, leaves the finished one as it was, keeps
     the MLflow runs it had (one parent, one child per trial, each epoch once) and writes
@@ -131,7 +134,7 @@ def test_a_sweep_interrupted_under_release_6265fed_resumes_and_reports(tmp_path)
     sweep, train = root / "smoke", root / "smoke-train"
     storage = ["--storage", str(root)]
 
-    st = _cli(*ARGS, *storage, "--status", timeout=300)
+    st = incli(capsys, *ARGS, *storage, "--status")
     assert st.returncode == 0, st.stdout[-3000:] + st.stderr[-3000:]
     status = {
         ln.split()[0]: ln.split()[1] for ln in st.stdout.splitlines() if ln.startswith("cifar_")
@@ -193,7 +196,7 @@ def test_a_sweep_interrupted_under_release_6265fed_resumes_and_reports(tmp_path)
             steps = [m.step for m in client.get_metric_history(c.info.run_id, metric)]
             assert sorted(steps) == [1, 2], (key, metric, steps)
 
-    rep = _cli(*ARGS, *storage, "--report", timeout=600)
+    rep = incli(capsys, *ARGS, *storage, "--report")
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     report = sweep / "report"
     table = pq.read_table(report / "results.parquet").to_pylist()

@@ -15,23 +15,9 @@ from rp_tune.config import run_key
 from rp_tune.core.errors import SweepError
 from rp_tune.planning.space import expand_space
 from search_spaces import space_names
-from tests.helpers import cli
+from tests.helpers import cli, incli
 
 N_SMOKE = len(expand_space("smoke"))
-
-
-def incli(capsys, *args):
-    """run_sweep.py's main() in this process (no interpreter start: the quick loop stays
-    quick); the same result shape as `cli`. For paths that never start Ray."""
-    import run_sweep
-
-    capsys.readouterr()
-    try:
-        rc = run_sweep.main(list(args))
-    except SystemExit as e:  # argparse's own errors
-        rc = e.code
-    out = capsys.readouterr()
-    return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
 
 
 def test_every_space_expands_and_validates_full_and_smoke():
@@ -256,7 +242,7 @@ def test_density_out_of_range_inside_a_space():
 
 
 @pytest.mark.slow
-def test_smoke_sweep_runs_with_defaults(smoke_sweep):
+def test_smoke_sweep_runs_with_defaults(smoke_sweep, capsys):
     r, tmp_path = smoke_sweep.run, smoke_sweep.root.parent
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"trials: {N_SMOKE}  finished: {N_SMOKE}  failed: 0" in r.stdout
@@ -275,7 +261,7 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
     assert "(raylet)" not in r.stdout + r.stderr  # Ray's worker-startup warning is not ours
     assert len(lines) < 40 + N_SMOKE, r.stdout
     assert (tmp_path / "res" / "smoke" / "driver.log").stat().st_size > 0
-    status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
+    status = incli(capsys, "--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
     assert status.returncode == 0 and f"finished: {N_SMOKE}" in status.stdout, status.stderr
     assert url in status.stdout  # from summary.json: --status asks MLflow nothing
     summary = json.loads((tmp_path / "res" / "smoke" / "summary.json").read_text())
@@ -314,7 +300,7 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
         else:
             assert float(run.data.tags["total_train_seconds"]) > 0 and not run.data.metrics
     # the report: one Parquet row per trial, figures on disk
-    rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
+    rep = incli(capsys, "--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
     assert rep.returncode == 0, rep.stderr
     assert "mean ± std (n) over seeds" in rep.stdout and "no finished dense trial" in rep.stdout
     assert (tmp_path / "res" / "smoke" / "report" / "aggregate.csv").is_file()
@@ -353,7 +339,7 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
     assert sorted(t["metrics"]["achieved_density"] for t in members) == pytest.approx([0.3, 0.7])
     assert {t["metrics"]["group"] for t in members} == {members[0]["metrics"]["group"]}
     assert all(t["metrics"]["device_hours"] > 0 and t["epoch"] == 2 for t in members)
-    status = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
+    status = incli(capsys, "--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
     assert f"finished: {N_SMOKE + 2}" in status.stdout and "group-" not in status.stdout
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("rp_tune.role") != "sweep"]
@@ -363,7 +349,7 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep):
             assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
             arts = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert "masks.parquet" in arts
-    rep = cli("--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
+    rep = incli(capsys, "--space", "smoke", "--storage", str(tmp_path / "res"), "--report")
     table = pq.read_table(tmp_path / "res" / "smoke" / "report" / "results.parquet")
     assert table.num_rows == N_SMOKE + 2 and not any(
         k.startswith("group-") for k in table.column("run_key").to_pylist()
