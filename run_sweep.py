@@ -209,16 +209,29 @@ def _spaces_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse, expand and check the sweep's trials (one message and exit 2 for bad input,
     before anything starts), then one command: --status, --evaluate, --report, --dry-run,
-    or the sweep itself."""
-    from rp_tune.core.errors import SweepError
-    from rp_tune.planning.space import check_trials_fit
-
+    or the sweep itself. Ctrl-C or SIGTERM at any moment of a sweep, planning included,
+    ends it as during training: what it stored is kept, --resume continues it (exit 1)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     command = next((c for c in COMMAND_FLAGS if getattr(args, c)), "run")
+    name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+    if command == "run":  # from the first moment: planning a large sweep takes a while
+        from rp_tune.adapters.ray.cluster import stop_on_sigterm
+
+        stop_on_sigterm()
+    try:
+        return _command(args, command, name, argv)
+    except KeyboardInterrupt:
+        return _interrupted(args, command, name, argv)
+
+
+def _command(args: argparse.Namespace, command: str, name: str, argv: list[str] | None) -> int:
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.space import check_trials_fit
+
     try:
         configs = _configs(args)
-        name = args.name or (f"{args.space}-smoke" if args.smoke else args.space)
+        _stop_what_dead_drivers_left(args.storage)
         if command in ("status", "evaluate"):  # the storage only: no data, no Ray
             return COMMANDS[command](args, name, configs, argv)
         check_trials_fit(configs)
@@ -228,6 +241,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return COMMANDS[command](args, name, configs, argv)
+
+
+def _interrupted(args: argparse.Namespace, command: str, name: str, argv: list[str] | None) -> int:
+    """Ctrl-C or SIGTERM where Ray Tune does not handle it (Tune ends a sweep it runs with
+    the summary): while planning, starting Ray or writing the summary. A sweep that stored
+    its trials continues with --resume; one stopped before that gets a record, so that the
+    same --resume plans it again. The driver has let go of its lock and MLflow runs."""
+    from rp_tune.core import storage
+    from rp_tune.planning.records import is_stored, record_interrupted_planning
+
+    if command != "run":
+        print("interrupted", file=sys.stderr)
+        return 130
+    path = storage.join(storage.resolve(args.storage), name)
+    stored = False
+    try:
+        stored = is_stored(path)
+        if not stored:
+            record_interrupted_planning(path, resume_command(argv))
+    except OSError as e:
+        print(f"warning: {path}: cannot record the interruption: {e}", file=sys.stderr)
+    if stored:
+        print(f"interrupted (Ctrl-C or SIGTERM): what the sweep stored is kept; its table: "
+              f"{_with(argv, '--status')}")  # fmt: skip
+    else:
+        print("interrupted (Ctrl-C or SIGTERM) before the sweep stored its trials: none trained")
+    print(f"continue it with: {resume_command(argv)}")
+    return 1
+
+
+def _stop_what_dead_drivers_left(location: str) -> None:
+    """Whatever the command: the Ray processes a killed driver of any sweep under the results
+    root left running are stopped first (or the console says how, where they ran elsewhere)."""
+    from rp_tune.adapters.ray.cluster import stop_what_dead_drivers_left
+    from rp_tune.core import storage
+
+    try:
+        lines = stop_what_dead_drivers_left(storage.resolve(location))
+    except Exception as e:  # a store that cannot be listed: the command says so on its own
+        logging.getLogger("rp_tune").debug("no look for killed drivers' Ray: %s", e)
+        return
+    for line in lines:
+        print(line)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -347,7 +403,7 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     from rp_tune.adapters.ray.sweep import run_sweep
     from rp_tune.core.errors import SweepError
 
-    _console(args.verbose)
+    handler = _console(args.verbose)
     try:
         summary = run_sweep(
             configs,
@@ -373,6 +429,8 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:  # main() may run again in this process (a notebook, a test)
+        logging.getLogger("rp_tune.console").removeHandler(handler)
     print(
         f"results: {summary.path}  (the table again: {_with(argv, '--status')}; report: "
         f"{_with(argv, '--report')})"
@@ -386,9 +444,10 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
 
 
-def _console(verbose: bool) -> None:
-    """The sweep's own lines (rp_tune.console) on stdout, plain; with verbose, every INFO log
-    on stderr as well (without, the driver's log goes to <sweep>/driver.log)."""
+def _console(verbose: bool) -> logging.Handler:
+    """The sweep's own lines (rp_tune.console) on stdout, plain (the handler, for run() to
+    remove); with verbose, every INFO log on stderr as well (without, the driver's log goes
+    to <sweep>/driver.log)."""
     console = logging.getLogger("rp_tune.console")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -401,6 +460,7 @@ def _console(verbose: bool) -> None:
             h.setLevel(logging.WARNING)
         # MLflow sets its loggers' level when imported (later): its environment variable
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    return handler
 
 
 def mlflow_ui_command(uri: str, link: str | None = None) -> str:

@@ -88,6 +88,25 @@ def measure(uri: str, folder: Path, runs: int, epochs: int) -> dict[str, float]:
     }
 
 
+def measure_store(store: str, folder: Path, runs: int, epochs: int) -> dict[str, float]:
+    """`measure` into a fresh store in `folder`: the SQLite file a local sweep uses, or
+    `mlflow server` on loopback (one worker) over its own SQLite file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = None
+    if store == "sqlite":
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+    else:
+        port = free_port()
+        server = start_server(folder / "server.db", port)
+        uri = f"http://127.0.0.1:{port}"
+    try:
+        return measure(uri, folder, runs, epochs)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, 9)
+            server.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=16, help="trials reporting (default 16)")
@@ -100,21 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     stores = ["sqlite", "server"] if args.store == "both" else [args.store]
     for store in stores:
         with tempfile.TemporaryDirectory(prefix="rp_tune-rate-") as tmp:
-            folder = Path(tmp)
-            server = None
-            if store == "sqlite":
-                uri = f"sqlite:///{folder / 'mlflow.db'}"
-            else:
-                port = free_port()
-                server = start_server(folder / "server.db", port)
-                uri = f"http://127.0.0.1:{port}"
-            try:
-                out = measure(uri, folder, args.runs, args.epochs)
-            finally:
-                if server is not None:
-                    os.killpg(server.pid, 9)
-                    server.wait()
-            print(json.dumps({"store": store, "runs": args.runs, **out}), flush=True)
+            out = measure_store(store, Path(tmp), args.runs, args.epochs)
+        print(json.dumps({"store": store, "runs": args.runs, **out}), flush=True)
     return 0
 
 

@@ -106,6 +106,75 @@ def test_a_killed_drivers_ray_processes_are_stopped_by_its_successor(tmp_path):
     assert stop_ray_session("/not/a/session") == 0
 
 
+def test_a_killed_drivers_agents_that_name_no_session_are_found_by_their_open_logs(tmp_path):
+    """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver under process
+    titles that name no session (`ray::DashboardAgent`); they hold their logs open in the
+    session folder, and that is how they are found."""
+    from rp_tune.adapters.ray.cluster import stop_ray_session
+
+    session = tmp_path / f"session_2026-01-01_00-00-00_000000_{os.getpid()}"
+    (session / "logs").mkdir(parents=True)
+    code = "import os, time; f = open(os.environ['LOG'], 'a'); time.sleep(60)"
+    env = {**os.environ, "LOG": str(session / "logs" / "dashboard_agent.out")}
+    agent = subprocess.Popen([sys.executable, "-c", code, "ray::DashboardAgent"], env=env)
+    other = subprocess.Popen([sys.executable, "-c", code, "ray::DashboardAgent"],
+                             env={**env, "LOG": str(tmp_path / "elsewhere.out")})  # fmt: skip
+    try:
+        import psutil
+
+        deadline = time.time() + 30
+        while time.time() < deadline and not psutil.Process(agent.pid).open_files():
+            time.sleep(0.1)  # the agent opens its log
+        assert stop_ray_session(str(session)) == 1
+        agent.wait(timeout=10)
+        assert other.poll() is None  # another session's (or no session's) process
+    finally:
+        for p in (agent, other):
+            p.kill()
+            p.wait()
+
+
+def test_any_command_against_the_storage_stops_what_a_killed_driver_of_any_sweep_left(
+    tmp_path, capsys
+):
+    """--status of another sweep (here one that does not exist) still stops the Ray that a
+    killed driver of the sweep `a` left running on this host; a live driver's Ray is left
+    alone; for a dead driver on another host the console says how to stop its Ray there."""
+    from tests.helpers import incli
+
+    root = tmp_path / "res"
+    root.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid with no process: the killed driver's
+    dead_session = f"/tmp/ray/session_2026-01-01_00-00-00_000000_{gone.pid}"
+    live_session = f"/tmp/ray/session_2026-01-01_00-00-01_000000_{os.getpid()}"
+    sleep = "import time; time.sleep(60)"
+    left = subprocess.Popen([sys.executable, "-c", sleep, f"--session_dir={dead_session}"])
+    running = subprocess.Popen([sys.executable, "-c", sleep, f"--session_dir={live_session}"])
+    _lease(root / ".a.driver.json", pid=gone.pid, ray_session=dead_session)
+    _lease(root / ".b.driver.json", ray_session=live_session)  # this process: alive
+    _lease(root / ".c.driver.json", host="elsewhere", heartbeat=time.time() - 3600,
+           ray_session="/tmp/ray/session_2026-01-01_00-00-02_000000_7")  # fmt: skip
+    try:
+        r = incli(capsys, "--space", "smoke", "--storage", str(root), "--status")
+        assert r.returncode == 2 and "start it with" in r.stderr  # no sweep `smoke`: as before
+        left.wait(timeout=10)  # stopped
+        assert running.poll() is None  # a live driver's Ray
+        assert f"that the killed driver of the sweep 'a' (pid {gone.pid} on " in r.stdout
+        assert "left running (" + dead_session + ")" in r.stdout
+        assert (
+            "the killed driver of the sweep 'c' (pid " in r.stdout
+            and "on elsewhere, stop it with: pkill -9 -f session_2026-01-01_00-00-02_000000_7"
+            in r.stdout
+        ), r.stdout
+        again = incli(capsys, "--space", "smoke", "--storage", str(root), "--status")
+        assert "sweep 'a'" not in again.stdout  # nothing left to stop: nothing said
+    finally:
+        for p in (left, running):
+            p.kill()
+            p.wait()
+
+
 def test_a_half_written_lease_holds_until_it_is_older_than_the_ttl(tmp_path):
     """A lease that does not parse (its writer killed mid-write) is neither ignored (two
     drivers) nor kept forever (a stuck sweep): it dies by its file time."""

@@ -30,7 +30,9 @@ from rp_tune.core.errors import SweepError
 from rp_tune.planning.records import (
     TRIALS_FILE,
     all_results,
+    interrupted_before_stored,
     is_finished,
+    is_stored,
     last_result,
     stored_trials,
 )
@@ -337,6 +339,27 @@ def driver_lock(root: str, name: str) -> store.DriverLock:
     return store.DriverLock(store.join(root, f".{name}.driver.json"), f"the sweep at {path}")
 
 
+def dead_drivers(root: str) -> dict[str, dict]:
+    """The leases that killed drivers left under `root`, by sweep name: every sweep's, so
+    that any command against the storage can stop what they left running. Leases of live
+    drivers, and any that cannot be read, are not among them."""
+    try:
+        names = store.list_names(root)
+    except OSError:
+        return {}
+    dead = {}
+    for lease in names:
+        if lease.startswith(".") and lease.endswith(".driver.json"):
+            name = lease[1 : -len(".driver.json")]
+            try:
+                left = driver_lock(root, name).check()
+            except (store.LockHeld, OSError):
+                continue
+            if left:
+                dead[name] = left
+    return dead
+
+
 def check_not_held(root: str, name: str) -> dict | None:
     """SweepError if another live driver holds the sweep (checked before anything else: a
     sweep that driver is starting may not be restorable yet); else the lease a killed driver
@@ -373,12 +396,9 @@ def check_resume(path: str, configs: Sequence[TrialConfig]) -> None:
     naming the keys that differ when the space or a --set now gives other configs (an
     override would otherwise be silently ignored), or when a stored config no longer reads."""
     try:
-        if not (
-            store.exists(store.join(path, TRIALS_FILE))
-            or store.exists(
-                store.join(path, "tuner.pkl")  # Tune's own record (a sweep of an older release)
-            )
-        ):
+        if not is_stored(path):
+            if interrupted_before_stored(path):  # stopped while planning: nothing to compare
+                return
             raise SweepError(f"--resume: no sweep to resume at {path}")
         stored = stored_trials(path)
         differ = config_differences([e["flat"] for e in stored], configs) if stored else []

@@ -14,6 +14,7 @@ rp_tune adds to it (a group member's `group.json`, `evaluations.json`), and the 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -110,8 +111,38 @@ def copy_reused_trials(root: str, name: str, reused: Sequence[Mapping[str, Any]]
 
 
 def write_trial_entries(path: str, entries: Sequence[Mapping[str, Any]]) -> None:
-    """trials.json: every trial of the sweep (the reused ones name their sweep)."""
+    """trials.json: every trial of the sweep (the reused ones name their sweep). From here
+    on the sweep is stored: an interrupted-while-planning record is no longer needed."""
     store.write_text(store.join(path, TRIALS_FILE), json.dumps(list(entries), default=list))
+    if store.exists(store.join(path, INTERRUPTED_FILE)):
+        store.delete(store.join(path, INTERRUPTED_FILE))
+
+
+# <sweep>/interrupted.json: the driver was stopped (Ctrl-C, SIGTERM) before it stored the
+# sweep's trials. Nothing trained; the record lets the printed `--resume` plan it again.
+INTERRUPTED_FILE = "interrupted.json"
+
+
+def is_stored(path: str) -> bool:
+    """The sweep at `path` stored its trials: rp_tune's trials.json, or Tune's own record
+    (a sweep of an older release)."""
+    return store.exists(store.join(path, TRIALS_FILE)) or store.exists(
+        store.join(path, "tuner.pkl")
+    )
+
+
+def interrupted_before_stored(path: str) -> bool:
+    """A driver of the sweep at `path` was stopped before it stored the trials."""
+    return not is_stored(path) and store.exists(store.join(path, INTERRUPTED_FILE))
+
+
+def record_interrupted_planning(path: str, command: str) -> None:
+    """Record that the sweep's driver was stopped while planning (nothing stored yet), so
+    that `--resume` starts it rather than reporting no sweep."""
+    stopped = time.strftime("%Y-%m-%d %H:%M:%S")
+    store.write_text(
+        store.join(path, INTERRUPTED_FILE), json.dumps({"stopped": stopped, "command": command})
+    )
 
 
 def write_member_records(path: str, unit: Mapping[str, Any]) -> None:

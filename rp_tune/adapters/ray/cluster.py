@@ -68,6 +68,27 @@ def local_ray_environment() -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT, and SIGTERM made SIGINT by `stop_on_sigterm`) during the block takes
+    effect as it ends: for `ray.init`, which a KeyboardInterrupt half-way through would
+    leave with processes started that `ray.shutdown` does not know of yet. Only from the
+    main thread, where signals are handled."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
 def ray_logs_dir() -> str:
     """Where this Ray session keeps its processes' logs (the training workers' included)."""
     import ray
@@ -81,19 +102,28 @@ def ray_logs_dir() -> str:
 def stop_ray_session(session_dir: str) -> int:
     """SIGKILL what is left of a local Ray whose driver was killed; returns the count.
 
-    A SIGKILLed driver takes only itself down: its GCS, raylet, dashboard and their agents
-    run on. They carry the session folder (`/tmp/ray/session_<date>_<pid>`) in their
-    command lines; each of them and every process under them is stopped.
+    A SIGKILLed driver takes only part of its Ray down: its GCS and raylet go with it, its
+    dashboard agent and runtime-env agent run on, reparented, under process titles
+    (`ray::DashboardAgent`) that no longer name anything. A process of the session is one
+    whose command line names the session folder (`/tmp/ray/session_<date>_<pid>`) or that
+    holds a file open in it (every Ray process keeps its logs there); each, and every
+    process under it, is stopped.
     """
     import psutil
 
-    name = os.path.basename(session_dir.rstrip("/"))
+    folder = session_dir.rstrip("/")
+    name = os.path.basename(folder)
     if not name.startswith("session_"):
         return 0
     victims: dict[int, Any] = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if p.pid != os.getpid() and any(name in a for a in p.info["cmdline"] or []):
+            cmdline = p.info["cmdline"] or []
+            if p.pid == os.getpid() or not any("ray" in a for a in cmdline):
+                continue
+            if any(name in a for a in cmdline) or any(
+                f.path.startswith(folder + "/") for f in p.open_files()
+            ):
                 for q in [p, *p.children(recursive=True)]:
                     victims[q.pid] = q
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -105,6 +135,34 @@ def stop_ray_session(session_dir: str) -> int:
             pass
     psutil.wait_procs(list(victims.values()), timeout=10)
     return len(victims)
+
+
+def stop_what_dead_drivers_left(root: str) -> list[str]:
+    """Every command against a results root first stops the local Ray that a killed driver
+    of any sweep under it left running (`stop_ray_session`), so that none outlives the next
+    command; where that Ray ran on another host, the line says how to stop it there. One
+    line per sweep for the console; none when nothing was left."""
+    import socket
+
+    from rp_tune.planning.plan import dead_drivers
+
+    here, lines = socket.gethostname(), []
+    for name, lease in sorted(dead_drivers(root).items()):
+        session = str(lease.get("ray_session") or "")
+        if not session:  # it joined a cluster (--address), or died before its Ray started
+            continue
+        host = lease.get("host")
+        who = f"the killed driver of the sweep {name!r} (pid {lease.get('pid')} on {host})"
+        if host != here:
+            lines.append(
+                f"{who} may have left its Ray running there: on {host}, "
+                f"stop it with: pkill -9 -f {os.path.basename(session.rstrip('/'))}"
+            )
+            continue
+        stopped = stop_ray_session(session)
+        if stopped:
+            lines.append(f"stopped {stopped} Ray processes that {who} left running ({session})")
+    return lines
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource

@@ -31,6 +31,7 @@ from rp_tune.adapters.ray.callbacks import callback_class
 from rp_tune.adapters.ray.cluster import (
     cluster_capacity,
     expected_startups,
+    interrupt_after,
     local_ray_environment,
     ray_logs_dir,
     stop_on_sigterm,
@@ -65,6 +66,7 @@ from rp_tune.planning.records import (
     TRIALS_FILE,
     all_results,
     copy_reused_trials,
+    interrupted_before_stored,
     stored_trials,
     write_member_records,
     write_summary,
@@ -196,10 +198,16 @@ def _refuse_a_bad_state(d: _Driver) -> None:
         can_restore = tune.Tuner.can_restore(d.path)
     except Exception as e:  # unreachable bucket, missing credentials, unknown scheme
         raise SweepError(f"--storage {d.storage!r} cannot be read: {e}") from None
-    if d.resume and not can_restore:
-        raise SweepError(f"--resume: no sweep to resume at {d.path}")
     # a sweep whose every trial was reused has its trials.json and no Tune experiment
     exists = can_restore or store.exists(store.join(d.path, TRIALS_FILE))
+    if d.resume and not can_restore:
+        if not (exists or interrupted_before_stored(d.path)):
+            raise SweepError(f"--resume: no sweep to resume at {d.path}")
+        check_resume(d.path, d.configs)  # the trials it stored, if it got that far
+        # stopped (Ctrl-C, SIGTERM) before Tune stored anything: nothing trained under Tune
+        # (a Train run's checkpoints are found again by trial name); planned and started anew
+        console.info("sweep %s never reached Ray Tune before it was stopped: starting it", d.name)
+        d.resume, exists = False, False
     if d.extend and not exists:
         raise SweepError(f"--extend: no sweep at {d.path} to extend; start it without --extend")
     if not d.resume and not d.extend and exists:
@@ -283,7 +291,7 @@ def _start_or_join_ray(d: _Driver) -> None:
         # address="local": a new Ray of our own, never the cluster that
         # /tmp/ray/ray_current_cluster happens to name (another sweep's, a test run's)
         startups = expected_startups(d.configs, d.num_cpus, d.max_concurrent)
-        with local_ray_environment():
+        with local_ray_environment(), interrupt_after():
             ray.init(
                 address="local",
                 _system_config=startups,
@@ -296,7 +304,8 @@ def _start_or_join_ray(d: _Driver) -> None:
         if node is not None:  # so that a successor can stop it if this driver is killed
             d.lock.update(ray_session=node.get_session_dir_path())
     elif not ray.is_initialized():
-        ray.init(address=d.address, log_to_driver=d.verbose, logging_level=level)
+        with interrupt_after():
+            ray.init(address=d.address, log_to_driver=d.verbose, logging_level=level)
     stop_on_sigterm()  # after ray.init, which sets its own SIGTERM handler
     if d.need_ray:
         console.info(
