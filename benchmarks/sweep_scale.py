@@ -9,8 +9,9 @@ synthetic images per trial (a trial's own work is about a second), run as a user
 (`run_sweep.py`, a local Ray it starts itself, MLflow in the results root's SQLite file) in
 a fresh storage. Measured from outside, as a user sees it:
 
-- first_start_s: launch to the console's first `started` line (planning, Ray's start,
-  Tune's first trial);
+- first_start_s: launch to Tune starting the first trial (its folder appears: planning,
+  Ray's start, Tune's first step); first_result_s: launch to the console's first `started`
+  line (its first epoch reported: Ray Train's worker group started, the data made, an epoch);
 - driver_peak_mb: the driver process's peak resident memory (VmHWM) before the stop;
 - fixed_s_per_trial: once the first trial finished, the wall time to the `--finish`-th
   (default 20) times the trials running at once, per trial, less a trial's own training
@@ -90,7 +91,8 @@ def run_size(n: int, finish: int, cpus: int, folder: Path) -> dict:
         [sys.executable, "run_sweep.py", *args], cwd=ROOT, stdout=open(out_file, "w"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    first_start, finished_at, peak, seen = None, [], 0.0, 0
+    first_start, first_result, finished_at, peak, seen = None, None, [], 0.0, 0
+    sweep = res / "smoke"
     want = min(finish, 4 * max(1, n // 4))
     concurrent = None
     try:
@@ -100,9 +102,11 @@ def run_size(n: int, finish: int, cpus: int, folder: Path) -> dict:
             lines = text.splitlines()
             if not text.endswith("\n"):  # the last line is being written: read it next time
                 lines = lines[:-1]
+            if first_start is None and any(sweep.glob("cifar_resnet_8-*/params.json")):
+                first_start = time.time() - t0  # Tune started a trial: its folder, its params
             for line in lines[seen:]:
-                if " started  " in line and first_start is None:
-                    first_start = time.time() - t0
+                if " started  " in line and first_result is None:
+                    first_result = time.time() - t0
                 if " finished " in line and "test_acc" in line:
                     finished_at.append(time.time())
                 if "at most" in line and concurrent is None:  # "..., at most 3 at a time"
@@ -112,7 +116,13 @@ def run_size(n: int, finish: int, cpus: int, folder: Path) -> dict:
         peak = max(peak, _peak_mb(proc.pid))
     finally:
         exit_s = stop_timed(proc, signal.SIGINT, timeout=600)
-    own = _own_seconds(res / "smoke")
+    stored = (
+        json.loads((sweep / "trials.json").read_text()) if (sweep / "trials.json").is_file() else []
+    )
+    # Tune's own records of the sweep: they must not grow with the trial count
+    tune_files = [*sweep.glob("experiment_state-*.json"), *sweep.glob("searcher-state-*.pkl")]
+    tune_kb = max((f.stat().st_size for f in tune_files), default=0) / 1024
+    own = _own_seconds(sweep)
     own_mean = sum(own) / len(own) if own else float("nan")
     fixed = float("nan")
     if len(finished_at) >= 2 and concurrent:
@@ -121,6 +131,7 @@ def run_size(n: int, finish: int, cpus: int, folder: Path) -> dict:
     return {
         "trials": 4 * max(1, n // 4),
         "first_start_s": round(first_start, 1) if first_start is not None else None,
+        "first_result_s": round(first_result, 1) if first_result is not None else None,
         "driver_peak_mb": round(peak),
         "finished": len(finished_at),
         "concurrent": concurrent,
@@ -128,6 +139,8 @@ def run_size(n: int, finish: int, cpus: int, folder: Path) -> dict:
         "fixed_s_per_trial": round(fixed, 1),
         "ctrl_c_exit_s": round(exit_s, 1),
         "driver_rc": proc.returncode,
+        "stored_trials": len(stored),
+        "tune_state_kb": round(tune_kb, 1),
     }
 
 
@@ -160,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"store": store, **r}), flush=True)
                 rates[store] = r["rows_per_s"]
     print()
-    print(f"{'trials':>7} {'first start s':>13} {'driver MB':>9} {'fixed s/trial':>13} "
-          f"{'Ctrl-C to exit s':>16}")  # fmt: skip
+    print(f"{'trials':>7} {'first start s':>13} {'first result s':>14} {'driver MB':>9} "
+          f"{'fixed s/trial':>13} {'Ctrl-C to exit s':>16}")  # fmt: skip
     for r in rows:
-        print(f"{r['trials']:>7} {r['first_start_s']!s:>13} {r['driver_peak_mb']:>9} "
-              f"{r['fixed_s_per_trial']:>13} {r['ctrl_c_exit_s']:>16}")  # fmt: skip
+        print(f"{r['trials']:>7} {r['first_start_s']!s:>13} {r['first_result_s']!s:>14} "
+              f"{r['driver_peak_mb']:>9} {r['fixed_s_per_trial']:>13} "
+              f"{r['ctrl_c_exit_s']:>16}")  # fmt: skip
     for store, rate in rates.items():
         print(f"tracker into {store}: {rate:.0f} epoch rows/s")
     return 0

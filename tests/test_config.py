@@ -110,3 +110,24 @@ def test_nan_and_inf_are_refused_wherever_a_number_goes():
                 from_flat({key: bad})
     with pytest.raises(ConfigError, match="train.weight_decay=nan is invalid; valid: a finite"):
         TrialConfig(train=TrainConfig(weight_decay=math.nan))  # built directly, not from flat
+
+
+def test_the_quick_paths_of_planning_give_what_the_full_reading_gives():
+    """config_identity skips reading a config's flat form again and replace() sets a value
+    in its section only: for every trial of several spaces, the same identity and the same
+    config as the full round trip through from_flat; bad keys and values still refused."""
+    from rp_tune.config import config_identity, from_flat, trial_identity
+    from rp_tune.planning.space import expand_space
+
+    for space in ("smoke", "width_scan", "imp_sparse_to_sparse", "granet_sparse_to_sparse"):
+        for c in expand_space(space):
+            assert config_identity(c) == trial_identity(c.to_flat())
+            assert config_identity(c, True) == trial_identity(c.to_flat(), True)
+            changes = {"resources.gpus_per_worker": 1.0, "train.epochs": "3", "seed": "7"}
+            slow = from_flat({**c.to_flat(), **changes})
+            assert c.replace(**changes) == slow
+    c = expand_space("smoke")[0]
+    with pytest.raises(ConfigError, match="unknown config key"):
+        c.replace(**{"train.epoch": 3})
+    with pytest.raises(ConfigError, match="train.epochs"):
+        c.replace(**{"train.epochs": "many"})

@@ -479,7 +479,13 @@ class TrialConfig:
         return self.seed if own is None else own
 
     def replace(self, **flat: Any) -> TrialConfig:
-        """A copy with flat keys overridden, e.g. cfg.replace(**{"train.epochs": 2})."""
+        """A copy with flat keys overridden, e.g. cfg.replace(**{"train.epochs": 2}).
+
+        Keys that set a value alone change their section in place (dataclasses.replace runs
+        every check again, as from_flat would); a new recipe or data set, whose defaults
+        reach other keys, rebuilds the whole config."""
+        if not {"train.recipe", "data.name"} & set(flat):
+            return _replace_fields(self, flat)
         base = to_flat(self)
         if flat.get("train.recipe", self.train.recipe) != self.train.recipe:
             for key in RECIPES[self.train.recipe]:  # let the new recipe fill its own values
@@ -489,6 +495,26 @@ class TrialConfig:
             if self.data.val_fraction == default_val_fraction(self.data.name):
                 base.pop("data.val_fraction")  # the new dataset's own default
         return from_flat({**base, **flat})
+
+
+def _replace_fields(cfg: TrialConfig, flat: Mapping[str, Any]) -> TrialConfig:
+    """cfg with flat keys set, each coerced to its field's type; ConfigError for a key that
+    does not exist. Sections not named keep their (validated) objects."""
+    unknown = sorted(k for k in flat if k not in _defaults())
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {flat_keys()}")
+    parts: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key != "seed":
+            section, name = key.split(".", 1)
+            typ = _field_types(SECTIONS[section])[name]
+            parts.setdefault(section, {})[name] = coerce(key, value, typ)
+    changes: dict[str, Any] = {
+        s: dataclasses.replace(getattr(cfg, s), **kw) for s, kw in parts.items()
+    }
+    if "seed" in flat:
+        changes["seed"] = coerce("seed", flat["seed"], int)
+    return dataclasses.replace(cfg, **changes)
 
 
 def layer_density_map(text: str) -> dict[str, float]:
@@ -541,10 +567,18 @@ def to_flat(cfg: TrialConfig) -> dict[str, Any]:
 
 
 def flat_keys() -> list[str]:
-    return list(to_flat_defaults())
+    return list(_defaults())
 
 
 def to_flat_defaults() -> dict[str, Any]:
+    return dict(_defaults())
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """The default config, flat; built once (every `from_flat` checks its keys against it:
+    building it anew each time was a third of planning a 10,000-trial sweep). Callers get
+    copies."""
     return to_flat(TrialConfig())
 
 
@@ -617,8 +651,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
 
 def from_flat(flat: Mapping[str, Any]) -> TrialConfig:
     """Build (and validate) a TrialConfig from flat keys; missing keys take defaults."""
-    valid = set(flat_keys())
-    unknown = sorted(set(flat) - valid)
+    valid = _defaults()
+    unknown = sorted(k for k in flat if k not in valid)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
     parts: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -678,11 +712,14 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
 # --- comparing configs: a stored sweep against the space expanded now -----------------
 
 
-def _comparable(flat: Mapping[str, Any], drop_gpus: bool = False) -> dict[str, Any]:
+def _comparable(
+    flat: Mapping[str, Any], drop_gpus: bool = False, read: bool = True
+) -> dict[str, Any]:
     """A flat config as this release reads it (fields it added take their defaults), minus
     the keys that never change a result (NOT_HASHED), with lists as tuples; drop_gpus: less
-    resources.gpus_per_worker too (compared with configs that leave it to the sweep)."""
-    full = from_flat(flat).to_flat()
+    resources.gpus_per_worker too (compared with configs that leave it to the sweep).
+    read=False: `flat` is a TrialConfig's own to_flat(), already as this release reads it."""
+    full = from_flat(flat).to_flat() if read else flat
     out = {
         k: tuple(v) if isinstance(v, list) else v for k, v in full.items() if k not in NOT_HASHED
     }
@@ -701,6 +738,11 @@ def trial_identity(flat: Mapping[str, Any], drop_gpus: bool = False) -> str:
     """What makes two trials the same experiment: the flat config as this release reads it,
     less where it runs (NOT_HASHED), whatever run key a release gave it."""
     return repr(sorted(_comparable(flat, drop_gpus).items()))
+
+
+def config_identity(cfg: TrialConfig, drop_gpus: bool = False) -> str:
+    """trial_identity of a config of this release, without reading its flat form again."""
+    return repr(sorted(_comparable(cfg.to_flat(), drop_gpus, read=False).items()))
 
 
 def config_differences(

@@ -20,6 +20,7 @@ from rp_tune.config import (
     ConfigError,
     TrialConfig,
     config_differences,
+    config_identity,
     gpus_unresolved,
     run_key,
     trial_epochs,
@@ -318,7 +319,7 @@ def plan_trials(
     train, reused = [], []
     for c in configs:
         flat = c.to_flat()
-        ident = trial_identity(flat)
+        ident = config_identity(c)
         if ident in have:
             continue
         have[ident] = {}
