@@ -53,11 +53,17 @@ class TrialOutcome:
     reused_from: str = ""  # the sweep under the same root that trained it, if reused
 
 
-def stored_outcome(path: str, entry: Mapping[str, Any]) -> TrialOutcome:
+def stored_outcome(
+    path: str, entry: Mapping[str, Any], folders: set[str] | None = None
+) -> TrialOutcome:
     """A trial of the sweep that Tune did not run this time (finished before an --extend,
-    reused from another sweep, or not started yet), from what its folder holds."""
+    reused from another sweep, or not started yet), from what its folder holds. `folders`:
+    the sweep folder's names, listed once by a caller with many trials: a trial without a
+    folder is pending, with nothing to read (10,000 reads of absent files made a Ctrl-C of
+    a large sweep take seconds)."""
     trial_dir = store.join(path, entry["run_key"])
-    results = all_results(trial_dir)
+    absent = folders is not None and entry["run_key"] not in folders
+    results = [] if absent else all_results(trial_dir)
     last = results[-1] if results else {}
     epochs = trial_epochs(entry["flat"])
     status = trial_status(last, epochs, errored=False) if last else "pending"

@@ -538,9 +538,10 @@ def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
         else:
             outcomes.append(_outcome(trial, result, error))
     seen = {t.run_key for t in outcomes}
+    folders = set(store.list_names(d.path))  # once: most trials of a large sweep have none
     for e in stored_trials(d.path):  # finished before, reused, or not started by Tune yet
         if e["run_key"] not in seen:
-            outcomes.append(stored_outcome(d.path, e))
+            outcomes.append(stored_outcome(d.path, e, folders))
     return outcomes
 
 
