@@ -340,10 +340,13 @@ def plan_trials(
     return TrialPlan(entries, train, kept=[dict(e) for e in existing], reused=reused)
 
 
+LEASE_SUFFIX = ".driver.json"  # <root>/.<sweep name>.driver.json: the sweep's driver lease
+
+
 def driver_lock(root: str, name: str) -> store.DriverLock:
     """The lease that lets one driver at a time hold the sweep `name` under `root`."""
     path = store.join(root, name)
-    return store.DriverLock(store.join(root, f".{name}.driver.json"), f"the sweep at {path}")
+    return store.DriverLock(store.join(root, f".{name}{LEASE_SUFFIX}"), f"the sweep at {path}")
 
 
 def dead_drivers(root: str) -> dict[str, dict]:
@@ -356,8 +359,8 @@ def dead_drivers(root: str) -> dict[str, dict]:
         return {}
     dead = {}
     for lease in names:
-        if lease.startswith(".") and lease.endswith(".driver.json"):
-            name = lease[1 : -len(".driver.json")]
+        if lease.startswith(".") and lease.endswith(LEASE_SUFFIX):
+            name = lease[1 : -len(LEASE_SUFFIX)]
             try:
                 left = driver_lock(root, name).check()
             except (store.LockHeld, OSError):
