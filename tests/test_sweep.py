@@ -261,6 +261,16 @@ def test_smoke_sweep_runs_with_defaults(smoke_sweep, capsys):
     assert "(raylet)" not in r.stdout + r.stderr  # Ray's worker-startup warning is not ours
     assert len(lines) < 40 + N_SMOKE, r.stdout
     assert (tmp_path / "res" / "smoke" / "driver.log").stat().st_size > 0
+    # Tune's state of a finished trial: its run key, not its config; no per-metric statistics
+    (state_file,) = (tmp_path / "res" / "smoke").glob("experiment_state-*.json")
+    trial_data = json.loads(state_file.read_text())["trial_data"]
+    assert len(trial_data) == N_SMOKE
+    for trial_json, metadata_json in trial_data:
+        assert "model.name" not in trial_json + metadata_json  # the flat config
+        metadata = json.loads(metadata_json)
+        assert metadata["metric_analysis"] == {} and metadata["metric_n_steps"] == {}
+        assert metadata["last_result"]["test_acc"] >= 0
+        assert len(trial_json) + len(metadata_json) < 12_000, (len(trial_json), metadata_json)
     status = incli(capsys, "--space", "smoke", "--storage", str(tmp_path / "res"), "--status")
     assert status.returncode == 0 and f"finished: {N_SMOKE}" in status.stdout, status.stderr
     assert url in status.stdout  # from summary.json: --status asks MLflow nothing

@@ -5,7 +5,8 @@ rp_tune adds to it (a group member's `group.json`, `evaluations.json`), and the 
 
     <sweep>/trials.json                 every trial's flat config and run key, at the start
     <sweep>/summary.json                the outcome of the last driver's run
-    <sweep>/<run key>/params.json       {"trial": entry} as Tune's config of the trial
+    <sweep>/<run key>/params.json       Tune's config of the trial: {"trial": {"run_key"}}
+                                        (a member's, and older releases': its whole entry)
     <sweep>/<run key>/result.json       one JSON line per reported epoch (Tune)
     <sweep>/<run key>/group.json        a group member: its unit's folder (rows are there)
     <sweep>/<run key>/evaluations.json  final evaluations run again (`--evaluate`)
@@ -195,8 +196,9 @@ def has_trials(folder: str) -> bool:
 
 
 def read_params(trial_dir: str) -> dict[str, Any] | None:
-    """The entry Tune stored as a trial's config (run key, flat config; a group's members),
-    or None where the folder holds none."""
+    """The entry Tune stored as a trial's config (its run key; a group's members; the flat
+    config in a group member's and in sweeps of releases before 2026-12-07), or None where
+    the folder holds none."""
     location = store.join(trial_dir, PARAMS_FILE)
     if not store.exists(location):
         return None

@@ -22,6 +22,7 @@ from rp_tune.planning.records import (
     evaluated_metrics,
     is_finished,
     read_params,
+    stored_trials,
 )
 from rp_tune.results.grouping import (
     SEED_KEYS,
@@ -39,6 +40,9 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not storage.exists(sweep_dir):
         raise FileNotFoundError(f"no sweep at {sweep_dir}")
     rows = []
+    # Tune's params.json names a trial's run key; its config is the sweep's entry (a sweep
+    # of an older release, without trials.json, kept the config in params.json)
+    flats = {e["run_key"]: e["flat"] for e in stored_trials(sweep_dir)}
     for name in storage.list_names(sweep_dir):
         trial = storage.join(sweep_dir, name)
         entry = read_params(trial)
@@ -46,20 +50,25 @@ def read_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             entry is None or "members" in entry
         ):  # a trial group's Tune trial: its members have their own rows
             continue
+        flat = entry.get("flat") or flats.get(entry["run_key"])
+        if flat is None:
+            raise FileNotFoundError(
+                f"{trial}: no config for trial {entry['run_key']} in {TRIALS_FILE} or params.json"
+            )
         results = all_results(trial)
         last = results[-1] if results else {}
-        epochs = trial_epochs(entry["flat"])
+        epochs = trial_epochs(flat)
         row: dict[str, Any] = {
             "run_key": entry["run_key"],
             "status": "finished" if is_finished(last, epochs) else "unfinished",
         }
-        for k, v in entry["flat"].items():
+        for k, v in flat.items():
             row[k] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
         for k, v in last.items():
             if is_metric(k) or k in ("epoch", "resumed_from_epoch"):
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[k] = float(v)
-        row.update(trial_cost(results, entry["flat"]))
+        row.update(trial_cost(results, flat))
         for k, v in evaluated_metrics(trial).items():  # from --evaluate: never over its own
             row.setdefault(k, float(v))
         if last.get("checkpoint_path"):  # the newest checkpoint (the final one, if finished)

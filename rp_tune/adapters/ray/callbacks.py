@@ -30,9 +30,17 @@ def _result_trial(
     """(run key, flat config) of the trial a Tune result is of: the Tune trial's own, or for
     a trial group the member the row names (its config from `flats`, the sweep's entries)."""
     key = str(result.get("run_key") or trial["run_key"])
-    if key in (trial.get("members") or ()):
-        return key, flats.get(key, trial["flat"])
-    return trial["run_key"], trial["flat"]
+    if key not in (trial.get("members") or ()):
+        key = trial["run_key"]
+    return key, _flat(key, trial, flats)
+
+
+def _flat(key: str, trial: Mapping[str, Any], flats: Mapping[str, dict]) -> dict:
+    """A trial's flat config: the sweep's entry; Tune's config held it in a sweep stored
+    before Tune's config named run keys only (a group's own: its first member's)."""
+    if key in flats:
+        return flats[key]
+    return trial["flat"]
 
 
 def _trial_ends(
@@ -46,13 +54,24 @@ def _trial_ends(
     group = "members" in t
     out = []
     for key in t.get("members") or [t["run_key"]]:
-        flat = flats.get(key, t["flat"]) if group else t["flat"]
+        flat = _flat(key, t, flats)
         rows = [r for r in results if r.get("run_key") == key] if group else results
         last = dict(rows[-1]) if rows else ({} if group else dict(trial.last_result or {}))
         # its wall-clock, retries and device-hours: Tune's local record of the trial
         last.update(trial_cost(rows or ([last] if last else []), flat))
         out.append((key, flat, last))
     return out
+
+
+def forget_statistics(trial: Any) -> None:
+    """Drops Tune's per-metric statistics of an ended trial (min, max, mean and the last 5
+    and 10 values of every number it reported: ~19 KB per trial in the experiment state,
+    which Tune rewrites whole, finished trials included). Nothing in rp_tune reads them: the
+    summary and the report read the trials' last results and their rows."""
+    metadata = getattr(trial, "run_metadata", None)
+    if metadata is not None and getattr(metadata, "metric_analysis", None):
+        metadata.metric_analysis = {}  # its own setattr drops its cached JSON
+        metadata.metric_n_steps = {}
 
 
 def _make_tracking_callback() -> type:
@@ -160,6 +179,7 @@ def _make_console_callback() -> type:
                     if not last.get("member_failed"):
                         status = trial_status(last, trial_epochs(flat), errored=False)
                         console.info(self.progress.ended(key, last, status))
+            forget_statistics(trial)  # the console's callback is in every sweep
 
         def on_trial_error(self, iteration, trials, trial, **info):
             if self.progress is not None:
@@ -169,6 +189,7 @@ def _make_console_callback() -> type:
                 for key, _, last in _trial_ends(trial, self.flats):
                     if not last.get("member_failed"):
                         console.info(self.progress.ended(key, {}, "failed", error))
+            forget_statistics(trial)
 
         def on_step_end(self, iteration, trials, **info):
             if self.progress is not None and self.progress.due():

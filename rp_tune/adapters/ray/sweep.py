@@ -354,13 +354,29 @@ def _start_tracking(d: _Driver) -> None:
     console.info("MLflow tracking at %s (experiment %r)", d.uri, d.tracker.experiment)
 
 
-def _trainable(d: _Driver) -> Any:
+def _trainable(d: _Driver, keys: Sequence[str]) -> Any:
+    """`_tune_trial` with the flat configs of the trials `keys` (a group: its members) in
+    Ray's object store, put there once: Tune's config of a trial names its run key only.
+
+    Why not the flat config in Tune's config: Tune keeps a trial's config four times in its
+    experiment state (config, unresolved config, the searcher's evaluated params, the last
+    result) and again in its experiment tag, ~2 KB each, and rewrites the whole state for
+    every trial, finished ones included: ~48 KB per trial, ~480 MB per save at 10,000."""
     import ray
     from ray import tune
 
     if not d.need_ray:
         return None
-    return tune.with_resources(_tune_trial, trial_driver_resources(ray.nodes()))
+    plan = {k: json.dumps(d.flats[k], separators=(",", ":")) for k in keys}  # text: quick to load
+    return tune.with_resources(
+        tune.with_parameters(_tune_trial, plan=plan), trial_driver_resources(ray.nodes())
+    )
+
+
+def _trial_name(trial: Any) -> str:
+    """A Tune trial's name and folder: its run key (by reference in Tune's state; a lambda
+    would be pickled into every trial's record)."""
+    return trial.config["trial"]["run_key"]
 
 
 def _restore_tuner(d: _Driver) -> Any:
@@ -378,16 +394,16 @@ def _restore_tuner(d: _Driver) -> Any:
                 "the setting it started with",
                 flag,
             )
-    tuner = tune.Tuner.restore(
-        d.path, trainable=_trainable(d), resume_unfinished=True, resume_errored=True
-    )
-    run_config = tuner._local_tuner.get_run_config()
     entries = stored_trials(d.path)  # read once: trial epochs and configs
     d.known = {e["run_key"]: trial_epochs(e["flat"]) for e in entries}
+    d.flats.update({e["run_key"]: e["flat"] for e in entries})
+    tuner = tune.Tuner.restore(
+        d.path, trainable=_trainable(d, list(d.known)), resume_unfinished=True, resume_errored=True
+    )
+    run_config = tuner._local_tuner.get_run_config()
     stored = [from_flat(e["flat"]) for e in entries]
     capacity = cluster_capacity(d.address is not None)
     concurrent = d.max_concurrent or default_concurrency(stored or d.configs, capacity)
-    d.flats.update({e["run_key"]: e["flat"] for e in entries})
     d.callbacks.append(callback_class("ConsoleCallback")(Progress(d.known, concurrent), d.flats))
     lazy = (callback_class("TrackingCallback"), callback_class("ConsoleCallback"))
     run_config.callbacks = [
@@ -445,14 +461,14 @@ def _new_tuner(d: _Driver) -> Any:
         "fault": fault,
     }
     tuner = tune.Tuner(
-        _trainable(d),
+        _trainable(d, [e["run_key"] for e in trials.train]),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=PlannedTrials(entries),  # not a grid-search spec: see its module
             num_samples=len(entries),
             max_concurrent_trials=concurrent,
-            trial_name_creator=lambda t: t.config["trial"]["run_key"],
-            trial_dirname_creator=lambda t: t.config["trial"]["run_key"],
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name=d.name,
@@ -498,22 +514,28 @@ def _record_the_plan(d: _Driver, trials: Any) -> None:
 
 
 def _units(d: _Driver, trials: Any) -> list[dict[str, Any]]:
-    """What Tune trains: trials alone, and trial groups whose members' configs go to the
-    group's worker through a file (in Tune's config they would repeat in every result row)."""
-    entries, why_alone = plan_units(trials.train, d.group_size)
+    """What Tune trains, each as Tune's config holds it: a trial alone by its run key (its
+    flat config reaches it through `_trainable`), a trial group by its key, its members' keys
+    and the file with the members' entries (in Tune's config they would repeat in every
+    result row)."""
+    units, why_alone = plan_units(trials.train, d.group_size)
     if d.group_size > 1:
-        console.info("%s", describe_units(entries, why_alone, d.group_size))
-    for i, unit in enumerate(entries):
-        if is_unit(unit):  # members' own folders, for status and report
-            write_member_records(d.path, unit)
-            group_file = store.join(d.train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
-            store.write_text(group_file, json.dumps(unit["members"], default=list))
-            entries[i] = {
+        console.info("%s", describe_units(units, why_alone, d.group_size))
+    entries = []
+    for unit in units:
+        if not is_unit(unit):
+            entries.append({"run_key": unit["run_key"]})
+            continue
+        write_member_records(d.path, unit)  # members' own folders, for status and report
+        group_file = store.join(d.train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
+        store.write_text(group_file, json.dumps(unit["members"], default=list))
+        entries.append(
+            {
                 "run_key": unit["run_key"],
-                "flat": unit["flat"],
                 "members": [m["run_key"] for m in unit["members"]],
                 "group_file": group_file,
             }
+        )
     return entries
 
 
@@ -536,7 +558,7 @@ def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
                 status = "failed" if error else "pending"
                 outcomes.append(TrialOutcome(key, status, 0, d.known.get(key, 0), 0, error=error))
         else:
-            outcomes.append(_outcome(trial, result, error))
+            outcomes.append(_outcome(trial["run_key"], d.flats[trial["run_key"]], result, error))
     seen = {t.run_key for t in outcomes}
     folders = set(store.list_names(d.path))  # once: most trials of a large sweep have none
     for e in stored_trials(d.path):  # finished before, reused, or not started by Tune yet
@@ -545,15 +567,15 @@ def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
     return outcomes
 
 
-def _outcome(trial: Mapping[str, Any], result: Any, error: str) -> TrialOutcome:
+def _outcome(key: str, flat: Mapping[str, Any], result: Any, error: str) -> TrialOutcome:
     """A trial's outcome from its Tune result: its last metrics, and its wall-clock,
     retries and device-hours from all it reported."""
-    epochs = trial_epochs(trial["flat"])
+    epochs = trial_epochs(flat)
     m = dict(result.metrics or {})
     if result.path:
-        m.update(trial_cost(all_results(result.path) or [m], trial["flat"]))
+        m.update(trial_cost(all_results(result.path) or [m], flat))
     return TrialOutcome(
-        run_key=trial["run_key"],
+        run_key=key,
         status=trial_status(m, epochs, errored=result.error is not None),
         epoch=int(m.get("epoch", 0) or 0),
         epochs=epochs,

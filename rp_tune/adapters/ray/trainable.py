@@ -442,8 +442,10 @@ def _readable_checkpoint(
 
 # Its name is in every sweep Tune stored: Tuner.restore refuses a trainable of another name,
 # so renaming it would strand every interrupted sweep.
-def _tune_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: builds and fits the trial's TorchTrainer (Train V2)."""
+def _tune_trial(config: dict[str, Any], plan: Mapping[str, str] | None = None) -> None:
+    """Tune function trainable: builds and fits the trial's TorchTrainer (Train V2).
+    config["trial"]: the run key (a group: its members' keys, their file); plan: run key ->
+    flat config as JSON (a group's: its first member's); older sweeps' configs hold it."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -452,7 +454,13 @@ def _tune_trial(config: dict[str, Any]) -> None:
     marker = store.join(config["train_storage"], RECURRING_ERRORS, trial["run_key"])
     if store.exists(marker):  # Tune's retry of a trial that cannot succeed: fail at once
         raise RecurringTrialError(store.read_text(marker))
-    cfg = from_flat(trial["flat"])
+    flat = trial.get("flat")
+    if flat is None:
+        own = (trial.get("members") or [trial["run_key"]])[0]
+        if plan is None or own not in plan:
+            raise KeyError(f"trial {trial['run_key']}: no config for {own} in the sweep's plan")
+        flat = json.loads(plan[own])
+    cfg = from_flat(flat)
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker > 0:
@@ -463,7 +471,7 @@ def _tune_trial(config: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         _train_loop_with_fault if config.get("fault") else loop,
         train_loop_config={
-            "flat": trial["flat"],
+            "flat": flat,
             "run_key": trial["run_key"],
             "group_file": group,
             "save_weights": config.get("save_weights", False),
