@@ -92,3 +92,26 @@ def test_status_reads_every_trial_from_storage(tmp_path):
     assert "0.8800" in table
     with pytest.raises(FileNotFoundError, match="no sweep at"):
         sweep_status(str(tmp_path / "other"), driver_alive=False)
+
+
+def test_the_tables_of_a_large_stopped_sweep_count_its_pending_trials_in_one_line():
+    """Up to 20 pending trials are listed; past that, none (a 10,000-trial sweep stopped
+    early would print 10,000 rows of dashes), one line counts them; the totals stay whole."""
+    from rp_tune.planning.plan import SweepSummary, TrialOutcome
+    from rp_tune.planning.progress import TrialState
+
+    for pending, listed in ((20, 22), (21, 2)):
+        outcomes = [TrialOutcome("a", "finished", 2, 2, 0, {"test_acc": 0.5}),
+                    TrialOutcome("b", "failed", 1, 2, 0)]  # fmt: skip
+        outcomes += [TrialOutcome(f"p{i:03d}", "pending", 0, 2, 0) for i in range(pending)]
+        states = [TrialState(t.run_key, t.status, t.epoch, t.epochs) for t in outcomes]
+        for table in (SweepSummary("s", "/x/s", outcomes).table(), status_table(states)):
+            lines = table.splitlines()
+            assert sum(ln.startswith(("a ", "b ", "p0")) for ln in lines) == listed, table
+            unlisted = [ln for ln in lines if "pending trials (not started yet)" in ln]
+            assert unlisted == (
+                []
+                if listed == 22
+                else [f"... and {pending} pending trials (not started yet), not listed"]
+            )
+            assert f"trials: {pending + 2}  finished: 1" in lines[-1]

@@ -28,6 +28,7 @@ from rp_tune.config import (
 )
 from rp_tune.core import storage as store
 from rp_tune.core.errors import SweepError
+from rp_tune.core.text import listed_trials
 from rp_tune.planning.records import (
     TRIALS_FILE,
     all_results,
@@ -153,7 +154,8 @@ class SweepSummary:
             + f" {'resumed@':>8}"
         )
         rows = [head, "-" * len(head)]
-        for t in sorted(self.trials, key=lambda t: t.run_key):
+        listed, unlisted = listed_trials(self.trials, lambda t: t.status)
+        for t in sorted(listed, key=lambda t: t.run_key):
             values = [
                 format(t.metrics[m.name], m.fmt)
                 if isinstance(t.metrics.get(m.name), (int, float))
@@ -166,6 +168,8 @@ class SweepSummary:
                 + f" {t.resumed_from_epoch or '-':>8}"
                 + (f"  reused from {t.reused_from}" if t.reused_from else "")
             )
+        if unlisted:
+            rows.append(unlisted)
         reused = sum(bool(t.reused_from) for t in self.trials)
         rows.append(
             f"trials: {len(self.trials)}  finished: {self.finished}  failed: "

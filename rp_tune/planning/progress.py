@@ -18,7 +18,7 @@ from typing import Any
 
 from rp_tune.config import trial_epochs
 from rp_tune.core import storage as store
-from rp_tune.core.text import format_duration
+from rp_tune.core.text import format_duration, listed_trials
 from rp_tune.planning.records import is_finished, last_result, member_group, stored_trials
 from rp_tune.trial.metrics import METRICS, metric
 
@@ -92,7 +92,8 @@ def status_table(states: Sequence[TrialState]) -> str:
     )
     rows = [head, "-" * len(head)]
     order = {s: i for i, s in enumerate(STATUSES)}
-    for t in sorted(states, key=lambda t: (order[t.status], t.run_key)):
+    listed, unlisted = listed_trials(list(states), lambda t: t.status)
+    for t in sorted(listed, key=lambda t: (order[t.status], t.run_key)):
 
         def num(k: str, fmt: str, m: Mapping[str, Any] = t.metrics) -> str:
             return format(m[k], fmt) if isinstance(m.get(k), (int, float)) else "-"
@@ -102,6 +103,8 @@ def status_table(states: Sequence[TrialState]) -> str:
             f"{num('val_acc', '.4f'):>7} {num('test_acc', '.4f'):>8} "
             f"{num('achieved_density', '.4f'):>7}"
         )
+    if unlisted:
+        rows.append(unlisted)
     c = counts(states)
     rows.append(f"trials: {len(states)}  " + "  ".join(f"{s}: {c[s]}" for s in STATUSES))
     return "\n".join(rows)

@@ -117,6 +117,7 @@ class _Driver:
     ahead: Any = None  # the trial plan made before Ray, for the devices of this machine
     local: dict[str, float] = field(default_factory=dict)
     resolved: Sequence[TrialConfig] = ()
+    own_ray: bool = False  # this driver started its Ray (local): it stops it at the end
 
 
 def run_sweep(
@@ -168,17 +169,32 @@ def run_sweep(
         _start_tracking(d)
         tuner = _restore_tuner(d) if d.resume else _new_tuner(d)
         grid = tuner.fit() if tuner is not None else []
+        log.info("Ray Tune returned: %d trials in its results", len(grid))
         outcomes = _collect_outcomes(d, grid)
+        log.info("every trial's outcome read: %d", len(outcomes))
         return _finish(d, outcomes, time.time() - started, code)
     finally:
-        if d.tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
-            d.tracker.sweep_end({"interrupted": 1})
-            d.tracker.close()  # what cannot be delivered goes to the pending file
-        if handler is not None:
-            for name_ in _LOGGED:
-                logging.getLogger(name_).removeHandler(handler)
-            handler.close()
-        d.lock.release()
+        _let_go(d, handler)
+
+
+def _let_go(d: _Driver, handler: logging.Handler | None) -> None:
+    """The driver's end, however it ends: the tracker closed (after a second Ctrl-C or a
+    crash: the sweep marked interrupted), the local Ray it started stopped (its state is
+    saved; not left to the process's exit), its log file closed, the lock released."""
+    if d.tracker is not None:  # fit() or the summary raised (a second Ctrl-C, a crash)
+        d.tracker.sweep_end({"interrupted": 1})
+        d.tracker.close()  # what cannot be delivered goes to the pending file
+    if d.own_ray:
+        import ray
+
+        t = time.monotonic()
+        ray.shutdown()
+        log.info("the sweep's local Ray stopped in %.1f s", time.monotonic() - t)
+    if handler is not None:
+        for name_ in _LOGGED:
+            logging.getLogger(name_).removeHandler(handler)
+        handler.close()
+    d.lock.release()
 
 
 def _refuse_a_bad_state(d: _Driver) -> None:
@@ -300,6 +316,7 @@ def _start_or_join_ray(d: _Driver) -> None:
                 log_to_driver=d.verbose,
                 logging_level=level,
             )
+        d.own_ray = True
         node = getattr(ray._private.worker, "_global_node", None)
         if node is not None:  # so that a successor can stop it if this driver is killed
             d.lock.update(ray_session=node.get_session_dir_path())
@@ -602,6 +619,7 @@ def _finish(
     if code["dirty"]:  # the commit alone does not say what ran: its diff beside it
         store.write_text(store.join(d.path, CODE_DIFF_FILE), code["diff"])
     write_summary(d.path, summary.to_json())
+    log.info("summary written: %s", store.join(d.path, SUMMARY_FILE))
     if d.tracker is not None:
         with tempfile.TemporaryDirectory(prefix="rp_tune-summary-") as tmp:
             local = Path(tmp, SUMMARY_FILE)  # MLflow logs local files; storage may be s3://
@@ -616,6 +634,7 @@ def _finish(
             d.tracker.sweep_end(counts, artifacts=[str(local)], totals=summary.totals())
             d.tracker.close()  # waits until the events (and this file) are delivered or saved
             d.tracker = None
+            log.info("MLflow tracking closed")
     return summary
 
 
