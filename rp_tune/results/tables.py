@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from rp_tune.planning.matching import matches
 from rp_tune.results.grouping import (
     SEED_KEYS,
     by_panel,
@@ -61,7 +62,8 @@ def results_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per panel (model and context) and line, the smallest density whose mean test accuracy
-    is >= the dense mean - its std; panels without a finished dense group are left out."""
+    matches dense (`matching.matches`: >= the dense mean - its std); panels without a
+    finished dense group are left out."""
     all_groups = groups(rows)
     out = []
     for panel, members in by_panel(all_groups).items():
@@ -73,7 +75,7 @@ def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]
             members, lambda g: g.series, keep=lambda g: not g.dense and g.stat("test_acc")
         )
         for series, points in lines.items():
-            ok = [g.density for g in points if g.stat("test_acc")[0] >= d_mean - d_std]
+            ok = [g.density for g in points if matches(g.stat("test_acc")[0], d_mean, d_std)]
             out.append(
                 {
                     "model": panel[0],

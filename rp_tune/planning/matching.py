@@ -1,0 +1,295 @@
+"""Where a randomly pruned network stops matching its dense twin: the criterion, and an
+adaptive search for the smallest matching density of one group (a model, a width or depth,
+a scheme, a context) that spends a fraction of a grid's trials.
+
+The question of Liu et al. (ICLR 2022, Figs. 1, 2 and 7) and of Gadhikar et al. (ICML 2023,
+width versus density): the smallest density (highest sparsity) at which the sparse network,
+trained with its fixed mask, still matches dense. The papers read it off a grid of densities
+x seeds; `MatchingSearch` finds it by probing densities in log space between stated bounds
+until the crossing is bracketed to a stated factor (`resolution`).
+
+How it decides, round by round (`plan_round`, then `record` for each result):
+
+- the dense reference trains `seed_cap` seeds first (its std is the criterion's margin);
+- the bounds are probed first; then each round places its P probes (the parallel slots the
+  sweep has) evenly in log space inside the current bracket: P-section, P+1 intervals per
+  round rather than bisection's 2;
+- a point whose mean is closer to the threshold than `margin` x one seed's noise (pooled
+  over every density with two seeds or more) / sqrt(its seeds) is too close to call: it
+  gets another seed before it counts, up to `seed_cap`; at the cap it is called by its
+  mean and the result says so;
+- the bracket is (lo, hi], read as the report reads a grid: hi the smallest density called
+  matching, lo the largest called failing below it (a failing point above hi is noise,
+  counted in the result as `inconsistent`). Once hi / lo <= resolution, both sides get
+  seeds up to the cap (a side that flips moves the bracket and the search goes on); a
+  bound can decide it too (the low bound matches: at most `low`; nothing below the dense
+  reference matches: above `high`).
+
+Densities are rounded to 4 significant digits, so a resumed search asks for the same ones
+and a density probed before is never trained again.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MATCH_RULE = "sparse mean test accuracy >= dense mean - dense std, over seeds"
+
+
+def matches(sparse_mean: float, dense_mean: float, dense_std: float) -> bool:
+    """The one criterion (`MATCH_RULE`), used by the report's table and by the search."""
+    return sparse_mean >= dense_mean - dense_std
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value), as the report aggregates seeds."""
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def round_density(d: float) -> float:
+    """4 significant digits: the same density whatever float arithmetic led to it."""
+    return float(f"{d:.4g}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search's bounds (densities in (0, 1]), its resolution (the bracket's final
+    hi / lo, > 1: 1.25 is finer than the papers' grids), the seeds a point may get at most
+    (`seed_cap`, also the dense reference's seeds) and the slots it fills per round."""
+
+    low: float = 0.01
+    high: float = 1.0
+    resolution: float = 1.25
+    seed_cap: int = 3
+    parallel: int = 4
+    margin: float = 2.0  # too close to call: |mean - threshold| < margin x noise / sqrt(n)
+
+    def __post_init__(self) -> None:
+        for name in ("low", "high"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v <= 1):
+                raise ValueError(f"search bound {name}={v!r} is invalid; valid: in (0, 1]")
+        if self.low >= self.high:
+            raise ValueError(f"search bounds low={self.low} >= high={self.high}; valid: low < high")
+        if not (isinstance(self.resolution, (int, float)) and self.resolution > 1):
+            raise ValueError(
+                f"search resolution {self.resolution!r} is invalid; valid: a factor > 1 "
+                "(1.25: the bracket's hi / lo)"
+            )
+        if not (isinstance(self.seed_cap, int) and self.seed_cap >= 1):
+            raise ValueError(f"search seed cap {self.seed_cap!r} is invalid; valid: integers >= 1")
+        if not (isinstance(self.parallel, int) and self.parallel >= 1):
+            raise ValueError(f"search parallel {self.parallel!r} is invalid; valid: integers >= 1")
+
+    def grid_points(self) -> int:
+        """Densities a grid from low to high at this resolution holds (both bounds)."""
+        return math.ceil(math.log(self.high / self.low) / math.log(self.resolution) - 1e-9) + 1
+
+    def grid_trials(self) -> int:
+        """Trials of that grid at `seed_cap` seeds per density, the dense reference included."""
+        return (self.grid_points() + 1) * self.seed_cap
+
+
+@dataclass
+class MatchingSearch:
+    """The search of one group. `plan_round()` says what to train next as (density, seed
+    index) pairs (density 1.0: the dense reference); `record()` takes each result; `done`
+    and `result()` say where it stands. `state()` / `from_state()`: JSON for --resume."""
+
+    settings: SearchSettings
+    accs: dict[float, list[float]] = field(default_factory=dict)  # density -> test acc by seed
+    outstanding: set[tuple[float, int]] = field(default_factory=set)
+    rounds: int = 0
+
+    DENSE = 1.0
+
+    # --- state --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "accs": [[d, a] for d, a in sorted(self.accs.items())],
+            "outstanding": sorted(self.outstanding),
+            "rounds": self.rounds,
+        }
+
+    @classmethod
+    def from_state(cls, settings: SearchSettings, state: dict[str, Any]) -> MatchingSearch:
+        s = cls(settings)
+        s.accs = {float(d): [float(x) for x in a] for d, a in state["accs"]}
+        s.outstanding = {(float(d), int(i)) for d, i in state["outstanding"]}
+        s.rounds = int(state["rounds"])
+        return s
+
+    # --- results ------------------------------------------------------------------------
+    def record(self, density: float, seed: int, acc: float) -> None:
+        """One finished trial's test accuracy (a seed index already recorded is ignored:
+        a repeated trial is not counted twice)."""
+        density = round_density(density)
+        self.outstanding.discard((density, seed))
+        got = self.accs.setdefault(density, [])
+        if seed >= len(got):
+            got.extend([math.nan] * (seed + 1 - len(got)))
+        if math.isnan(got[seed]):
+            got[seed] = float(acc)
+
+    def _seen(self, density: float) -> list[float]:
+        return [a for a in self.accs.get(density, []) if not math.isnan(a)]
+
+    def threshold(self) -> tuple[float, float, float] | None:
+        """(dense mean, dense std, mean - std) once every dense seed finished, else None."""
+        dense = self._seen(self.DENSE)
+        if len(dense) < self.settings.seed_cap:
+            return None
+        mean, std = mean_std(dense)
+        return mean, std, mean - std
+
+    def noise(self) -> float:
+        """One seed's test-accuracy std, pooled over every density with two seeds or more
+        (the dense reference's included): a steadier estimate than one point's few seeds."""
+        squares, dof = 0.0, 0
+        for d in self.accs:
+            seen = self._seen(d)
+            if len(seen) > 1:
+                squares += mean_std(seen)[1] ** 2 * (len(seen) - 1)
+                dof += len(seen) - 1
+        return math.sqrt(squares / dof) if dof else 0.0
+
+    def call(self, density: float) -> str | None:
+        """'match', 'fail' or 'unsure' (too close to call, seeds left) for a probed
+        density; None before the dense reference or the point's first seed."""
+        t, seen = self.threshold(), self._seen(density)
+        if t is None or not seen:
+            return None
+        d_mean, d_std, thr = t
+        mean, _ = mean_std(seen)
+        noise = self.noise() / math.sqrt(len(seen))
+        close = abs(mean - thr) < self.settings.margin * noise
+        if close and len(seen) < self.settings.seed_cap:
+            return "unsure"
+        return "match" if matches(mean, d_mean, d_std) else "fail"
+
+    def bracket(self) -> tuple[float | None, float | None, int]:
+        """(lo, hi, inconsistent), read as the report reads a grid: hi the smallest density
+        called matching (None: none), lo the largest called failing below it (None: none),
+        and the points called failing above hi (noise against a monotone curve)."""
+        called = {d: self.call(d) for d in self.accs if d != self.DENSE}
+        if self.threshold() is not None:  # the reference matches itself (mean >= mean - std)
+            called[self.DENSE] = "match"
+        matched = [d for d, c in called.items() if c == "match"]
+        hi = min(matched) if matched else None
+        fails = [d for d, c in called.items() if c == "fail" and (hi is None or d < hi)]
+        lo = max(fails) if fails else None
+        above = sum(1 for d, c in called.items() if c == "fail" and hi is not None and d > hi)
+        return lo, hi, above
+
+    # --- what next ----------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return not self.outstanding and not self._next_probes()
+
+    def plan_round(self) -> list[tuple[float, int]]:
+        """The next round's trials, (density, seed index), at most `parallel` sparse probes
+        (the dense reference's seeds come on top, in the first round); [] while a round is
+        outstanding or when the search is done."""
+        if self.outstanding:
+            return []
+        todo = self._next_probes()
+        if todo:
+            self.rounds += 1
+            self.outstanding.update(todo)
+        return todo
+
+    def _next_probes(self) -> list[tuple[float, int]]:
+        s = self.settings
+        dense = [(self.DENSE, i) for i in range(s.seed_cap) if i >= len(self._seen(self.DENSE))]
+        if dense:  # first round: the reference, and the bounds meanwhile
+            bounds = [round_density(s.high), round_density(s.low)][: s.parallel]
+            return dense + [(d, 0) for d in bounds if not self._seen(d)]
+        unsure = [d for d in self.accs if d != self.DENSE and self.call(d) == "unsure"]
+        lo, hi, _ = self.bracket()
+        relevant = [d for d in unsure if (lo is None or d >= lo) and (hi is None or d <= hi)]
+        if relevant:  # a point that could move the bracket: another seed first
+            return [(d, len(self._seen(d))) for d in sorted(relevant)[: s.parallel]]
+        for bound in (round_density(s.high), round_density(s.low)):
+            if not self._seen(bound):
+                return [(bound, 0)]
+        if hi is None or lo is None:  # the low bound matches: decided
+            return []
+        if lo >= round_density(s.high):  # nothing within the bounds matches: decided
+            return []
+        if hi / lo <= s.resolution * (1 + 1e-9):  # bracketed: both sides at the seed cap
+            short = [d for d in (lo, hi) if d != self.DENSE and len(self._seen(d)) < s.seed_cap]
+            return [(d, len(self._seen(d))) for d in short]
+        step = (math.log(hi) - math.log(lo)) / (s.parallel + 1)
+        points = {round_density(math.exp(math.log(lo) + step * (i + 1))) for i in range(s.parallel)}
+        return [(d, 0) for d in sorted(points) if lo < d < hi and not self._seen(d)]
+
+    # --- the answer ---------------------------------------------------------------------
+    def result(self) -> dict[str, Any]:
+        """The bracket (densities and sparsities), how sure (seeds behind each side, and
+        whether a side was called at the seed cap), the dense accuracy, the trials spent
+        and those a grid at the same resolution would have spent."""
+        lo, hi, inconsistent = self.bracket()
+        t = self.threshold()
+
+        def side(d: float | None) -> dict[str, Any] | None:
+            if d is None:
+                return None
+            seen = self._seen(d)
+            mean, _ = mean_std(seen)
+            close = t is not None and abs(mean - t[2]) < self.settings.margin * (
+                self.noise() / math.sqrt(len(seen))
+            )  # too close to call, called by its mean at the seed cap
+            at_cap = close and len(seen) >= self.settings.seed_cap
+            return {"density": d, "acc_mean": mean, "seeds": len(seen), "at_cap": at_cap}
+
+        low, high = round_density(self.settings.low), round_density(self.settings.high)
+        if hi is not None and lo is None and hi == low:
+            found = f"matches at the low bound: smallest matching density <= {low}"
+        elif lo is not None and lo >= high:
+            found = f"no match within the bounds: smallest matching density > {high}"
+        elif lo is not None and hi is not None:
+            found = f"smallest matching density in ({lo}, {hi}]"
+        else:
+            found = "not decided yet"
+        return {
+            "found": found,
+            "lo": lo,
+            "hi": hi,
+            "sparsity_bracket": (None if hi is None else 1 - hi, None if lo is None else 1 - lo),
+            "fail_side": side(lo),
+            "match_side": side(hi),
+            "dense_acc_mean": None if t is None else t[0],
+            "dense_acc_std": None if t is None else t[1],
+            "inconsistent": inconsistent,
+            "trials": sum(len(self._seen(d)) for d in self.accs),
+            "grid_trials": self.settings.grid_trials(),
+            "rounds": self.rounds,
+            "done": self.done,
+        }
+
+
+def toy_accuracy(
+    density: float, width: float, seed: int, noise: float, dense_acc: float = 0.92
+) -> float:
+    """A known smooth test accuracy for tests and the benchmark, no training: dense at
+    density 1, falling by up to 0.5 (steeply: the 6th power of density) below a crossing
+    that moves to lower density as the network widens, d50 = 0.1 / width (Liu et al.'s
+    trend), plus seeded Gaussian noise of
+    std `noise`. TEST ONLY: a real sweep never reports it."""
+    import random
+
+    drop = 0.0 if density >= 1.0 else 0.5 / (1 + (density * width / 0.1) ** 6)
+    rng = random.Random(f"{density:.6g}/{width:.6g}/{seed}")  # str: the same draw every run
+    return dense_acc - drop + rng.gauss(0.0, noise)
+
+
+def toy_crossing(width: float, noise: float, dense_acc: float = 0.92) -> float:
+    """The density where `toy_accuracy`'s noise-free curve meets dense - noise (the
+    criterion with the dense std at its expected value): 0.5 / (1 + x^6) = noise."""
+    x = max(0.5 / noise - 1, 0.0) ** (1 / 6)
+    return 0.1 * x / width

@@ -1,0 +1,128 @@
+"""The matching-density criterion and search (rp_tune.planning.matching), on a known curve."""
+
+import json
+
+import pytest
+
+from rp_tune.planning.matching import (
+    MatchingSearch,
+    SearchSettings,
+    matches,
+    toy_accuracy,
+    toy_crossing,
+)
+
+
+def _run(settings, width, noise, stop_after=None):
+    """The search to its end (or `stop_after` rounds) on the toy curve; noise None: a
+    noise-free sparse curve and a dense reference of 0.91, 0.92, 0.93 (threshold 0.91,
+    where the curve crosses at `toy_crossing(width, 0.01)`)."""
+    search = MatchingSearch(settings)
+    for _ in range(100):
+        if stop_after is not None and search.rounds >= stop_after:
+            return search
+        todo = search.plan_round()
+        if not todo:
+            break
+        for density, seed in todo:
+            if noise is None:
+                acc = 0.91 + 0.01 * seed if density == 1.0 else toy_accuracy(density, width, 0, 0)
+            else:
+                acc = toy_accuracy(density, width, seed, noise)
+            search.record(density, seed, acc)
+    return search
+
+
+def test_the_criterion_is_the_reports_dense_mean_less_its_std():
+    assert matches(0.90, 0.92, 0.02) and matches(0.95, 0.92, 0.02)
+    assert not matches(0.8999, 0.92, 0.02)
+    assert matches(0.92, 0.92, 0.0)  # the dense reference matches itself
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"low": 0.0}, r"low=0.0 is invalid; valid: in \(0, 1\]"),
+        ({"high": 1.5}, r"high=1.5 is invalid; valid: in \(0, 1\]"),
+        ({"low": 0.5, "high": 0.2}, "low=0.5 >= high=0.2"),
+        ({"resolution": 1.0}, "resolution 1.0 is invalid; valid: a factor > 1"),
+        ({"seed_cap": 0}, "seed cap 0 is invalid; valid: integers >= 1"),
+        ({"parallel": 0}, "parallel 0 is invalid"),
+    ],
+)
+def test_bad_search_settings_name_the_value_and_the_valid_ones(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSettings(**kwargs)
+
+
+@pytest.mark.parametrize("width", [1.0, 2.5, 6.0])
+def test_a_quiet_curve_is_bracketed_to_the_resolution_for_a_third_of_a_grids_trials(width):
+    settings = SearchSettings()
+    r = _run(settings, width, noise=None).result()
+    truth = toy_crossing(width, 0.01)
+    assert r["done"] and r["lo"] < truth <= r["hi"], (truth, r)
+    assert r["hi"] / r["lo"] <= 1.25 + 1e-6
+    assert r["found"] == f"smallest matching density in ({r['lo']}, {r['hi']}]"
+    assert r["sparsity_bracket"] == (1 - r["hi"], 1 - r["lo"])
+    assert r["grid_trials"] == 69 and r["trials"] * 3 <= r["grid_trials"], r
+    assert r["match_side"]["seeds"] == r["fail_side"]["seeds"] == 3  # both sides confirmed
+
+
+def test_more_parallel_slots_take_fewer_rounds():
+    four = _run(SearchSettings(parallel=4), 3.0, None).result()
+    one = _run(SearchSettings(parallel=1), 3.0, None).result()
+    assert one["done"] and four["done"]
+    assert four["rounds"] < one["rounds"]
+    assert four["hi"] / four["lo"] <= 1.25 + 1e-6 and one["hi"] / one["lo"] <= 1.25 + 1e-6
+
+
+def test_a_point_too_close_to_call_gets_seeds_up_to_the_cap_and_no_more():
+    settings = SearchSettings(seed_cap=3)
+    search = MatchingSearch(settings)
+    for seed, acc in enumerate([0.90, 0.92, 0.94]):
+        search.record(1.0, seed, acc)  # threshold 0.90
+    search.record(0.3, 0, 0.900)
+    assert search.call(0.3) == "unsure"
+    search.record(0.3, 1, 0.898)
+    search.record(0.3, 2, 0.899)
+    assert search.call(0.3) == "fail"  # at the cap: called by its mean, 0.899 < 0.90
+    r = search.result()
+    assert r["fail_side"]["seeds"] == 3 and r["fail_side"]["at_cap"]
+    search.record(0.3, 1, 0.5)  # a result already recorded is not counted twice
+    assert search.result()["fail_side"]["acc_mean"] == pytest.approx(0.899, abs=1e-9)
+
+
+def test_a_search_stopped_and_restored_from_its_state_ends_where_one_run_through_ends():
+    settings = SearchSettings(parallel=3)
+    whole = _run(settings, 4.0, 0.01).result()
+    half = _run(settings, 4.0, 0.01, stop_after=2)
+    todo = half.plan_round()  # handed out, then the driver is killed before any result
+    assert todo
+    again = MatchingSearch.from_state(settings, json.loads(json.dumps(half.state())))
+    assert again.plan_round() == []  # the outstanding round is still out: nothing new
+    for density, seed in sorted(again.outstanding):
+        again.record(density, seed, toy_accuracy(density, 4.0, seed, 0.01))
+    for _ in range(100):
+        nxt = again.plan_round()
+        if not nxt:
+            break
+        for density, seed in nxt:
+            again.record(density, seed, toy_accuracy(density, 4.0, seed, 0.01))
+    assert again.result() == whole
+
+
+def test_the_bounds_decide_a_curve_that_matches_everywhere_or_nowhere():
+    low = _run(SearchSettings(low=0.2), 6.0, None).result()  # crossing ~0.03 < 0.2
+    assert low["found"] == "matches at the low bound: smallest matching density <= 0.2"
+    high = _run(SearchSettings(low=0.001, high=0.005), 1.0, None).result()  # crossing ~0.2
+    assert high["found"] == "no match within the bounds: smallest matching density > 0.005"
+    assert high["trials"] <= 3 + 2 * 3  # the reference and the two bounds, confirmed
+
+
+def test_the_benchmark_compares_the_search_with_a_grid(capsys):
+    from benchmarks.matching_search import main
+
+    assert main(["--draws", "20", "--noise", "0.01"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["grid_trials"] == 69 and row["trials_ratio"] >= 3, row
+    assert 0 <= row["search_hit_rate"] <= 1 and 0 <= row["grid_hit_rate"] <= 1
