@@ -73,6 +73,22 @@ def _commands(g: argparse._ArgumentGroup) -> None:
         "seeds or grid values): only those it does not hold are trained",
     )
     g.add_argument(
+        "--search",
+        default="grid",
+        metavar="{grid,matching}",
+        help="grid: train the space's grid (default); matching: per group of the grid without "
+        "its density and seed axes, search the smallest density that matches dense (log "
+        "space, to a factor 1.25 by default) in a fraction of the grid's trials",
+    )
+    g.add_argument(
+        "--search-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the search (repeatable): low, high (density bounds in (0, 1]), "
+        "resolution (> 1), seed_cap, parallel, margin; over the space's SEARCH dict",
+    )
+    g.add_argument(
         "--no-reuse",
         action="store_true",
         help="train every trial, even one whose config finished in another sweep under "
@@ -175,6 +191,14 @@ def _resources(g: argparse._ArgumentGroup) -> None:
         default=None,
         help="sustained TFLOP/s per device for the --dry-run estimate (default: measured on "
         "the finished trials under --storage, else 25)",
+    )
+    g.add_argument(
+        "--toy-trials",
+        type=float,
+        default=None,
+        metavar="NOISE",
+        help="testing: each trial reports a known accuracy curve of its density and width "
+        "(seed noise NOISE) instead of training; spaces on synthetic data only",
     )
     g.add_argument(
         "--inject-fault",
@@ -329,7 +353,32 @@ def _configs(args: argparse.Namespace) -> list:
     tflops = args.assumed_tflops
     if tflops is not None and not (math.isfinite(tflops) and tflops > 0):
         raise SweepError(f"--assumed-tflops={tflops:g} is invalid; valid: a number > 0")
-    return expand_space(args.space, overrides, smoke=args.smoke)
+    configs = expand_space(args.space, overrides, smoke=args.smoke)
+    _search(args, configs)  # a bad search: one message, before anything
+    real = sorted({c.data.name for c in configs} - {"synthetic"})
+    if args.toy_trials is not None and (real or not args.toy_trials >= 0):
+        raise SweepError(
+            f"--toy-trials {args.toy_trials:g} replaces training by a known curve, for tests: "
+            f"valid: a noise >= 0, in a space on synthetic data (this one trains on {real})"
+        )
+    return configs
+
+
+def _search(args: argparse.Namespace, configs: list) -> tuple | None:
+    """--search matching: (its groups, its settings); None for the grid. SweepError for a
+    search that cannot be (see `matching_plan`)."""
+    from rp_tune.planning.matching_plan import check_search, search_groups, search_settings
+    from search_spaces import load_space
+
+    check_search(args.search, args.extend)
+    if args.search == "grid":
+        if args.search_set:
+            from rp_tune.core.errors import SweepError
+
+            raise SweepError("--search-set sets a search: add --search matching")
+        return None
+    declared = getattr(load_space(args.space), "SEARCH", None)
+    return search_groups(configs, args.space), search_settings(declared, args.search_set)
 
 
 def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:
@@ -343,7 +392,13 @@ def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:
     if args.resume:
         root = storage.resolve(args.storage)
         check_not_held(root, name)
-        check_resume(storage.join(root, name), configs)
+        search = _search(args, configs)
+        record = None
+        if search:
+            from rp_tune.planning.matching_plan import search_record
+
+            record = search_record(*search)
+        check_resume(storage.join(root, name), configs, record)
     try:
         storage.check_usable(args.storage)
     except OSError as e:
@@ -355,7 +410,7 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     """--dry-run: what the sweep varies, the device each trial takes, how many trials and the
     device-hours they need; nothing started, nothing written."""
     from rp_tune.core import storage
-    from rp_tune.planning.capacity import planned_capacity, resolve_gpus
+    from rp_tune.planning.capacity import default_concurrency, planned_capacity, resolve_gpus
     from rp_tune.planning.estimate import (
         ASSUMED_TFLOPS,
         device_kind,
@@ -392,6 +447,16 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     )
     if args.group_size > 1:
         print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
+    search = _search(args, configs)
+    if search is not None:
+        from rp_tune.planning.matching_plan import describe_search, with_parallel
+
+        groups, settings = search
+        concurrent = args.max_concurrent or default_concurrency(configs, capacity)
+        settings = with_parallel(settings, concurrent, len(groups))
+        tflops = args.assumed_tflops or ASSUMED_TFLOPS
+        hours = lambda c: trial_table([c], tflops, measured)[1]  # noqa: E731
+        print(describe_search(groups, settings, hours, len(configs)))
     print(f"results would go to {storage.join(root, name)}")
     if not args.verbose:
         print("every trial with its run key and estimate: add -v")
@@ -405,6 +470,7 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     from rp_tune.core.errors import SweepError
 
     handler = _console(args.verbose)
+    search = _search(args, configs)
     try:
         summary = run_sweep(
             configs,
@@ -426,6 +492,8 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
             reuse=not args.no_reuse,
             group_size=args.group_size,
             system_metrics=args.system_metrics,
+            search=search[1] if search else None,
+            toy_noise=args.toy_trials,
         )
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -442,6 +510,10 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
         print(f"continue it with: {resume_command(argv)}")
     print(summary.cost_line())
     print(summary.table())
+    if search:
+        from rp_tune.planning.matching_plan import read_search, search_table
+
+        print(search_table((read_search(summary.path) or {}).get("results", [])))
     return 0 if summary.failed == 0 and summary.finished == len(summary.trials) else 1
 
 

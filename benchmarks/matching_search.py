@@ -25,26 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rp_tune.planning.matching import (  # noqa: E402
-    MatchingSearch,
     SearchSettings,
     matches,
     mean_std,
     round_density,
     toy_accuracy,
     toy_crossing,
+    toy_search,
 )
-
-
-def run_search(settings: SearchSettings, width: float, noise: float) -> dict:
-    """One search to its end on the toy curve; its result."""
-    search = MatchingSearch(settings)
-    for _ in range(200):
-        todo = search.plan_round()
-        if not todo:
-            break
-        for density, seed in todo:
-            search.record(density, seed, toy_accuracy(density, width, seed, noise))
-    return search.result()
 
 
 def run_grid(
@@ -82,7 +70,7 @@ def compare(settings: SearchSettings, noise: float, draws: int, seed: int = 0) -
     for _ in range(draws):
         width = rng.uniform(1.0, 8.0)
         truth = toy_crossing(width, noise)
-        r = run_search(settings, width, noise)
+        r = toy_search(settings, width, noise)
         hit_s += holds(r["lo"], r["hi"], truth, settings)
         trials_s += r["trials"]
         hit_g += holds(*run_grid(settings, width, noise), truth, settings)

@@ -23,7 +23,7 @@ SOURCES = sorted((ROOT / "rp_tune").rglob("*.py")) + sorted((ROOT / "search_spac
 ONLY = {
     "ray": {
         f"rp_tune/adapters/ray/{m}.py"
-        for m in ("sweep", "trainable", "callbacks", "cluster", "searcher")
+        for m in ("sweep", "trainable", "callbacks", "cluster", "searcher", "toy")
     },
     "mlflow": {
         "rp_tune/adapters/mlflow/tracking.py",

@@ -79,6 +79,8 @@ def test_a_data_error_inside_a_trial_fails_it_at_once_and_is_not_retried(tmp_pat
     batch = folder / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:100])
     monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # Train records its attempts
+    # a Ray of the test's own: the sweep stops the Ray it starts itself when it ends
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = run_sweep(cfgs, name="bad", storage=str(tmp_path / "res"), tracking=False,
                             train_max_failures=3, num_cpus=2)  # fmt: skip

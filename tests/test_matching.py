@@ -47,7 +47,7 @@ def test_the_criterion_is_the_reports_dense_mean_less_its_std():
         ({"low": 0.5, "high": 0.2}, "low=0.5 >= high=0.2"),
         ({"resolution": 1.0}, "resolution 1.0 is invalid; valid: a factor > 1"),
         ({"seed_cap": 0}, "seed cap 0 is invalid; valid: integers >= 1"),
-        ({"parallel": 0}, "parallel 0 is invalid"),
+        ({"parallel": -1}, r"parallel -1 is invalid; valid: integers >= 0 \(0: auto\)"),
     ],
 )
 def test_bad_search_settings_name_the_value_and_the_valid_ones(kwargs, message):
@@ -126,3 +126,22 @@ def test_the_benchmark_compares_the_search_with_a_grid(capsys):
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["grid_trials"] == 69 and row["trials_ratio"] >= 3, row
     assert 0 <= row["search_hit_rate"] <= 1 and 0 <= row["grid_hit_rate"] <= 1
+
+
+def test_a_failed_trial_is_not_trained_again_and_failed_references_stop_the_search():
+    settings = SearchSettings(seed_cap=2, parallel=2)
+    search = MatchingSearch(settings)
+    first = search.plan_round()
+    assert sorted(first) == [(0.01, 0), (1.0, 0), (1.0, 1)]  # the reference, the bounds
+    search.record(1.0, 0, None)  # a dense seed failed
+    search.record(1.0, 1, 0.9)
+    search.record(0.01, 0, None)
+    nxt = search.plan_round()
+    assert (1.0, 0) not in nxt and (0.01, 0) not in nxt  # neither trained again
+    r = search.result()
+    assert r["failed"] == 2 and r["trials"] == 3
+    dead = MatchingSearch(settings)
+    for density, seed in dead.plan_round():
+        dead.record(density, seed, None if density == 1.0 else 0.5)
+    assert dead.plan_round() == [] and dead.done
+    assert dead.result()["found"] == "not decided yet" and dead.result()["failed"] == 2

@@ -43,3 +43,70 @@ def test_a_ten_thousand_trial_sweep_reaches_tune_without_a_grid_and_its_benchmar
     assert size["stored_trials"] == 10_000
     assert size["tune_state_kb"] < 1024, size  # a grid spec of 10,000 entries is megabytes
     assert store["values_stored"] == store["values_expected"] and store["left_pending"] == 0
+
+
+def _toy_search(tmp_path, parallel=2):
+    """Two groups (two schemes of one model) sharing one dense reference, on the toy curve."""
+    from rp_tune.adapters.ray.searcher import MatchingTrials
+    from rp_tune.planning.matching import SearchSettings
+    from rp_tune.planning.matching_plan import search_groups
+    from rp_tune.planning.space import expand_space
+
+    configs = expand_space("smoke", {"sparsity.density": [0.1, 0.5, 1.0], "train.epochs": 1})
+    groups = search_groups(configs, "smoke")
+    assert sorted(g.name for g in groups) == ["cifar_resnet_8 erk", "cifar_resnet_8 uniform"]
+    assert len({g.dense.to_flat()["sparsity.scheme"] for g in groups}) == 1  # one reference
+    settings = SearchSettings(parallel=parallel, seed_cap=2)
+    return MatchingTrials(groups, settings, str(tmp_path), "s", reuse=False)
+
+
+def test_the_search_trains_a_shared_dense_reference_once_and_resumes_from_its_state(tmp_path):
+    """Every run key is handed to Tune once, however many groups ask for it (the dense
+    reference of a model is each of its schemes'); a searcher restored from the saved state
+    mid-search (a probe in flight) ends with the same results and trials as one run through;
+    every probe is stored in trials.json before it starts, and search.json says where the
+    search stands."""
+    import json
+
+    from rp_tune.planning.matching import toy_accuracy
+    from rp_tune.planning.records import stored_trials
+
+    def drive(searcher, start=0, stop=None):
+        keys, n = [], start
+        while stop is None or n < stop:
+            got = searcher.suggest(f"t{n}")
+            if got == PlannedTrials.FINISHED:
+                return keys, n, True
+            if got is None:  # waiting: finish what is in flight, oldest first
+                tid = next(iter(searcher._in_flight))
+                key, probes = searcher._in_flight[tid]
+                g, density, seed = probes[0]
+                acc = toy_accuracy(density, 1.0, seed, 0.01)
+                searcher.on_trial_complete(tid, {"test_acc": acc})
+                continue
+            keys.append(got["trial"]["run_key"])
+            n += 1
+        return keys, n, False
+
+    whole = _toy_search(tmp_path / "a")
+    keys, _, done = drive(whole)
+    assert done and len(keys) == len(set(keys))  # no run key twice
+    dense = [k for k in keys if "-dense-" in k]
+    assert len(dense) == 2  # seed cap 2, for both groups
+    results = whole.results()
+    assert all(r["done"] and r["hi"] / r["lo"] <= 1.25 + 1e-6 for r in results), results
+    stored = [e["run_key"] for e in stored_trials(str(tmp_path / "a" / "s"))]
+    assert stored == keys
+    on_disk = json.loads((tmp_path / "a" / "s" / "search" / "search.json").read_text())
+    assert [r["lo"] for r in on_disk["results"]] == [r["lo"] for r in results]
+
+    half = _toy_search(tmp_path / "b")
+    first, n, _ = drive(half, stop=7)
+    assert half._in_flight  # killed with trials in flight
+    state = tmp_path / "searcher.json"
+    half.save(str(state))
+    again = _toy_search(tmp_path / "b")
+    again.restore(str(state))
+    rest, _, done = drive(again, start=n)
+    assert done and first + rest == keys
+    assert again.results() == results

@@ -25,7 +25,6 @@ LONG_FUNCTIONS = {
     # worker loop that is Ray Train's, a saved view that is MLflow's JSON
     "rp_tune/adapters/ray/callbacks.py::_make_console_callback": "a Tune Callback class, lazily",
     "rp_tune/adapters/ray/trainable.py::_group_loop": "Ray Train's worker loop of a trial group",
-    "rp_tune/adapters/ray/sweep.py::_new_tuner": "devices, plan, groups, then Tune's Tuner",
     "rp_tune/adapters/mlflow/view.py::comparison_view": "MLflow's saved-view JSON, field by field",
 }
 OVER_HARD_LIMIT: set[str] = set()  # nothing may pass 100 lines

@@ -46,7 +46,8 @@ def matches(sparse_mean: float, dense_mean: float, dense_std: float) -> bool:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value), as the report aggregates seeds."""
+    """Mean and sample standard deviation (n - 1; 0.0 for one value): the report's
+    aggregate over seeds."""
     mean = sum(values) / len(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -66,7 +67,7 @@ class SearchSettings:
     high: float = 1.0
     resolution: float = 1.25
     seed_cap: int = 3
-    parallel: int = 4
+    parallel: int = 0  # probes per round; 0: the sweep's trials at once over its groups
     margin: float = 2.0  # too close to call: |mean - threshold| < margin x noise / sqrt(n)
 
     def __post_init__(self) -> None:
@@ -83,15 +84,19 @@ class SearchSettings:
             )
         if not (isinstance(self.seed_cap, int) and self.seed_cap >= 1):
             raise ValueError(f"search seed cap {self.seed_cap!r} is invalid; valid: integers >= 1")
-        if not (isinstance(self.parallel, int) and self.parallel >= 1):
-            raise ValueError(f"search parallel {self.parallel!r} is invalid; valid: integers >= 1")
+        if not (isinstance(self.parallel, int) and self.parallel >= 0):
+            raise ValueError(
+                f"search parallel {self.parallel!r} is invalid; valid: integers >= 0 (0: auto)"
+            )
 
     def grid_points(self) -> int:
         """Densities a grid from low to high at this resolution holds (both bounds)."""
         return math.ceil(math.log(self.high / self.low) / math.log(self.resolution) - 1e-9) + 1
 
     def grid_trials(self) -> int:
-        """Trials of that grid at `seed_cap` seeds per density, the dense reference included."""
+        """Trials of that grid at `seed_cap` seeds per density, the dense reference included:
+        also the search's worst case (it probes at most as many densities, each at most
+        `seed_cap` times)."""
         return (self.grid_points() + 1) * self.seed_cap
 
 
@@ -102,7 +107,8 @@ class MatchingSearch:
     and `result()` say where it stands. `state()` / `from_state()`: JSON for --resume."""
 
     settings: SearchSettings
-    accs: dict[float, list[float]] = field(default_factory=dict)  # density -> test acc by seed
+    # density -> {seed index: test accuracy, or None for a trial that failed}
+    accs: dict[float, dict[int, float | None]] = field(default_factory=dict)
     outstanding: set[tuple[float, int]] = field(default_factory=set)
     rounds: int = 0
 
@@ -111,7 +117,7 @@ class MatchingSearch:
     # --- state --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "accs": [[d, a] for d, a in sorted(self.accs.items())],
+            "accs": [[d, sorted(a.items())] for d, a in sorted(self.accs.items())],
             "outstanding": sorted(self.outstanding),
             "rounds": self.rounds,
         }
@@ -119,30 +125,35 @@ class MatchingSearch:
     @classmethod
     def from_state(cls, settings: SearchSettings, state: dict[str, Any]) -> MatchingSearch:
         s = cls(settings)
-        s.accs = {float(d): [float(x) for x in a] for d, a in state["accs"]}
+        s.accs = {
+            float(d): {int(k): (None if v is None else float(v)) for k, v in a}
+            for d, a in state["accs"]
+        }
         s.outstanding = {(float(d), int(i)) for d, i in state["outstanding"]}
         s.rounds = int(state["rounds"])
         return s
 
     # --- results ------------------------------------------------------------------------
     def record(self, density: float, seed: int, acc: float) -> None:
-        """One finished trial's test accuracy (a seed index already recorded is ignored:
-        a repeated trial is not counted twice)."""
+        """One finished trial's test accuracy; None: the trial failed (that seed is not
+        asked for again, the next one is). A seed index already recorded is ignored: a
+        repeated trial is not counted twice."""
         density = round_density(density)
         self.outstanding.discard((density, seed))
-        got = self.accs.setdefault(density, [])
-        if seed >= len(got):
-            got.extend([math.nan] * (seed + 1 - len(got)))
-        if math.isnan(got[seed]):
-            got[seed] = float(acc)
+        self.accs.setdefault(density, {}).setdefault(seed, None if acc is None else float(acc))
 
     def _seen(self, density: float) -> list[float]:
-        return [a for a in self.accs.get(density, []) if not math.isnan(a)]
+        """The accuracies a density's trials reported, failed ones left out."""
+        return [a for _, a in sorted(self.accs.get(density, {}).items()) if a is not None]
+
+    def _tried(self, density: float) -> int:
+        """Seeds a density took so far, failed ones included: the next seed's index."""
+        return len(self.accs.get(density, {}))
 
     def threshold(self) -> tuple[float, float, float] | None:
         """(dense mean, dense std, mean - std) once every dense seed finished, else None."""
         dense = self._seen(self.DENSE)
-        if len(dense) < self.settings.seed_cap:
+        if self._tried(self.DENSE) < self.settings.seed_cap or not dense:
             return None
         mean, std = mean_std(dense)
         return mean, std, mean - std
@@ -168,7 +179,7 @@ class MatchingSearch:
         mean, _ = mean_std(seen)
         noise = self.noise() / math.sqrt(len(seen))
         close = abs(mean - thr) < self.settings.margin * noise
-        if close and len(seen) < self.settings.seed_cap:
+        if close and self._tried(density) < self.settings.seed_cap:
             return "unsure"
         return "match" if matches(mean, d_mean, d_std) else "fail"
 
@@ -205,28 +216,35 @@ class MatchingSearch:
 
     def _next_probes(self) -> list[tuple[float, int]]:
         s = self.settings
-        dense = [(self.DENSE, i) for i in range(s.seed_cap) if i >= len(self._seen(self.DENSE))]
+        # the bounds: a high bound of 1.0 is the dense reference itself
+        parallel = max(s.parallel, 1)
+        bounds = [b for b in (round_density(s.high), round_density(s.low)) if b != self.DENSE]
+        dense = [(self.DENSE, i) for i in range(self._tried(self.DENSE), s.seed_cap)]
         if dense:  # first round: the reference, and the bounds meanwhile
-            bounds = [round_density(s.high), round_density(s.low)][: s.parallel]
-            return dense + [(d, 0) for d in bounds if not self._seen(d)]
+            return dense + [(d, 0) for d in bounds[:parallel] if d not in self.accs]
+        if self.threshold() is None:  # every dense seed failed: nothing can be called
+            return []
         unsure = [d for d in self.accs if d != self.DENSE and self.call(d) == "unsure"]
         lo, hi, _ = self.bracket()
         relevant = [d for d in unsure if (lo is None or d >= lo) and (hi is None or d <= hi)]
         if relevant:  # a point that could move the bracket: another seed first
-            return [(d, len(self._seen(d))) for d in sorted(relevant)[: s.parallel]]
-        for bound in (round_density(s.high), round_density(s.low)):
-            if not self._seen(bound):
+            return [(d, self._tried(d)) for d in sorted(relevant)[:parallel]]
+        for bound in bounds:
+            if bound not in self.accs:
                 return [(bound, 0)]
         if hi is None or lo is None:  # the low bound matches: decided
             return []
         if lo >= round_density(s.high):  # nothing within the bounds matches: decided
             return []
         if hi / lo <= s.resolution * (1 + 1e-9):  # bracketed: both sides at the seed cap
-            short = [d for d in (lo, hi) if d != self.DENSE and len(self._seen(d)) < s.seed_cap]
-            return [(d, len(self._seen(d))) for d in short]
-        step = (math.log(hi) - math.log(lo)) / (s.parallel + 1)
-        points = {round_density(math.exp(math.log(lo) + step * (i + 1))) for i in range(s.parallel)}
-        return [(d, 0) for d in sorted(points) if lo < d < hi and not self._seen(d)]
+            short = [d for d in (lo, hi) if d != self.DENSE and self._tried(d) < s.seed_cap]
+            return [(d, self._tried(d)) for d in short]
+        left = s.grid_points() - sum(1 for d in self.accs if d != self.DENSE)
+        if left <= 0:  # never more densities than the grid at this resolution: its worst case
+            return []
+        step = (math.log(hi) - math.log(lo)) / (parallel + 1)
+        points = {round_density(math.exp(math.log(lo) + step * (i + 1))) for i in range(parallel)}
+        return [(d, 0) for d in sorted(points) if lo < d < hi and d not in self.accs][:left]
 
     # --- the answer ---------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
@@ -252,6 +270,8 @@ class MatchingSearch:
             found = f"matches at the low bound: smallest matching density <= {low}"
         elif lo is not None and lo >= high:
             found = f"no match within the bounds: smallest matching density > {high}"
+        elif lo is not None and hi is not None and hi / lo > self.settings.resolution * 1.000001:
+            found = f"smallest matching density in ({lo}, {hi}] (stopped at the probe limit)"
         elif lo is not None and hi is not None:
             found = f"smallest matching density in ({lo}, {hi}]"
         else:
@@ -266,7 +286,8 @@ class MatchingSearch:
             "dense_acc_mean": None if t is None else t[0],
             "dense_acc_std": None if t is None else t[1],
             "inconsistent": inconsistent,
-            "trials": sum(len(self._seen(d)) for d in self.accs),
+            "trials": sum(self._tried(d) for d in self.accs),
+            "failed": sum(v is None for a in self.accs.values() for v in a.values()),
             "grid_trials": self.settings.grid_trials(),
             "rounds": self.rounds,
             "done": self.done,
@@ -293,3 +314,16 @@ def toy_crossing(width: float, noise: float, dense_acc: float = 0.92) -> float:
     criterion with the dense std at its expected value): 0.5 / (1 + x^6) = noise."""
     x = max(0.5 / noise - 1, 0.0) ** (1 / 6)
     return 0.1 * x / width
+
+
+def toy_search(settings: SearchSettings, width: float, noise: float) -> dict[str, Any]:
+    """One search run to its end on `toy_accuracy` (tests, the benchmark, the dry run's
+    estimate): its result."""
+    search = MatchingSearch(settings)
+    for _ in range(1000):
+        todo = search.plan_round()
+        if not todo:
+            break
+        for density, seed in todo:
+            search.record(density, seed, toy_accuracy(density, width, seed, noise))
+    return search.result()

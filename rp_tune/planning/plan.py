@@ -405,15 +405,23 @@ def _extended(
     return True
 
 
-def check_resume(path: str, configs: Sequence[TrialConfig]) -> None:
+def check_resume(
+    path: str, configs: Sequence[TrialConfig], search: Mapping[str, Any] | None = None
+) -> None:
     """--resume continues the trials the sweep at `path` stored, not others: a SweepError
     naming the keys that differ when the space or a --set now gives other configs (an
-    override would otherwise be silently ignored), or when a stored config no longer reads."""
+    override would otherwise be silently ignored), or when a stored config no longer reads.
+    A matching-density search (`search`: its `search_record`) continues the same search."""
+    from rp_tune.planning.matching_plan import check_search_resume, read_search
+
     try:
         if not is_stored(path):
             if interrupted_before_stored(path):  # stopped while planning: nothing to compare
                 return
             raise SweepError(f"--resume: no sweep to resume at {path}")
+        check_search_resume(path, search)
+        if read_search(path) is not None:  # its probes are not the space's grid
+            return
         stored = stored_trials(path)
         differ = config_differences([e["flat"] for e in stored], configs) if stored else []
         if differ and _extended(path, stored, configs):

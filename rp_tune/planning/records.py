@@ -72,13 +72,31 @@ def all_results(trial_dir: str) -> list[dict[str, Any]]:
     return list(_result_rows(trial_dir))
 
 
+# <sweep>/search/trials.json: a matching-density search's trials, each stored as it starts.
+# Below the sweep folder, not in it: on --resume Ray Tune copies the folder's own .json
+# files to its staging folder and uploads them back while it runs, so a file rewritten
+# during a resumed run there would return to its old content.
+SEARCH_TRIALS_FILE = "search/trials.json"
+
+
 def stored_trials(path: str) -> list[dict[str, Any]]:
-    """Every trial of the sweep at `path` as stored when it started: [{"flat", "run_key"}];
-    [] for a sweep started before `trials.json` existed."""
-    location = store.join(path, TRIALS_FILE)
-    if not store.exists(location):
-        return []
-    return json.loads(store.read_text(location))
+    """Every trial of the sweep at `path` as stored: [{"flat", "run_key"}], those of
+    trials.json (written when it started) and a search's (written as they start); [] for
+    a sweep started before `trials.json` existed."""
+    out = []
+    for name in (TRIALS_FILE, SEARCH_TRIALS_FILE):
+        location = store.join(path, name)
+        if store.exists(location):
+            out += json.loads(store.read_text(location))
+    return out
+
+
+def store_search_trial(path: str, entry: Mapping[str, Any]) -> None:
+    """A search's trial into search/trials.json before it starts (once per run key)."""
+    location = store.join(path, SEARCH_TRIALS_FILE)
+    entries = json.loads(store.read_text(location)) if store.exists(location) else []
+    if all(e["run_key"] != entry["run_key"] for e in entries):
+        store.write_text(location, json.dumps([*entries, dict(entry)], default=list))
 
 
 def trial_entries(configs: Sequence[TrialConfig]) -> list[dict[str, Any]]:

@@ -81,32 +81,36 @@ def _grid_configs(space: str, values: Mapping[str, Any]) -> list[TrialConfig]:
     fixed = {k: v for k, v in values.items() if k not in axes}
     out = []
     for point in itertools.product(*axes.values()):
-        flat = {**fixed, **dict(zip(axes, point))}
-        if float(flat.get("sparsity.density", 0.1)) == 1.0:
-            flat["sparsity.scheme"] = "uniform"
-            flat["sparsity.mode"] = DEFAULT_METHOD  # a fixed mask
-            for key in SCHEME_OPTION_KEYS:  # meaningless for a dense net: one trial, not several
-                flat.pop(key, None)
-        # Ray workers do not run in this folder: a relative data root is made absolute here.
-        flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
-        row = METHODS.get(str(flat.get("sparsity.mode", DEFAULT_METHOD)))  # None: from_flat says
-        if row is not None:  # keys its method ignores or another's: one trial, not several
-            for key in (*row.ignores, *method_keys()):
-                if key not in row.keys:
-                    flat.pop(key, None)
-        if (
-            row is not None
-            and row.from_start
-            and float(flat.get("sparsity.start_density", 1.0)) == 1.0
-        ):
-            flat["sparsity.scheme"] = "uniform"  # a dense start: no scheme shapes it
-            for key in SCHEME_OPTION_KEYS:
-                flat.pop(key, None)
+        flat = normalized_flat({**fixed, **dict(zip(axes, point))})
         try:
             out.append(from_flat(flat))
         except ConfigError as e:
             raise SweepError(f"search space {space!r}: {e}") from None
     return out
+
+
+def normalized_flat(flat: dict[str, Any]) -> dict[str, Any]:
+    """A trial's flat values as a sweep trains them: a dense net (density 1.0, or a method's
+    dense start) without the scheme options that cannot change it, the keys its method
+    ignores dropped, the data root absolute (Ray's workers run elsewhere)."""
+    flat = dict(flat)
+    if float(flat.get("sparsity.density", 0.1)) == 1.0:
+        flat["sparsity.scheme"] = "uniform"
+        flat["sparsity.mode"] = DEFAULT_METHOD  # a fixed mask
+        for key in SCHEME_OPTION_KEYS:  # meaningless for a dense net: one trial, not several
+            flat.pop(key, None)
+    # Ray workers do not run in this folder: a relative data root is made absolute here.
+    flat["data.root"] = absolute_data_root(str(flat.get("data.root", DataConfig.root)))
+    row = METHODS.get(str(flat.get("sparsity.mode", DEFAULT_METHOD)))  # None: from_flat says
+    if row is not None:  # keys its method ignores or another's: one trial, not several
+        for key in (*row.ignores, *method_keys()):
+            if key not in row.keys:
+                flat.pop(key, None)
+    if row is not None and row.from_start and float(flat.get("sparsity.start_density", 1.0)) == 1.0:
+        flat["sparsity.scheme"] = "uniform"  # a dense start: no scheme shapes it
+        for key in SCHEME_OPTION_KEYS:
+            flat.pop(key, None)
+    return flat
 
 
 def _tuple_key(key: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from rp_tune.config import DENSE_RECIPE, NOT_HASHED, RECIPES
 from rp_tune.methods import METHODS, from_start
+from rp_tune.planning.matching import mean_std
 from rp_tune.planning.space import sort_values
 from rp_tune.trial.groups import SEED_KEYS
 
@@ -33,14 +34,6 @@ from rp_tune.trial.groups import SEED_KEYS
 # Folded into the line's label ("erk", "erk+rigl", "dense") instead of shown as keys.
 LABEL_KEYS = ("sparsity.scheme", "sparsity.mode", "sparsity.growth")
 ALWAYS = ("model.name", "sparsity.density")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1); 0.0 for a single value."""
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def line_label(row: dict[str, Any]) -> str:

@@ -149,6 +149,10 @@ def _make_console_callback() -> type:
 
         def on_trial_start(self, iteration, trials, trial, **info):
             for key in self._keys(trial):
+                if self.progress is not None and key not in self.progress.epochs:
+                    # a search's probe: the searcher made it just now
+                    flat = _flat(key, trial.config["trial"], self.flats)
+                    self.progress.epochs[key] = trial_epochs(flat)
                 self._seen.discard(key)  # its first result says whether it resumed
                 if self.progress is not None and key not in self.progress.failed:
                     self.progress.running.add(key)

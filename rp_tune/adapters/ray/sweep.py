@@ -118,6 +118,8 @@ class _Driver:
     local: dict[str, float] = field(default_factory=dict)
     resolved: Sequence[TrialConfig] = ()
     own_ray: bool = False  # this driver started its Ray (local): it stops it at the end
+    search: Any = None  # SearchSettings of a matching-density search; None: the grid
+    toy_noise: float | None = None  # testing: trials report a known curve, no training
 
 
 def run_sweep(
@@ -142,6 +144,8 @@ def run_sweep(
     reuse: bool = True,
     group_size: int = 1,
     system_metrics: str = "auto",
+    search: Any = None,
+    toy_noise: float | None = None,
 ) -> SweepSummary:
     """Run (or, with resume=True, continue) a sweep; returns the per-trial outcome.
 
@@ -157,7 +161,10 @@ def run_sweep(
     taken from there, not trained again (`plan.plan_trials`).
 
     verbose: Ray's, Tune's and the training workers' own output on the console too; without
-    it they go to Ray's session logs, and this module's log to `<sweep>/driver.log`."""
+    it they go to Ray's session logs, and this module's log to `<sweep>/driver.log`.
+
+    search: SearchSettings of a matching-density search of the groups of `configs`
+    (`planning.matching_plan`). toy_noise: testing only, `adapters.ray.toy`."""
     d = _Driver(**locals())  # the options as given; the steps fill in the rest
     _refuse_a_bad_state(d)
     _plan_before_ray(d)
@@ -219,7 +226,7 @@ def _refuse_a_bad_state(d: _Driver) -> None:
     if d.resume and not can_restore:
         if not (exists or interrupted_before_stored(d.path)):
             raise SweepError(f"--resume: no sweep to resume at {d.path}")
-        check_resume(d.path, d.configs)  # the trials it stored, if it got that far
+        check_resume(d.path, d.configs, _search_record(d))  # what it stored, if it got far
         # stopped (Ctrl-C, SIGTERM) before Tune stored anything: nothing trained under Tune
         # (a Train run's checkpoints are found again by trial name); planned and started anew
         console.info("sweep %s never reached Ray Tune before it was stopped: starting it", d.name)
@@ -239,7 +246,7 @@ def _refuse_a_bad_state(d: _Driver) -> None:
                 f"(e.g. {left[0]['run_key']}); --resume it first"
             )
     if d.resume:
-        check_resume(d.path, d.configs)
+        check_resume(d.path, d.configs, _search_record(d))
     if d.tracking:
         from rp_tune.adapters.mlflow.tracking import default_tracking_uri
 
@@ -249,10 +256,19 @@ def _refuse_a_bad_state(d: _Driver) -> None:
             raise SweepError(str(e)) from None
 
 
+def _search_record(d: _Driver) -> dict[str, Any] | None:
+    """What identifies the driver's search, None for a grid (`check_resume`)."""
+    if d.search is None:
+        return None
+    from rp_tune.planning.matching_plan import search_groups, search_record
+
+    return search_record(search_groups(d.configs, d.space), d.search)
+
+
 def _plan_before_ray(d: _Driver) -> None:
     """Where every trial finished already (reused, or kept by --extend), a local sweep has
     nothing to train: it records the trials and ends without starting Ray."""
-    if not d.resume and not (d.address or os.environ.get("RAY_ADDRESS")):
+    if not d.resume and d.search is None and not (d.address or os.environ.get("RAY_ADDRESS")):
         d.local = {"CPU": float(d.num_cpus or os.cpu_count() or 1), **local_gpu_capacity()}
         d.resolved, _ = resolve_gpus(d.configs, d.local, "this machine")
         held = stored_trials(d.path) if d.extend else ()
@@ -439,9 +455,10 @@ def _restore_tuner(d: _Driver) -> Any:
 
 def _new_tuner(d: _Driver) -> Any:
     """A new sweep: the devices Ray has, the trials to train (others reused or kept), the
-    trial groups, then a Tuner over them; None when every trial finished before."""
-    from ray import tune
-
+    trial groups, then a Tuner over them; None when every trial finished before. A
+    matching-density search: `_search_tuner`."""
+    if d.search is not None:
+        return _search_tuner(d)
     if d.need_ray:
         capacity = cluster_capacity(d.address is not None)
         configs, gpu_choice = resolve_gpus(d.configs, capacity, "the Ray cluster")
@@ -464,37 +481,10 @@ def _new_tuner(d: _Driver) -> Any:
     d.callbacks.append(callback_class("ConsoleCallback")(progress, d.flats))
     if not entries:  # every trial finished before: nothing for Tune
         return None
-    fault = None
-    if d.inject_fault_epoch:
-        fault = {"epoch": d.inject_fault_epoch, "dir": store.join(d.train_storage, "_faults")}
     from rp_tune.adapters.ray.searcher import PlannedTrials
 
-    param_space = {  # what every trial shares; each trial's own entry comes from the searcher
-        "train_storage": d.train_storage,
-        "train_max_failures": d.train_max_failures,
-        "save_weights": d.log_weights,
-        # measured for MLflow: nothing to measure for without tracking
-        "system_metrics": d.system_metrics if d.uri is not None else "off",
-        "fault": fault,
-    }
-    tuner = tune.Tuner(
-        _trainable(d, [e["run_key"] for e in trials.train]),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=PlannedTrials(entries),  # not a grid-search spec: see its module
-            num_samples=len(entries),
-            max_concurrent_trials=concurrent,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=d.name,
-            storage_path=d.root,
-            failure_config=tune.FailureConfig(max_failures=d.tune_max_failures),
-            callbacks=d.callbacks,
-            verbose=1 if d.verbose else 0,
-        ),
-    )
+    plan = [e["run_key"] for e in trials.train]  # not a grid-search spec: see the searcher
+    tuner = _tuner(d, _trainable(d, plan), PlannedTrials(entries), len(entries), concurrent)
     console.info(
         "sweep %s: %d trials, %d to train, at most %d at a time, results in %s",
         d.name,
@@ -504,6 +494,81 @@ def _new_tuner(d: _Driver) -> Any:
         d.path,
     )
     return tuner
+
+
+def _search_tuner(d: _Driver) -> Any:
+    """A new matching-density search: its groups from the space's configs as Ray places
+    them, `search/search.json` and an empty trials.json (the sweep is stored; its probes join as
+    they start), then a Tuner whose searcher decides every trial."""
+    from rp_tune.adapters.ray.searcher import MatchingTrials
+    from rp_tune.planning.matching_plan import (
+        search_groups,
+        search_record,
+        with_parallel,
+        write_search,
+    )
+
+    capacity = cluster_capacity(d.address is not None)
+    configs, gpu_choice = resolve_gpus(d.configs, capacity, "the Ray cluster")
+    console.info("%s", gpu_choice)
+    groups = search_groups(configs, d.space)
+    concurrent = d.max_concurrent or default_concurrency(configs, capacity)
+    settings = with_parallel(d.search, concurrent, len(groups))
+    record = search_record(groups, d.search)  # as given: a --resume gives it again
+    write_search(d.path, record)
+    write_trial_entries(d.path, [])
+    d.callbacks.append(callback_class("ConsoleCallback")(Progress({}, concurrent), d.flats))
+    searcher = MatchingTrials(groups, settings, d.root, d.name, d.reuse, record)
+    worst = len(groups) * settings.grid_trials()  # the searcher ends it far sooner
+    tuner = _tuner(d, _trainable(d, []), searcher, worst, concurrent)
+    console.info(
+        "sweep %s: matching-density search of %d groups (probes per round per group: %d), "
+        "at most %d trials at a time, results in %s",
+        d.name,
+        len(groups),
+        settings.parallel,
+        concurrent,
+        d.path,
+    )
+    return tuner
+
+
+def _tuner(d: _Driver, trainable: Any, searcher: Any, samples: int, concurrent: int) -> Any:
+    """The sweep's Tuner: the trainable, what every trial shares, the searcher that hands
+    out each trial's own entry, the storage, retries and callbacks."""
+    from ray import tune
+
+    fault = None
+    if d.inject_fault_epoch:
+        fault = {"epoch": d.inject_fault_epoch, "dir": store.join(d.train_storage, "_faults")}
+    param_space = {  # what every trial shares; each trial's own entry comes from the searcher
+        "train_storage": d.train_storage,
+        "train_max_failures": d.train_max_failures,
+        "save_weights": d.log_weights,
+        # measured for MLflow: nothing to measure for without tracking
+        "system_metrics": d.system_metrics if d.uri is not None else "off",
+        "fault": fault,
+        "toy_noise": d.toy_noise,  # testing: a known accuracy curve instead of training
+    }
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=samples,
+            max_concurrent_trials=concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+            reuse_actors=d.toy_noise is not None,  # a toy trial is a second; its process is not
+        ),
+        run_config=tune.RunConfig(
+            name=d.name,
+            storage_path=d.root,
+            failure_config=tune.FailureConfig(max_failures=d.tune_max_failures),
+            callbacks=d.callbacks,
+            verbose=1 if d.verbose else 0,
+        ),
+    )
 
 
 def _record_the_plan(d: _Driver, trials: Any) -> None:
@@ -575,7 +640,8 @@ def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
                 status = "failed" if error else "pending"
                 outcomes.append(TrialOutcome(key, status, 0, d.known.get(key, 0), 0, error=error))
         else:
-            outcomes.append(_outcome(trial["run_key"], d.flats[trial["run_key"]], result, error))
+            flat = d.flats.get(trial["run_key"]) or trial["flat"]  # a search's probe: its own
+            outcomes.append(_outcome(trial["run_key"], flat, result, error))
     seen = {t.run_key for t in outcomes}
     folders = set(store.list_names(d.path))  # once: most trials of a large sweep have none
     for e in stored_trials(d.path):  # finished before, reused, or not started by Tune yet

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rp_tune.adapters.ray.toy import toy_trial
 from rp_tune.config import ConfigError, from_flat, run_key
 from rp_tune.core import storage as store
 from rp_tune.trial.metrics import ITERATION, metric
@@ -454,12 +455,10 @@ def _tune_trial(config: dict[str, Any], plan: Mapping[str, str] | None = None) -
     marker = store.join(config["train_storage"], RECURRING_ERRORS, trial["run_key"])
     if store.exists(marker):  # Tune's retry of a trial that cannot succeed: fail at once
         raise RecurringTrialError(store.read_text(marker))
-    flat = trial.get("flat")
-    if flat is None:
-        own = (trial.get("members") or [trial["run_key"]])[0]
-        if plan is None or own not in plan:
-            raise KeyError(f"trial {trial['run_key']}: no config for {own} in the sweep's plan")
-        flat = json.loads(plan[own])
+    own = (trial.get("members") or [trial["run_key"]])[0]
+    flat = trial.get("flat") or json.loads((plan or {})[own])  # a search's probe: its own
+    if config.get("toy_noise") is not None:  # testing: a known curve, no Train run
+        return toy_trial(trial["run_key"], flat, config["toy_noise"])
     cfg = from_flat(flat)
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}

@@ -1,0 +1,40 @@
+"""Testing only: a trial that reports a known accuracy curve instead of training, so that
+tests run the real searcher, Tune and the sweep's records in seconds (`run_sweep.py
+--toy-trials NOISE`, refused for a space that trains on real data).
+
+The accuracy is `rp_tune.planning.matching.toy_accuracy` of the trial's density, its
+width (the model name's trailing width over 16, the CIFAR ResNets' base; 1 without one)
+and its seed, with seed noise NOISE: the same for the same trial, every run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rp_tune.config import from_flat
+from rp_tune.planning.matching import toy_accuracy
+
+
+def toy_width(model: str) -> float:
+    """cifar_resnet_20_32 -> 2.0; cifar_resnet_8 -> 1.0."""
+    m = re.search(r"_(\d+)_(\d+)$", model)
+    return int(m.group(2)) / 16 if m else 1.0
+
+
+def toy_trial(key: str, flat: dict[str, Any], noise: float) -> None:
+    """Tune function trainable body: one row per epoch, half a second apart (a trial a
+    Ctrl-C can find running), the last with the final metrics a finished trial has (test
+    accuracy, achieved density)."""
+    import time
+
+    from ray import tune
+
+    cfg = from_flat(flat)
+    acc = toy_accuracy(cfg.sparsity.density, toy_width(cfg.model.name), cfg.seed, noise)
+    for epoch in range(1, cfg.train.epochs + 1):
+        row: dict[str, Any] = {"run_key": key, "epoch": epoch, "val_acc": acc}
+        if epoch == cfg.train.epochs:
+            row.update(test_acc=acc, achieved_density=cfg.sparsity.density)
+        time.sleep(0.5)
+        tune.report(row)

@@ -1,0 +1,89 @@
+"""The matching-density search run as a user runs it: `run_sweep.py --search matching`
+through Ray Tune, on toy trials (a known accuracy curve, no training: `--toy-trials`)."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.helpers import cli, driver, incli
+
+ARGS = ["--space", "smoke", "--search", "matching", "--grid", "sparsity.scheme=erk",
+        "--grid", "sparsity.density=0.1,0.5", "--search-set", "seed_cap=2",
+        "--toy-trials", "0.01", "--num-cpus", "2", "--max-concurrent", "4",
+        "--no-tracking"]  # fmt: skip
+
+
+def _expected():
+    """The same search in this process, without Ray: what the sweep must end with."""
+    from rp_tune.adapters.ray.searcher import MatchingTrials
+    from rp_tune.adapters.ray.toy import toy_width
+    from rp_tune.planning.matching import SearchSettings, toy_accuracy
+    from rp_tune.planning.matching_plan import search_groups, with_parallel
+    from rp_tune.planning.space import expand_space
+
+    configs = expand_space("smoke", {"sparsity.scheme": ["erk"], "sparsity.density": [0.1, 0.5]})
+    groups = search_groups(configs, "smoke")
+    settings = with_parallel(SearchSettings(seed_cap=2), 4, len(groups))
+    searcher = MatchingTrials(groups, settings, "/nonexistent", "x", reuse=False)
+    searcher._store = lambda entry: None
+    n = 0
+    while (got := searcher.suggest(f"t{n}")) != MatchingTrials.FINISHED:
+        if got is None:
+            tid = next(iter(searcher._in_flight))
+            g, density, seed = searcher._in_flight[tid][1][0]
+            cfg = groups[g].probe(density, seed)
+            acc = toy_accuracy(density, toy_width(cfg.model.name), cfg.seed, 0.01)
+            searcher.on_trial_complete(tid, {"test_acc": acc})
+        n += 1
+    return searcher.results()
+
+
+@pytest.mark.slow
+def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_through(
+    tmp_path, capsys
+):
+    """A toy search of one group (ResNet-8, ERK) on Ray Tune, stopped by Ctrl-C after some
+    probes finished: exit 1 with the --resume line; --resume continues the search (no
+    trial trained twice) and ends with the bracket, seeds and trials of the same search
+    run in one go (computed here without Ray); --status and --dry-run read it."""
+    res = tmp_path / "res"
+    proc = driver(*ARGS, "--storage", str(res), stdout=tmp_path / "first.out")
+    sweep = res / "smoke"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = list(sweep.glob("*/result.json"))
+            if sum('"test_acc"' in f.read_text() for f in done) >= 4:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = (tmp_path / "first.out").read_text()
+    assert "continue it with:" in first and "--resume" in first, first[-2000:]
+    state = json.loads((sweep / "search" / "search.json").read_text())
+    assert state["results"] and not state["results"][0]["done"]  # stopped part-way
+
+    r = cli(*ARGS, "--storage", str(res), "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((sweep / "search" / "search.json").read_text())["results"]
+    expected = _expected()
+    assert [x["done"] for x in results] == [True]
+    for key in ("lo", "hi", "trials", "fail_side", "match_side", "dense_acc_mean"):
+        assert results[0][key] == expected[0][key], (key, results[0], expected[0])
+    # each probe trained once: one trial folder per run key, its epochs reported once each
+    stored = json.loads((sweep / "search" / "trials.json").read_text())
+    assert len(stored) == len({e["run_key"] for e in stored}) == results[0]["trials"]
+    for e in stored:
+        rows = [
+            json.loads(x) for x in (sweep / e["run_key"] / "result.json").read_text().splitlines()
+        ]
+        assert [row["epoch"] for row in rows] == [1, 2], e["run_key"]
+    assert "cifar_resnet_8 erk" in r.stdout and f"({expected[0]['lo']}, " in r.stdout
+
+    status = incli(capsys, *ARGS, "--storage", str(res), "--status")
+    assert status.returncode == 0 and f"finished: {len(stored)}" in status.stdout
