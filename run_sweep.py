@@ -370,7 +370,7 @@ def _search(args: argparse.Namespace, configs: list) -> tuple | None:
     from rp_tune.planning.matching_plan import check_search, search_groups, search_settings
     from search_spaces import load_space
 
-    check_search(args.search, args.extend)
+    check_search(args.search, args.extend, args.group_size)
     if args.search == "grid":
         if args.search_set:
             from rp_tune.core.errors import SweepError

@@ -132,6 +132,48 @@ def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
             ["--space", "smoke", "--set", "data.name=cifar10", "--set", "data.root=/etc/hostname"],
             "that is a file, not a folder",
         ),
+        # the matching-density search (README: --search matching)
+        (
+            ["--space", "smoke", "--search", "matching", "--set", "sparsity.density=0.5"],
+            "space 'smoke' has no density axis (its densities: [0.5])",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "low=0"],
+            "search bound low=0.0 is invalid; valid: in (0, 1]",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "high=1.5"],
+            "search bound high=1.5 is invalid; valid: in (0, 1]",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "resolution=1"],
+            "search resolution 1.0 is invalid; valid: a factor > 1",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "seed_cap=0"],
+            "search seed cap 0 is invalid; valid: integers >= 1",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "seeds=3"],
+            "search settings ['seeds'] are unknown; valid: low, high, resolution",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--extend"],
+            "--search matching decides its own trials and --extend adds",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--group-size", "4"],
+            "--group-size 4 with --search matching",
+        ),
+        (
+            ["--space", "smoke", "--search", "bisect"],
+            "--search 'bisect' is invalid; valid: grid, matching",
+        ),
+        (["--space", "smoke", "--search-set", "low=0.1"], "--search-set sets a search"),
+        (
+            ["--space", "smoke", "--toy-trials", "0.01", "--set", "data.name=cifar10"],
+            "--toy-trials 0.01 replaces training by a known curve, for tests",
+        ),
     ],
 )
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, capsys, args, message):

@@ -185,11 +185,17 @@ def describe_search(
     )
 
 
-def check_search(search: str, extend: bool) -> None:
-    """SweepError for a --search that cannot be: an unknown one, or with --extend (a
-    search decides its own trials; a finished one is extended by searching again)."""
+def check_search(search: str, extend: bool, group_size: int = 1) -> None:
+    """SweepError for a --search that cannot be: an unknown one, with --extend (a search
+    decides its own trials; a finished one is extended by searching again), or with
+    --group-size (a round's probes are trained each alone)."""
     if search not in SEARCHES:
         raise SweepError(f"--search {search!r} is invalid; valid: {', '.join(SEARCHES)}")
+    if search != "grid" and group_size > 1:
+        raise SweepError(
+            f"--group-size {group_size} with --search matching: a search trains each probe "
+            "alone (its rounds do not fuse into trial groups yet); leave --group-size out"
+        )
     if search != "grid" and extend:
         raise SweepError(
             "--search matching decides its own trials and --extend adds a space's trials to "
