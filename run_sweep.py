@@ -578,6 +578,11 @@ def status(args: argparse.Namespace, name: str, configs: list, argv: list[str] |
         )
         return 2
     print(status_table(states))
+    from rp_tune.planning.matching_plan import read_search, search_table
+
+    search = read_search(path)
+    if search is not None:  # a matching-density search: where each group stands
+        print(search_table(search.get("results") or []))
     _after_a_killed_driver(args, path, dead)
     uri = _tracking_uri(args, path)
     if uri is not None:  # the URL the sweep made (summary.json): no call to MLflow here

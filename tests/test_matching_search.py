@@ -87,3 +87,5 @@ def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_t
 
     status = incli(capsys, *ARGS, "--storage", str(res), "--status")
     assert status.returncode == 0 and f"finished: {len(stored)}" in status.stdout
+    line = next(ln for ln in status.stdout.splitlines() if ln.startswith("cifar_resnet_8 erk"))
+    assert f"({expected[0]['lo']}, {expected[0]['hi']}]" in line, status.stdout
