@@ -367,7 +367,12 @@ def _configs(args: argparse.Namespace) -> list:
 def _search(args: argparse.Namespace, configs: list) -> tuple | None:
     """--search matching: (its groups, its settings); None for the grid. SweepError for a
     search that cannot be (see `matching_plan`)."""
-    from rp_tune.planning.matching_plan import check_search, search_groups, search_settings
+    from rp_tune.planning.matching_plan import (
+        check_probes,
+        check_search,
+        search_groups,
+        search_settings,
+    )
     from search_spaces import load_space
 
     check_search(args.search, args.extend, args.group_size)
@@ -378,7 +383,12 @@ def _search(args: argparse.Namespace, configs: list) -> tuple | None:
             raise SweepError("--search-set sets a search: add --search matching")
         return None
     declared = getattr(load_space(args.space), "SEARCH", None)
-    return search_groups(configs, args.space), search_settings(declared, args.search_set)
+    groups, settings = (
+        search_groups(configs, args.space),
+        search_settings(declared, args.search_set),
+    )
+    check_probes(groups, settings)
+    return groups, settings
 
 
 def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:

@@ -138,10 +138,30 @@ def test_a_failed_trial_is_not_trained_again_and_failed_references_stop_the_sear
     search.record(0.01, 0, None)
     nxt = search.plan_round()
     assert (1.0, 0) not in nxt and (0.01, 0) not in nxt  # neither trained again
+    assert (0.01, 1) in nxt  # the failed density's next seed, not another density
     r = search.result()
-    assert r["failed"] == 2 and r["trials"] == 3
+    assert r["failed"] == 2 and r["trials"] == 3 and r["failed_densities"] == [0.01]
     dead = MatchingSearch(settings)
     for density, seed in dead.plan_round():
         dead.record(density, seed, None if density == 1.0 else 0.5)
     assert dead.plan_round() == [] and dead.done
     assert dead.result()["found"] == "not decided yet" and dead.result()["failed"] == 2
+
+
+def test_a_density_whose_every_seed_fails_ends_the_search_saying_so():
+    """One probe that fails (a crash, out of memory) does not end the search with a wrong
+    bracket: the density gets its next seeds; when every one of them fails, the search
+    stops and its answer names that density."""
+    search = MatchingSearch(SearchSettings(parallel=1, seed_cap=2))
+    for _ in range(50):
+        todo = search.plan_round()
+        if not todo:
+            break
+        for density, seed in todo:
+            failed = 0.02 < density < 1.0  # every trial between the bounds fails
+            acc = None if failed else toy_accuracy(density, 1.0, seed, 1e-4)
+            search.record(density, seed, acc)
+    r = search.result()
+    assert r["done"] and r["failed_densities"], r
+    assert "(stopped: every trial at " in r["found"], r["found"]
+    assert all(search._tried(d) == 2 for d in r["failed_densities"])

@@ -110,3 +110,41 @@ def test_the_search_trains_a_shared_dense_reference_once_and_resumes_from_its_st
     rest, _, done = drive(again, start=n)
     assert done and first + rest == keys
     assert again.results() == results
+
+
+def test_a_search_whose_trials_finished_before_trains_none_and_says_where_it_stands(tmp_path):
+    """The same search again under another name in the same results root: every probe is
+    taken from the first sweep (its records copied in), Tune gets no trial, and the new
+    sweep's search.json holds the same finished results."""
+    import json
+
+    from rp_tune.adapters.ray.searcher import MatchingTrials
+    from rp_tune.config import trial_epochs
+    from rp_tune.planning.matching import toy_accuracy
+    from rp_tune.planning.records import stored_trials
+
+    first = _toy_search(tmp_path)  # root tmp_path, sweep "s"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "trials.json").write_text("[]")  # as the driver starts a search
+    n = 0
+    while (got := first.suggest(f"t{n}")) != PlannedTrials.FINISHED:
+        if got is None:
+            tid = next(iter(first._in_flight))
+            key, probes = first._in_flight[tid]
+            g, density, seed = probes[0]
+            acc = toy_accuracy(density, 1.0, seed, 0.01)
+            flat = first.entry(*probes[0])["flat"]
+            folder = tmp_path / "s" / key  # the trial's record, as Tune writes it
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(
+                json.dumps({"epoch": trial_epochs(flat), "test_acc": acc}) + "\n"
+            )
+            first.on_trial_complete(tid, {"test_acc": acc})
+        n += 1
+    again = MatchingTrials(first.groups, first.settings, str(tmp_path), "s2", reuse=True)
+    assert again.suggest("u0") == PlannedTrials.FINISHED
+    on_disk = json.loads((tmp_path / "s2" / "search" / "search.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(first.results()))
+    reused = stored_trials(str(tmp_path / "s2"))
+    assert {e["reused_from"] for e in reused} == {"s"}
+    assert len(reused) == len(stored_trials(str(tmp_path / "s")))

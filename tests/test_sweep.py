@@ -171,6 +171,14 @@ def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
         ),
         (["--space", "smoke", "--search-set", "low=0.1"], "--search-set sets a search"),
         (
+            ["--space", "smoke", "--search", "matching", "--search-set", "margin=-1"],
+            "search margin -1.0 is invalid; valid: a number >= 0",
+        ),
+        (
+            ["--space", "imp_sparse_to_sparse", "--search", "matching", "--dry-run"],
+            "group 'cifar_resnet_20 er+imp' cannot train density 0.999",
+        ),
+        (
             ["--space", "smoke", "--toy-trials", "0.01", "--set", "data.name=cifar10"],
             "--toy-trials 0.01 replaces training by a known curve, for tests",
         ),

@@ -84,6 +84,11 @@ class SearchSettings:
             )
         if not (isinstance(self.seed_cap, int) and self.seed_cap >= 1):
             raise ValueError(f"search seed cap {self.seed_cap!r} is invalid; valid: integers >= 1")
+        if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < math.inf):
+            raise ValueError(
+                f"search margin {self.margin!r} is invalid; valid: a number >= 0 (2: a point "
+                "within 2 noise units of the threshold gets more seeds)"
+            )
         if not (isinstance(self.parallel, int) and self.parallel >= 0):
             raise ValueError(
                 f"search parallel {self.parallel!r} is invalid; valid: integers >= 0 (0: auto)"
@@ -224,6 +229,15 @@ class MatchingSearch:
             return dense + [(d, 0) for d in bounds[:parallel] if d not in self.accs]
         if self.threshold() is None:  # every dense seed failed: nothing can be called
             return []
+        # a density whose every trial so far failed: its next seed (up to the cap), not
+        # another density in its place (the same P-section would only find it again)
+        retry = [
+            d
+            for d in self.accs
+            if d != self.DENSE and not self._seen(d) and self._tried(d) < s.seed_cap
+        ]
+        if retry:
+            return [(d, self._tried(d)) for d in sorted(retry)[:parallel]]
         unsure = [d for d in self.accs if d != self.DENSE and self.call(d) == "unsure"]
         lo, hi, _ = self.bracket()
         relevant = [d for d in unsure if (lo is None or d >= lo) and (hi is None or d <= hi)]
@@ -266,12 +280,14 @@ class MatchingSearch:
             return {"density": d, "acc_mean": mean, "seeds": len(seen), "at_cap": at_cap}
 
         low, high = round_density(self.settings.low), round_density(self.settings.high)
+        dead = sorted(d for d in self.accs if d != self.DENSE and not self._seen(d))
         if hi is not None and lo is None and hi == low:
             found = f"matches at the low bound: smallest matching density <= {low}"
         elif lo is not None and lo >= high:
             found = f"no match within the bounds: smallest matching density > {high}"
         elif lo is not None and hi is not None and hi / lo > self.settings.resolution * 1.000001:
-            found = f"smallest matching density in ({lo}, {hi}] (stopped at the probe limit)"
+            why = f"every trial at {dead} failed" if dead else "the probe limit"
+            found = f"smallest matching density in ({lo}, {hi}] (stopped: {why})"
         elif lo is not None and hi is not None:
             found = f"smallest matching density in ({lo}, {hi}]"
         else:
@@ -288,6 +304,7 @@ class MatchingSearch:
             "inconsistent": inconsistent,
             "trials": sum(self._tried(d) for d in self.accs),
             "failed": sum(v is None for a in self.accs.values() for v in a.values()),
+            "failed_densities": dead,  # densities none of whose trials reported
             "grid_trials": self.settings.grid_trials(),
             "rounds": self.rounds,
             "done": self.done,

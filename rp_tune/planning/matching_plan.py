@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from rp_tune.config import NOT_HASHED, TrialConfig, from_flat, run_key
+from rp_tune.config import NOT_HASHED, ConfigError, TrialConfig, from_flat, run_key
 from rp_tune.core import storage as store
 from rp_tune.core.errors import SweepError
 from rp_tune.methods import DEFAULT_METHOD
@@ -26,11 +26,12 @@ from rp_tune.planning.matching import (
     toy_search,
 )
 from rp_tune.planning.space import normalized_flat
-from rp_tune.trial.groups import SEED_KEYS
 
 SEARCHES = ("grid", "matching")  # --search: the space's grid as it is, or the search
 SETTING_KEYS = tuple(f.name for f in fields(SearchSettings))
-_VARIED = ("sparsity.density", *SEED_KEYS, *NOT_HASHED)  # and resources.*: where it runs
+# what a group's trials differ in: the density and `seed` (and where they run: NOT_HASHED,
+# resources.*); an axis of seeds.mask/init/data makes groups of its own, not seeds of one
+_VARIED = ("sparsity.density", "seed", *NOT_HASHED)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,22 @@ def search_groups(configs: Sequence[TrialConfig], space: str) -> list[SearchGrou
             )
         )
     return out
+
+
+def check_probes(groups: Sequence[SearchGroup], settings: SearchSettings) -> None:
+    """SweepError where a group cannot train a density between the search's bounds (a
+    method that starts from a sparse mask trains only below its start density)."""
+    top = min(settings.high, 0.999)  # below a high bound of 1.0 (the dense reference) it probes
+    for g in groups:
+        for density in (settings.low, top):
+            try:
+                g.probe(density, 0)
+            except ConfigError as e:
+                raise SweepError(
+                    f"--search matching: group {g.name!r} cannot train density {density:g}: "
+                    f"{e}; valid: bounds inside what its method allows (--search-set "
+                    "low=... high=...)"
+                ) from None
 
 
 def search_settings(declared: Mapping[str, Any] | None, items: Sequence[str]) -> SearchSettings:

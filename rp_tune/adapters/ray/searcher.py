@@ -159,6 +159,7 @@ class MatchingTrials(_JsonState, Searcher):
         search trained, or that finished before, is recorded at once (and may let its group
         plan again); one already queued or training waits for that trial's result."""
         flying = {key: probes for key, probes in self._in_flight.values()}
+        recorded = False
         for _ in range(10_000):
             added = False
             for g, search in enumerate(self._searches):
@@ -169,13 +170,15 @@ class MatchingTrials(_JsonState, Searcher):
                         acc = self._finished_before(self.entry(*probe))
                     if acc is not None or key in self._acc:
                         search.record(density, seed, acc)
-                        added = True
+                        added = recorded = True
                     elif key in flying:
                         flying[key].append(probe)
                     else:
                         self._queue.setdefault(key, []).append(probe)
             if not added:
-                return
+                break
+        if recorded:  # results taken from trials that finished before: search.json says so
+            self.write()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if not self._queue:
