@@ -354,7 +354,8 @@ def _configs(args: argparse.Namespace) -> list:
     if tflops is not None and not (math.isfinite(tflops) and tflops > 0):
         raise SweepError(f"--assumed-tflops={tflops:g} is invalid; valid: a number > 0")
     configs = expand_space(args.space, overrides, smoke=args.smoke)
-    _search(args, configs)  # a bad search: one message, before anything
+    # a bad search: one message, before anything; the commands read it from here
+    args.search_plan = _search(args, configs)
     real = sorted({c.data.name for c in configs} - {"synthetic"})
     if args.toy_trials is not None and (real or not args.toy_trials >= 0):
         raise SweepError(
@@ -402,7 +403,7 @@ def _preflight(args: argparse.Namespace, name: str, configs: list) -> None:
     if args.resume:
         root = storage.resolve(args.storage)
         check_not_held(root, name)
-        search = _search(args, configs)
+        search = args.search_plan
         record = None
         if search:
             from rp_tune.planning.matching_plan import search_record
@@ -457,7 +458,7 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     )
     if args.group_size > 1:
         print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
-    search = _search(args, configs)
+    search = args.search_plan
     if search is not None:
         from rp_tune.planning.matching_plan import describe_search, with_parallel
 
@@ -480,7 +481,7 @@ def run(args: argparse.Namespace, name: str, configs: list, argv: list[str] | No
     from rp_tune.core.errors import SweepError
 
     handler = _console(args.verbose)
-    search = _search(args, configs)
+    search = args.search_plan
     try:
         summary = run_sweep(
             configs,

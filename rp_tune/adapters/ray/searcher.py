@@ -164,10 +164,11 @@ class MatchingTrials(_JsonState, Searcher):
             added = False
             for g, search in enumerate(self._searches):
                 for density, seed in search.plan_round():
-                    probe, key = (g, density, seed), self.entry(g, density, seed)["run_key"]
-                    acc = self._acc.get(key) if key in self._acc else None
+                    probe, entry = (g, density, seed), self.entry(g, density, seed)
+                    key = entry["run_key"]
+                    acc = self._acc.get(key)
                     if key not in self._acc and key not in self._queue and key not in flying:
-                        acc = self._finished_before(self.entry(*probe))
+                        acc = self._finished_before(entry)
                     if acc is not None or key in self._acc:
                         search.record(density, seed, acc)
                         added = recorded = True
