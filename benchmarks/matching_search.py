@@ -28,7 +28,6 @@ from rp_tune.planning.matching import (  # noqa: E402
     SearchSettings,
     matches,
     mean_std,
-    round_density,
     toy_accuracy,
     toy_crossing,
     toy_search,
@@ -39,9 +38,7 @@ def run_grid(
     settings: SearchSettings, width: float, noise: float
 ) -> tuple[float | None, float | None]:
     """The grid's bracket (lo, hi]: hi its smallest matching density, lo the grid point below."""
-    n = settings.grid_points()
-    ratio = (settings.high / settings.low) ** (1 / (n - 1))
-    grid = [round_density(settings.low * ratio**k) for k in range(n)]
+    grid = settings.grid()
     seeds = range(settings.seed_cap)
     d_mean, d_std = mean_std([toy_accuracy(1.0, width, s, noise) for s in seeds])
     ok = [
@@ -66,19 +63,27 @@ def holds(lo: float | None, hi: float | None, truth: float, settings: SearchSett
 def compare(settings: SearchSettings, noise: float, draws: int, seed: int = 0) -> dict:
     """Hit rates and mean trials of the search and the grid over `draws` networks."""
     rng = random.Random(seed)
-    hit_s = hit_g = trials_s = 0
+    hit_s = hit_g = trials_s = only_s = only_g = 0
     for _ in range(draws):
         width = rng.uniform(1.0, 8.0)
         truth = toy_crossing(width, noise)
         r = toy_search(settings, width, noise)
-        hit_s += holds(r["lo"], r["hi"], truth, settings)
-        trials_s += r["trials"]
-        hit_g += holds(*run_grid(settings, width, noise), truth, settings)
+        s_hit = holds(r["lo"], r["hi"], truth, settings)
+        g_hit = holds(*run_grid(settings, width, noise), truth, settings)
+        hit_s, hit_g, trials_s = hit_s + s_hit, hit_g + g_hit, trials_s + r["trials"]
+        only_s, only_g = only_s + (s_hit and not g_hit), only_g + (g_hit and not s_hit)
+    # paired: both read the same draws (toy_accuracy is keyed by density, width and seed), so
+    # the difference's standard error comes from the draws where exactly one of them hit
+    diff_se = math.sqrt(only_s + only_g - (only_s - only_g) ** 2 / draws) / draws
     return {
         "noise": noise,
         "draws": draws,
         "search_hit_rate": round(hit_s / draws, 3),
         "grid_hit_rate": round(hit_g / draws, 3),
+        "hit_rate_diff": round((hit_s - hit_g) / draws, 3),
+        "hit_rate_diff_se": round(diff_se, 3),
+        "search_only_hits": only_s,
+        "grid_only_hits": only_g,
         "search_trials_mean": round(trials_s / draws, 1),
         "grid_trials": settings.grid_trials(),
         "trials_ratio": round(settings.grid_trials() / (trials_s / draws), 2),
@@ -99,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [compare(settings, n, args.draws) for n in args.noise]
     for r in rows:
         print(json.dumps(r), flush=True)
-    head = ("noise", "search hits", "grid hits", "search trials", "grid trials")
+    head = ("noise", "search hits", "grid hits", "difference", "search trials", "grid trials")
     print("\n" + " ".join(f"{h:>{max(len(h), 6)}}" for h in head))
     for r in rows:
         print(
             f"{r['noise']:>6} {r['search_hit_rate']:>11} {r['grid_hit_rate']:>9} "
+            f"{r['hit_rate_diff']:>+6.3f}±{r['hit_rate_diff_se']:.3f} "
             f"{r['search_trials_mean']:>13} {r['grid_trials']:>11}"
         )
     return 0

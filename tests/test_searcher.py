@@ -38,7 +38,8 @@ def test_a_ten_thousand_trial_sweep_reaches_tune_without_a_grid_and_its_benchmar
     assert main(args) == 0
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     size, store = lines
-    assert size["trials"] == 10_000 and size["finished"] == 1 and size["driver_rc"] == 1
+    # Ctrl-C goes once one trial finished; more may finish before it lands on a busy machine
+    assert size["trials"] == 10_000 and size["finished"] >= 1 and size["driver_rc"] == 1
     assert size["first_start_s"] > 0 and size["ctrl_c_exit_s"] > 0 and size["driver_peak_mb"] > 0
     assert size["stored_trials"] == 10_000
     assert size["tune_state_kb"] < 1024, size  # a grid spec of 10,000 entries is megabytes
@@ -56,7 +57,7 @@ def _toy_search(tmp_path, parallel=2):
     groups = search_groups(configs, "smoke")
     assert sorted(g.name for g in groups) == ["cifar_resnet_8 erk", "cifar_resnet_8 uniform"]
     assert len({g.dense.to_flat()["sparsity.scheme"] for g in groups}) == 1  # one reference
-    settings = SearchSettings(parallel=parallel, seed_cap=2)
+    settings = SearchSettings(parallel=parallel, seed_cap=2, dense_seeds=2)
     return MatchingTrials(groups, settings, str(tmp_path), "s", reuse=False)
 
 

@@ -154,6 +154,14 @@ def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
             "search seed cap 0 is invalid; valid: integers >= 1",
         ),
         (
+            ["--space", "smoke", "--search", "matching", "--search-set", "seed_cap=3.7"],
+            "search setting seed_cap='3.7' is invalid; valid: an integer",
+        ),
+        (
+            ["--space", "smoke", "--search", "matching", "--search-set", "dense_seeds=1"],
+            "search dense_seeds 1 is invalid; valid: integers >= 2",
+        ),
+        (
             ["--space", "smoke", "--search", "matching", "--search-set", "seeds=3"],
             "search settings ['seeds'] are unknown; valid: low, high, resolution",
         ),

@@ -10,10 +10,16 @@ until the crossing is bracketed to a stated factor (`resolution`).
 
 How it decides, round by round (`plan_round`, then `record` for each result):
 
-- the dense reference trains `seed_cap` seeds first (its std is the criterion's margin);
+- the dense reference trains `dense_seeds` seeds first (5: its mean and std are the
+  threshold every call of every scheme of the model is measured against; a 3-seed std
+  is off by a third of itself as often as not, and a search reads fewer seeds per
+  density than a grid does, so its reference is the place to spend; a model's schemes
+  share it);
 - the bounds are probed first; then each round places its P probes (the parallel slots the
-  sweep has) evenly in log space inside the current bracket: P-section, P+1 intervals per
-  round rather than bisection's 2;
+  sweep has) evenly inside the current bracket, on the grid at the search's resolution
+  (`SearchSettings.grid`: log-spaced from low to high): P-section, P+1 intervals per round
+  rather than bisection's 2, and a final bracket that is exactly one of that grid's cells
+  (a finer bracket would be a narrower target, held by the truth less often);
 - a point whose mean is closer to the threshold than `margin` x one seed's noise (pooled
   over every density with two seeds or more) / sqrt(its seeds) is too close to call: it
   gets another seed before it counts, up to `seed_cap`; at the cap it is called by its
@@ -61,7 +67,8 @@ def round_density(d: float) -> float:
 class SearchSettings:
     """The search's bounds (densities in (0, 1]), its resolution (the bracket's final
     hi / lo, > 1: 1.25 is finer than the papers' grids), the seeds a point may get at most
-    (`seed_cap`, also the dense reference's seeds) and the slots it fills per round."""
+    (`seed_cap`), the dense reference's seeds (`dense_seeds`) and the slots it fills per
+    round."""
 
     low: float = 0.01
     high: float = 1.0
@@ -69,6 +76,7 @@ class SearchSettings:
     seed_cap: int = 3
     parallel: int = 0  # probes per round; 0: the sweep's trials at once over its groups
     margin: float = 2.0  # too close to call: |mean - threshold| < margin x noise / sqrt(n)
+    dense_seeds: int = 5  # the dense reference's seeds (the threshold's mean and std)
 
     def __post_init__(self) -> None:
         for name in ("low", "high"):
@@ -84,6 +92,11 @@ class SearchSettings:
             )
         if not (isinstance(self.seed_cap, int) and self.seed_cap >= 1):
             raise ValueError(f"search seed cap {self.seed_cap!r} is invalid; valid: integers >= 1")
+        if not (isinstance(self.dense_seeds, int) and self.dense_seeds >= 2):
+            raise ValueError(
+                f"search dense_seeds {self.dense_seeds!r} is invalid; valid: integers >= 2 "
+                "(the criterion needs the dense reference's std)"
+            )
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < math.inf):
             raise ValueError(
                 f"search margin {self.margin!r} is invalid; valid: a number >= 0 (2: a point "
@@ -98,11 +111,34 @@ class SearchSettings:
         """Densities a grid from low to high at this resolution holds (both bounds)."""
         return math.ceil(math.log(self.high / self.low) / math.log(self.resolution) - 1e-9) + 1
 
+    def grid(self) -> list[float]:
+        """The grid at this resolution: `grid_points()` densities evenly spaced in log
+        space from low to high (adjacent ones at most `resolution` apart). The search
+        probes only these, so its bracket is one of the grid's cells and a grid sweep's
+        trials at the same bounds and resolution are its probes too."""
+        n = self.grid_points()
+        ratio = (self.high / self.low) ** (1 / (n - 1))
+        return [round_density(self.low * ratio**k) for k in range(n)]
+
+    def grid_index(self, density: float) -> int:
+        """The grid point nearest `density` in log space (its index in `grid()`)."""
+        n = self.grid_points()
+        k = math.log(density / self.low) / math.log(self.high / self.low) * (n - 1)
+        return min(max(round(k), 0), n - 1)
+
+    def sparse_points(self) -> int:
+        """The grid's densities below 1.0 (a high bound of 1.0 is the dense reference)."""
+        return sum(1 for d in self.grid() if d < 1.0)
+
     def grid_trials(self) -> int:
-        """Trials of that grid at `seed_cap` seeds per density, the dense reference included:
-        also the search's worst case (it probes at most as many densities, each at most
-        `seed_cap` times)."""
-        return (self.grid_points() + 1) * self.seed_cap
+        """Trials of that grid at `seed_cap` seeds per density, its dense reference at as
+        many: what the search is compared with."""
+        return (self.sparse_points() + 1) * self.seed_cap
+
+    def worst_trials(self) -> int:
+        """The search's worst case: never more densities than the grid at this resolution,
+        each at most `seed_cap` times, and its dense reference."""
+        return self.sparse_points() * self.seed_cap + self.dense_seeds
 
 
 @dataclass
@@ -155,10 +191,14 @@ class MatchingSearch:
         """Seeds a density took so far, failed ones included: the next seed's index."""
         return len(self.accs.get(density, {}))
 
+    def _probed(self) -> int:
+        """Sparse densities probed so far (the probe limit counts them)."""
+        return sum(1 for d in self.accs if d != self.DENSE)
+
     def threshold(self) -> tuple[float, float, float] | None:
         """(dense mean, dense std, mean - std) once every dense seed finished, else None."""
         dense = self._seen(self.DENSE)
-        if self._tried(self.DENSE) < self.settings.seed_cap or not dense:
+        if self._tried(self.DENSE) < self.settings.dense_seeds or not dense:
             return None
         mean, std = mean_std(dense)
         return mean, std, mean - std
@@ -224,7 +264,7 @@ class MatchingSearch:
         # the bounds: a high bound of 1.0 is the dense reference itself
         parallel = max(s.parallel, 1)
         bounds = [b for b in (round_density(s.high), round_density(s.low)) if b != self.DENSE]
-        dense = [(self.DENSE, i) for i in range(self._tried(self.DENSE), s.seed_cap)]
+        dense = [(self.DENSE, i) for i in range(self._tried(self.DENSE), s.dense_seeds)]
         if dense:  # first round: the reference, and the bounds meanwhile
             return dense + [(d, 0) for d in bounds[:parallel] if d not in self.accs]
         if self.threshold() is None:  # every dense seed failed: nothing can be called
@@ -240,8 +280,14 @@ class MatchingSearch:
             return [(d, self._tried(d)) for d in sorted(retry)[:parallel]]
         unsure = [d for d in self.accs if d != self.DENSE and self.call(d) == "unsure"]
         lo, hi, _ = self.bracket()
-        relevant = [d for d in unsure if (lo is None or d >= lo) and (hi is None or d <= hi)]
-        if relevant:  # a point that could move the bracket: another seed first
+        d_mean, d_std, _ = self.threshold()
+        leans = {d for d in unsure if matches(mean_std(self._seen(d))[0], d_mean, d_std)}
+        # a point that could move the bracket gets another seed first: one inside it, or
+        # one below it that leans to matching (the report would read it as the smallest)
+        relevant = [
+            d for d in unsure if (hi is None or d <= hi) and (lo is None or d >= lo or d in leans)
+        ]
+        if relevant:
             return [(d, self._tried(d)) for d in sorted(relevant)[:parallel]]
         for bound in bounds:
             if bound not in self.accs:
@@ -253,12 +299,14 @@ class MatchingSearch:
         if hi / lo <= s.resolution * (1 + 1e-9):  # bracketed: both sides at the seed cap
             short = [d for d in (lo, hi) if d != self.DENSE and self._tried(d) < s.seed_cap]
             return [(d, self._tried(d)) for d in short]
-        left = s.grid_points() - sum(1 for d in self.accs if d != self.DENSE)
+        left = s.sparse_points() - self._probed()
         if left <= 0:  # never more densities than the grid at this resolution: its worst case
             return []
-        step = (math.log(hi) - math.log(lo)) / (parallel + 1)
-        points = {round_density(math.exp(math.log(lo) + step * (i + 1))) for i in range(parallel)}
-        return [(d, 0) for d in sorted(points) if lo < d < hi and d not in self.accs][:left]
+        grid = s.grid()  # P-section in the grid's index space: P+1 near-equal intervals
+        k_lo, k_hi = s.grid_index(lo), s.grid_index(hi)
+        ks = {k_lo + round((k_hi - k_lo) * (i + 1) / (parallel + 1)) for i in range(parallel)}
+        points = sorted(grid[k] for k in ks)
+        return [(d, 0) for d in points if lo < d < hi and d not in self.accs][:left]
 
     # --- the answer ---------------------------------------------------------------------
     def result(self) -> dict[str, Any]:

@@ -144,10 +144,13 @@ def search_settings(declared: Mapping[str, Any] | None, items: Sequence[str]) ->
     typed: dict[str, Any] = {}
     for f in fields(SearchSettings):
         if f.name in values:
-            kind = int if f.name in ("seed_cap", "parallel") else float
+            kind = int if f.name in ("seed_cap", "parallel", "dense_seeds") else float
             try:
-                typed[f.name] = kind(values[f.name])
-            except (TypeError, ValueError):
+                number = float(values[f.name])
+                if kind is int and number != int(number):  # 3.7 seeds is not 3
+                    raise ValueError(number)
+                typed[f.name] = kind(number)
+            except (TypeError, ValueError, OverflowError):
                 raise SweepError(
                     f"search setting {f.name}={values[f.name]!r} is invalid; valid: "
                     f"{'an integer' if kind is int else 'a number'}"
@@ -180,11 +183,12 @@ def describe_search(
     """The dry run's lines for a search: the rule, the settings, and per group and in all
     the expected and worst-case trials and device-hours against the grid's at the same
     resolution and the space's own grid. `hours_of(cfg)`: one trial's device-hours."""
-    cap = settings.seed_cap
-    expected, worst = expected_trials(settings) - cap, settings.grid_trials() - cap  # sparse
+    cap, ref = settings.seed_cap, settings.dense_seeds
+    expected, worst = expected_trials(settings) - ref, settings.worst_trials() - ref  # sparse
     hours = sum(hours_of(g.template) for g in groups) / max(len(groups), 1)
     n = len(groups)
-    dense = len({run_key(g.dense) for g in groups}) * cap  # shared by a model's schemes
+    dense = len({run_key(g.dense) for g in groups}) * ref  # shared by a model's schemes
+    grid = (settings.grid_trials() - cap) * n + len({run_key(g.dense) for g in groups}) * cap
     total, most = expected * n + dense, worst * n + dense
     return "\n".join(
         [
@@ -193,11 +197,12 @@ def describe_search(
             f"{settings.resolution:g}, up to {cap} seeds per density, probes per round: "
             f"{settings.parallel}; matching: {MATCH_RULE}",
             f"per group: ~{expected:.0f} sparse trials expected, at most {worst} (the grid at "
-            f"this resolution: {worst}); dense references: {dense} trials, once per model "
-            "and context",
+            f"this resolution: {worst}); dense references: {dense} trials ({ref} seeds), "
+            "once per model and context",
             f"in all: ~{total:.0f} trials expected (~{total * hours:.1f} device-hours), at "
-            f"most {most} (~{most * hours:.1f}); the grid at this resolution {most}, the "
-            f"space's own grid {grid_trials} (~{grid_trials * hours:.1f})",
+            f"most {most} (~{most * hours:.1f}); the grid at this resolution {grid} "
+            f"(~{grid * hours:.1f}), the space's own grid {grid_trials} "
+            f"(~{grid_trials * hours:.1f})",
         ]
     )
 

@@ -519,7 +519,7 @@ def _search_tuner(d: _Driver) -> Any:
     write_trial_entries(d.path, [])
     d.callbacks.append(callback_class("ConsoleCallback")(Progress({}, concurrent), d.flats))
     searcher = MatchingTrials(groups, settings, d.root, d.name, d.reuse, record)
-    worst = len(groups) * settings.grid_trials()  # the searcher ends it far sooner
+    worst = len(groups) * settings.worst_trials()  # the searcher ends it far sooner
     tuner = _tuner(d, _trainable(d, []), searcher, worst, concurrent)
     console.info(
         "sweep %s: matching-density search of %d groups (probes per round per group: %d), "
