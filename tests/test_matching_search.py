@@ -1,6 +1,8 @@
 """The matching-density search run as a user runs it: `run_sweep.py --search matching`
-through Ray Tune, on toy trials (a known accuracy curve, no training: `--toy-trials`)."""
+through Ray Tune, on toy trials (a known accuracy curve, no training: `--toy-trials`) and
+as a real, short ResNet-8 search on synthetic data."""
 
+import csv
 import json
 import signal
 import time
@@ -11,6 +13,7 @@ from tests.helpers import cli, driver, incli
 
 ARGS = ["--space", "smoke", "--search", "matching", "--grid", "sparsity.scheme=erk",
         "--grid", "sparsity.density=0.1,0.5", "--search-set", "seed_cap=2",
+        "--search-set", "dense_seeds=2",
         "--toy-trials", "0.01", "--num-cpus", "2", "--max-concurrent", "4",
         "--no-tracking"]  # fmt: skip
 
@@ -25,7 +28,7 @@ def _expected():
 
     configs = expand_space("smoke", {"sparsity.scheme": ["erk"], "sparsity.density": [0.1, 0.5]})
     groups = search_groups(configs, "smoke")
-    settings = with_parallel(SearchSettings(seed_cap=2), 4, len(groups))
+    settings = with_parallel(SearchSettings(seed_cap=2, dense_seeds=2), 4, len(groups))
     searcher = MatchingTrials(groups, settings, "/nonexistent", "x", reuse=False)
     searcher._store = lambda entry: None
     n = 0
@@ -34,7 +37,9 @@ def _expected():
             tid = next(iter(searcher._in_flight))
             g, density, seed = searcher._in_flight[tid][1][0]
             cfg = groups[g].probe(density, seed)
-            acc = toy_accuracy(density, toy_width(cfg.model.name), cfg.seed, 0.01)
+            acc = toy_accuracy(
+                density, toy_width(cfg.model.name, cfg.sparsity.scheme), cfg.seed, 0.01
+            )
             searcher.on_trial_complete(tid, {"test_acc": acc})
         n += 1
     return searcher.results()
@@ -89,3 +94,54 @@ def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_t
     assert status.returncode == 0 and f"finished: {len(stored)}" in status.stdout
     line = next(ln for ln in status.stdout.splitlines() if ln.startswith("cifar_resnet_8 erk"))
     assert f"({expected[0]['lo']}, {expected[0]['hi']}]" in line, status.stdout
+
+
+@pytest.mark.slow
+def test_a_real_resnet8_search_trains_each_probe_as_a_trial_and_reports_its_bracket(
+    tmp_path, capsys
+):
+    """A real search (ResNet-8 on the smoke space's synthetic data, CPU), coarse so that it
+    is short: the dense reference's 2 seeds, then probes on the grid 0.05 .. 1 at a factor
+    of 3. Every probe is an ordinary trial with its MLflow child run; the end-of-run table,
+    --report (the bracket table, matching_brackets.csv, the phase diagram) and the MLflow
+    parent run's report/ agree with the search's own answer."""
+    from mlflow.tracking import MlflowClient
+
+    from rp_tune.adapters.mlflow.states import find_parent_run
+
+    res, uri = tmp_path / "res", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--space", "smoke", "--search", "matching", "--grid", "sparsity.scheme=erk",
+            "--grid", "sparsity.density=0.1,0.5", "--search-set", "low=0.05",
+            "--search-set", "resolution=3", "--search-set", "seed_cap=1",
+            "--search-set", "dense_seeds=2", "--num-cpus", "2", "--max-concurrent", "2",
+            "--storage", str(res), "--tracking-uri", uri]  # fmt: skip
+    r = cli(*args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sweep = res / "smoke"
+    (result,) = json.loads((sweep / "search" / "search.json").read_text())["results"]
+    assert result["done"] and result["hi"] is not None, result
+    stored = json.loads((sweep / "search" / "trials.json").read_text())
+    assert len(stored) == result["trials"] and result["trials"] <= 2 + 3  # dense + the grid
+    assert all(e["flat"]["sparsity.density"] in (0.05, 0.1357, 0.3684, 1.0) for e in stored)
+    client = MlflowClient(uri)
+    parent = find_parent_run(client, str(sweep))
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+    )
+    assert sorted(c.data.tags["rp_tune.run_key"] for c in children) == sorted(
+        e["run_key"] for e in stored
+    )
+
+    rep = incli(capsys, *args, "--report")
+    assert rep.returncode == 0, rep.stdout[-3000:]
+    lo, hi = result["lo"], result["hi"]
+    want = f"({lo}, {hi}]" if lo is not None else f"<= {hi} (all matched)"
+    line = next(ln for ln in rep.stdout.splitlines() if ln.startswith("cifar_resnet_8 erk  "))
+    assert want in line, rep.stdout[-3000:]
+    with open(sweep / "report" / "matching_brackets.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["source"] == "search" and float(row["match_density"]) == hi
+    assert (sweep / "report" / "matching_phase.png").stat().st_size
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/matching_brackets.csv", "report/matching_phase.png"} <= logged

@@ -7,8 +7,10 @@ table (one row per trial: flat config, status, final metrics, cost: seconds of t
 evaluation, retries and wall-clock, device-hours), and draws, per
 metric, test value vs sparsity: one panel per model, one line per scheme (mean +- std over
 seeds), dense as a band (mean +- std). Also the smallest density per model and scheme whose
-mean test accuracy is within one (dense) std of dense. PNGs are logged to the sweep's MLflow
-parent run when a tracking URI is given.
+mean test accuracy is within one (dense) std of dense, as a bracket per group (a grid's
+spacing, or a matching-density search's resolution), and the phase diagram of where each
+network matches (`rp_tune.results.matching`). Tables and PNGs are logged to the sweep's
+MLflow parent run when a tracking URI is given.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rp_tune.core import storage
+from rp_tune.planning.matching import SearchSettings
+from rp_tune.planning.matching_plan import read_search
 from rp_tune.planning.records import (
     TRIALS_FILE,
     has_trials,
@@ -40,6 +44,13 @@ from rp_tune.results.grouping import (
     dense_of,
     groups,
     panel_title,
+)
+from rp_tune.results.matching import (
+    BRACKETS_FILE,
+    PHASE_FILE,
+    brackets_table,
+    matching_brackets,
+    plot_matching_phase,
 )
 from rp_tune.results.paper_numbers import beside_the_paper, comparison_table
 from rp_tune.results.sweep_rows import (
@@ -82,11 +93,14 @@ def build_report(
     `sweep_dir`: one sweep (its dense references borrowed from the other sweeps under its
     results root where it has none), several (their trials as one table), or a results root
     (every sweep under it)."""
-    rows, borrowed, out = _rows_and_out(sweep_dir, out_dir)
+    rows, borrowed, out, searches = _rows_and_out(sweep_dir, out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(results_table(rows), out / TABLE_FILE)
     rounds = imp_round_records(rows)
     drawn = draw_all(rows, _plotted_metrics(rows), out, grad_flow_curves(rows), rounds)
+    phase = plot_matching_phase(rows, searches, out / PHASE_FILE)
+    if phase:
+        drawn[PHASE_FILE] = phase
     figures = [str(out / name) for name in drawn]
     paper = {}
     if space is not None:
@@ -94,11 +108,12 @@ def build_report(
 
         for ref in getattr(load_space(space), "FIGURES", ()):
             paper[ref] = [str(out / name) for name in figure_files(ref, drawn)]
-    tables = _write_tables(rows, rounds, out)
+    tables = _write_tables(rows, rounds, out, searches)
     if tracking_uri:
         from rp_tune.adapters.mlflow.tracking import log_report
 
-        files = [tables[k] for k in ("table", "aggregate", "paper_table", "matching_table")]
+        names = ("table", "aggregate", "paper_table", "matching_table", "brackets_table")
+        files = [tables[k] for k in names]
         extra = [tables[k] for k in ("imp_rounds", "sparse_to_sparse_table") if tables[k]]
         log_report(tracking_uri, storage.resolve(str(sweep_dir)), [*files, *extra, *figures])
     no_dense = [
@@ -119,11 +134,18 @@ def build_report(
     }
 
 
+def _search_of(sweep_dir: str) -> SearchSettings | None:
+    """A matching-density search's settings (from its search/search.json), None for a grid."""
+    stored = read_search(sweep_dir)
+    return None if stored is None else SearchSettings(**stored["settings"])
+
+
 def _rows_and_out(
     sweep_dir: str | Path | list[str], out_dir: str | Path | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
-    """The trials' rows, the dense references borrowed for them, and the report's folder:
-    one sweep, several, or every sweep under a results root."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path, dict[str | None, Any]]:
+    """The trials' rows, the dense references borrowed for them, the report's folder and
+    each sweep's search settings (None: a grid; keyed by the rows' `sweep`): one sweep,
+    several, or every sweep under a results root."""
     dirs = [str(d) for d in sweep_dir] if isinstance(sweep_dir, (list, tuple)) else None
     if dirs is None and not storage.exists(storage.join(str(sweep_dir), TRIALS_FILE)):
         if storage.exists(str(sweep_dir)) and not has_trials(str(sweep_dir)):
@@ -132,7 +154,8 @@ def _rows_and_out(
         rows = read_trials(sweep_dir)
         parent = storage.parent(str(sweep_dir))
         rows, borrowed = borrow_dense(rows, parent, storage.basename(str(sweep_dir)))
-        return rows, borrowed, Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
+        out = Path(out_dir) if out_dir else default_out_dir(str(sweep_dir))
+        return rows, borrowed, out, {None: _search_of(str(sweep_dir))}
     if not dirs:
         raise FileNotFoundError(f"{sweep_dir}: no sweeps (no */trials.json)")
     if out_dir:
@@ -140,7 +163,7 @@ def _rows_and_out(
     else:
         both = storage.join(storage.parent(dirs[0]), "report-all")
         out = default_out_dir(dirs[0] if len(dirs) == 1 else both)
-    return read_sweeps(dirs), [], out
+    return read_sweeps(dirs), [], out, {storage.basename(d): _search_of(d) for d in dirs}
 
 
 def _plotted_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -154,7 +177,10 @@ def _plotted_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _write_tables(
-    rows: list[dict[str, Any]], rounds: dict[str, list[dict[str, Any]]], out: Path
+    rows: list[dict[str, Any]],
+    rounds: dict[str, list[dict[str, Any]]],
+    out: Path,
+    searches: dict[str | None, Any] | None = None,
 ) -> dict[str, Any]:
     """The aggregate (mean ± std over seeds), the papers' numbers beside ours, the matching
     density, and where the rows hold them IMP's rounds and the sparse-to-sparse comparison;
@@ -169,6 +195,9 @@ def _write_tables(
     matching = smallest_matching_density(rows)
     matching_file = out / "matching_density.parquet"
     pq.write_table(rows_table(matching) if matching else pa.table({}), matching_file)
+    brackets = matching_brackets(rows, searches)
+    no_brackets = pa.table({"model": pa.array([], pa.string())})
+    pacsv.write_csv(rows_table(brackets) if brackets else no_brackets, out / BRACKETS_FILE)
     agg = aggregate(rows)
     empty = pa.table({"model.name": pa.array([], pa.string())})
     pacsv.write_csv(rows_table(agg) if agg else empty, out / AGGREGATE_FILE)
@@ -186,6 +215,8 @@ def _write_tables(
         "sparse_to_sparse_table": str(out / S2S_FILE) if starts else None,
         "matching": matching,
         "matching_table": str(matching_file),
+        "brackets": brackets,
+        "brackets_table": str(out / BRACKETS_FILE),
     }
 
 
@@ -202,16 +233,9 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"{rep['finished']} of {rep['trials']} trials finished; mean ± std (n) over seeds:")
     print(aggregate_table(rep["aggregated"]))
     print()
-    for m in rep["matching"]:
-        found = m["smallest_matching_density"]
-        where = ", ".join(
-            [m["model"], *(f"{k.split('.')[-1]}={v}" for k, v in m.items() if "." in k)]
-        )
-        print(
-            f"{where:<24} {m['scheme']:<14} smallest density matching dense "
-            f"({m['dense_acc_mean']:.4f} - {m['dense_acc_std']:.4f}, n={m['dense_n']}): "
-            f"{'none of those run' if found is None else found}"
-        )
+    if rep["brackets"]:
+        print("where each group matches dense:")
+        print(brackets_table(rep["brackets"]))
     for r in rep.get("borrowed", []):
         print(f"dense reference {r['run_key']} borrowed from the sweep {r['sweep']}")
     for panel in rep["no_dense"]:
@@ -241,6 +265,7 @@ def print_report(rep: dict[str, Any]) -> None:
         print(comparison_table(rep["paper_numbers"]))
         print()
     print(f"table: {rep['table']}  aggregated: {rep['aggregate']}")
+    print(f"matching brackets: {rep['brackets_table']}")
     if rep.get("imp_rounds"):
         print(f"IMP rounds: {rep['imp_rounds']}")
     if rep.get("sparse_to_sparse_table"):

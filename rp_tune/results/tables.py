@@ -8,14 +8,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from rp_tune.planning.matching import matches
 from rp_tune.results.grouping import (
     SEED_KEYS,
-    by_panel,
-    dense_of,
     finished,
     groups,
-    lines_of,
 )
 from rp_tune.trial.metrics import METRICS
 
@@ -62,33 +58,12 @@ def results_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def smallest_matching_density(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per panel (model and context) and line, the smallest density whose mean test accuracy
-    matches dense (`matching.matches`: >= the dense mean - its std); panels without a
-    finished dense group are left out."""
-    all_groups = groups(rows)
-    out = []
-    for panel, members in by_panel(all_groups).items():
-        dense = dense_of(members)
-        if dense is None or dense.stat("test_acc") is None:
-            continue
-        d_mean, d_std, d_n = dense.stat("test_acc")
-        lines = lines_of(
-            members, lambda g: g.series, keep=lambda g: not g.dense and g.stat("test_acc")
-        )
-        for series, points in lines.items():
-            ok = [g.density for g in points if matches(g.stat("test_acc")[0], d_mean, d_std)]
-            out.append(
-                {
-                    "model": panel[0],
-                    **dict(panel[1]),
-                    "scheme": series[0],
-                    **dict(series[1]),
-                    "smallest_matching_density": min(ok) if ok else None,
-                    "dense_acc_mean": d_mean,
-                    "dense_acc_std": d_std,
-                    "dense_n": d_n,
-                }
-            )
-    return out
+    matches dense (`matching.matches`: >= the dense mean - its std), with its bracket
+    (`rp_tune.results.matching.matching_brackets`); panels without a finished dense group
+    are left out."""
+    from rp_tune.results.matching import matching_brackets
+
+    return matching_brackets(rows)
 
 
 def _aggregated_metrics(rows: list[dict[str, Any]]) -> list[str]:

@@ -3,8 +3,10 @@ tests run the real searcher, Tune and the sweep's records in seconds (`run_sweep
 --toy-trials NOISE`, refused for a space that trains on real data).
 
 The accuracy is `rp_tune.planning.matching.toy_accuracy` of the trial's density, its
-width (the model name's trailing width over 16, the CIFAR ResNets' base; 1 without one)
-and its seed, with seed noise NOISE: the same for the same trial, every run.
+width (the model name's trailing width over 16, the CIFAR ResNets' base; 1 without one;
+over 1.5 for a scheme other than ERK, whose layer-wise ratios match at lower density, as
+in Liu et al.'s Fig. 2) and its seed, with seed noise NOISE: the same for the same trial,
+every run.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from rp_tune.config import from_flat
 from rp_tune.planning.matching import toy_accuracy
 
 
-def toy_width(model: str) -> float:
-    """cifar_resnet_20_32 -> 2.0; cifar_resnet_8 -> 1.0."""
+def toy_width(model: str, scheme: str = "erk") -> float:
+    """cifar_resnet_20_32 -> 2.0; cifar_resnet_8 -> 1.0; a scheme but ERK's: / 1.5."""
     m = re.search(r"_(\d+)_(\d+)$", model)
-    return int(m.group(2)) / 16 if m else 1.0
+    return (int(m.group(2)) / 16 if m else 1.0) / (1.0 if scheme.startswith("erk") else 1.5)
 
 
 def toy_trial(key: str, flat: dict[str, Any], noise: float) -> None:
@@ -31,7 +33,8 @@ def toy_trial(key: str, flat: dict[str, Any], noise: float) -> None:
     from ray import tune
 
     cfg = from_flat(flat)
-    acc = toy_accuracy(cfg.sparsity.density, toy_width(cfg.model.name), cfg.seed, noise)
+    width = toy_width(cfg.model.name, cfg.sparsity.scheme)
+    acc = toy_accuracy(cfg.sparsity.density, width, cfg.seed, noise)
     for epoch in range(1, cfg.train.epochs + 1):
         row: dict[str, Any] = {"run_key": key, "epoch": epoch, "val_acc": acc}
         if epoch == cfg.train.epochs:
