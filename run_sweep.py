@@ -376,7 +376,7 @@ def _search(args: argparse.Namespace, configs: list) -> tuple | None:
     )
     from search_spaces import load_space
 
-    check_search(args.search, args.extend, args.group_size)
+    check_search(args.search, args.extend)
     if args.search == "grid":
         if args.search_set:
             from rp_tune.core.errors import SweepError
@@ -456,9 +456,9 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
         "FLOPs: 3 x forward FLOPs x training images x epochs (masks do not speed up dense "
         f"kernels), {speed_assumption(configs, args.assumed_tflops, measured)}"
     )
-    if args.group_size > 1:
-        print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
     search = args.search_plan
+    if args.group_size > 1 and search is None:
+        print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
     if search is not None:
         from rp_tune.planning.matching_plan import describe_search, with_parallel
 
@@ -468,6 +468,10 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
         tflops = args.assumed_tflops or ASSUMED_TFLOPS
         hours = lambda c: trial_table([c], tflops, measured)[1]  # noqa: E731
         print(describe_search(groups, settings, hours, len(configs)))
+        if args.group_size > 1:
+            from rp_tune.planning.matching_plan import describe_fusing
+
+            print(describe_fusing(groups, args.group_size))
     print(f"results would go to {storage.join(root, name)}")
     if not args.verbose:
         print("every trial with its run key and estimate: add -v")

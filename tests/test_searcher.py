@@ -46,7 +46,7 @@ def test_a_ten_thousand_trial_sweep_reaches_tune_without_a_grid_and_its_benchmar
     assert store["values_stored"] == store["values_expected"] and store["left_pending"] == 0
 
 
-def _toy_search(tmp_path, parallel=2):
+def _toy_search(tmp_path, parallel=2, group_size=1):
     """Two groups (two schemes of one model) sharing one dense reference, on the toy curve."""
     from rp_tune.adapters.ray.searcher import MatchingTrials
     from rp_tune.planning.matching import SearchSettings
@@ -58,7 +58,10 @@ def _toy_search(tmp_path, parallel=2):
     assert sorted(g.name for g in groups) == ["cifar_resnet_8 erk", "cifar_resnet_8 uniform"]
     assert len({g.dense.to_flat()["sparsity.scheme"] for g in groups}) == 1  # one reference
     settings = SearchSettings(parallel=parallel, seed_cap=2, dense_seeds=2)
-    return MatchingTrials(groups, settings, str(tmp_path), "s", reuse=False)
+    return MatchingTrials(
+        groups, settings, str(tmp_path), "s", reuse=False, group_size=group_size,
+        groups_dir=str(tmp_path / "_groups"),
+    )  # fmt: skip
 
 
 def test_the_search_trains_a_shared_dense_reference_once_and_resumes_from_its_state(tmp_path):
@@ -80,7 +83,7 @@ def test_the_search_trains_a_shared_dense_reference_once_and_resumes_from_its_st
                 return keys, n, True
             if got is None:  # waiting: finish what is in flight, oldest first
                 tid = next(iter(searcher._in_flight))
-                key, probes = searcher._in_flight[tid]
+                ((key, probes),) = searcher._in_flight[tid]
                 g, density, seed = probes[0]
                 acc = toy_accuracy(density, 1.0, seed, 0.01)
                 searcher.on_trial_complete(tid, {"test_acc": acc})
@@ -131,7 +134,7 @@ def test_a_search_whose_trials_finished_before_trains_none_and_says_where_it_sta
     while (got := first.suggest(f"t{n}")) != PlannedTrials.FINISHED:
         if got is None:
             tid = next(iter(first._in_flight))
-            key, probes = first._in_flight[tid]
+            ((key, probes),) = first._in_flight[tid]
             g, density, seed = probes[0]
             acc = toy_accuracy(density, 1.0, seed, 0.01)
             flat = first.entry(*probes[0])["flat"]
@@ -149,3 +152,57 @@ def test_a_search_whose_trials_finished_before_trains_none_and_says_where_it_sta
     reused = stored_trials(str(tmp_path / "s2"))
     assert {e["reused_from"] for e in reused} == {"s"}
     assert len(reused) == len(stored_trials(str(tmp_path / "s")))
+
+
+def test_with_a_group_size_a_rounds_probes_train_as_trial_groups_and_end_as_alone(tmp_path):
+    """--group-size 4: the probes queued at once (the dense seeds, each scheme's round) go to
+    Tune as trial groups of up to 4 whose members are the probes' own trials (params.json,
+    group.json, the members' file); each member's reported test accuracy reaches its
+    search, one that reported none counts as failed; the search ends as it does alone."""
+    import json
+
+    from rp_tune.planning.matching import toy_accuracy
+
+    def acc_of(searcher, key):
+        for pairs in searcher._in_flight.values():
+            for k, probes in pairs:
+                if k == key:
+                    return toy_accuracy(probes[0][1], 1.0, probes[0][2], 0.01)
+        raise KeyError(key)
+
+    def drive(searcher, fail=("-",)):
+        units, n = [], 0
+        while (got := searcher.suggest(f"t{n}")) != PlannedTrials.FINISHED:
+            n += 1
+            if got is not None:
+                units.append(got["trial"])
+                continue
+            tid = next(iter(searcher._in_flight))
+            keys = [k for k, _ in searcher._in_flight[tid]]
+            for k in keys:  # a group reports each member's rows, named by its run key
+                if not k.startswith(fail):
+                    searcher.on_trial_result(tid, {"run_key": k, "test_acc": acc_of(searcher, k)})
+            last = {"run_key": keys[-1], "test_acc": acc_of(searcher, keys[-1])}
+            searcher.on_trial_complete(tid, last)
+        return units
+
+    alone = _toy_search(tmp_path / "a", parallel=2)
+    drive(alone)
+    fused = _toy_search(tmp_path / "b", parallel=2, group_size=4)
+    units = drive(fused)
+    groups = [u for u in units if "members" in u]
+    assert groups and all(2 <= len(u["members"]) <= 4 for u in groups)
+    first = groups[0]  # the dense reference's two seeds and both schemes' low bound
+    assert len(first["members"]) == 4 and first["run_key"].startswith("group-cifar_resnet_8")
+    members = json.loads(open(first["group_file"]).read())
+    assert [m["run_key"] for m in members] == first["members"]
+    sweep = tmp_path / "b" / "s"
+    for key in first["members"]:
+        assert json.loads((sweep / key / "group.json").read_text())["group"] == first["run_key"]
+    assert fused.results() == alone.results()
+
+    failing = _toy_search(tmp_path / "c", parallel=2, group_size=4)
+    (tmp_path / "c" / "s").mkdir(parents=True)
+    drive(failing, fail=("cifar_resnet_8-erk-d0.01-s0-",))  # reported no test accuracy
+    erk = next(r for r in failing.results() if r["group"] == "cifar_resnet_8 erk")
+    assert erk["done"] and erk["failed"] == 1 and erk["failed_densities"] == []  # seed 1 ran

@@ -56,6 +56,18 @@ def test_dry_run_says_what_the_sweep_varies_and_costs(tmp_path, capsys):
     assert not (tmp_path / "res").exists()
 
 
+def test_a_search_dry_run_says_which_probes_fuse_into_trial_groups_and_why_not(tmp_path, capsys):
+    base = ["--space", "smoke", "--search", "matching", "--dry-run", "--group-size", "4"]
+    r = incli(capsys, *base, "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    assert "trial groups of up to 4: the probes queued at once of 2 of 2 groups" in r.stdout
+    r = incli(capsys, *base, "--set", "resources.workers=2", "--storage", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr
+    assert "of 0 of 2 groups" in r.stdout
+    assert "alone (2: cifar_resnet_8 erk, cifar_resnet_8 uniform): resources.workers=2" in r.stdout
+    assert not (tmp_path / "res").exists()
+
+
 def test_help_lists_the_spaces_with_what_they_reproduce(capsys):
     r = incli(capsys, "--help")
     assert r.returncode == 0
@@ -168,10 +180,6 @@ def test_dry_run_verbose_lists_every_trial(tmp_path, capsys):
         (
             ["--space", "smoke", "--search", "matching", "--extend"],
             "--search matching decides its own trials and --extend adds",
-        ),
-        (
-            ["--space", "smoke", "--search", "matching", "--group-size", "4"],
-            "--group-size 4 with --search matching",
         ),
         (
             ["--space", "smoke", "--search", "bisect"],

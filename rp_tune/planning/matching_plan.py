@@ -26,6 +26,7 @@ from rp_tune.planning.matching import (
     toy_search,
 )
 from rp_tune.planning.space import normalized_flat
+from rp_tune.trial.groups import group_refusal
 
 SEARCHES = ("grid", "matching")  # --search: the space's grid as it is, or the search
 SETTING_KEYS = tuple(f.name for f in fields(SearchSettings))
@@ -207,22 +208,38 @@ def describe_search(
     )
 
 
-def check_search(search: str, extend: bool, group_size: int = 1) -> None:
-    """SweepError for a --search that cannot be: an unknown one, with --extend (a search
-    decides its own trials; a finished one is extended by searching again), or with
-    --group-size (a round's probes are trained each alone)."""
+def check_search(search: str, extend: bool) -> None:
+    """SweepError for a --search that cannot be: an unknown one, or with --extend (a search
+    decides its own trials; a finished one is extended by searching again)."""
     if search not in SEARCHES:
         raise SweepError(f"--search {search!r} is invalid; valid: {', '.join(SEARCHES)}")
-    if search != "grid" and group_size > 1:
-        raise SweepError(
-            f"--group-size {group_size} with --search matching: a search trains each probe "
-            "alone (its rounds do not fuse into trial groups yet); leave --group-size out"
-        )
     if search != "grid" and extend:
         raise SweepError(
             "--search matching decides its own trials and --extend adds a space's trials to "
             "a finished sweep: pick one (a finer search: a new sweep name with --name)"
         )
+
+
+def describe_fusing(groups: Sequence[SearchGroup], size: int) -> str:
+    """What --group-size K does to a search: the probes a round queues at once (its P
+    densities, the dense seeds, every group of one model and recipe) train up to K to a
+    trial group where they can (`rp_tune.trial.groups`), and why a group's cannot."""
+    alone: dict[str, list[str]] = {}
+    for g in groups:
+        why = group_refusal(g.template) or group_refusal(g.dense)
+        if why is not None:
+            alone.setdefault(why, []).append(g.name)
+    fused = len(groups) - sum(len(names) for names in alone.values())
+    lines = [
+        f"trial groups of up to {size}: the probes queued at once of {fused} of {len(groups)} "
+        "groups (a round's densities and seeds, the groups of one model and recipe) train "
+        "as one fused group where they are alike but for sparsity and seeds"
+    ]
+    for why, names in sorted(alone.items()):
+        lines.append(
+            f"  alone ({len(names)}: {', '.join(names[:3])}{' ...' * (len(names) > 3)}): {why}"
+        )
+    return "\n".join(lines)
 
 
 # <sweep>/search/search.json: the search's definition and where it stands (below the sweep

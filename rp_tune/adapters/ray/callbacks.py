@@ -25,26 +25,35 @@ console = logging.getLogger("rp_tune.console")  # the sweep's own lines; run_swe
 
 
 def _result_trial(
-    trial: Mapping[str, Any], result: Mapping[str, Any], flats: Mapping[str, dict]
+    trial: Mapping[str, Any], result: Mapping[str, Any], flats: dict[str, dict]
 ) -> tuple[str, dict]:
     """(run key, flat config) of the trial a Tune result is of: the Tune trial's own, or for
     a trial group the member the row names (its config from `flats`, the sweep's entries)."""
     key = str(result.get("run_key") or trial["run_key"])
     if key not in (trial.get("members") or ()):
         key = trial["run_key"]
-    return key, _flat(key, trial, flats)
+    return key, trial_flat(key, trial, flats)
 
 
-def _flat(key: str, trial: Mapping[str, Any], flats: Mapping[str, dict]) -> dict:
-    """A trial's flat config: the sweep's entry; Tune's config held it in a sweep stored
-    before Tune's config named run keys only (a group's own: its first member's)."""
+def trial_flat(key: str, trial: Mapping[str, Any], flats: dict[str, dict]) -> dict:
+    """A trial's flat config: the sweep's entry; a trial group's member the searcher made
+    while the sweep ran (a search's), from the group's members file (kept in `flats`);
+    Tune's config held it in a sweep stored before Tune's config named run keys only (a
+    group's own: its first member's)."""
+    if key not in flats and trial.get("group_file") and key in (trial.get("members") or ()):
+        import json
+
+        from rp_tune.core import storage as store
+
+        for m in json.loads(store.read_text(trial["group_file"])):
+            flats.setdefault(m["run_key"], m["flat"])
     if key in flats:
         return flats[key]
     return trial["flat"]
 
 
 def _trial_ends(
-    trial: Any, flats: Mapping[str, dict]
+    trial: Any, flats: dict[str, dict]
 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(run key, flat config, last result with its cost) of each trial a Tune trial trained:
     itself, or every member of its group (each from its own rows of the group's results)."""
@@ -54,7 +63,7 @@ def _trial_ends(
     group = "members" in t
     out = []
     for key in t.get("members") or [t["run_key"]]:
-        flat = _flat(key, t, flats)
+        flat = trial_flat(key, t, flats)
         rows = [r for r in results if r.get("run_key") == key] if group else results
         last = dict(rows[-1]) if rows else ({} if group else dict(trial.last_result or {}))
         # its wall-clock, retries and device-hours: Tune's local record of the trial
@@ -151,7 +160,7 @@ def _make_console_callback() -> type:
             for key in self._keys(trial):
                 if self.progress is not None and key not in self.progress.epochs:
                     # a search's probe: the searcher made it just now
-                    flat = _flat(key, trial.config["trial"], self.flats)
+                    flat = trial_flat(key, trial.config["trial"], self.flats)
                     self.progress.epochs[key] = trial_epochs(flat)
                 self._seen.discard(key)  # its first result says whether it resumed
                 if self.progress is not None and key not in self.progress.failed:

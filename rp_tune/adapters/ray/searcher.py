@@ -91,18 +91,25 @@ class MatchingTrials(_JsonState, Searcher):
         name: str,
         reuse: bool = True,
         record: dict[str, Any] | None = None,
+        group_size: int = 1,
+        groups_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.groups = list(groups)
         self.settings = settings
         self.record = record or {}  # what identifies the search (search.json, --resume)
         self.root, self.name, self.reuse = root, name, reuse
+        # --group-size K: up to K queued probes that can fuse train as one trial group, its
+        # members' entries in <groups_dir>/<unit>.json (as a grid sweep's groups)
+        self.group_size, self.groups_dir = group_size, groups_dir
         self._done_before: dict[str, Any] | None = None  # identity -> (sweep, entry), lazily
         # a probe: (group, density, seed index); one trial serves every group asking for
         # its run key (the dense reference of a model is every one of its schemes')
         self._queue: dict[str, list[Probe]] = {}  # run key -> probes, in order
-        self._in_flight: dict[str, tuple[str, list[Probe]]] = {}  # Tune trial id -> (key, probes)
+        # Tune trial id -> [(run key, probes)]: one pair, or a trial group's members
+        self._in_flight: dict[str, list[tuple[str, list[Probe]]]] = {}
         self._acc: dict[str, float | None] = {}  # run key -> test accuracy (None: failed)
+        self._member_acc: dict[str, float] = {}  # a group member's test accuracy, as reported
         from rp_tune.planning.matching import MatchingSearch
 
         self._searches = [MatchingSearch(settings) for _ in self.groups]
@@ -158,7 +165,7 @@ class MatchingTrials(_JsonState, Searcher):
         """The next round of every group whose round is back: a probe whose run key this
         search trained, or that finished before, is recorded at once (and may let its group
         plan again); one already queued or training waits for that trial's result."""
-        flying = {key: probes for key, probes in self._in_flight.values()}
+        flying = {key: probes for pairs in self._in_flight.values() for key, probes in pairs}
         recorded = False
         for _ in range(10_000):
             added = False
@@ -189,25 +196,86 @@ class MatchingTrials(_JsonState, Searcher):
             return Searcher.FINISHED if done else None  # None: Tune asks again later
         key = next(iter(self._queue))
         probes = self._queue.pop(key)
-        entry = self.entry(*probes[0])
-        self._store(entry)
-        self._in_flight[trial_id] = (key, probes)
-        return {"trial": entry}
+        batch = [(key, probes, self.entry(*probes[0]))]
+        batch += self._fellows(batch[0][2])
+        for *_, entry in batch:
+            self._store(entry)
+        self._in_flight[trial_id] = [(k, probes) for k, probes, _ in batch]
+        if len(batch) == 1:
+            return {"trial": batch[0][2]}
+        return {"trial": self._unit([entry for *_, entry in batch])}
+
+    def _fellows(self, entry: dict[str, Any]) -> list[tuple[str, list[Probe], dict[str, Any]]]:
+        """With --group-size K: up to K - 1 more queued probes that can train in one trial
+        group with `entry` (`rp_tune.trial.groups`: joinable, alike but for sparsity and
+        seeds), popped from the queue; [] otherwise."""
+        from rp_tune.config import from_flat
+        from rp_tune.trial.groups import group_refusal, group_signature
+
+        if self.group_size < 2 or group_refusal(from_flat(entry["flat"])) is not None:
+            return []
+        sig, out = group_signature(entry["flat"]), []
+        for key in list(self._queue):
+            if len(out) + 1 >= self.group_size:
+                break
+            other = self.entry(*self._queue[key][0])
+            if group_signature(other["flat"]) == sig and not group_refusal(
+                from_flat(other["flat"])
+            ):
+                out.append((key, self._queue.pop(key), other))
+        return out
+
+    def _unit(self, members: list[dict[str, Any]]) -> dict[str, Any]:
+        """Tune's config of a trial group of probes, its members' records written first
+        (as a grid sweep's: `records.write_member_records`, the members' file)."""
+        from rp_tune.core import storage as store
+        from rp_tune.planning.records import write_member_records
+        from rp_tune.trial.groups import unit_key
+
+        unit = {"run_key": unit_key(members), "flat": members[0]["flat"], "members": members}
+        write_member_records(store.join(self.root, self.name), unit)
+        group_file = store.join(self.groups_dir or "", f"{unit['run_key']}.json")
+        store.write_text(group_file, json.dumps(members, default=list))
+        keys = [m["run_key"] for m in members]
+        return {**unit, "members": keys, "group_file": group_file}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A trial group's member reports its own rows: its final test accuracy kept for
+        the group's end."""
+        pairs = self._in_flight.get(trial_id)
+        if pairs and len(pairs) > 1 and result.get("test_acc") is not None:
+            self._member_acc[str(result.get("run_key"))] = float(result["test_acc"])
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """The probe's test accuracy into its group's search; a failed trial (or one without
-        a test accuracy) as failed: its seed is not asked for again."""
-        flying = self._in_flight.pop(trial_id, None)
-        if flying is None:
+        """The probe's test accuracy into its group's search (a trial group: each member's);
+        a failed trial (or one without a test accuracy) as failed: its seed is not asked
+        for again."""
+        pairs = self._in_flight.pop(trial_id, None)
+        if pairs is None:
             return
-        key, probes = flying
-        acc = None if error or not result else result.get("test_acc")
-        self._acc[key] = None if acc is None else float(acc)
-        for g, density, seed in probes:
-            self._searches[g].record(density, seed, self._acc[key])
+        for key, probes in pairs:
+            if len(pairs) == 1:
+                acc = None if error or not result else result.get("test_acc")
+            else:  # a member: its own last row (stored, when the driver restarted meanwhile)
+                acc = self._member_acc.pop(key, None)
+                acc = self._stored_acc(key) if acc is None else acc
+            self._acc[key] = None if acc is None else float(acc)
+            for g, density, seed in probes:
+                self._searches[g].record(density, seed, self._acc[key])
         self.write()
+
+    def _stored_acc(self, key: str) -> float | None:
+        """A group member's test accuracy from its rows in the sweep, None if it has none."""
+        from rp_tune.core import storage as store
+        from rp_tune.planning.records import last_result
+
+        try:
+            acc = last_result(store.join(self.root, self.name, key)).get("test_acc")
+        except (OSError, ValueError):
+            return None
+        return None if acc is None else float(acc)
 
     def write(self) -> None:
         """<sweep>/search/search.json: where every group's search stands (--status, --report)."""
@@ -226,9 +294,11 @@ class MatchingTrials(_JsonState, Searcher):
             "searches": [s.state() for s in self._searches],
             "queue": [[key, [list(p) for p in probes]] for key, probes in self._queue.items()],
             "in_flight": {
-                t: [key, [list(p) for p in probes]] for t, (key, probes) in self._in_flight.items()
+                t: [[key, [list(p) for p in probes]] for key, probes in pairs]
+                for t, pairs in self._in_flight.items()
             },
             "acc": self._acc,
+            "member_acc": self._member_acc,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -240,6 +310,10 @@ class MatchingTrials(_JsonState, Searcher):
             return [(int(g), float(d), int(k)) for g, d, k in items]
 
         self._queue = {key: probes(items) for key, items in state["queue"]}
-        flying = state["in_flight"].items()
-        self._in_flight = {t: (key, probes(items)) for t, (key, items) in flying}
+        self._in_flight = {}
+        for t, pairs in state["in_flight"].items():
+            if isinstance(pairs[0], str):  # stored before trial groups: [key, probes]
+                pairs = [pairs]
+            self._in_flight[t] = [(key, probes(items)) for key, items in pairs]
         self._acc = dict(state["acc"])
+        self._member_acc = dict(state.get("member_acc", {}))

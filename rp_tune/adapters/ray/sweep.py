@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rp_tune.adapters.ray.callbacks import callback_class
+from rp_tune.adapters.ray.callbacks import callback_class, trial_flat
 from rp_tune.adapters.ray.cluster import (
     cluster_capacity,
     expected_startups,
@@ -502,6 +502,7 @@ def _search_tuner(d: _Driver) -> Any:
     they start), then a Tuner whose searcher decides every trial."""
     from rp_tune.adapters.ray.searcher import MatchingTrials
     from rp_tune.planning.matching_plan import (
+        describe_fusing,
         search_groups,
         search_record,
         with_parallel,
@@ -518,7 +519,12 @@ def _search_tuner(d: _Driver) -> Any:
     write_search(d.path, record)
     write_trial_entries(d.path, [])
     d.callbacks.append(callback_class("ConsoleCallback")(Progress({}, concurrent), d.flats))
-    searcher = MatchingTrials(groups, settings, d.root, d.name, d.reuse, record)
+    groups_dir = store.join(d.train_storage, GROUPS_DIR)  # a trial group's members file
+    searcher = MatchingTrials(
+        groups, settings, d.root, d.name, d.reuse, record, d.group_size, groups_dir
+    )
+    if d.group_size > 1:
+        console.info("%s", describe_fusing(groups, d.group_size))
     worst = len(groups) * settings.worst_trials()  # the searcher ends it far sooner
     tuner = _tuner(d, _trainable(d, []), searcher, worst, concurrent)
     console.info(
@@ -630,7 +636,8 @@ def _collect_outcomes(d: _Driver, grid: Any) -> list[TrialOutcome]:
         error = "" if result.error is None else error_summary(result.error)
         if trial is not None and is_unit(trial):  # a group: each member from its rows
             for member in trial["members"]:
-                out = stored_outcome(d.path, {"run_key": member, "flat": d.flats[member]})
+                flat = trial_flat(member, trial, d.flats)
+                out = stored_outcome(d.path, {"run_key": member, "flat": flat})
                 if error and out.status != "finished" and not out.error:
                     out.status, out.error = "failed", error
                 outcomes.append(out)

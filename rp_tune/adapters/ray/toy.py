@@ -24,20 +24,32 @@ def toy_width(model: str, scheme: str = "erk") -> float:
     return (int(m.group(2)) / 16 if m else 1.0) / (1.0 if scheme.startswith("erk") else 1.5)
 
 
-def toy_trial(key: str, flat: dict[str, Any], noise: float) -> None:
+def toy_trial(key: str, flat: dict[str, Any], noise: float, group_file: str | None = None) -> None:
     """Tune function trainable body: one row per epoch, half a second apart (a trial a
     Ctrl-C can find running), the last with the final metrics a finished trial has (test
-    accuracy, achieved density)."""
+    accuracy, achieved density). A trial group (`group_file`: its members' entries): each
+    member's row per epoch, named by its run key, as a fused group reports them."""
+    import json
     import time
 
     from ray import tune
 
-    cfg = from_flat(flat)
-    width = toy_width(cfg.model.name, cfg.sparsity.scheme)
-    acc = toy_accuracy(cfg.sparsity.density, width, cfg.seed, noise)
-    for epoch in range(1, cfg.train.epochs + 1):
-        row: dict[str, Any] = {"run_key": key, "epoch": epoch, "val_acc": acc}
-        if epoch == cfg.train.epochs:
-            row.update(test_acc=acc, achieved_density=cfg.sparsity.density)
+    from rp_tune.core import storage as store
+
+    members = json.loads(store.read_text(group_file)) if group_file else None
+    trials = members or [{"run_key": key, "flat": flat}]
+    cfgs = [from_flat(m["flat"]) for m in trials]
+    accs = [
+        toy_accuracy(c.sparsity.density, toy_width(c.model.name, c.sparsity.scheme), c.seed, noise)
+        for c in cfgs
+    ]
+    epochs = cfgs[0].train.epochs
+    for epoch in range(1, epochs + 1):
         time.sleep(0.5)
-        tune.report(row)
+        for m, cfg, acc in zip(trials, cfgs, accs):
+            row: dict[str, Any] = {"run_key": m["run_key"], "epoch": epoch, "val_acc": acc}
+            if epoch == epochs:
+                row.update(test_acc=acc, achieved_density=cfg.sparsity.density)
+            if members:
+                row.update(group=key, group_size=len(members))
+            tune.report(row)

@@ -458,7 +458,7 @@ def _tune_trial(config: dict[str, Any], plan: Mapping[str, str] | None = None) -
     own = (trial.get("members") or [trial["run_key"]])[0]
     flat = trial.get("flat") or json.loads((plan or {})[own])  # a search's probe: its own
     if config.get("toy_noise") is not None:  # testing: a known curve, no Train run
-        return toy_trial(trial["run_key"], flat, config["toy_noise"])
+        return toy_trial(trial["run_key"], flat, config["toy_noise"], trial.get("group_file"))
     cfg = from_flat(flat)
     r = cfg.resources
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
