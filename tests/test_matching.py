@@ -136,16 +136,20 @@ def test_a_failed_trial_is_not_trained_again_and_failed_references_stop_the_sear
     search.record(1.0, 0, None)  # a dense seed failed
     search.record(1.0, 1, 0.9)
     search.record(0.01, 0, None)
+    assert search.plan_round() == [(1.0, 2)]  # the failed dense seed's replacement first
+    search.record(1.0, 2, 0.92)
+    assert search.threshold() == pytest.approx((0.91, 0.0141421, 0.8958579), rel=1e-5)
     nxt = search.plan_round()
     assert (1.0, 0) not in nxt and (0.01, 0) not in nxt  # neither trained again
     assert (0.01, 1) in nxt  # the failed density's next seed, not another density
     r = search.result()
-    assert r["failed"] == 2 and r["trials"] == 3 and r["failed_densities"] == [0.01]
+    assert r["failed"] == 2 and r["trials"] == 4 and r["failed_densities"] == [0.01]
     dead = MatchingSearch(settings)
-    for density, seed in dead.plan_round():
-        dead.record(density, seed, None if density == 1.0 else 0.5)
+    for _ in range(10):  # every dense seed fails: replaced up to twice dense_seeds, then done
+        for density, seed in dead.plan_round():
+            dead.record(density, seed, None if density == 1.0 else 0.5)
     assert dead.plan_round() == [] and dead.done
-    assert dead.result()["found"] == "not decided yet" and dead.result()["failed"] == 2
+    assert dead.result()["found"] == "not decided yet" and dead.result()["failed"] == 4
 
 
 def test_a_density_whose_every_seed_fails_ends_the_search_saying_so():
@@ -165,3 +169,28 @@ def test_a_density_whose_every_seed_fails_ends_the_search_saying_so():
     assert r["done"] and r["failed_densities"], r
     assert "(stopped: every trial at " in r["found"], r["found"]
     assert all(search._tried(d) == 2 for d in r["failed_densities"])
+
+
+def test_a_resume_with_other_settings_or_groups_names_what_differs(tmp_path):
+    from rp_tune.core.errors import SweepError
+    from rp_tune.planning.matching_plan import (
+        check_search_resume,
+        search_groups,
+        search_record,
+        write_search,
+    )
+    from rp_tune.planning.space import expand_space
+
+    configs = expand_space("smoke", {"sparsity.density": [0.1, 0.5]})
+    groups = search_groups(configs, "smoke")
+    write_search(str(tmp_path), search_record(groups, SearchSettings()))
+    check_search_resume(str(tmp_path), search_record(groups, SearchSettings()))  # the same
+    with pytest.raises(SweepError) as e:
+        check_search_resume(str(tmp_path), search_record(groups, SearchSettings(seed_cap=4)))
+    assert "other settings (seed_cap: stored 3, given 4)" in str(e.value)
+    with pytest.raises(SweepError) as e:
+        check_search_resume(str(tmp_path), search_record(groups[:1], SearchSettings()))
+    assert "other groups (stored: cifar_resnet_8 erk, cifar_resnet_8 uniform; given: " in str(
+        e.value
+    )
+    assert "settings" not in str(e.value)

@@ -195,10 +195,16 @@ class MatchingSearch:
         """Sparse densities probed so far (the probe limit counts them)."""
         return sum(1 for d in self.accs if d != self.DENSE)
 
+    def _dense_todo(self) -> int:
+        """Dense seeds still to ask for: a failed one is replaced by the next seed, up to
+        twice `dense_seeds` tried (a reference that keeps failing is no reference)."""
+        n, tried = self.settings.dense_seeds, self._tried(self.DENSE)
+        return max(0, min(n - len(self._seen(self.DENSE)), 2 * n - tried))
+
     def threshold(self) -> tuple[float, float, float] | None:
-        """(dense mean, dense std, mean - std) once every dense seed finished, else None."""
+        """(dense mean, dense std, mean - std) once the dense seeds finished, else None."""
         dense = self._seen(self.DENSE)
-        if self._tried(self.DENSE) < self.settings.dense_seeds or not dense:
+        if self._dense_todo() or not dense:
             return None
         mean, std = mean_std(dense)
         return mean, std, mean - std
@@ -264,7 +270,8 @@ class MatchingSearch:
         # the bounds: a high bound of 1.0 is the dense reference itself
         parallel = max(s.parallel, 1)
         bounds = [b for b in (round_density(s.high), round_density(s.low)) if b != self.DENSE]
-        dense = [(self.DENSE, i) for i in range(self._tried(self.DENSE), s.dense_seeds)]
+        tried = self._tried(self.DENSE)
+        dense = [(self.DENSE, i) for i in range(tried, tried + self._dense_todo())]
         if dense:  # first round: the reference, and the bounds meanwhile
             return dense + [(d, 0) for d in bounds[:parallel] if d not in self.accs]
         if self.threshold() is None:  # every dense seed failed: nothing can be called
@@ -324,7 +331,7 @@ class MatchingSearch:
             close = t is not None and abs(mean - t[2]) < self.settings.margin * (
                 self.noise() / math.sqrt(len(seen))
             )  # too close to call, called by its mean at the seed cap
-            at_cap = close and len(seen) >= self.settings.seed_cap
+            at_cap = close and self._tried(d) >= self.settings.seed_cap  # failed seeds count
             return {"density": d, "acc_mean": mean, "seeds": len(seen), "at_cap": at_cap}
 
         low, high = round_density(self.settings.low), round_density(self.settings.high)

@@ -289,14 +289,26 @@ def check_search_resume(path: str, record: Mapping[str, Any] | None) -> None:
             f"--resume: the sweep at {path} is a matching-density search: resume it with "
             "--search matching (and the --search-set values it started with)"
         )
-    differ = [
-        k for k in ("settings", "groups") if stored.get(k) != json.loads(json.dumps(record[k]))
-    ]
-    if differ:
+    given = json.loads(json.dumps(record))
+    what = []
+    if stored.get("settings") != given["settings"]:
+        old, new = stored.get("settings") or {}, given["settings"]
+        changed = sorted(k for k in {**old, **new} if old.get(k) != new.get(k))
+        what.append(
+            "settings ("
+            + ", ".join(f"{k}: stored {old.get(k)!r}, given {new.get(k)!r}" for k in changed)
+            + ")"
+        )
+    if stored.get("groups") != given["groups"]:
+        names = lambda r: [g["name"] for g in r.get("groups") or []]  # noqa: E731
+        what.append(
+            f"groups (stored: {', '.join(names(stored))}; given: {', '.join(names(given))})"
+        )
+    if what:
         raise SweepError(
-            f"--resume: the search at {path} was started with other {' and '.join(differ)} "
-            f"(stored: {stored['settings']}); resume it with the same space, --set and "
-            "--search-set values, or start another sweep with --name"
+            f"--resume: the search at {path} was started with other {' and '.join(what)}; "
+            "resume it with the same space, --set and --search-set values, or start another "
+            "sweep with --name"
         )
 
 

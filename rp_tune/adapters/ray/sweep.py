@@ -430,8 +430,13 @@ def _restore_tuner(d: _Driver) -> Any:
     entries = stored_trials(d.path)  # read once: trial epochs and configs
     d.known = {e["run_key"]: trial_epochs(e["flat"]) for e in entries}
     d.flats.update({e["run_key"]: e["flat"] for e in entries})
+    # a search recorded an errored probe as failed and asked for its next seed: trained
+    # again its result would reach no search
     tuner = tune.Tuner.restore(
-        d.path, trainable=_trainable(d, list(d.known)), resume_unfinished=True, resume_errored=True
+        d.path,
+        trainable=_trainable(d, list(d.known)),
+        resume_unfinished=True,
+        resume_errored=d.search is None,
     )
     run_config = tuner._local_tuner.get_run_config()
     stored = [from_flat(e["flat"]) for e in entries]
