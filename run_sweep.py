@@ -460,11 +460,12 @@ def dry_run(args: argparse.Namespace, name: str, configs: list, argv: list[str] 
     if args.group_size > 1 and search is None:
         print(describe_units(*plan_units(trial_entries(configs), args.group_size), args.group_size))
     if search is not None:
-        from rp_tune.planning.matching_plan import describe_search, with_parallel
+        from rp_tune.planning.matching_plan import describe_search, fused_size, with_parallel
 
         groups, settings = search
         concurrent = args.max_concurrent or default_concurrency(configs, capacity)
-        settings = with_parallel(settings, concurrent, len(groups))
+        fused = fused_size(groups, args.group_size)
+        settings = with_parallel(settings, concurrent, len(groups), fused)
         tflops = args.assumed_tflops or ASSUMED_TFLOPS
         hours = lambda c: trial_table([c], tflops, measured)[1]  # noqa: E731
         print(describe_search(groups, settings, hours, len(configs)))

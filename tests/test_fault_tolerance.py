@@ -287,6 +287,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a minute of several servers and a killed worker: see pyproject.toml
 def test_on_s3_storage_a_server_restart_and_killed_workers_lose_nothing(tmp_path, s3_bucket):
     """Results and checkpoints on an S3-compatible server, MLflow on a real server that goes
     down midway, the trials trained as one fused trial group (--group-size 2) whose worker

@@ -11,7 +11,12 @@ from rp_tune.config import run_key
 from rp_tune.planning.matching import SearchSettings
 from rp_tune.planning.matching_plan import search_groups, search_record, write_search
 from rp_tune.planning.space import expand_space
-from rp_tune.results.matching import brackets_table, matching_brackets, plot_matching_phase
+from rp_tune.results.matching import (
+    brackets_table,
+    matching_brackets,
+    phase_points,
+    plot_matching_phase,
+)
 from rp_tune.results.report import build_report, print_report
 
 
@@ -69,6 +74,9 @@ def test_the_phase_diagram_plots_matching_sparsity_against_width_a_line_per_sche
             cross = 0.1 * shift * k  # wider: matches sparser; uniform: needs more density
             accs = [(d, 0.92 if d >= cross else 0.80) for d in (0.025, 0.05, 0.1, 0.2, 0.4)]
             rows += _line(model, scheme, accs)
+    rows += _line("vgg16", "uniform", DENSE) + _line("vgg16", "erk", [(0.1, 0.92), (0.05, 0.8)])
+    axis, placed, left = phase_points(matching_brackets(rows))
+    assert axis == "width" and len(placed) == 4 and left == ["vgg16 erk"]  # no width: said
     drawn = plot_matching_phase(rows, None, tmp_path / "phase.png")
     assert (tmp_path / "phase.png").is_file()
     (panel,) = drawn
@@ -145,3 +153,30 @@ def test_the_report_of_a_search_prints_writes_and_logs_its_brackets_and_figure(t
     assert panel["xlabel"] == "dense parameters" and panel["series"] == ["erk, search"]
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/matching_brackets.csv", "report/matching_phase.png"} <= logged
+
+
+def test_a_report_of_several_sweeps_reads_each_from_every_trial_it_holds(tmp_path):
+    """A search that reused a grid's trials (the same run keys) keeps them in its own
+    reading though the joint table lists each once; each sweep is measured against its own
+    dense seeds."""
+    from rp_tune.results.sweep_rows import read_sweeps
+
+    configs = expand_space("smoke", {"sparsity.scheme": ["erk"], "sparsity.density": [0.1, 0.5]})
+    (group,) = search_groups(configs, "smoke")
+    acc = {1.0: 0.92, 0.5: 0.921, 0.2: 0.919, 0.1: 0.85, 0.08: 0.84}
+
+    def trials(densities, seeds=3):
+        return [
+            (group.probe(d, k), acc[d] + 0.003 * (k - 1)) for d in densities for k in range(seeds)
+        ]
+
+    _write_trials(tmp_path / "grid", trials((1.0, 0.5, 0.2, 0.1)))
+    _write_trials(tmp_path / "search", trials((0.2, 0.1, 0.08)) + trials((1.0,), seeds=5))
+    rows = read_sweeps([str(tmp_path / "grid"), str(tmp_path / "search")])
+    assert len(rows) == 12 + 3 + 2  # the shared trials once
+    got = {b["sweep"]: b for b in matching_brackets(rows, {"search": SearchSettings()})}
+    assert (got["grid"]["fail_density"], got["grid"]["match_density"]) == (0.1, 0.2)
+    assert (got["search"]["fail_density"], got["search"]["match_density"]) == (0.1, 0.2)
+    assert got["grid"]["dense_n"] == 3 and got["search"]["dense_n"] == 5
+    assert got["search"]["trials"] == 9 + 5 and got["grid"]["trials"] == 9 + 3
+    assert got["search"]["source"] == "search" and got["search"]["grid_trials"] == 66

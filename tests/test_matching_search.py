@@ -14,7 +14,7 @@ from tests.helpers import cli, driver, incli
 
 ARGS = ["--space", "smoke", "--search", "matching", "--grid", "sparsity.scheme=erk",
         "--grid", "sparsity.density=0.1,0.5", "--search-set", "seed_cap=2",
-        "--search-set", "dense_seeds=2",
+        "--search-set", "dense_seeds=2", "--search-set", "parallel=4",
         "--toy-trials", "0.01", "--num-cpus", "2", "--max-concurrent", "4",
         "--group-size", "4", "--set", "train.epochs=4", "--no-tracking"]  # fmt: skip
 
@@ -24,12 +24,12 @@ def _expected():
     from rp_tune.adapters.ray.searcher import MatchingTrials
     from rp_tune.adapters.ray.toy import toy_width
     from rp_tune.planning.matching import SearchSettings, toy_accuracy
-    from rp_tune.planning.matching_plan import search_groups, with_parallel
+    from rp_tune.planning.matching_plan import search_groups
     from rp_tune.planning.space import expand_space
 
     configs = expand_space("smoke", {"sparsity.scheme": ["erk"], "sparsity.density": [0.1, 0.5]})
     groups = search_groups(configs, "smoke")
-    settings = with_parallel(SearchSettings(seed_cap=2, dense_seeds=2), 4, len(groups))
+    settings = SearchSettings(seed_cap=2, dense_seeds=2, parallel=4)  # 4 probes: rounds to stop
     searcher = MatchingTrials(groups, settings, "/nonexistent", "x", reuse=False)
     searcher._store = lambda entry: None
     n = 0
@@ -138,13 +138,14 @@ def test_a_real_resnet8_search_trains_each_probe_as_a_trial_and_reports_its_brac
 
     rep = incli(capsys, *args, "--report")
     assert rep.returncode == 0, rep.stdout[-3000:]
-    lo, hi = result["lo"], result["hi"]
-    want = f"({lo}, {hi}]" if lo is not None else f"<= {hi} (all matched)"
+    lo, hi = result["lo"], result["hi"]  # the search counts dense (1.0) as a match
+    want = {None: f"<= {hi} (all matched)"}.get(lo, f"({lo}, {hi}]")
+    want = f"> {lo} (none matched)" if hi == 1.0 else want
     line = next(ln for ln in rep.stdout.splitlines() if ln.startswith("cifar_resnet_8 erk  "))
     assert want in line, rep.stdout[-3000:]
     with open(sweep / "report" / "matching_brackets.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["source"] == "search" and float(row["match_density"]) == hi
+    assert row["source"] == "search" and float(row["match_density"] or 1.0) == hi
     assert (sweep / "report" / "matching_phase.png").stat().st_size
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/matching_brackets.csv", "report/matching_phase.png"} <= logged

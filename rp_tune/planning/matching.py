@@ -137,8 +137,9 @@ class SearchSettings:
 
     def worst_trials(self) -> int:
         """The search's worst case: never more densities than the grid at this resolution,
-        each at most `seed_cap` times, and its dense reference."""
-        return self.sparse_points() * self.seed_cap + self.dense_seeds
+        each at most `seed_cap` times, and its dense reference (a failed seed replaced: at
+        most twice `dense_seeds`)."""
+        return self.sparse_points() * self.seed_cap + 2 * self.dense_seeds
 
 
 @dataclass
@@ -190,6 +191,12 @@ class MatchingSearch:
     def _tried(self, density: float) -> int:
         """Seeds a density took so far, failed ones included: the next seed's index."""
         return len(self.accs.get(density, {}))
+
+    def _one_cell(self, lo: float, hi: float) -> bool:
+        """lo and hi neighbours on the grid (or closer): bracketed to the resolution. By grid
+        index, not hi / lo: rounding to 4 digits can make a cell a hair wider."""
+        s = self.settings
+        return s.grid_index(hi) - s.grid_index(lo) <= 1 or hi / lo <= s.resolution * (1 + 1e-9)
 
     def _probed(self) -> int:
         """Sparse densities probed so far (the probe limit counts them)."""
@@ -303,7 +310,7 @@ class MatchingSearch:
             return []
         if lo >= round_density(s.high):  # nothing within the bounds matches: decided
             return []
-        if hi / lo <= s.resolution * (1 + 1e-9):  # bracketed: both sides at the seed cap
+        if self._one_cell(lo, hi):  # bracketed: both sides at the seed cap
             short = [d for d in (lo, hi) if d != self.DENSE and self._tried(d) < s.seed_cap]
             return [(d, self._tried(d)) for d in short]
         left = s.sparse_points() - self._probed()
@@ -340,7 +347,7 @@ class MatchingSearch:
             found = f"matches at the low bound: smallest matching density <= {low}"
         elif lo is not None and lo >= high:
             found = f"no match within the bounds: smallest matching density > {high}"
-        elif lo is not None and hi is not None and hi / lo > self.settings.resolution * 1.000001:
+        elif lo is not None and hi is not None and not self._one_cell(lo, hi):
             why = f"every trial at {dead} failed" if dead else "the probe limit"
             found = f"smallest matching density in ({lo}, {hi}] (stopped: {why})"
         elif lo is not None and hi is not None:

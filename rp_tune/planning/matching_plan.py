@@ -162,12 +162,24 @@ def search_settings(declared: Mapping[str, Any] | None, items: Sequence[str]) ->
         raise SweepError(str(e)) from None
 
 
-def with_parallel(settings: SearchSettings, concurrent: int, groups: int) -> SearchSettings:
-    """`parallel` 0 (auto) resolved: the trials the sweep runs at once spread over its
-    groups, at least one probe per group per round (many groups fill the slots themselves)."""
+def with_parallel(
+    settings: SearchSettings, concurrent: int, groups: int, fused: int = 1
+) -> SearchSettings:
+    """`parallel` 0 (auto) resolved: the probes the sweep trains at once (its trials at once,
+    times `fused`, the probes a fused trial group holds) spread over its groups, at least
+    one probe per group per round (many groups fill the slots themselves)."""
     if settings.parallel:
         return settings
-    return replace(settings, parallel=max(1, -(-max(concurrent, 1) // max(groups, 1))))
+    slots = max(concurrent, 1) * max(fused, 1)
+    return replace(settings, parallel=max(1, -(-slots // max(groups, 1))))
+
+
+def fused_size(groups: Sequence[SearchGroup], size: int) -> int:
+    """The probes one trial holds with --group-size `size`: `size` when every group's probes
+    can fuse, else 1 (a round sized for fused trials would queue the others' probes)."""
+    if size > 1 and all(group_refusal(g.template) is None for g in groups):
+        return size
+    return 1
 
 
 def expected_trials(settings: SearchSettings, draws: int = 40) -> float:
@@ -185,12 +197,12 @@ def describe_search(
     the expected and worst-case trials and device-hours against the grid's at the same
     resolution and the space's own grid. `hours_of(cfg)`: one trial's device-hours."""
     cap, ref = settings.seed_cap, settings.dense_seeds
-    expected, worst = expected_trials(settings) - ref, settings.worst_trials() - ref  # sparse
+    expected, worst = expected_trials(settings) - ref, settings.sparse_points() * cap  # sparse
     hours = sum(hours_of(g.template) for g in groups) / max(len(groups), 1)
-    n = len(groups)
-    dense = len({run_key(g.dense) for g in groups}) * ref  # shared by a model's schemes
-    grid = (settings.grid_trials() - cap) * n + len({run_key(g.dense) for g in groups}) * cap
-    total, most = expected * n + dense, worst * n + dense
+    n, models = len(groups), len({run_key(g.dense) for g in groups})
+    dense = models * ref  # shared by a model's schemes; a failed seed replaced: up to twice
+    grid = (settings.grid_trials() - cap) * n + models * cap
+    total, most = expected * n + dense, worst * n + 2 * dense
     return "\n".join(
         [
             f"matching-density search: {n} groups (a model, scheme and context each), "
@@ -291,8 +303,11 @@ def check_search_resume(path: str, record: Mapping[str, Any] | None) -> None:
         )
     given = json.loads(json.dumps(record))
     what = []
-    if stored.get("settings") != given["settings"]:
-        old, new = stored.get("settings") or {}, given["settings"]
+    # a search started before `dense_seeds` existed trained seed_cap dense seeds
+    settings = stored.get("settings") or {}
+    stored["settings"] = {"dense_seeds": settings.get("seed_cap"), **settings}
+    if stored["settings"] != given["settings"]:
+        old, new = stored["settings"], given["settings"]
         changed = sorted(k for k in {**old, **new} if old.get(k) != new.get(k))
         what.append(
             "settings ("

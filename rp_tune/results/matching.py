@@ -93,18 +93,26 @@ def matching_brackets(
 ) -> list[dict[str, Any]]:
     """One row per line (model and context, scheme) and sweep: the bracket of its smallest
     matching density, the seeds behind each side, the dense accuracy, the trials behind it
-    and a grid's at the same resolution. Rows of several sweeps (a `sweep` key) are read
-    sweep by sweep, every sweep's dense trials shared; `searches`: sweep name -> the
-    search's settings (None: a grid sweep). Lines without a finished dense reference are
-    left out."""
+    and a grid's at the same resolution. Rows of several sweeps are read sweep by sweep,
+    each from every trial it holds (`sweeps`, or `sweep`: a trial it reused from another
+    is its own too), a sweep without a dense reference of some model and recipe taking
+    another's; `searches`: sweep name -> the search's settings (None: a grid sweep).
+    Lines without a finished dense reference are left out."""
+    from rp_tune.results.sweep_rows import context_identity
+
     by_sweep: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_sweep[r.get("sweep")].append(r)
-    dense = [r for r in rows if float(r["sparsity.density"]) == 1.0]
+        for name in r["sweeps"].split(",") if r.get("sweeps") else [r.get("sweep")]:
+            by_sweep[name].append(r)
+    dense = [
+        r for r in rows if float(r["sparsity.density"]) == 1.0 and r.get("status") == "finished"
+    ]
+    dense_ids = {id(r) for r in dense}
     out = []
     for sweep, own in by_sweep.items():
-        shared = own + [r for r in dense if r.get("sweep") != sweep]
-        out += _brackets_of(shared, sweep, (searches or {}).get(sweep))
+        have = {context_identity(r) for r in own if id(r) in dense_ids}
+        borrowed = [r for r in dense if context_identity(r) not in have]
+        out += _brackets_of(own + borrowed, sweep, (searches or {}).get(sweep))
     return out
 
 
@@ -157,6 +165,24 @@ def _phase_axis(brackets: Sequence[dict[str, Any]]) -> str:
     return "params"
 
 
+def phase_points(
+    brackets: Sequence[dict[str, Any]],
+) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """The phase diagram's x axis, the brackets it places, and the lines it leaves out
+    (named, with why: no value on that axis, e.g. a VGG beside CIFAR ResNets of several
+    widths, or no parameter count in the trials' results)."""
+    found = [b for b in brackets if b["match_density"] or b["fail_density"]]
+    axis = _phase_axis(found)
+    placed = [b for b in found if b[axis] is not None]
+    left = [_line_name(b) for b in found if b[axis] is None]
+    return axis, placed, left
+
+
+def _line_name(b: Mapping[str, Any]) -> str:
+    sweep = b.get("sweep")
+    return f"{b['model']} {b['line']}" + (f" ({sweep})" if sweep else "")
+
+
 def _x(b: Mapping[str, Any], axis: str) -> float:
     if axis == "width":
         return b["width"] / DEFAULT_WIDTH
@@ -188,11 +214,7 @@ def plot_matching_phase(
     (less than it). None when no line has a dense reference."""
     from rp_tune.results.figures import MARKERS, _finish, _panels
 
-    found = [
-        b for b in matching_brackets(rows, searches) if b["match_density"] or b["fail_density"]
-    ]
-    axis = _phase_axis(found)
-    found = [b for b in found if b[{"width": "width", "depth": "depth"}.get(axis, "params")]]
+    axis, found, _ = phase_points(matching_brackets(rows, searches))
     if not found:  # no line with a dense reference, or none placed (no parameter count)
         return None
     other = {"width": "depth", "depth": "width"}.get(axis)
@@ -204,7 +226,9 @@ def plot_matching_phase(
         lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for b in members:
             lines[(b["line"], b["sweep"] or "", b["source"])].append(b)
-        for i, ((label, sweep, source), pts) in enumerate(sorted(lines.items())):
+        schemes = sorted({label for label, _, _ in lines})  # a scheme's colour and marker
+        for (label, sweep, source), pts in sorted(lines.items()):
+            i = schemes.index(label)
             pts = sorted(pts, key=lambda b: _x(b, axis))
             xs = [_x(b, axis) for b in pts]
             ys = [1 - (b["match_density"] or b["fail_density"]) for b in pts]
@@ -214,11 +238,12 @@ def plot_matching_phase(
                 for b in pts
             ]  # fmt: skip
             name = f"{label}{f' ({sweep})' if sweep else ''}, {source}"
-            drawn = ax.errorbar(
+            color = f"C{i % 10}"  # one scheme, one colour: a search solid, a grid dashed
+            ax.errorbar(
                 xs, ys, yerr=[[0.0] * len(ys), ups], marker=MARKERS[i % len(MARKERS)],
                 capsize=3, linestyle="-" if source == "search" else "--", label=name,
+                color=color, mfc=color if source == "search" else "white",
             )  # fmt: skip
-            color = drawn.lines[0].get_color()
             for x, y, b in zip(xs, ys, pts):
                 if b["fail_density"] is None or b["match_density"] is None:
                     up = b["fail_density"] is None  # matched everywhere: at least y

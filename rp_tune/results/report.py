@@ -50,6 +50,7 @@ from rp_tune.results.matching import (
     PHASE_FILE,
     brackets_table,
     matching_brackets,
+    phase_points,
     plot_matching_phase,
 )
 from rp_tune.results.paper_numbers import beside_the_paper, comparison_table
@@ -67,7 +68,6 @@ from rp_tune.results.tables import (
     imp_rounds_table,
     results_table,
     rows_table,
-    smallest_matching_density,
     sparse_to_sparse_table,
 )
 from rp_tune.trial.metrics import METRICS
@@ -137,7 +137,10 @@ def build_report(
 def _search_of(sweep_dir: str) -> SearchSettings | None:
     """A matching-density search's settings (from its search/search.json), None for a grid."""
     stored = read_search(sweep_dir)
-    return None if stored is None else SearchSettings(**stored["settings"])
+    if stored is None:
+        return None
+    settings = stored["settings"]  # one stored before dense_seeds trained seed_cap of them
+    return SearchSettings(**{"dense_seeds": settings.get("seed_cap", 3), **settings})
 
 
 def _rows_and_out(
@@ -192,10 +195,10 @@ def _write_tables(
     starts = sparse_to_sparse(rows)
     if starts:
         pacsv.write_csv(rows_table(starts), out / S2S_FILE)
-    matching = smallest_matching_density(rows)
+    brackets = matching_brackets(rows, searches)
+    matching = brackets  # the smallest matching density is each bracket's hi
     matching_file = out / "matching_density.parquet"
     pq.write_table(rows_table(matching) if matching else pa.table({}), matching_file)
-    brackets = matching_brackets(rows, searches)
     no_brackets = pa.table({"model": pa.array([], pa.string())})
     pacsv.write_csv(rows_table(brackets) if brackets else no_brackets, out / BRACKETS_FILE)
     agg = aggregate(rows)
@@ -236,6 +239,9 @@ def print_report(rep: dict[str, Any]) -> None:
     if rep["brackets"]:
         print("where each group matches dense:")
         print(brackets_table(rep["brackets"]))
+        axis, _, left = phase_points(rep["brackets"])
+        if left:
+            print(f"phase diagram (x: {axis}) leaves out, having no {axis}: {', '.join(left)}")
     for r in rep.get("borrowed", []):
         print(f"dense reference {r['run_key']} borrowed from the sweep {r['sweep']}")
     for panel in rep["no_dense"]:

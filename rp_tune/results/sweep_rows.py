@@ -5,6 +5,7 @@ with a dense reference borrowed from another sweep where this one has none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +131,22 @@ def sweeps_under(root: str) -> list[str]:
 
 def read_sweeps(sweep_dirs: list[str]) -> list[dict[str, Any]]:
     """The trials of several sweeps as one table, each row naming its sweep; a trial two
-    sweeps hold (one reused it from the other) is one row."""
-    rows, seen = [], set()
+    sweeps hold (one reused it from the other) is one row, naming the first, and `sweeps`
+    every sweep that holds it (comma-separated: what each sweep's own reading takes)."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, dict[str, Any]] = {}
     for d in sweep_dirs:
+        name = storage.basename(d)
         for r in read_trials(d):
-            if r["run_key"] not in seen:
-                seen.add(r["run_key"])
-                rows.append({**r, "sweep": storage.basename(d)})
+            if r["run_key"] in seen:
+                seen[r["run_key"]]["sweeps"] += f",{name}"
+                continue
+            seen[r["run_key"]] = {**r, "sweep": name, "sweeps": name}
+            rows.append(seen[r["run_key"]])
     return rows
 
 
-def _context_identity(row: dict[str, Any]) -> str:
+def context_identity(row: Mapping[str, Any]) -> str:
     """A trial's model, data and recipe: its config less the sparsity keys, the seeds and
     where it ran (a dense reference on its own recipe read as its sparse recipe)."""
     g = as_sparse_recipe(row)
@@ -159,8 +165,8 @@ def borrow_dense(
     dense reference from another sweep under the same results root. Returns (the rows with
     what was borrowed, the borrowed rows); nothing when every panel has its dense."""
     done = [r for r in rows if r.get("status") == "finished"]
-    have = {_context_identity(r) for r in done if float(r["sparsity.density"]) == 1.0}
-    want = {_context_identity(r) for r in done} - have
+    have = {context_identity(r) for r in done if float(r["sparsity.density"]) == 1.0}
+    want = {context_identity(r) for r in done} - have
     if not want or storage.is_uri(root) and not storage.exists(root):
         return rows, []
     borrowed, keys = [], {r["run_key"] for r in rows}
@@ -172,7 +178,7 @@ def borrow_dense(
                 r.get("status") == "finished"
                 and float(r["sparsity.density"]) == 1.0
                 and r["run_key"] not in keys
-                and _context_identity(r) in want
+                and context_identity(r) in want
             ):
                 borrowed.append({**r, "sweep": storage.basename(other)})
                 keys.add(r["run_key"])

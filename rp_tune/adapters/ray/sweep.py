@@ -420,6 +420,7 @@ def _restore_tuner(d: _Driver) -> Any:
     for flag, given in (
         ("--log-weights", d.log_weights),
         ("--system-metrics", d.system_metrics != "auto"),
+        ("--group-size", d.group_size > 1),  # the plan's groups, or the search's, as started
     ):
         if given:
             log.warning(
@@ -508,6 +509,7 @@ def _search_tuner(d: _Driver) -> Any:
     from rp_tune.adapters.ray.searcher import MatchingTrials
     from rp_tune.planning.matching_plan import (
         describe_fusing,
+        fused_size,
         search_groups,
         search_record,
         with_parallel,
@@ -519,7 +521,7 @@ def _search_tuner(d: _Driver) -> Any:
     console.info("%s", gpu_choice)
     groups = search_groups(configs, d.space)
     concurrent = d.max_concurrent or default_concurrency(configs, capacity)
-    settings = with_parallel(d.search, concurrent, len(groups))
+    settings = with_parallel(d.search, concurrent, len(groups), fused_size(groups, d.group_size))
     record = search_record(groups, d.search)  # as given: a --resume gives it again
     write_search(d.path, record)
     write_trial_entries(d.path, [])
