@@ -48,14 +48,15 @@ def _expected():
 
 
 @pytest.mark.slow
-def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_through(
-    tmp_path, capsys
+@pytest.mark.parametrize("stop", ["ctrl_c", "kill"])
+def test_a_search_stopped_resumes_where_it_stood_and_ends_as_one_run_through(
+    tmp_path, capsys, stop
 ):
     """A toy search of one group (ResNet-8, ERK) on Ray Tune, its rounds' probes fused in
-    trial groups of up to 4, stopped by Ctrl-C after some probes finished: exit 1 with the
-    --resume line; --resume continues the search (no
-    trial trained twice) and ends with the bracket, seeds and trials of the same search
-    run in one go (computed here without Ray); --status and --dry-run read it."""
+    trial groups of up to 4, stopped after some probes finished, by Ctrl-C (exit 1 with the
+    --resume line) or by SIGKILL of the driver (its Ray left running); --resume continues
+    the search (no trial trained twice) and ends with the bracket, seeds and trials of the
+    same search run in one go (computed here without Ray); --status reads it."""
     res = tmp_path / "res"
     proc = driver(*ARGS, "--storage", str(res), stdout=tmp_path / "first.out")
     sweep = res / "smoke"
@@ -66,13 +67,14 @@ def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_t
             if sum(f.read_text().count('"test_acc"') for f in done) >= 2:
                 break
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 1
+        proc.send_signal(signal.SIGINT if stop == "ctrl_c" else signal.SIGKILL)
+        assert proc.wait(timeout=120) == (1 if stop == "ctrl_c" else -signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
     first = (tmp_path / "first.out").read_text()
-    assert "continue it with:" in first and "--resume" in first, first[-2000:]
+    if stop == "ctrl_c":
+        assert "continue it with:" in first and "--resume" in first, first[-2000:]
     state = json.loads((sweep / "search" / "search.json").read_text())
     assert state["results"] and not state["results"][0]["done"]  # stopped part-way
 
@@ -88,7 +90,7 @@ def test_a_search_stopped_by_ctrl_c_resumes_where_it_stood_and_ends_as_one_run_t
     assert len(stored) == len({e["run_key"] for e in stored}) == results[0]["trials"]
     for e in stored:  # a group member's rows are in its group's result.json
         rows = all_results(str(sweep / e["run_key"]))
-        assert [row["epoch"] for row in rows] == [1, 2, 3, 4], e["run_key"]
+        assert [row["epoch"] for row in rows] == [1, 2, 3, 4], (e["run_key"], rows)
     units = [p for p in sweep.iterdir() if p.name.startswith("group-")]
     assert units, "no probes trained as trial groups"  # --group-size 4
     assert "cifar_resnet_8 erk" in r.stdout and f"({expected[0]['lo']}, " in r.stdout
