@@ -72,6 +72,21 @@ QUICK_TRIAL = {
 }
 
 
+def finished_row(model, scheme, density, seed, acc, **extra):
+    """A report row of a finished trial as `read_trials` gives it (the keys the grouping and
+    the matching density read), with `extra` keys."""
+    return {
+        "run_key": f"{model}-{scheme}-{density}-{seed}",
+        "status": "finished",
+        "model.name": model,
+        "sparsity.scheme": scheme,
+        "sparsity.density": density,
+        "seed": seed,
+        "test_acc": acc,
+        **extra,
+    }
+
+
 def mlflow_runs(client, exp_name):
     """(sweep parent runs, trial child runs) of an experiment."""
     exp = client.get_experiment_by_name(exp_name)

@@ -18,25 +18,13 @@ from rp_tune.results.matching import (
     plot_matching_phase,
 )
 from rp_tune.results.report import build_report, print_report
-
-
-def _row(model, scheme, density, seed, acc, **extra):
-    return {
-        "run_key": f"{model}-{scheme}-{density}-{seed}",
-        "status": "finished",
-        "model.name": model,
-        "sparsity.scheme": scheme,
-        "sparsity.density": density,
-        "seed": seed,
-        "test_acc": acc,
-        **extra,
-    }
+from tests.helpers import finished_row
 
 
 def _line(model, scheme, accs, **extra):
     """Two seeds per density: (density, mean) -> rows at mean -+ 0.002."""
     return [
-        _row(model, scheme, d, s, a + (0.002 if s else -0.002), **extra)
+        finished_row(model, scheme, d, s, a + (0.002 if s else -0.002), **extra)
         for d, a in accs
         for s in (0, 1)
     ]
@@ -77,7 +65,7 @@ def test_the_phase_diagram_plots_matching_sparsity_against_width_a_line_per_sche
     rows += _line("vgg16", "uniform", DENSE) + _line("vgg16", "erk", [(0.1, 0.92), (0.05, 0.8)])
     axis, placed, left = phase_points(matching_brackets(rows))
     assert axis == "width" and len(placed) == 4 and left == ["vgg16 erk"]  # no width: said
-    drawn = plot_matching_phase(rows, None, tmp_path / "phase.png")
+    drawn = plot_matching_phase(matching_brackets(rows), tmp_path / "phase.png")
     assert (tmp_path / "phase.png").is_file()
     (panel,) = drawn
     assert panel["title"] == "depth 8" and panel["xlabel"].startswith("width multiplier")
@@ -103,7 +91,9 @@ def test_a_grid_and_a_search_of_one_space_draw_into_one_figure(tmp_path):
     s = got["width_scan_search"]  # its dense reference is the grid sweep's
     assert (s["fail_density"], s["match_density"], s["source"]) == (0.064, 0.08, "search")
     assert s["trials"] == 6 + 2 and s["grid_trials"] == SearchSettings().grid_trials() == 66
-    (panel,) = plot_matching_phase(dense + grid + search, searches, tmp_path / "p.png")
+    (panel,) = plot_matching_phase(
+        matching_brackets(dense + grid + search, searches), tmp_path / "p.png"
+    )
     assert panel["xlabel"] == "dense parameters" and panel["xscale"] == "log"
     assert panel["series"] == ["erk (width_scan), grid", "erk (width_scan_search), search"]
 

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rp_tune.adapters.mlflow.tracking import PENDING_FILE, SweepTracker
-from tests.helpers import mlflow_runs
+from tests.helpers import finished_row, mlflow_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,26 +169,14 @@ def test_unreachable_server_loses_nothing(tmp_path, monkeypatch):
     assert len(children) == 1 and children[0].data.metrics["test_acc"] == 0.25
 
 
-def _row(model, scheme, density, seed, acc):
-    return {
-        "run_key": f"{model}-{scheme}-{density}-{seed}",
-        "status": "finished",
-        "model.name": model,
-        "sparsity.scheme": scheme,
-        "sparsity.density": density,
-        "seed": seed,
-        "test_acc": acc,
-    }
-
-
 def test_matching_density_and_grouping_by_hand():
     from rp_tune.results.grouping import groups
     from rp_tune.results.tables import smallest_matching_density
 
-    rows = [_row("m", "uniform", 1.0, s, a) for s, a in ((0, 0.90), (1, 0.92))]
-    rows += [_row("m", "erk", 0.5, s, a) for s, a in ((0, 0.91), (1, 0.90))]
-    rows += [_row("m", "erk", 0.1, s, a) for s, a in ((0, 0.80), (1, 0.82))]
-    rows += [_row("m", "snip", 0.5, 0, 0.85)]
+    rows = [finished_row("m", "uniform", 1.0, s, a) for s, a in ((0, 0.90), (1, 0.92))]
+    rows += [finished_row("m", "erk", 0.5, s, a) for s, a in ((0, 0.91), (1, 0.90))]
+    rows += [finished_row("m", "erk", 0.1, s, a) for s, a in ((0, 0.80), (1, 0.82))]
+    rows += [finished_row("m", "snip", 0.5, 0, 0.85)]
     g = groups(rows)
     dense_mean, dense_std, n = g[0].stat("test_acc")
     assert g[0].dense and (dense_mean, n) == (pytest.approx(0.91), 2)
@@ -203,13 +191,17 @@ def test_report_separates_static_set_and_rigl():
     from rp_tune.results.grouping import groups
 
     rows = [
-        _row("m", "erk", 0.1, 0, 0.5),
+        finished_row("m", "erk", 0.1, 0, 0.5),
         {
-            **_row("m", "erk", 0.1, 0, 0.6),
+            **finished_row("m", "erk", 0.1, 0, 0.6),
             "sparsity.mode": "dynamic",
             "sparsity.growth": "gradient",
         },
-        {**_row("m", "erk", 0.1, 0, 0.7), "sparsity.mode": "dynamic", "sparsity.growth": "random"},
+        {
+            **finished_row("m", "erk", 0.1, 0, 0.7),
+            "sparsity.mode": "dynamic",
+            "sparsity.growth": "random",
+        },
     ]
     assert sorted(g.label for g in groups(rows)) == ["erk", "erk+rigl", "erk+set"]
 

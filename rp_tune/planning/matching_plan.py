@@ -285,7 +285,11 @@ def read_search(path: str) -> dict[str, Any] | None:
     location = store.join(path, SEARCH_FILE)
     if not store.exists(location):
         return None
-    return json.loads(store.read_text(location))
+    stored = json.loads(store.read_text(location))
+    # a search started before `dense_seeds` existed trained seed_cap dense seeds
+    settings = stored.get("settings") or {}
+    stored["settings"] = {"dense_seeds": settings.get("seed_cap", 3), **settings}
+    return stored
 
 
 def check_search_resume(path: str, record: Mapping[str, Any] | None) -> None:
@@ -303,9 +307,6 @@ def check_search_resume(path: str, record: Mapping[str, Any] | None) -> None:
         )
     given = json.loads(json.dumps(record))
     what = []
-    # a search started before `dense_seeds` existed trained seed_cap dense seeds
-    settings = stored.get("settings") or {}
-    stored["settings"] = {"dense_seeds": settings.get("seed_cap"), **settings}
     if stored["settings"] != given["settings"]:
         old, new = stored["settings"], given["settings"]
         changed = sorted(k for k in {**old, **new} if old.get(k) != new.get(k))

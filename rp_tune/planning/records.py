@@ -176,6 +176,17 @@ def write_member_records(path: str, unit: Mapping[str, Any]) -> None:
         )
 
 
+def write_unit(path: str, groups_dir: str, unit: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial group before it trains: its members' records (`write_member_records`) and
+    `<groups_dir>/<unit>.json` with their entries (in Tune's config they would repeat in
+    every result row); returns Tune's config of it: its key, its members' keys, that file."""
+    write_member_records(path, unit)
+    group_file = store.join(groups_dir, f"{unit['run_key']}.json")
+    store.write_text(group_file, json.dumps(list(unit["members"]), default=list))
+    members = [m["run_key"] for m in unit["members"]]
+    return {"run_key": unit["run_key"], "members": members, "group_file": group_file}
+
+
 def member_group(trial_dir: str) -> str | None:
     """The unit folder name a member's folder points at, or None for a trial alone."""
     location = store.join(trial_dir, GROUP_FILE)

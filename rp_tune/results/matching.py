@@ -28,8 +28,11 @@ PHASE_FILE = "matching_phase.png"
 def _line_bracket(points: Sequence[Group], d_mean: float, d_std: float) -> dict[str, Any]:
     """(lo, hi] of one line's groups, with the seeds and mean accuracy behind each side."""
     ok = [g for g in points if matches(g.stat("test_acc")[0], d_mean, d_std)]
+    matched = {g.density for g in ok}  # a line's groups differ in density alone
     hi = min(ok, key=lambda g: g.density) if ok else None
-    below = [g for g in points if g not in ok and (hi is None or g.density < hi.density)]
+    below = [
+        g for g in points if g.density not in matched and (hi is None or g.density < hi.density)
+    ]
     lo = max(below, key=lambda g: g.density) if below else None
     out: dict[str, Any] = {"smallest_matching_density": None if hi is None else hi.density}
     for name, g in (("match", hi), ("fail", lo)):
@@ -39,7 +42,7 @@ def _line_bracket(points: Sequence[Group], d_mean: float, d_std: float) -> dict[
     out["sparsity_low"] = None if hi is None else round(1 - hi.density, 6)
     out["sparsity_high"] = None if lo is None else round(1 - lo.density, 6)
     out["inconsistent"] = sum(
-        1 for g in points if g not in ok and hi is not None and g.density > hi.density
+        1 for g in points if g.density not in matched and hi is not None and g.density > hi.density
     )
     return out
 
@@ -202,19 +205,18 @@ def _panel_name(panel: tuple, other: str | None) -> str:
 
 
 def plot_matching_phase(
-    rows: list[dict[str, Any]],
-    searches: Mapping[str | None, SearchSettings | None] | None,
-    path: Path,
+    brackets: Sequence[dict[str, Any]], path: Path
 ) -> list[dict[str, Any]] | None:
     """The phase diagram: matching sparsity (1 - the smallest matching density) against
     width multiplier, depth or dense parameters, a panel per context (and depth or width),
     a line per scheme (and sweep: a search's solid, a grid's dashed). A point's bar is its
     bracket: the crossing lies between 1 - hi and 1 - lo. A line that matched at every
     density it ran points up (at least that sparsity), one that never matched points down
-    (less than it). None when no line has a dense reference."""
+    (less than it). `brackets`: `matching_brackets`. None when no line has a dense
+    reference."""
     from rp_tune.results.figures import MARKERS, _finish, _panels
 
-    axis, found, _ = phase_points(matching_brackets(rows, searches))
+    axis, found, _ = phase_points(brackets)
     if not found:  # no line with a dense reference, or none placed (no parameter count)
         return None
     other = {"width": "depth", "depth": "width"}.get(axis)

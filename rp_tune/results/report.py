@@ -98,7 +98,8 @@ def build_report(
     pq.write_table(results_table(rows), out / TABLE_FILE)
     rounds = imp_round_records(rows)
     drawn = draw_all(rows, _plotted_metrics(rows), out, grad_flow_curves(rows), rounds)
-    phase = plot_matching_phase(rows, searches, out / PHASE_FILE)
+    brackets = matching_brackets(rows, searches)  # the table's and the figure's, once
+    phase = plot_matching_phase(brackets, out / PHASE_FILE)
     if phase:
         drawn[PHASE_FILE] = phase
     figures = [str(out / name) for name in drawn]
@@ -108,7 +109,7 @@ def build_report(
 
         for ref in getattr(load_space(space), "FIGURES", ()):
             paper[ref] = [str(out / name) for name in figure_files(ref, drawn)]
-    tables = _write_tables(rows, rounds, out, searches)
+    tables = _write_tables(rows, rounds, out, brackets)
     if tracking_uri:
         from rp_tune.adapters.mlflow.tracking import log_report
 
@@ -137,10 +138,7 @@ def build_report(
 def _search_of(sweep_dir: str) -> SearchSettings | None:
     """A matching-density search's settings (from its search/search.json), None for a grid."""
     stored = read_search(sweep_dir)
-    if stored is None:
-        return None
-    settings = stored["settings"]  # one stored before dense_seeds trained seed_cap of them
-    return SearchSettings(**{"dense_seeds": settings.get("seed_cap", 3), **settings})
+    return None if stored is None else SearchSettings(**stored["settings"])
 
 
 def _rows_and_out(
@@ -183,7 +181,7 @@ def _write_tables(
     rows: list[dict[str, Any]],
     rounds: dict[str, list[dict[str, Any]]],
     out: Path,
-    searches: dict[str | None, Any] | None = None,
+    brackets: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The aggregate (mean ± std over seeds), the papers' numbers beside ours, the matching
     density, and where the rows hold them IMP's rounds and the sparse-to-sparse comparison;
@@ -195,7 +193,6 @@ def _write_tables(
     starts = sparse_to_sparse(rows)
     if starts:
         pacsv.write_csv(rows_table(starts), out / S2S_FILE)
-    brackets = matching_brackets(rows, searches)
     matching = brackets  # the smallest matching density is each bracket's hi
     matching_file = out / "matching_density.parquet"
     pq.write_table(rows_table(matching) if matching else pa.table({}), matching_file)

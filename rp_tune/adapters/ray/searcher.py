@@ -226,18 +226,15 @@ class MatchingTrials(_JsonState, Searcher):
         return out
 
     def _unit(self, members: list[dict[str, Any]]) -> dict[str, Any]:
-        """Tune's config of a trial group of probes, its members' records written first
-        (as a grid sweep's: `records.write_member_records`, the members' file)."""
+        """Tune's config of a trial group of probes, its members' records and file written
+        first, as a grid sweep's (`records.write_unit`); with its first member's config."""
         from rp_tune.core import storage as store
-        from rp_tune.planning.records import write_member_records
+        from rp_tune.planning.records import write_unit
         from rp_tune.trial.groups import unit_key
 
-        unit = {"run_key": unit_key(members), "flat": members[0]["flat"], "members": members}
-        write_member_records(store.join(self.root, self.name), unit)
-        group_file = store.join(self.groups_dir or "", f"{unit['run_key']}.json")
-        store.write_text(group_file, json.dumps(members, default=list))
-        keys = [m["run_key"] for m in members]
-        return {**unit, "members": keys, "group_file": group_file}
+        unit = {"run_key": unit_key(members), "members": members}
+        path = store.join(self.root, self.name)
+        return {**write_unit(path, self.groups_dir or "", unit), "flat": members[0]["flat"]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A trial group's member reports its own rows: its final test accuracy kept for

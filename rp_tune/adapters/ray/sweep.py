@@ -68,9 +68,9 @@ from rp_tune.planning.records import (
     copy_reused_trials,
     interrupted_before_stored,
     stored_trials,
-    write_member_records,
     write_summary,
     write_trial_entries,
+    write_unit,
 )
 from rp_tune.planning.space import space_params
 from rp_tune.trial.groups import describe_units, is_unit, plan_units
@@ -621,16 +621,8 @@ def _units(d: _Driver, trials: Any) -> list[dict[str, Any]]:
         if not is_unit(unit):
             entries.append({"run_key": unit["run_key"]})
             continue
-        write_member_records(d.path, unit)  # members' own folders, for status and report
-        group_file = store.join(d.train_storage, GROUPS_DIR, f"{unit['run_key']}.json")
-        store.write_text(group_file, json.dumps(unit["members"], default=list))
-        entries.append(
-            {
-                "run_key": unit["run_key"],
-                "members": [m["run_key"] for m in unit["members"]],
-                "group_file": group_file,
-            }
-        )
+        # members' own folders (for status and report) and their file, beside the Train runs
+        entries.append(write_unit(d.path, store.join(d.train_storage, GROUPS_DIR), unit))
     return entries
 
 

@@ -11,17 +11,18 @@ every run.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from rp_tune.config import from_flat
+from rp_tune.core.model_names import DEFAULT_WIDTH, parse_cifar_resnet
 from rp_tune.planning.matching import toy_accuracy
 
 
 def toy_width(model: str, scheme: str = "erk") -> float:
     """cifar_resnet_20_32 -> 2.0; cifar_resnet_8 -> 1.0; a scheme but ERK's: / 1.5."""
-    m = re.search(r"_(\d+)_(\d+)$", model)
-    return (int(m.group(2)) / 16 if m else 1.0) / (1.0 if scheme.startswith("erk") else 1.5)
+    depth_width = parse_cifar_resnet(model)
+    width = depth_width[1] / DEFAULT_WIDTH if depth_width else 1.0
+    return width / (1.0 if scheme.startswith("erk") else 1.5)
 
 
 def toy_trial(key: str, flat: dict[str, Any], noise: float, group_file: str | None = None) -> None:
