@@ -86,7 +86,7 @@ def _commands(g: argparse._ArgumentGroup) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a setting of the search (repeatable): low, high (density bounds in (0, 1]), "
-        "resolution (> 1), seed_cap, parallel, margin; over the space's SEARCH dict",
+        "resolution (> 1), seed_cap, dense_seeds, parallel, margin; over the space's SEARCH dict",
     )
     g.add_argument(
         "--no-reuse",
