@@ -26,10 +26,11 @@ def toy_width(model: str, scheme: str = "erk") -> float:
 
 
 def toy_trial(key: str, flat: dict[str, Any], noise: float, group_file: str | None = None) -> None:
-    """Tune function trainable body: one row per epoch, half a second apart (a trial a
-    Ctrl-C can find running), the last with the final metrics a finished trial has (test
-    accuracy, achieved density). A trial group (`group_file`: its members' entries): each
-    member's row per epoch, named by its run key, as a fused group reports them."""
+    """Tune function trainable body: one row per epoch (validation accuracy and a training
+    loss), half a second apart (a trial a Ctrl-C can find running), the last with the final
+    metrics a finished trial has (test accuracy, achieved density). A trial group
+    (`group_file`: its members' entries): each member's row per epoch, named by its run
+    key, as a fused group reports them."""
     import json
     import time
 
@@ -48,7 +49,12 @@ def toy_trial(key: str, flat: dict[str, Any], noise: float, group_file: str | No
     for epoch in range(1, epochs + 1):
         time.sleep(0.5)
         for m, cfg, acc in zip(trials, cfgs, accs):
-            row: dict[str, Any] = {"run_key": m["run_key"], "epoch": epoch, "val_acc": acc}
+            # train_loss as a real trial reports it every epoch: MLflow's record of a run
+            # resumed by another driver starts after its last train_loss step
+            loss = (1.0 - acc) * (1.0 + 1.0 / epoch)
+            row: dict[str, Any] = {
+                "run_key": m["run_key"], "epoch": epoch, "val_acc": acc, "train_loss": loss
+            }  # fmt: skip
             if epoch == epochs:
                 row.update(test_acc=acc, achieved_density=cfg.sparsity.density)
             if members:
